@@ -1,0 +1,88 @@
+"""`edgefleet compile` (mounted by the root CLI) and `python -m compiler`.
+
+Exit codes: 0 every build passed its gates, 1 a quality gate failed (the report names it),
+2 bad input (a one-line message, no traceback). Only click, rich and this package's light
+modules are imported at start-up; torch & co load when a build runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from compiler.config import FORMAT_CHOICES, PRECISION_CHOICES, load_toml, merge, parse_shape
+from compiler.errors import CompileInputError
+from compiler.evaluate import TASKS
+from compiler.quantize_onnx import CALIBRATION_METHODS
+
+EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
+
+
+@click.command("compile")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="compile.toml with the same keys.")
+@click.option("--onnx", help="Source ONNX model file.")
+@click.option("--torch", "torch_src", help="PyTorch model: module:function returning nn.Module, or a .pt2 file.")
+@click.option("--example-input", help="Example input shape for --torch, e.g. 1,64 (default: from the data).")
+@click.option("--calib", help="Calibration data (.npz or module:function); default: the eval data.")
+@click.option("--eval", "eval_data", help="Evaluation data (.npz: inputs, labels, optional slices).")
+@click.option("--device-class", "device_classes", multiple=True, help="Target device class (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), help="Override the device class's format.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), help="Override the device class's precision.")
+@click.option("--calibrate-method", type=click.Choice(CALIBRATION_METHODS), help="ONNX static INT8 calibration.")
+@click.option("--calibration-samples", type=int, help="Calibration samples used (default 128).")
+@click.option("--exporter", type=click.Choice(["auto", "dynamo", "legacy"]), help="PyTorch to ONNX exporter.")
+@click.option("--distill", help="module:make_student: distil the --torch teacher into this student.")
+@click.option("--temperature", type=float)
+@click.option("--alpha", type=float)
+@click.option("--epochs", type=int)
+@click.option("--seed", type=int)
+@click.option("--max-accuracy-drop", type=float)
+@click.option("--max-slice-gap-increase", type=float)
+@click.option("--max-size-mb", type=float)
+@click.option("--max-latency-ms", type=float)
+@click.option("--accuracy-control/--no-accuracy-control", default=None,
+              help="OpenVINO INT8 with nncf.quantize_with_accuracy_control (default on, classification).")
+@click.option("--latency-iterations", type=int)
+@click.option("--task", type=click.Choice(TASKS))
+@click.option("--name")
+@click.option("--version", type=int)
+@click.option("--signing-key", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path))
+@click.option("--cache-dir", type=click.Path(path_type=Path))
+@click.option("--report-json", type=click.Path(path_type=Path))
+@click.option("--devices-dir", type=click.Path(path_type=Path), help="Device-class catalogue folder.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.pass_context
+def compile_command(ctx: click.Context, config_path: Path | None, quiet: bool, **flags: Any) -> None:
+    """Compile a trained model into one signed, gated bundle per device class."""
+    rename = {"torch_src": "torch", "eval_data": "eval", "fmt": "format"}
+    given = {rename.get(k, k): v for k, v in flags.items()
+             if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT and v not in (None, ())}
+    if "device_classes" in given:
+        given["device_classes"] = list(given["device_classes"])
+    if quiet:
+        given["progress"] = False
+    try:
+        if "example_input" in given:
+            given["example_input"] = parse_shape(given["example_input"])
+        cfg = merge(load_toml(config_path) if config_path else {}, given)
+        from compiler.pipeline import compile_model
+        from compiler.report import print_report
+
+        results = compile_model(cfg)
+    except CompileInputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    print_report(results)
+    if not all(r.passed for r in results):
+        names = sorted({g for r in results for g in r.failed_gates})
+        click.echo(f"quality gate failed: {', '.join(names)}", err=True)
+        sys.exit(EXIT_GATE)
+    sys.exit(EXIT_OK)
+
+
+def main() -> None:
+    compile_command(prog_name="python -m compiler")

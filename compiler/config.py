@@ -1,0 +1,141 @@
+"""The build configuration: one dataclass filled from a TOML file, then from CLI flags (flags win)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from compiler.errors import CompileInputError
+from compiler.evaluate import TASKS
+from compiler.quantize_onnx import CALIBRATION_METHODS
+
+PRECISION_CHOICES = ("auto", "int8", "fp16", "fp32", "dynamic-int8", "mixed")
+FORMAT_CHOICES = ("onnx", "openvino", "tflite")
+
+
+@dataclass
+class CompileConfig:
+    """Everything one `edgefleet compile` run needs; see docs/compiler.md for each field."""
+
+    onnx: str | None = None
+    torch: Any = None  # "module:function", a .pt2 path, or an nn.Module (Python API)
+    example_input: tuple[int, ...] | None = None
+    calib: Any = None  # .npz path, "module:function", Dataset or mapping
+    eval: Any = None
+    device_classes: list[str] = field(default_factory=lambda: ["x86-64-generic"])
+    format: str | None = None
+    precision: str | None = None  # None: the device class's precision
+    calibrate_method: str = "minmax"
+    calibration_samples: int = 128
+    exporter: str = "auto"
+    distill: str | None = None
+    temperature: float = 4.0
+    alpha: float = 0.7
+    epochs: int = 30
+    seed: int = 0
+    max_accuracy_drop: float | None = None
+    max_slice_gap_increase: float | None = None
+    max_size_mb: float | None = None
+    max_latency_ms: float | None = None
+    task: str = "classification"
+    name: str = "model"
+    version: int = 1
+    signing_key: Any = None  # path to an Ed25519 PEM, or a key object
+    out: Path = Path("build")
+    cache_dir: Path | None = None
+    report_json: Path | None = None
+    latency_iterations: int = 50
+    min_slice_size: int = 5
+    accuracy_control: bool = True  # OpenVINO INT8: nncf.quantize_with_accuracy_control within the drop budget
+    devices_dir: Path | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        if isinstance(self.device_classes, str):
+            self.device_classes = [self.device_classes]
+        if bool(self.onnx) == bool(self.torch is not None):
+            raise CompileInputError("give exactly one model source: --onnx PATH or --torch module:function")
+        if self.eval is None:
+            raise CompileInputError("--eval data is required: every build is checked against it")
+        if self.task not in TASKS:
+            raise CompileInputError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.precision is not None and self.precision not in PRECISION_CHOICES:
+            raise CompileInputError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}")
+        if self.format is not None and self.format not in FORMAT_CHOICES:
+            raise CompileInputError(f"--format must be one of {', '.join(FORMAT_CHOICES)}")
+        if self.calibrate_method not in CALIBRATION_METHODS:
+            raise CompileInputError(f"--calibrate-method must be one of {', '.join(CALIBRATION_METHODS)}")
+        if not self.device_classes:
+            raise CompileInputError("name at least one --device-class")
+        if self.distill and self.onnx:
+            raise CompileInputError("--distill needs a PyTorch teacher (--torch); an ONNX file cannot be trained")
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
+            raise CompileInputError("--version must be a non-negative integer")
+        if self.signing_key is None:
+            raise CompileInputError("--signing-key is required: bundles are always signed")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The knobs that change the artifact (recorded in provenance and in the cache key)."""
+        keys = ("example_input", "format", "precision", "calibrate_method", "calibration_samples", "exporter",
+                "distill", "temperature", "alpha", "epochs", "seed", "max_accuracy_drop",
+                "max_slice_gap_increase", "max_size_mb", "max_latency_ms", "task", "name", "version",
+                "min_slice_size", "accuracy_control")
+        d = asdict(self)
+        out = {k: d[k] for k in keys}
+        if out["example_input"] is not None:
+            out["example_input"] = list(out["example_input"])
+        if not self.distill:
+            for k in ("temperature", "alpha", "epochs"):
+                out.pop(k)
+        return out
+
+
+_PATH_FIELDS = {"out", "cache_dir", "report_json", "devices_dir"}
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read compile.toml; keys are the CLI option names (dashes or underscores)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise CompileInputError(f"cannot read config {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise CompileInputError(f"config {path} is not valid TOML: {exc}") from exc
+    raw = raw.get("compile", raw)
+    known = {f.name for f in fields(CompileConfig)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        k = key.replace("-", "_")
+        if k == "device_class":
+            k = "device_classes"
+            value = [value] if isinstance(value, str) else value
+        if k not in known:
+            raise CompileInputError(f"config {path}: unknown key {key!r}")
+        if k in _PATH_FIELDS and value is not None:
+            value = Path(value)
+        if k == "example_input" and value is not None:
+            value = parse_shape(value)
+        out[k] = value
+    return out
+
+
+def parse_shape(value: Any) -> tuple[int, ...]:
+    """`1,64` or `[1, 64]` -> (1, 64)."""
+    try:
+        if isinstance(value, str):
+            dims = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
+        else:
+            dims = tuple(int(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise CompileInputError(f"--example-input {value!r} must be a shape like 1,64") from exc
+    if not dims or any(d < 1 for d in dims):
+        raise CompileInputError(f"--example-input {value!r} must be a shape of positive integers like 1,64")
+    return dims
+
+
+def merge(toml_values: dict[str, Any], flag_values: dict[str, Any]) -> CompileConfig:
+    cfg = CompileConfig(**{**toml_values, **flag_values})
+    cfg.validate()
+    return cfg

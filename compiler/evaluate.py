@@ -1,0 +1,93 @@
+"""Task metrics of a compiled artifact against the reference model on the evaluation set.
+
+Every task reduces to a per-sample score whose mean is the task metric, so the accuracy drop,
+per-slice metrics and the slice gap (the fairness check) are computed the same way:
+classification: 1 if the argmax equals the label (mean = accuracy);
+embedding: cosine similarity to the reference embedding (reference scores 1.0);
+regression: 1 - squared error / label variance (mean = R^2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+TASKS = ("classification", "embedding", "regression")
+
+
+@dataclass
+class QualityMetrics:
+    task: str
+    metric_name: str
+    metric: float
+    reference_metric: float
+    drop: float
+    agreement: float
+    slices: dict[str, float] = field(default_factory=dict)
+    reference_slices: dict[str, float] = field(default_factory=dict)
+    worst_slice: str | None = None
+    slice_gap: float = 0.0
+    reference_slice_gap: float = 0.0
+    slice_gap_increase: float = 0.0
+    n_samples: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(a.shape[0], -1).astype(np.float64)
+    b = b.reshape(b.shape[0], -1).astype(np.float64)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(den > 0, (a * b).sum(axis=1) / np.where(den > 0, den, 1), 1.0)
+
+
+def per_sample_scores(task: str, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    if task == "classification":
+        target = labels if labels is not None else reference.argmax(axis=-1)
+        return (outputs.argmax(axis=-1) == target).astype(np.float64)
+    if task == "embedding":
+        return _cosine(outputs, reference)
+    if task == "regression":
+        target = (labels if labels is not None else reference).reshape(outputs.shape[0], -1).astype(np.float64)
+        out = outputs.reshape(outputs.shape[0], -1).astype(np.float64)
+        var = float(target.var()) or 1.0
+        return 1.0 - ((out - target) ** 2).mean(axis=1) / var
+    raise ValueError(f"unknown task {task!r}")
+
+
+def agreement(task: str, outputs: np.ndarray, reference: np.ndarray) -> float:
+    """Fidelity to the reference: same class, or cosine similarity of the raw outputs."""
+    if task == "classification":
+        return float(np.mean(outputs.argmax(axis=-1) == reference.argmax(axis=-1)))
+    return float(np.mean(_cosine(outputs, reference)))
+
+
+def _by_slice(scores: np.ndarray, slices: np.ndarray | None) -> dict[str, float]:
+    if slices is None:
+        return {}
+    return {str(s): float(scores[slices == s].mean()) for s in np.unique(slices)}
+
+
+def _r(x: float) -> float:
+    return round(float(x), 6)
+
+
+def quality(task: str, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None,
+            slices: np.ndarray | None) -> QualityMetrics:
+    """Compare `outputs` with the reference outputs (FP32 source, or the teacher after distillation)."""
+    ref = reference
+    scores = per_sample_scores(task, outputs, ref, labels)
+    ref_scores = per_sample_scores(task, ref, ref, labels)
+    sl, ref_sl = _by_slice(scores, slices), _by_slice(ref_scores, slices)
+    gap = (max(sl.values()) - min(sl.values())) if sl else 0.0
+    ref_gap = (max(ref_sl.values()) - min(ref_sl.values())) if ref_sl else 0.0
+    name = {"classification": "accuracy", "embedding": "cosine", "regression": "r2"}[task]
+    return QualityMetrics(
+        task=task, metric_name=name, metric=_r(scores.mean()), reference_metric=_r(ref_scores.mean()),
+        drop=_r(ref_scores.mean() - scores.mean()), agreement=_r(agreement(task, outputs, reference)),
+        slices={k: _r(v) for k, v in sl.items()}, reference_slices={k: _r(v) for k, v in ref_sl.items()},
+        worst_slice=min(sl, key=lambda k: sl[k]) if sl else None, slice_gap=_r(gap),
+        reference_slice_gap=_r(ref_gap), slice_gap_increase=_r(gap - ref_gap), n_samples=int(outputs.shape[0]))

@@ -1,0 +1,53 @@
+"""Hashes and versions recorded in the manifest and used as the cache key."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from agent.canonical import canonical_json
+
+TOOLS = ("edgefleet", "numpy", "torch", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf",
+         "litert-torch", "ai-edge-quantizer", "ai-edge-litert")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def json_sha256(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj)).hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    out = {}
+    for name in TOOLS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not-installed"
+    return out
+
+
+def code_version() -> str:
+    """Hash of the compiler's own sources: a code change invalidates the cache and shows in provenance."""
+    h = hashlib.sha256()
+    for p in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return "compiler-" + h.hexdigest()[:16]
+
+
+def torch_model_sha256(model: Any) -> str:
+    """Class name plus every parameter and buffer, by name: the identity of a model in memory."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, t in sorted(model.state_dict().items()):
+        a = t.detach().cpu().contiguous().numpy()
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()

@@ -1,0 +1,128 @@
+"""ONNX precision passes with onnxruntime: static QDQ INT8 (calibrated), dynamic INT8, FP16.
+
+Static INT8 uses per-channel QInt8 weights and QUInt8 activations in QDQ form (the fast U8S8
+path on x86 VNNI). Dynamic INT8 suits transformer-like graphs (MatMul heavy, no stable
+activation range) but can hurt small models: the gates decide, not this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from compiler.data import Dataset
+from compiler.export import save_onnx
+
+log = logging.getLogger(__name__)
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class OnnxQuantConfig:
+    mode: str = "static"  # static | dynamic | fp16
+    calibrate_method: str = "minmax"
+    per_channel: bool = True
+    calibration_samples: int = 128
+    percentile: float = 99.999
+    activation_type: str = "quint8"
+    weight_type: str = "qint8"
+
+
+def _reader(ds: Dataset):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(ds.batches(1))
+
+        def get_next(self):  # type: ignore[override]
+            return next(self._it, None)
+
+    return Reader()
+
+
+def _prepare(src: Path, work: Path) -> Path:
+    """quant_pre_process: symbolic shape inference and graph optimisation before quantizing."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = work / "pre.onnx"
+    try:
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+    except Exception as exc:  # symbolic inference cannot handle every graph; plain ONNX inference can
+        log.warning("quant_pre_process failed (%s); retrying without symbolic shape inference", exc)
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    return out
+
+
+def _qtype(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}[name]
+
+
+def _resave(tmp: Path, dst: Path) -> Path:
+    import onnx
+
+    return save_onnx(onnx.load(str(tmp)), dst)
+
+
+def quantize_static_int8(src: Path, dst: Path, calib: Dataset, cfg: OnnxQuantConfig) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[cfg.calibrate_method]
+    extra = {"CalibPercentile": cfg.percentile} if cfg.calibrate_method == "percentile" else {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        work = Path(tmpdir)
+        pre = _prepare(src, work)
+        out = work / "q.onnx"
+        quantize_static(str(pre), str(out), _reader(calib.take(cfg.calibration_samples)),
+                        quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, reduce_range=False,
+                        activation_type=_qtype(cfg.activation_type), weight_type=_qtype(cfg.weight_type),
+                        calibrate_method=method, extra_options=extra,
+                        calibration_cache_path=str(work / "calib_cache"))
+        return _resave(out, dst)
+
+
+def quantize_dynamic_int8(src: Path, dst: Path, cfg: OnnxQuantConfig) -> Path:
+    from onnxruntime.quantization import quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        work = Path(tmpdir)
+        pre = _prepare(src, work)
+        out = work / "q.onnx"
+        quantize_dynamic(str(pre), str(out), per_channel=cfg.per_channel, weight_type=_qtype(cfg.weight_type))
+        return _resave(out, dst)
+
+
+def convert_fp16(src: Path, dst: Path) -> Path:
+    """FP16 weights and compute with float32 inputs/outputs kept, so callers feed the same arrays."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    return save_onnx(model, dst)
+
+
+def looks_like_transformer(path: Path) -> bool:
+    """MatMul-heavy graphs with softmax/layer-norm and no convolutions: dynamic INT8 candidates."""
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+    has_attn = any(o in ("Softmax", "LayerNormalization") for o in ops)
+    return has_attn and "Conv" not in ops and ops.count("MatMul") + ops.count("Gemm") >= 2
+
+
+def run_onnx_pass(src: Path, dst: Path, calib: Dataset | None, cfg: OnnxQuantConfig) -> Path:
+    if cfg.mode == "static":
+        assert calib is not None
+        return quantize_static_int8(src, dst, calib, cfg)
+    if cfg.mode == "dynamic":
+        return quantize_dynamic_int8(src, dst, cfg)
+    if cfg.mode == "fp16":
+        return convert_fp16(src, dst)
+    raise ValueError(f"unknown ONNX quantization mode {cfg.mode!r}")
+
+
