@@ -1,0 +1,228 @@
+"""Fleet commands received over MQTT: checked by agent.protocol.CommandGuard (signature by a
+trusted fleet key, addressed to this device, sequence strictly increasing and persisted, not
+expired), then executed one at a time on a worker thread (downloads never block MQTT).
+Refusals are reported as `command-refused` events; every outcome updates `last_command` in
+the retained state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.bundle import RollbackApproval
+from agent.canonical import canonical_json
+from agent.download import DownloadError, download
+from agent.identity import FleetKeys
+from agent.lifecycle import InstallError, Lifecycle
+from agent.model_store import write_atomic
+from agent.protocol import CommandGuard, ProtocolError, decode
+
+log = logging.getLogger(__name__)
+
+
+class CommandHandler:
+    def __init__(self, device_id: str, state_dir: Path, keys: FleetKeys, lifecycle: Lifecycle,
+                 emit: Callable[..., None], on_change: Callable[[], None],
+                 set_telemetry: Callable[[float | None, float | None], None], max_bundle_bytes: int,
+                 fleet_url: str = "", fleet_ca_file: str = "") -> None:
+        self.state_path = Path(state_dir) / "commands.json"
+        self.downloads = Path(state_dir) / "downloads"
+        self.keys = keys
+        self.lifecycle = lifecycle
+        self.emit = emit
+        self.on_change = on_change
+        self.set_telemetry = set_telemetry
+        self.max_bundle_bytes = max_bundle_bytes
+        self.fleet_url = fleet_url
+        self.fleet_ca_file = fleet_ca_file
+        saved = self._load()
+        self.guard = CommandGuard(device_id, keys.keyring, int(saved.get("last_seq", 0)))
+        self.last_command: dict[str, Any] | None = saved.get("last_command")
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=64)
+        self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._worker, name="commands", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self) -> None:
+        with self._save_lock:
+            write_atomic(self.state_path, canonical_json({"last_seq": self.guard.last_seq,
+                                                          "last_command": self.last_command}))
+
+    def _result(self, payload: dict[str, Any] | None, result: str, reason: str | None) -> None:
+        self.last_command = {"id": (payload or {}).get("id"), "kind": (payload or {}).get("kind"),
+                             "result": result, "reason": reason}
+        self._save()
+        self.on_change()
+
+    # -- receive (MQTT thread) ----------------------------------------------------------------
+    def receive(self, raw: bytes) -> None:
+        """Check a command; accepted ones are queued for the worker, refused ones reported."""
+        payload: dict[str, Any] | None = None
+        doc: Any = None
+        try:
+            doc = decode(raw)
+            with self._lock:
+                payload = self.guard.check(doc)
+                self._save()  # persist last_seq before acting: a replay after a crash is refused
+        except ProtocolError as exc:
+            inner = doc.get("payload") if isinstance(doc, dict) else None
+            cid = inner.get("id") if isinstance(inner, dict) and isinstance(inner.get("id"), str) else None
+            log.warning("event=command-refused reason=%s id=%s", exc.reason, cid)
+            self.emit("command-refused", command_id=cid, reason=str(exc), details={"code": exc.reason})
+            self.last_command = {"id": cid, "kind": inner.get("kind") if isinstance(inner, dict) else None,
+                                 "result": "refused", "reason": exc.reason}
+            self._save()
+            self.on_change()
+            return
+        log.info("event=command-accepted id=%s kind=%s seq=%s", payload["id"], payload["kind"], payload["seq"])
+        try:
+            self._queue.put_nowait(payload)
+        except queue.Full:
+            self._result(payload, "failed", "command queue full")
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    # -- execute (worker thread) --------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            payload = self._queue.get()
+            if payload is None:
+                return
+            try:
+                self.execute(payload)
+            except Exception as exc:  # a bug in one command must not stop the worker
+                log.exception("event=command-crashed id=%s", payload.get("id"))
+                self._result(payload, "failed", f"internal error: {exc}")
+
+    def _fetch(self, model: dict[str, Any]) -> Path:
+        for field in ("url", "bundle_sha256"):
+            if not isinstance(model.get(field), str):
+                raise InstallError("malformed", f"command model lacks '{field}'")
+        dest = self.downloads / f"{model['bundle_sha256']}.bundle"
+        size = model.get("size")
+        url = model["url"]
+        if not url.startswith(("http://", "https://")):
+            if not self.fleet_url:
+                raise InstallError("malformed", f"relative bundle URL {url!r} and no fleet_url configured")
+            from urllib.parse import urljoin
+
+            url = urljoin(self.fleet_url.rstrip("/") + "/", url.lstrip("/"))
+        try:
+            return download(url, dest, expected_size=size if isinstance(size, int) else None,
+                            expected_sha256=model["bundle_sha256"], max_bytes=self.max_bundle_bytes,
+                            ca_file=self.fleet_ca_file)
+        except DownloadError as exc:
+            raise InstallError("download-failed", str(exc)) from exc
+
+    def _cleanup_downloads(self, keep: Path | None = None) -> None:
+        if not self.downloads.exists():
+            return
+        for p in self.downloads.glob("*.bundle"):
+            if p != keep:
+                p.unlink(missing_ok=True)
+
+    def execute(self, p: dict[str, Any]) -> None:
+        kind, cid = p["kind"], p["id"]
+        lc = self.lifecycle
+        try:
+            if kind == "install":
+                model = p.get("model") or {}
+                cand = lc.predictor.candidate
+                active = lc.predictor.active
+                if active is not None and active.installed.manifest_sha256 == model.get("manifest_sha256"):
+                    self._result(p, "ok", "already active")
+                    return
+                if cand is not None and cand.model.installed.manifest_sha256 == model.get("manifest_sha256"):
+                    lc.activate(cand.model, command_id=cid)  # promote the running candidate
+                else:
+                    path = self._fetch(model)
+                    self._check_announced(path, model)
+                    lc.install(path, command_id=cid)
+                    self._cleanup_downloads()
+                self._result(p, "ok", None)
+            elif kind == "rollback":
+                self._rollback(p)
+            elif kind in ("shadow", "ab"):
+                model = p.get("model") or {}
+                share = p.get("fraction" if kind == "shadow" else "share")
+                if not isinstance(share, (int, float)) or not 0 <= share <= 1:
+                    raise InstallError("malformed", f"'{'fraction' if kind == 'shadow' else 'share'}' must be in [0, 1]")
+                path = self._fetch(model)
+                self._check_announced(path, model)
+                lc.set_candidate(path, kind, float(share), command_id=cid)
+                self._result(p, "ok", None)
+            elif kind == "stop-candidate":
+                lc.stop_candidate()
+                self._result(p, "ok", None)
+            elif kind == "rotate-key":
+                kid = self.keys.rotate(str(p.get("new_key")), p.get("retire"))
+                log.info("event=key-rotated new=%s retired=%s", kid, p.get("retire"))
+                self._result(p, "ok", None)
+            elif kind == "telemetry-config":
+                w, r = p.get("window_s"), p.get("sample_rate")
+                if (w is not None and (not isinstance(w, (int, float)) or w <= 0)) or \
+                        (r is not None and (not isinstance(r, (int, float)) or not 0 <= r <= 1)):
+                    raise InstallError("malformed", "window_s must be > 0 and sample_rate in [0, 1]")
+                self.set_telemetry(w, r)
+                self._result(p, "ok", None)
+        except InstallError as exc:
+            if exc.reason in ("download-failed", "malformed", "announced-mismatch"):
+                self.emit("install-failed", command_id=cid, reason=str(exc), details={"code": exc.reason})
+            self._result(p, "refused" if exc.reason in _REFUSALS else "failed", str(exc))
+        except (ValueError, TypeError) as exc:
+            self._result(p, "failed", str(exc))
+
+    def _check_announced(self, path: Path, model: dict[str, Any]) -> None:
+        from agent.bundle import read_manifest_unverified
+
+        m = read_manifest_unverified(path).get("model", {})
+        if m.get("name") != model.get("name") or m.get("version") != model.get("version"):
+            raise InstallError("announced-mismatch", f"bundle is {m.get('name')} v{m.get('version')}, the command"
+                                                     f" announced {model.get('name')} v{model.get('version')}")
+
+    def _rollback(self, p: dict[str, Any]) -> None:
+        lc = self.lifecycle
+        model = p.get("model") or {}
+        approval_doc = p.get("rollback_approval")
+        if not isinstance(approval_doc, dict):
+            self.emit("command-refused", command_id=p["id"], reason="rollback command carries no rollback_approval",
+                      details={"code": "downgrade"})
+            raise InstallError("downgrade", "rollback command carries no rollback_approval")
+        approval = RollbackApproval(approval_doc)
+        prev = lc.predictor.previous
+        if prev is not None and prev.installed.manifest_sha256 == model.get("manifest_sha256"):
+            from agent.bundle import BundleError
+
+            try:
+                approval.check(self.keys.keyring, prev.manifest, prev.installed.manifest_sha256)
+            except BundleError as exc:
+                self.emit("command-refused", command_id=p["id"], reason=str(exc), details={"code": exc.reason})
+                raise InstallError("downgrade", str(exc)) from exc
+            lc.rollback_to_previous(f"fleet rollback to version {prev.version}", command_id=p["id"], local=False)
+            self.emit("install-ok", command_id=p["id"], reason=None,
+                      details={"name": prev.installed.name, "version": prev.version, "rollback": True})
+            self._result(p, "rolled-back", None)
+            return
+        path = self._fetch(model)
+        self._check_announced(path, model)
+        lc.install(path, approval=approval, command_id=p["id"])
+        self._result(p, "rolled-back", None)
+
+
+_REFUSALS = {"no-signature", "unknown-key", "bad-signature", "hash-mismatch", "size-mismatch", "extra-file",
+             "missing-file", "unsafe-path", "too-large", "downgrade", "malformed", "announced-mismatch"}

@@ -1,0 +1,269 @@
+"""The agent process: wires config, keys, model store, predictor, telemetry, outbox, MQTT,
+commands and the local server together.
+
+`Agent(config).start()` is also the in-process Python API: `agent.predict(inputs)` runs the
+active model with input checks and telemetry. The agent serves without a broker (MQTT is
+retried in the background) and writes state_dir/status.json (pid, ready, active model, MQTT
+connection, local endpoints) whenever something changes, for operators and tests to poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent import __version__
+from agent.bundle import RollbackApproval
+from agent.canonical import canonical_json
+from agent.config import AgentConfig, ConfigError
+from agent.device_classes import CatalogueError, get_device_class
+from agent.identity import FleetKeys, load_or_create_device_key
+from agent.keys import KeyFileError, key_id, public_key_to_b64, sign_document
+from agent.lifecycle import HealthPolicy, Lifecycle
+from agent.model_store import InstalledModel, ModelStore, write_atomic
+from agent.outbox import Outbox
+from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, topic
+from agent.resources import ResourceSampler
+from agent.serving import LoadedModel, Predictor
+from agent.shadow import ShadowRunner
+from agent.telemetry import Telemetry
+
+log = logging.getLogger("agent")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.cfg = config
+        self.state_dir = config.state_path
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.device_class = get_device_class(config.device_class, Path(config.devices_dir) if config.devices_dir
+                                                 else None)
+        except CatalogueError as exc:
+            raise ConfigError(f"field 'device_class': {exc}") from None
+        try:
+            self.device_key = load_or_create_device_key(config.device_key_path)
+            self.keys = FleetKeys(self.state_dir, config.trusted_keys)
+        except KeyFileError as exc:
+            raise ConfigError(f"field 'device_key' or 'trusted_keys': {exc}") from None
+        if not len(self.keys.keyring):
+            log.warning("event=no-trusted-keys: every bundle and command will be refused")
+        self.outbox = Outbox(self.state_dir / "outbox.sqlite", config.mqtt.outbox_max_messages)
+        self.store = ModelStore(self.state_dir)
+        self.telemetry = Telemetry(
+            fleet=config.fleet_id, device=config.device_id, device_class=self.device_class.name,
+            window_s=config.telemetry.window_s, sample_rate=config.telemetry.sample_rate,
+            sink=self._store_telemetry, resources=ResourceSampler().sample,
+            dropped_windows=lambda: self.outbox.dropped_windows,
+            raw_samples_per_window=config.telemetry.raw_samples_per_window if config.telemetry.raw_samples else 0,
+            max_samples_per_s=config.telemetry.max_samples_per_s)
+        self.predictor = Predictor(self.telemetry if config.telemetry.enabled else None)
+        self.shadow = ShadowRunner(self.predictor)
+        self.predictor.on_shadow = self.shadow.offer
+        budget = config.health.latency_budget_ms or self.device_class.latency_budget_ms
+        self.lifecycle = Lifecycle(
+            self.store, self.predictor, lambda: self.keys.keyring, self.device_class,
+            HealthPolicy(budget, config.health.max_error_rate, config.health.probation_requests,
+                         config.health.warmup_runs),
+            emit=self.emit_event, on_change=self._changed, track=self._track, untrack=self.telemetry.untrack,
+            max_bundle_bytes=config.max_bundle_bytes)
+        self._load_telemetry_config()
+        self.predictor.on_runtime_error = self.lifecycle.check_probation
+        self.predictor.on_probation_end = self.lifecycle.end_probation
+        self.commands = None
+        self.link = None
+        self.server = None
+        self._status_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self.started = False
+
+    # -- public API ---------------------------------------------------------------------------
+    def start(self) -> Agent:
+        from agent.commands import CommandHandler
+
+        self.lifecycle.start()
+        self.commands = CommandHandler(
+            self.cfg.device_id, self.state_dir, self.keys, self.lifecycle, self.emit_event, self._changed,
+            self.set_telemetry_config, self.cfg.max_bundle_bytes, self.cfg.fleet_url, self.cfg.fleet_ca_file)
+        if self.cfg.telemetry.enabled:
+            self.telemetry.start()
+        if self.cfg.serving.unix_socket or self.cfg.serving.http_port:
+            from agent.local_server import LocalServer
+
+            self.server = LocalServer(self.predict, self.status, self.cfg.serving.unix_socket,
+                                      self.cfg.serving.http_port or None, self.cfg.serving.max_request_bytes)
+            self.server.start()
+        if self.cfg.mqtt.url:
+            from agent.mqtt_link import LinkSettings, MqttLink
+
+            m = self.cfg.mqtt
+            self.link = MqttLink(
+                LinkSettings(url=m.url, client_id=f"edgefleet-{self.cfg.fleet_id}-{self.cfg.device_id}",
+                             fleet=self.cfg.fleet_id, device=self.cfg.device_id, username=m.username,
+                             password=m.password, ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
+                             keepalive_s=m.keepalive_s, protocol=m.protocol, reconnect_min_s=m.reconnect_min_s,
+                             reconnect_max_s=m.reconnect_max_s),
+                self.outbox, on_command=self.commands.receive, on_connect=self._on_connect)
+            self.link.start()
+        self.started = True
+        self._changed()
+        log.info("event=agent-started device=%s fleet=%s class=%s pid=%d", self.cfg.device_id, self.cfg.fleet_id,
+                 self.device_class.name, os.getpid())
+        return self
+
+    def predict(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Run the active model. Raises spec_check.InputError, serving.PredictError or NoModelError."""
+        return self.predictor.predict(inputs)
+
+    def install(self, bundle_path: Path | str, rollback_approval: RollbackApproval | None = None) -> InstalledModel:
+        return self.lifecycle.install(Path(bundle_path), rollback_approval)
+
+    def set_telemetry_config(self, window_s: float | None, sample_rate: float | None) -> None:
+        """Apply a fleet telemetry-config command and persist it (it outlives restarts)."""
+        self.telemetry.set_config(window_s, sample_rate)
+        write_atomic(self.state_dir / "telemetry.json", canonical_json(
+            {"window_s": self.telemetry.window_s, "sample_rate": self.telemetry.sample_rate}))
+
+    def _load_telemetry_config(self) -> None:
+        import json
+
+        try:
+            doc = json.loads((self.state_dir / "telemetry.json").read_text())
+            self.telemetry.set_config(float(doc["window_s"]), float(doc["sample_rate"]))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("event=telemetry-config-ignored reason=%s", exc)
+
+    def flush_telemetry(self) -> list[dict[str, Any]]:
+        """Close the current window now (tests, shutdown); returns the payloads stored."""
+        self.shadow.drain()
+        return self.telemetry.close_window()
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.server is not None:
+            self.server.stop()
+        if self.cfg.telemetry.enabled and self.started:
+            self.telemetry.stop(flush=True)
+        if self.commands is not None:
+            self.commands.stop()
+        self.shadow.stop()
+        if self.link is not None:
+            deadline = time.monotonic() + 3
+            while len(self.outbox) and self.link.connected.is_set() and time.monotonic() < deadline:
+                time.sleep(0.05)  # give queued windows a moment to reach the broker
+            self.link.stop(final_state=self._signed(self._state_payload("offline")))
+        self._write_status(ready=False)
+        self.outbox.close()
+        log.info("event=agent-stopped device=%s", self.cfg.device_id)
+
+    def run_forever(self) -> None:
+        """Block until SIGTERM/SIGINT, then stop cleanly."""
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        while not done.wait(timeout=1.0):
+            self._write_status()
+        self.stop()
+
+    # -- messages -----------------------------------------------------------------------------
+    def _signed(self, payload: dict[str, Any]) -> bytes:
+        return canonical_json(sign_document(payload, self.device_key))
+
+    def _store_telemetry(self, payload: dict[str, Any]) -> None:
+        t = topic(self.cfg.fleet_id, self.cfg.device_id, "telemetry")
+
+        def build(seq: int) -> bytes:
+            payload["seq"] = seq
+            payload["sent_at"] = round(time.time(), 3)
+            return self._signed(payload)
+
+        self.outbox.put(t, build, kind="telemetry")
+
+    def emit_event(self, kind: str, command_id: str | None = None, reason: str | None = None,
+                   details: dict[str, Any] | None = None) -> None:
+        t = topic(self.cfg.fleet_id, self.cfg.device_id, "events")
+        log.info("event=%s command_id=%s reason=%s", kind, command_id, reason)
+
+        def build(seq: int) -> bytes:
+            return self._signed({"schema": EVENT_SCHEMA, "device": self.cfg.device_id, "seq": seq,
+                                 "time": round(time.time(), 3), "kind": kind, "command_id": command_id,
+                                 "reason": reason, "details": details or {}})
+
+        self.outbox.put(t, build, kind="event")
+
+    def _state_payload(self, status: str = "online") -> dict[str, Any]:
+        p = self.predictor
+        cand = p.candidate
+        return {
+            "schema": STATE_SCHEMA, "device": self.cfg.device_id, "seq": 0, "time": round(time.time(), 3),
+            "status": status, "device_class": self.device_class.name, "agent_version": __version__,
+            "fleet": self.cfg.fleet_id,
+            "device_key": public_key_to_b64(self.device_key.public_key()),
+            "installed": p.active.installed.public() if p.active else None,
+            "previous": p.previous.installed.public() if p.previous else None,
+            "candidate": ({"name": cand.model.installed.name, "version": cand.model.version, "mode": cand.mode,
+                           "fraction": cand.fraction, "manifest_sha256": cand.model.installed.manifest_sha256}
+                          if cand else None),
+            "last_command": self.commands.last_command if self.commands else None,
+            "trusted_fleet_keys": self.keys.ids(),
+        }
+
+    def publish_state(self) -> None:
+        if self.link is None or not self.link.connected.is_set():
+            return
+        payload = self._state_payload()
+        payload["seq"] = self.outbox.next_seq()
+        self.link.publish_now(self.link.state_topic, self._signed(payload), retain=True)
+
+    def _on_connect(self) -> None:
+        self.publish_state()
+        self._write_status()
+
+    def _track(self, model: LoadedModel, role: str, **extra: Any) -> None:
+        self.telemetry.track(model, role, **extra)
+
+    def _changed(self) -> None:
+        self.publish_state()
+        self._write_status()
+
+    # -- status file --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        p = self.predictor
+        cand = p.candidate
+        return {
+            "pid": os.getpid(), "device_id": self.cfg.device_id, "fleet_id": self.cfg.fleet_id,
+            "device_class": self.device_class.name, "agent_version": __version__,
+            "ready": self.started and not self._stopped.is_set(),
+            "active": p.active.installed.public() if p.active else None,
+            "input_names": [s.name for s in p.active.inputs] if p.active else [],
+            "previous": p.previous.installed.public() if p.previous else None,
+            "candidate": {"version": cand.model.version, "mode": cand.mode, "fraction": cand.fraction} if cand else None,
+            "mqtt_connected": bool(self.link and self.link.connected.is_set()),
+            "outbox_pending": len(self.outbox) if not self._stopped.is_set() else None,
+            "dropped_windows": self.outbox.dropped_windows if not self._stopped.is_set() else None,
+            "last_command": self.commands.last_command if self.commands else None,
+            "last_rollback_reason": self.lifecycle.last_rollback_reason,
+            "unix_socket": self.cfg.serving.unix_socket or None,
+            "http_port": self.server.http_port if self.server else None,
+            "device_key_id": key_id(self.device_key),
+            "trusted_fleet_keys": self.keys.ids(),
+            "updated": round(time.time(), 3),
+        }
+
+    def _write_status(self, ready: bool | None = None) -> None:
+        st = self.status()
+        if ready is not None:
+            st["ready"] = ready
+        with self._status_lock:
+            write_atomic(self.state_dir / "status.json", canonical_json(st))

@@ -1,0 +1,313 @@
+"""Model lifecycle: install = verify, unpack, load, warm up and health-check, then an atomic
+switch (pointer file first, then the in-memory swap). The previous model stays loaded for an
+instant rollback. A post-swap probation watches the runtime error rate and rolls back locally.
+
+Crash safety: unpacking goes to a temporary folder renamed into place, and the pointer file is
+replaced atomically only after the new model loaded and passed its checks, so a kill -9 at any
+point leaves the last good model as the one loaded at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.bundle import BundleError, RollbackApproval
+from agent.device_classes import DeviceClass
+from agent.model_store import InstalledModel, ModelStore
+from agent.runtimes.base import RuntimeLoadError, RuntimeOptions, RuntimeUnavailable
+from agent.serving import Candidate, LoadedModel, Predictor, load_model
+from agent.spec_check import example_inputs
+
+log = logging.getLogger(__name__)
+
+EventFn = Callable[..., None]
+
+
+class InstallError(Exception):
+    """An install failed; `reason` is a short code (bundle reasons, load-failed, health-...)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook: EDGEFLEET_FAULT_INJECT=<name> kills the process here with SIGKILL."""
+    if os.environ.get("EDGEFLEET_FAULT_INJECT") == name:
+        log.warning("event=fault-injected point=%s", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class HealthPolicy:
+    latency_budget_ms: float
+    max_error_rate: float
+    probation_requests: int
+    warmup_runs: int
+
+
+def health_check(model: LoadedModel, policy: HealthPolicy) -> dict[str, Any]:
+    """Warm up on spec-shaped inputs; outputs must be finite and p50 latency within budget."""
+    x = example_inputs(model.inputs)
+    times = []
+    outs: list[np.ndarray] = []
+    for _ in range(max(1, policy.warmup_runs)):
+        t0 = time.perf_counter()
+        try:
+            outs = model.run(x)
+        except Exception as exc:
+            raise InstallError("health-runtime-error", f"warm-up inference failed: {exc}") from exc
+        times.append((time.perf_counter() - t0) * 1000)
+    for name, y in zip(model.output_names, outs, strict=False):
+        arr = np.asarray(y)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InstallError("health-non-finite", f"warm-up output {name!r} is not finite (NaN or inf)")
+    p50 = float(np.median(times))
+    if policy.latency_budget_ms and p50 > policy.latency_budget_ms:
+        raise InstallError("health-latency", f"warm-up p50 {p50:.2f} ms exceeds the budget of"
+                                             f" {policy.latency_budget_ms:.2f} ms")
+    return {"warmup_p50_ms": round(p50, 3)}
+
+
+class Lifecycle:
+    def __init__(self, store: ModelStore, predictor: Predictor, keyring_fn: Callable[[], Any],
+                 device_class: DeviceClass, policy: HealthPolicy, emit: EventFn,
+                 on_change: Callable[[], None], track: Callable[[LoadedModel, str], None],
+                 untrack: Callable[[LoadedModel], None], max_bundle_bytes: int | None = None) -> None:
+        self.store = store
+        self.predictor = predictor
+        self.keyring_fn = keyring_fn
+        self.device_class = device_class
+        self.policy = policy
+        self.emit = emit
+        self.on_change = on_change
+        self.track = track
+        self.untrack = untrack
+        self.max_bundle_bytes = max_bundle_bytes
+        self.options = RuntimeOptions(threads=device_class.threads,
+                                      execution_providers=device_class.execution_providers or ("CPUExecutionProvider",))
+        self._lock = threading.RLock()
+        self.last_rollback_reason: str | None = None
+
+    # -- loading ------------------------------------------------------------------------------
+    def _load(self, inst: InstalledModel) -> LoadedModel:
+        try:
+            manifest = self.store.manifest_of(inst)
+            return load_model(inst, manifest, self.store.path_of(inst), self.options)
+        except RuntimeUnavailable as exc:
+            raise InstallError("runtime-unavailable", str(exc)) from exc
+        except (RuntimeLoadError, OSError, ValueError, KeyError) as exc:
+            raise InstallError("load-failed", str(exc)) from exc
+
+    def start(self) -> LoadedModel | None:
+        """Load the active model from the pointer; fall back to the previous one if it fails."""
+        ptr = self.store.pointer()
+        active, previous = ptr["active"], ptr["previous"]
+        for inst, role in ((active, "active"), (previous, "previous")):
+            if inst is None:
+                continue
+            try:
+                model = self._load(inst)
+                health_check(model, HealthPolicy(0, 1, 0, 1))
+            except InstallError as exc:
+                log.error("event=start-load-failed version=%s role=%s reason=%s", inst.version, role, exc)
+                continue
+            if role == "previous":
+                self.store.set_pointer(inst, None)
+                self.emit("local-rollback", reason="active model failed to load at start",
+                          details={"from_version": active.version if active else None, "to_version": inst.version})
+            self.predictor.swap(model)
+            self.predictor.previous = None
+            self.track(model, "active")
+            if role == "active" and previous is not None:
+                try:
+                    self.predictor.previous = self._load(previous)
+                except InstallError as exc:
+                    log.warning("event=previous-not-loaded version=%s reason=%s", previous.version, exc)
+            log.info("event=model-active name=%s version=%s", inst.name, inst.version)
+            self._restore_candidate()
+            return model
+        return None
+
+    # The candidate survives restarts: candidate.json names its (verified, unpacked) folder.
+    @property
+    def _candidate_path(self) -> Path:
+        return self.store.root / "candidate.json"
+
+    def _restore_candidate(self) -> None:
+        import json
+
+        try:
+            doc = json.loads(self._candidate_path.read_text())
+            inst = InstalledModel(**doc["installed"])
+            model = self._load(inst)
+            health_check(model, HealthPolicy(0, 1, 0, 1))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, InstallError) as exc:
+            log.warning("event=candidate-not-restored reason=%s", exc)
+            self._candidate_path.unlink(missing_ok=True)
+            return
+        active = self.predictor.active
+        self.track(model, doc["mode"], **({"active_version": active.version} if active else {}))
+        self.predictor.candidate = Candidate(model, doc["mode"], float(doc["fraction"]))
+        log.info("event=candidate-restored version=%s mode=%s", inst.version, doc["mode"])
+
+    # -- install ------------------------------------------------------------------------------
+    def _installed_version_for(self, bundle_name: str | None) -> int | None:
+        a = self.predictor.active
+        if a is None:
+            return None
+        return a.installed.version if bundle_name in (None, a.installed.name) else None
+
+    def prepare(self, bundle_path: Path, approval: RollbackApproval | None = None,
+                allow_older: bool = False) -> LoadedModel:
+        """Verify, unpack, load and health-check; nothing changes for requests yet."""
+        from agent.bundle import read_manifest_unverified
+
+        try:
+            name = read_manifest_unverified(bundle_path).get("model", {}).get("name")
+        except (BundleError, AttributeError):
+            name = None
+        installed_version = None if allow_older else self._installed_version_for(name)
+        try:
+            inst, _vb = self.store.unpack(bundle_path, self.keyring_fn(), installed_version, approval,
+                                          self.max_bundle_bytes)
+        except BundleError as exc:
+            raise InstallError(exc.reason, str(exc)) from exc
+        fault_point("after-unpack")
+        built_for = self.store.manifest_of(inst)["model"].get("device_class")
+        if built_for != self.device_class.name:
+            log.warning("event=device-class-mismatch bundle=%s device=%s: loading anyway, the health check decides",
+                        built_for, self.device_class.name)
+        model = self._load(inst)
+        health_check(model, self.policy)
+        fault_point("after-load")
+        return model
+
+    def install(self, bundle_path: Path, approval: RollbackApproval | None = None,
+                command_id: str | None = None) -> InstalledModel:
+        with self._lock:
+            try:
+                model = self.prepare(bundle_path, approval)
+            except InstallError as exc:
+                kind = "bundle-refused" if exc.reason in _BUNDLE_REASONS else "install-failed"
+                self.emit(kind, command_id=command_id, reason=str(exc),
+                          details={"code": exc.reason, "bundle": Path(bundle_path).name})
+                raise
+            return self.activate(model, command_id)
+
+    def activate(self, model: LoadedModel, command_id: str | None = None) -> InstalledModel:
+        with self._lock:
+            current = self.predictor.active
+            if current is not None and current.installed.manifest_sha256 == model.installed.manifest_sha256:
+                return current.installed  # already active: nothing to do
+            self.store.set_pointer(model.installed, current.installed if current else None)
+            fault_point("after-pointer")
+            model.probation = self.policy.probation_requests
+            model.probation_latencies_us = []
+            model.attempts = model.runtime_errors = 0
+            self.track(model, "active")
+            self.predictor.swap(model)
+            cand = self.predictor.candidate
+            if cand is not None and cand.model.installed.manifest_sha256 == model.installed.manifest_sha256:
+                self.predictor.candidate = None  # promoted
+                self._candidate_path.unlink(missing_ok=True)
+            if current is not None:
+                self.untrack(current)
+            self.store.gc()
+            log.info("event=model-active name=%s version=%s previous=%s", model.installed.name, model.version,
+                     current.version if current else None)
+            self.emit("install-ok", command_id=command_id, reason=None,
+                      details={"name": model.installed.name, "version": model.version,
+                               "previous_version": current.version if current else None})
+            self.on_change()
+            return model.installed
+
+    # -- rollback -----------------------------------------------------------------------------
+    def rollback_to_previous(self, reason: str, command_id: str | None = None, local: bool = True) -> bool:
+        """Switch back to the loaded previous model; the failed one is dropped."""
+        with self._lock:
+            prev, bad = self.predictor.previous, self.predictor.active
+            if prev is None or bad is None:
+                return False
+            self.store.set_pointer(prev.installed, None)
+            prev.probation = 0
+            self.track(prev, "active")
+            self.predictor.active = prev
+            self.predictor.previous = None
+            self.untrack(bad)
+            self.last_rollback_reason = reason
+            log.warning("event=rollback from=%s to=%s reason=%s", bad.version, prev.version, reason)
+            if local:
+                self.emit("local-rollback", command_id=command_id, reason=reason,
+                          details={"from_version": bad.version, "to_version": prev.version})
+            self.on_change()
+            return True
+
+    def check_probation(self, model: LoadedModel) -> None:
+        """Called on a runtime error during probation: roll back when the error rate is too high."""
+        if model is not self.predictor.active or self.predictor.previous is None:
+            return
+        attempts = max(1, model.attempts)
+        rate = model.runtime_errors / attempts
+        if model.runtime_errors >= 3 and rate > self.policy.max_error_rate:
+            reason = (f"error rate {rate:.2f} after {attempts} requests exceeds {self.policy.max_error_rate:.2f}"
+                      f" (version {model.version})")
+            threading.Thread(target=self.rollback_to_previous, args=(reason,), daemon=True).start()
+
+    def end_probation(self, model: LoadedModel) -> None:
+        """After the probation requests: the served p50 latency must be within the budget."""
+        lat = model.probation_latencies_us
+        model.probation_latencies_us = []
+        if not lat or not self.policy.latency_budget_ms or model is not self.predictor.active:
+            return
+        p50_ms = float(np.median(lat)) / 1000.0
+        if p50_ms > self.policy.latency_budget_ms and self.predictor.previous is not None:
+            reason = (f"served p50 latency {p50_ms:.2f} ms over {len(lat)} requests exceeds the budget of"
+                      f" {self.policy.latency_budget_ms:.2f} ms (version {model.version})")
+            threading.Thread(target=self.rollback_to_previous, args=(reason,), daemon=True).start()
+
+    # -- candidates ---------------------------------------------------------------------------
+    def set_candidate(self, bundle_path: Path, mode: str, fraction: float, command_id: str | None = None) -> None:
+        with self._lock:
+            try:
+                model = self.prepare(bundle_path)
+            except InstallError as exc:
+                self.emit("install-failed", command_id=command_id, reason=str(exc), details={"code": exc.reason,
+                                                                                             "mode": mode})
+                raise
+            self.stop_candidate()
+            active = self.predictor.active
+            self.track(model, mode, **({"active_version": active.version} if active else {}))
+            self.predictor.candidate = Candidate(model, mode, float(fraction))
+            from agent.canonical import canonical_json
+            from agent.model_store import write_atomic
+
+            write_atomic(self._candidate_path, canonical_json({"installed": model.installed.to_dict(), "mode": mode,
+                                                              "fraction": float(fraction)}))
+            self.on_change()
+
+    def stop_candidate(self) -> None:
+        with self._lock:
+            cand = self.predictor.candidate
+            self.predictor.candidate = None
+            self._candidate_path.unlink(missing_ok=True)
+            if cand is not None:
+                self.untrack(cand.model)
+                self.on_change()
+
+
+_BUNDLE_REASONS = {"no-signature", "unknown-key", "bad-signature", "hash-mismatch", "size-mismatch", "extra-file",
+                   "missing-file", "unsafe-path", "too-large", "downgrade", "malformed"}
+

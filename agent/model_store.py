@@ -1,0 +1,139 @@
+"""Installed model versions on disk and the pointer to the active one.
+
+Layout under state_dir/models:
+  <name>-v<version>-<manifest sha[:12]>/   unpacked payload (created atomically by
+                                           agent.bundle.verify_bundle, then renamed)
+  <same>.manifest.json                     the verified manifest, written after the rename
+  current.json                             {"active": {...}, "previous": {...}}; replaced with
+                                           os.replace after fsync, so a crash leaves either the
+                                           old or the new pointer, never a torn one.
+Leftover staging folders from a crash are removed at start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.bundle import RollbackApproval, VerifiedBundle, verify_bundle
+from agent.canonical import canonical_json
+from agent.keys import Keyring
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    name: str
+    version: int
+    manifest_sha256: str
+    bundle_sha256: str
+    dirname: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def public(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "manifest_sha256": self.manifest_sha256,
+                "bundle_sha256": self.bundle_sha256}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so a crash leaves the old or the new file, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ModelStore:
+    def __init__(self, state_dir: Path, keep: int = 3) -> None:
+        self.root = Path(state_dir) / "models"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        self._clean_staging()
+
+    @property
+    def pointer_path(self) -> Path:
+        return self.root / "current.json"
+
+    def _clean_staging(self) -> None:
+        for p in self.root.iterdir():
+            if p.name.startswith(".") and any(t in p.name for t in (".staging-", ".tmp-", ".incoming-")):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    def pointer(self) -> dict[str, InstalledModel | None]:
+        try:
+            data = json.loads(self.pointer_path.read_text())
+        except FileNotFoundError:
+            return {"active": None, "previous": None}
+        except (OSError, ValueError) as exc:
+            log.error("event=pointer-unreadable error=%s", exc)
+            return {"active": None, "previous": None}
+        return {k: InstalledModel(**data[k]) if data.get(k) else None for k in ("active", "previous")}
+
+    def set_pointer(self, active: InstalledModel | None, previous: InstalledModel | None) -> None:
+        doc = {"active": active.to_dict() if active else None, "previous": previous.to_dict() if previous else None}
+        write_atomic(self.pointer_path, canonical_json(doc))
+
+    def path_of(self, m: InstalledModel) -> Path:
+        return self.root / m.dirname
+
+    def manifest_of(self, m: InstalledModel) -> dict[str, Any]:
+        return json.loads(self.manifest_path(m.dirname).read_text())
+
+    def manifest_path(self, dirname: str) -> Path:
+        return self.root / f"{dirname}.manifest.json"
+
+    def unpack(self, bundle_path: Path, keyring: Keyring, installed_version: int | None,
+               rollback_approval: RollbackApproval | None = None,
+               max_bytes: int | None = None) -> tuple[InstalledModel, VerifiedBundle]:
+        """Verify and unpack in one streaming pass; an identical version already on disk is kept."""
+        kwargs: dict[str, Any] = {"max_member_bytes": max_bytes} if max_bytes else {}
+        incoming = self.root / f".incoming-{os.getpid()}-{time.monotonic_ns()}"
+        vb = verify_bundle(bundle_path, keyring, installed_version=installed_version,
+                           rollback_approval=rollback_approval, unpack_to=incoming, **kwargs)
+        dirname = f"{vb.name}-v{vb.version}-{vb.manifest_sha256[:12]}"
+        target = self.root / dirname
+        mpath = self.manifest_path(dirname)
+        try:
+            if target.exists() and mpath.exists():
+                shutil.rmtree(incoming, ignore_errors=True)
+            else:
+                if target.exists():
+                    shutil.rmtree(target)
+                os.rename(incoming, target)
+                write_atomic(mpath, canonical_json(vb.manifest))
+        finally:
+            if incoming.exists():
+                shutil.rmtree(incoming, ignore_errors=True)
+        return InstalledModel(vb.name, vb.version, vb.manifest_sha256, vb.bundle_sha256, dirname), vb
+
+    def gc(self) -> None:
+        """Keep the active, previous and the newest `keep` folders; remove the rest."""
+        ptr = self.pointer()
+        keep = {m.dirname for m in ptr.values() if m}
+        try:
+            keep.add(json.loads((self.root / "candidate.json").read_text())["installed"]["dirname"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        dirs = sorted((p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+        for p in dirs[self.keep:]:
+            if p.name not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+                self.manifest_path(p.name).unlink(missing_ok=True)

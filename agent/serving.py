@@ -1,0 +1,145 @@
+"""The in-process predictor: the active model, the previous one (kept loaded for an instant
+rollback) and an optional candidate (shadow or A/B).
+
+A swap is one attribute assignment, so a request reads either the old or the new model and
+always finishes on the model it started with; nothing is closed while a request may use it
+(runtimes are released by reference counting).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.model_store import InstalledModel
+from agent.runtimes.base import Runtime, RuntimeOptions, load_runtime
+from agent.spec_check import InputError, TensorSpec, check_inputs, specs_from_manifest
+from agent.telemetry import DriftSketcher, WindowStats
+
+if TYPE_CHECKING:
+    from agent.telemetry import Telemetry
+
+
+class PredictError(Exception):
+    """The runtime failed on a valid input."""
+
+    kind = "runtime"
+
+
+class NoModelError(Exception):
+    """No model is installed yet."""
+
+    kind = "no_model"
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    installed: InstalledModel
+    manifest: dict[str, Any]
+    runtime: Runtime
+    inputs: list[TensorSpec]
+    output_names: list[str]
+    sketcher: DriftSketcher
+    stats: WindowStats | None = None
+    attempts: int = 0
+    runtime_errors: int = 0
+    probation: int = 0  # requests left under post-swap health watch
+    probation_latencies_us: list[float] = field(default_factory=list)
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def version(self) -> int:
+        return self.installed.version
+
+    def run(self, x: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.runtime.run(x)
+
+
+def load_model(installed: InstalledModel, manifest: dict[str, Any], model_dir: Path,
+               options: RuntimeOptions) -> LoadedModel:
+    fmt = manifest["model"]["format"]
+    runtime = load_runtime(fmt, model_dir / manifest["entrypoint"], options, manifest)
+    outputs = [o["name"] for o in manifest.get("outputs", [])] or list(getattr(runtime, "output_names", []))
+    return LoadedModel(installed, manifest, runtime, specs_from_manifest(manifest), outputs,
+                       DriftSketcher(manifest.get("drift_baseline")))
+
+
+@dataclass
+class Candidate:
+    model: LoadedModel
+    mode: str  # "shadow" or "ab"
+    fraction: float
+
+
+class Predictor:
+    def __init__(self, telemetry: Telemetry | None = None,
+                 on_shadow: Callable[[LoadedModel, dict[str, np.ndarray], list[np.ndarray]], None] | None = None,
+                 on_runtime_error: Callable[[LoadedModel], None] | None = None) -> None:
+        self.active: LoadedModel | None = None
+        self.previous: LoadedModel | None = None
+        self.candidate: Candidate | None = None
+        self.telemetry = telemetry
+        self.telemetry_enabled = telemetry is not None
+        self.on_shadow = on_shadow
+        self.on_runtime_error = on_runtime_error
+        self.on_probation_end: Callable[[LoadedModel], None] | None = None
+        self._rand = random.random
+
+    def predict(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
+        """Run the active model (or the A/B candidate for its share). Raises InputError,
+        PredictError or NoModelError; none of them affects the next request."""
+        m = self.active
+        if m is None:
+            raise NoModelError("no model is installed")
+        cand = self.candidate
+        if cand is not None and cand.mode == "ab" and self._rand() < cand.fraction:
+            m = cand.model
+        t0 = time.perf_counter_ns()
+        try:
+            x = check_inputs(inputs, m.inputs)
+        except InputError:
+            if m.stats is not None:
+                m.stats.error("invalid_input")
+            raise
+        m.attempts += 1
+        try:
+            outs = m.runtime.run(x)
+        except Exception as exc:
+            m.runtime_errors += 1
+            if m.stats is not None:
+                m.stats.error("runtime")
+            if m.probation and self.on_runtime_error is not None:
+                self.on_runtime_error(m)
+            raise PredictError(f"model {m.installed.name} v{m.version} failed: {exc}") from exc
+        # Read the window's stats only now, right before recording: the window closer swaps them
+        # and then waits a moment, which covers the tiny gap between this read and the append.
+        stats = m.stats
+        if self.telemetry_enabled and stats is not None:
+            stats.latencies_us.append((time.perf_counter_ns() - t0) / 1000.0)
+            tel = self.telemetry
+            if tel is not None and tel.sample_budget > 0 and self._rand() < tel.sample_rate:
+                tel.sample_budget -= 1
+                tel.offer_sample(m, stats, x, outs)
+        if m.probation:
+            m.probation_latencies_us.append((time.perf_counter_ns() - t0) / 1000.0)
+            m.probation -= 1
+            if m.probation == 0 and self.on_probation_end is not None:
+                self.on_probation_end(m)
+        if cand is not None and cand.mode == "shadow" and m is not cand.model and self.on_shadow is not None \
+                and self._rand() < cand.fraction:
+            self.on_shadow(m, x, outs)
+        return dict(zip(m.output_names, outs, strict=False))
+
+    def swap(self, new: LoadedModel) -> LoadedModel | None:
+        """Make `new` active; the old active becomes previous (still loaded)."""
+        old = self.active
+        if old is not new:
+            self.previous = old
+        self.active = new
+        return old
