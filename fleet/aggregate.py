@@ -1,0 +1,125 @@
+"""Merging telemetry payloads: exact addition of histograms on shared bin edges.
+
+`merge_into(acc, payload)` folds one verified telemetry payload into an aggregate payload; the
+same function serves ingest (per window key) and reads (over windows). Histograms whose edges
+hash differs from the accumulator's are not added; they are counted in `edge_mismatch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+RESOURCE_KEYS = ("cpu_percent", "rss_mb", "mem_percent", "temp_c")
+
+
+def empty() -> dict[str, Any]:
+    return {"n_windows": 0, "requests": 0, "sampled": 0, "errors": {}, "devices": 0,
+            "latency_us": {"growth": 1.1, "min_us": 1.0, "buckets": {}, "sum_us": 0.0},
+            "resources_sum": {}, "resources_n": {}, "resources_max": {},
+            "features": None, "prediction": None, "shadow": {"compared": 0, "agreed": 0},
+            "dropped_windows": 0, "edge_mismatch": 0}
+
+
+def _add_counts(a: list[int], b: list[int]) -> list[int]:
+    return [int(x) + int(y) for x, y in zip(a, b, strict=True)]
+
+
+def merge_into(acc: dict[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
+    """Add telemetry payload (or another aggregate payload) `p` to `acc` in place; returns acc."""
+    is_agg = "n_windows" in p
+    acc["n_windows"] += int(p.get("n_windows", 1))
+    acc["devices"] += int(p.get("devices", 1))
+    acc["requests"] += int(p.get("requests", 0))
+    acc["sampled"] += int(p.get("sampled", 0))
+    acc["dropped_windows"] += int(p.get("dropped_windows", 0))
+    acc["edge_mismatch"] += int(p.get("edge_mismatch", 0))
+    for k, v in (p.get("errors") or {}).items():
+        acc["errors"][k] = acc["errors"].get(k, 0) + int(v)
+    lat_in = p.get("latency_us") or {}
+    lat = acc["latency_us"]
+    for k, v in (lat_in.get("buckets") or {}).items():
+        lat["buckets"][k] = lat["buckets"].get(k, 0) + int(v)
+    lat["sum_us"] = float(lat["sum_us"]) + float(lat_in.get("sum_us", 0.0))
+    if is_agg:
+        for k, v in (p.get("resources_sum") or {}).items():
+            acc["resources_sum"][k] = acc["resources_sum"].get(k, 0.0) + float(v)
+            acc["resources_n"][k] = acc["resources_n"].get(k, 0) + int(p["resources_n"].get(k, 0))
+        for k, v in (p.get("resources_max") or {}).items():
+            acc["resources_max"][k] = max(acc["resources_max"].get(k, float("-inf")), float(v))
+    else:
+        for k, v in (p.get("resources") or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                acc["resources_sum"][k] = acc["resources_sum"].get(k, 0.0) + float(v)
+                acc["resources_n"][k] = acc["resources_n"].get(k, 0) + 1
+                acc["resources_max"][k] = max(acc["resources_max"].get(k, float("-inf")), float(v))
+    sh = p.get("shadow")
+    if isinstance(sh, Mapping):
+        acc["shadow"]["compared"] += int(sh.get("compared", 0))
+        acc["shadow"]["agreed"] += int(sh.get("agreed", 0))
+    feats = p.get("features")
+    if isinstance(feats, list) and feats:
+        if acc["features"] is None:
+            acc["features"] = [{"name": f["name"], "edges_hash": f.get("edges_hash"), "counts": list(f["counts"]),
+                                "nan": int(f.get("nan", 0))} for f in feats]
+        elif _same_layout(acc["features"], feats):
+            for a, f in zip(acc["features"], feats, strict=True):
+                a["counts"] = _add_counts(a["counts"], f["counts"])
+                a["nan"] += int(f.get("nan", 0))
+        else:
+            acc["edge_mismatch"] += 1
+    pred = p.get("prediction")
+    if isinstance(pred, Mapping) and "counts" in pred:
+        if acc["prediction"] is None:
+            acc["prediction"] = {**dict(pred), "counts": list(pred["counts"])}
+        elif (len(acc["prediction"]["counts"]) == len(pred["counts"])
+              and acc["prediction"].get("edges_hash") == pred.get("edges_hash")):
+            acc["prediction"]["counts"] = _add_counts(acc["prediction"]["counts"], pred["counts"])
+            acc["prediction"]["nan"] = int(acc["prediction"].get("nan", 0)) + int(pred.get("nan", 0))
+        else:
+            acc["edge_mismatch"] += 1
+    return acc
+
+
+def _same_layout(a: list[Mapping[str, Any]], b: list[Mapping[str, Any]]) -> bool:
+    return len(a) == len(b) and all(
+        x["name"] == y["name"] and x.get("edges_hash") == y.get("edges_hash") and len(x["counts"]) == len(y["counts"])
+        for x, y in zip(a, b, strict=True))
+
+
+def merge_many(payloads: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """merge_all for telemetry payloads, with the histograms added in one numpy pass (ingest)."""
+    from fleet.drift import merge_payloads
+
+    acc = empty()
+    for p in payloads:
+        merge_into(acc, {k: v for k, v in p.items() if k not in ("features", "prediction")})
+    with_hist = [p for p in payloads if p.get("features") or p.get("prediction")]
+    if not with_hist:
+        return acc
+    h = merge_payloads(with_hist)
+    if h.names:
+        nan = h.nan or [0] * len(h.names)
+        acc["features"] = [{"name": n, "edges_hash": eh, "counts": c.tolist(), "nan": int(k)}
+                           for n, eh, c, k in zip(h.names, h.hashes, h.counts, nan, strict=True)]
+    if h.prediction is not None:
+        acc["prediction"] = {**dict(with_hist[0]["prediction"]), "counts": h.prediction.tolist(),
+                             "nan": h.prediction_nan}
+    acc["edge_mismatch"] += h.skipped
+    return acc
+
+
+def merge_all(payloads: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    acc = empty()
+    for p in payloads:
+        merge_into(acc, p)
+    return acc
+
+
+def cohort_of(attributes: Mapping[str, Any] | None, keys: Iterable[str]) -> str:
+    """Cohort label from device attributes, e.g. 'region=eu'; 'all' when none of the keys is set."""
+    attributes = attributes or {}
+    if attributes.get("cohort"):
+        return str(attributes["cohort"])
+    parts = [f"{k}={attributes[k]}" for k in keys if attributes.get(k) not in (None, "")]
+    return ",".join(parts) or "all"

@@ -1,0 +1,137 @@
+"""Drift over the stored aggregates: reports per version/cohort/window, and alerts with evidence."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlmodel import Session, select
+
+from fleet import audit
+from fleet.drift import DriftReport, compare
+from fleet.models import Aggregate, DriftAlert, ModelVersion, now
+from fleet.settings import FleetSettings
+
+
+class NoReference(Exception):
+    """No baseline in the manifest, or no control data in the window."""
+
+
+def baseline_for(db: Session, name: str, version: int) -> dict[str, Any] | None:
+    for mv in db.exec(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)):
+        if (mv.manifest or {}).get("drift_baseline"):
+            return mv.manifest["drift_baseline"]
+    return None
+
+
+def aggregates(db: Session, name: str, version: int, *, role: str = "active", cohort: str | None = None,
+               device_class: str | None = None, since: float | None = None, until: float | None = None,
+               window_start: float | None = None) -> list[Aggregate]:
+    q = select(Aggregate).where(Aggregate.model_name == name, Aggregate.model_version == version,
+                                Aggregate.role == role)
+    if cohort:
+        q = q.where(Aggregate.cohort == cohort)
+    if device_class:
+        q = q.where(Aggregate.device_class == device_class)
+    if window_start is not None:
+        q = q.where(Aggregate.window_start == window_start)
+    if since is not None:
+        q = q.where(Aggregate.window_start >= since)
+    if until is not None:
+        q = q.where(Aggregate.window_start < until)
+    return list(db.exec(q.order_by(Aggregate.window_start)))
+
+
+def control_version(db: Session, name: str, version: int) -> int | None:
+    """The previous version that has telemetry (the control cohort)."""
+    row = db.exec(select(Aggregate.model_version).where(Aggregate.model_name == name,
+                                                        Aggregate.model_version < version)
+                  .order_by(Aggregate.model_version.desc()).limit(1)).first()
+    return None if row is None else int(row)
+
+
+def fleet_drift(db: Session, settings: FleetSettings, name: str, version: int, *, reference: str = "baseline",
+                role: str = "active", cohort: str | None = None, device_class: str | None = None,
+                since: float | None = None, until: float | None = None,
+                window_start: float | None = None) -> DriftReport:
+    """Drift of (name, version) over the selected windows against the baseline or the control."""
+    current = aggregates(db, name, version, role=role, cohort=cohort, device_class=device_class, since=since,
+                         until=until, window_start=window_start)
+    if reference == "baseline":
+        base = baseline_for(db, name, version)
+        if base is None:
+            raise NoReference(f"{name} v{version} has no drift_baseline in its manifest")
+        return compare([a.payload for a in current], base, settings, reference_label="baseline")
+    ctrl_v = control_version(db, name, version)
+    if ctrl_v is None:
+        raise NoReference(f"no earlier version of {name} has telemetry")
+    windows = sorted({a.window_start for a in current})
+    control = [a for w in windows for a in aggregates(db, name, ctrl_v, cohort=cohort, device_class=device_class,
+                                                      window_start=w)]
+    if not control:
+        raise NoReference(f"v{ctrl_v} has no telemetry in the same windows")
+    return compare([a.payload for a in current], [a.payload for a in control], settings,
+                   reference_label=f"control:v{ctrl_v}")
+
+
+def evaluate(db: Session, settings: FleetSettings, *, since: float | None = None,
+             actor: str = "drift-evaluator") -> list[DriftAlert]:
+    """Check every (version, cohort, window) since `since` against baseline and control; store
+    an alert (with its evidence) for each warn/alert result not stored before."""
+    q = select(Aggregate).where(Aggregate.role == "active")
+    if since is not None:
+        q = q.where(Aggregate.window_start >= since)
+    groups: dict[tuple[str, int, str, float], list[Aggregate]] = defaultdict(list)
+    for a in db.exec(q):
+        groups[(a.model_name, a.model_version, a.cohort, a.window_start)].append(a)
+    new: list[DriftAlert] = []
+    for (name, version, cohort, ws), rows in sorted(groups.items()):
+        for ref in ("baseline", "control"):
+            try:
+                rep = fleet_drift(db, settings, name, version, reference=ref, cohort=cohort, window_start=ws)
+            except NoReference:
+                continue
+            if rep.level not in ("warn", "alert"):
+                continue
+            exists = db.exec(select(DriftAlert.id).where(
+                DriftAlert.model_name == name, DriftAlert.model_version == version, DriftAlert.cohort == cohort,
+                DriftAlert.window_start == ws, DriftAlert.reference == rep.reference)).first()
+            if exists is not None:
+                continue
+            top = sorted(rep.features, key=lambda f: -f.psi)[:3]
+            summary = (f"{rep.level}: {len(rep.drifted_features)}/{len(rep.features)} features drifted vs "
+                       f"{rep.reference}; top " + ", ".join(f"{f.name} PSI {f.psi:.3f}" for f in top))
+            if rep.prediction is not None:
+                summary += f"; prediction PSI {rep.prediction.psi:.3f}"
+            alert = DriftAlert(model_name=name, model_version=version, device_class=rows[0].device_class,
+                               cohort=cohort, window_start=ws, window_end=ws + rows[0].window_seconds,
+                               reference=rep.reference, level=rep.level, summary=summary,
+                               evidence=rep.to_dict())
+            db.add(alert)
+            db.flush()
+            audit.record(db, actor, "alert.raise", f"alert:{alert.id}", None,
+                         {"model": name, "version": version, "cohort": cohort, "level": rep.level,
+                          "reference": rep.reference})
+            new.append(alert)
+    return new
+
+
+def acknowledge(db: Session, alert_id: int, actor: str) -> DriftAlert | None:
+    alert = db.get(DriftAlert, alert_id)
+    if alert is None:
+        return None
+    before = {"status": alert.status}
+    alert.status, alert.acknowledged_at, alert.acknowledged_by = "acknowledged", now(), actor
+    db.add(alert)
+    audit.record(db, actor, "alert.acknowledge", f"alert:{alert_id}", before, {"status": alert.status})
+    return alert
+
+
+def alert_view(a: DriftAlert, with_evidence: bool = False) -> dict[str, Any]:
+    d = {"id": a.id, "created_at": a.created_at, "model": a.model_name, "version": a.model_version,
+         "device_class": a.device_class, "cohort": a.cohort, "window_start": a.window_start,
+         "window_end": a.window_end, "reference": a.reference, "level": a.level, "summary": a.summary,
+         "status": a.status, "acknowledged_at": a.acknowledged_at, "acknowledged_by": a.acknowledged_by}
+    if with_evidence:
+        d["evidence"] = a.evidence
+    return d

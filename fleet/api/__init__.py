@@ -1,0 +1,1 @@
+"""REST API blueprints (JSON under /api). Errors come from fleet.errors; pagination is limit/offset."""

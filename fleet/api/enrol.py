@@ -1,0 +1,59 @@
+"""Enrolment: operators create one-time tokens; devices trade one (plus their public key) for an identity."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from agent.keys import public_key_to_b64
+from fleet import enrolment
+from fleet.app import fleet_context
+from fleet.auth import actor, require_role
+from fleet.broker import parse_mqtt_url
+from fleet.errors import ApiError, json_body
+from fleet.fleet_keys import load_fleet_key
+
+bp = Blueprint("api_enrol", __name__, url_prefix="/api")
+
+
+@bp.post("/enrolment-tokens")
+@require_role("operator")
+def create_token():  # type: ignore[no-untyped-def]
+    body = request.get_json(silent=True) or {}
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad-request", "expected a JSON object body")
+    ttl = body.get("ttl_s", 24 * 3600)
+    if not isinstance(ttl, (int, float)) or ttl <= 0:
+        raise ApiError(400, "bad-request", "ttl_s must be a positive number")
+    with fleet_context().session() as db:
+        token, row = enrolment.create_enrolment_token(
+            db, actor(), ttl_s=float(ttl), device_class=body.get("device_class"), tags=body.get("tags"),
+            attributes=body.get("attributes"))
+        return jsonify({"token": token, "id": row.id, "expires_at": row.expires_at}), 201
+
+
+@bp.post("/enrol")
+def enrol():  # type: ignore[no-untyped-def]
+    """Public: the enrolment token is the credential."""
+    body = json_body()
+    if not isinstance(body.get("token"), str) or not isinstance(body.get("public_key"), str):
+        raise ApiError(400, "bad-request", "token and public_key (base64 raw Ed25519) are required")
+    ctx = fleet_context()
+    s = ctx.settings
+    try:
+        with ctx.session() as db:
+            res = enrolment.enrol(db, s, body["token"], body["public_key"], device_id=body.get("device_id"),
+                                  device_class=body.get("device_class"), tags=body.get("tags"),
+                                  attributes=body.get("attributes"))
+            device = enrolment.device_view(res.device)
+    except enrolment.EnrolmentError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from exc
+    host, port = parse_mqtt_url(s.mqtt_url)
+    fleet_pub = public_key_to_b64(load_fleet_key(s).public_key())
+    base = f"edgefleet/v1/{s.fleet_id}/{device['id']}"
+    return jsonify({
+        "device_id": device["id"], "fleet": s.fleet_id, "device": device,
+        "mqtt": {"host": host, "port": port, "url": f"mqtt://{host}:{port}", "username": device["id"],
+                 "password": res.mqtt_password, "client_id": device["id"]},
+        "topics": {k: f"{base}/{k}" for k in ("telemetry", "state", "events", "cmd")},
+        "fleet_keys": [fleet_pub], "artifacts_url": f"{s.public_url}/artifacts",
+    }), 201

@@ -1,0 +1,109 @@
+"""Flask app factory. Everything a request needs hangs off `fleet_context()`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, current_app, g, request
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from fleet.settings import FleetSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FleetContext:
+    """Shared state of one fleet app: settings, engine and hooks (e.g. the in-process ingest)."""
+
+    settings: FleetSettings
+    engine: Engine
+    bootstrap_token_hashes: dict[str, str] = field(default_factory=dict)
+    ingest: Any = None  # fleet.ingest.IngestService when running in-process
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        from fleet.db import session_scope
+
+        with session_scope(self.engine) as s:
+            yield s
+
+    def device_changed(self, device_id: str) -> None:
+        """Tell an in-process ingest to forget its cached copy (decommission takes effect now)."""
+        if self.ingest is not None:
+            self.ingest.forget_device(device_id)
+
+
+def fleet_context(app: Flask | None = None) -> FleetContext:
+    return (app or current_app).extensions["edgefleet"]
+
+
+BLUEPRINTS = (
+    "fleet.api.devices:bp",
+    "fleet.api.enrol:bp",
+    "fleet.api.models:bp",
+    "fleet.api.telemetry:bp",
+    "fleet.api.drift:bp",
+    "fleet.api.admin:bp",
+    "fleet.artifacts:bp",
+    "fleet.openapi:bp",
+    "fleet.ops_metrics:bp",
+    "fleet.console.views:bp",
+)
+
+
+def _load(spec: str) -> Any:
+    import importlib
+
+    mod, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+def create_app(settings: FleetSettings | None = None, *, engine: Engine | None = None,
+               init: bool = True) -> Flask:
+    """Build the fleet app. `init` migrates the database to head first."""
+    from fleet.auth import hash_token
+    from fleet.db import init_db, make_engine
+    from fleet.errors import register_error_handlers
+
+    settings = settings or FleetSettings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = engine or make_engine(settings.database_url, data_dir=settings.data_dir)
+    if init:
+        init_db(engine)
+    app = Flask(__name__, static_folder=None)
+    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=4 * 1024**3,
+                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", JSON_SORT_KEYS=False)
+    app.extensions["edgefleet"] = FleetContext(
+        settings, engine, {hash_token(t): role for t, role in settings.api_tokens.items()})
+    register_error_handlers(app)
+    for spec in BLUEPRINTS:
+        app.register_blueprint(_load(spec))
+    try:
+        rollouts_bp = _load("fleet.rollouts.api:bp")
+    except ImportError as exc:
+        log.info("rollout API not available (%s)", exc)
+    else:
+        app.register_blueprint(rollouts_bp)
+
+    from fleet import ops_metrics
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.t0 = time.perf_counter()
+
+    @app.after_request
+    def _observe(resp):  # type: ignore[no-untyped-def]
+        rule = request.url_rule.rule if request.url_rule else "unmatched"
+        ops_metrics.observe_request(request.method, rule, resp.status_code, time.perf_counter() - g.get("t0", 0))
+        return resp
+
+    return app

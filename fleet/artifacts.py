@@ -1,0 +1,30 @@
+"""Artifact download for agents: GET /artifacts/<bundle sha256>, with Range (resumable) and ETag.
+
+Public on purpose: the content is addressed by its hash and the bundle is signed, so an agent
+verifies what it gets; no API token has to live on devices.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, send_file
+
+from fleet.app import fleet_context
+from fleet.catalogue import CatalogueError, artifact_path
+from fleet.errors import ApiError
+
+bp = Blueprint("artifacts", __name__)
+
+
+@bp.route("/artifacts/<digest>", methods=["GET", "HEAD"])
+def get_artifact(digest: str) -> Response:
+    try:
+        path = artifact_path(fleet_context().settings, digest)
+    except CatalogueError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from exc
+    if not path.is_file():
+        raise ApiError(404, "not-found", f"no artifact {digest}")
+    resp = send_file(path, mimetype="application/x-tar", conditional=True, etag=digest, max_age=31536000,
+                     download_name=f"{digest}.bundle")
+    resp.headers["Accept-Ranges"] = "bytes"
+    resp.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    return resp

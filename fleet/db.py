@@ -1,0 +1,97 @@
+"""Engine and sessions: SQLite file by default, PostgreSQL through DATABASE_URL.
+
+`init_db` runs the alembic migrations to head (so an upgrade keeps data), then creates any
+table that has no migration yet (e.g. a newly added module's models) so development never
+blocks on a missing revision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, create_engine
+
+log = logging.getLogger(__name__)
+
+
+class RawJSON(dict):  # type: ignore[type-arg]
+    """A parsed JSON object that remembers its exact (signed, canonical) text, so storing it
+    costs no second serialisation and the database holds the bytes the device signed."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, parsed: dict, raw: str) -> None:  # type: ignore[type-arg]
+        super().__init__(parsed)
+        self.raw = raw
+
+
+def json_dumps(obj: object) -> str:
+    if isinstance(obj, RawJSON):
+        return obj.raw
+    return json.dumps(obj, allow_nan=False, separators=(",", ":"))
+
+
+def sqlite_url(path: Path | str) -> str:
+    return f"sqlite:///{Path(path)}"
+
+
+def make_engine(url: str | None = None, *, data_dir: Path | str | None = None, echo: bool = False) -> Engine:
+    """An engine for `url`, or for fleet.db (SQLite) in `data_dir` when no URL is given."""
+    if not url:
+        base = Path(data_dir or ".edgefleet/fleet")
+        base.mkdir(parents=True, exist_ok=True)
+        url = sqlite_url(base / "fleet.db")
+    if url.startswith("sqlite"):
+        engine = create_engine(url, echo=echo, json_serializer=json_dumps,
+                               connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, echo=echo, json_serializer=json_dumps, pool_pre_ping=True, pool_size=10,
+                         max_overflow=20)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    # WAL lets the console read while ingest writes; NORMAL sync is safe with WAL.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def init_db(engine: Engine, *, migrate: bool = True) -> None:
+    """Bring the schema to the newest revision; create tables that have no migration yet."""
+    import fleet.models  # noqa: F401  (registers the tables)
+
+    try:  # rollout tables live with the rollout engineer; register them when present
+        import fleet.rollouts.models  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        pass
+    if migrate:
+        from fleet.migrate import upgrade
+
+        upgrade(engine)
+    SQLModel.metadata.create_all(engine, checkfirst=True)
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

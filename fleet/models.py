@@ -1,0 +1,175 @@
+"""The fleet database (see docs/CONTRACTS.md "Fleet database"). The rollout engineer reads these.
+
+Times are UNIX seconds (float) so SQLite and PostgreSQL agree and JSON stays trivial.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def now() -> float:
+    return time.time()
+
+
+def _json(default: Any = None) -> Any:
+    return Field(default_factory=(lambda: default() if callable(default) else default),
+                 sa_column=Column(JSON, nullable=True))
+
+
+class Device(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=128)
+    fleet: str = Field(default="default", index=True)
+    device_class: str = Field(default="", index=True)
+    tags: list[str] = _json(list)
+    attributes: dict[str, Any] = _json(dict)
+    public_key: str = ""
+    key_id: str = ""
+    status: str = Field(default="active", index=True)  # active | decommissioned
+    enrolled_at: float = Field(default_factory=now)
+    decommissioned_at: float | None = None
+    last_seen: float | None = Field(default=None, index=True)
+    online: bool | None = None
+    installed_name: str | None = None
+    installed_version: int | None = None
+    installed_manifest_sha256: str | None = None
+    installed_bundle_sha256: str | None = None
+    previous_version: int | None = None
+    agent_version: str | None = None
+    state: dict[str, Any] | None = _json(None)
+    state_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    command_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    mqtt_username: str = ""
+    mqtt_password_hash: str = ""
+
+
+class ModelVersion(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("name", "version", "device_class", name="uq_modelversion_nvc"),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    version: int
+    device_class: str
+    format: str
+    precision: str
+    manifest_sha256: str = Field(index=True)
+    bundle_sha256: str = Field(index=True)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    artifact_path: str
+    manifest: dict[str, Any] = _json(dict)
+    signed_by: str = ""
+    uploaded_by: str = ""
+    created_at: float = Field(default_factory=now)
+
+
+class TelemetryWindow(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("device_id", "seq", name="uq_telemetry_device_seq"),
+        Index("ix_telemetry_model_window", "model_name", "model_version", "window_start"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"),
+                                                          primary_key=True, autoincrement=True))
+    device_id: str = Field(index=True)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    window_start: float
+    window_end: float
+    model_name: str
+    model_version: int
+    role: str = "active"
+    device_class: str = ""
+    cohort: str = ""
+    requests: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    errors: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    payload: dict[str, Any] = _json(dict)
+    received_at: float = Field(default_factory=now, index=True)
+
+
+class Aggregate(SQLModel, table=True):
+    """Telemetry merged over devices per (model version, role, device class, cohort, window)."""
+
+    __table_args__ = (UniqueConstraint("model_name", "model_version", "role", "device_class", "cohort",
+                                       "window_start", name="uq_aggregate_key"),)
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(index=True)
+    model_version: int
+    role: str = "active"
+    device_class: str = ""
+    cohort: str = ""
+    window_start: float = Field(index=True)
+    window_seconds: float = 60.0
+    n_windows: int = 0
+    requests: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    errors: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    payload: dict[str, Any] = _json(dict)
+    updated_at: float = Field(default_factory=now)
+
+
+class DeviceEvent(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_event_device_seq"),)
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(index=True)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    time: float
+    kind: str = Field(index=True)
+    command_id: str | None = Field(default=None, index=True)
+    reason: str | None = None
+    details: dict[str, Any] = _json(dict)
+    received_at: float = Field(default_factory=now)
+
+
+class AuditEntry(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(default_factory=now, index=True)
+    actor: str
+    action: str = Field(index=True)
+    target: str = Field(default="", index=True)
+    before: Any = _json(None)
+    after: Any = _json(None)
+
+
+class ApiToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    role: str  # viewer | operator | admin
+    token_hash: str = Field(unique=True, index=True)
+    created_at: float = Field(default_factory=now)
+    created_by: str = ""
+    revoked_at: float | None = None
+    last_used: float | None = None
+
+
+class EnrolmentToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True, index=True)
+    created_at: float = Field(default_factory=now)
+    created_by: str = ""
+    expires_at: float
+    used_at: float | None = None
+    device_id: str | None = None
+    device_class: str | None = None
+    tags: list[str] = _json(list)
+    attributes: dict[str, Any] = _json(dict)
+
+
+class DriftAlert(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("model_name", "model_version", "cohort", "window_start", "reference",
+                                       name="uq_drift_alert_key"),)
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: float = Field(default_factory=now, index=True)
+    model_name: str = Field(index=True)
+    model_version: int
+    device_class: str = ""
+    cohort: str = ""
+    window_start: float
+    window_end: float
+    reference: str  # "baseline" | "control:v<N>"
+    level: str  # warn | alert
+    summary: str = ""
+    evidence: dict[str, Any] = _json(dict)
+    status: str = Field(default="open", index=True)  # open | acknowledged
+    acknowledged_at: float | None = None
+    acknowledged_by: str | None = None

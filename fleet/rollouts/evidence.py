@@ -1,0 +1,188 @@
+"""Reads the evidence a wave is judged on from the fleet database: the devices' verified signed
+state (Device rows, DeviceEvent rows) and their verified telemetry (TelemetryWindow rows), for
+the wave's devices (candidate) and for the rest of the rollout's devices still on the version
+before (control). Only what ingest verified is read; nothing the server assumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlmodel import Session, select
+
+from agent.sketches import LatencyHistogram
+from fleet.models import Device, DeviceEvent, TelemetryWindow
+from fleet.rollouts.gates import CohortStats, DeviceEvidence, WaveEvidence
+from fleet.rollouts.models import RolloutTarget
+
+FAILED_RESULTS = {"failed", "refused", "rolled-back"}
+FAILURE_EVENTS = {"install-failed", "local-rollback", "command-refused", "bundle-refused"}
+CONTROL_LOOKBACK_S = 900.0
+MAX_CONTROL_DEVICES = 200
+MAX_CONTROL_WINDOWS = 2000   # newest control/previous-version windows read per evaluation (per 500 devices)
+_CHUNK = 500
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i:i + _CHUNK]
+
+
+def load_devices(session: Session, ids: Sequence[str]) -> dict[str, Device]:
+    out: dict[str, Device] = {}
+    for chunk in _chunks(list(ids)):
+        for d in session.exec(select(Device).where(Device.id.in_(chunk))).all():
+            out[d.id] = d
+    return out
+
+
+def load_windows(session: Session, ids: Sequence[str], model_name: str, since: float, *,
+                 exclude_version: int | None = None, limit: int | None = None) -> list[TelemetryWindow]:
+    """Telemetry windows of these devices ending after `since`; with `limit`, only the newest
+    ones (the control reference stays cheap however long the lookback and however many devices)."""
+    out: list[TelemetryWindow] = []
+    for chunk in _chunks(list(ids)):
+        q = select(TelemetryWindow).where(TelemetryWindow.device_id.in_(chunk),
+                                          TelemetryWindow.model_name == model_name,
+                                          TelemetryWindow.window_end >= since)
+        if exclude_version is not None:
+            q = q.where(TelemetryWindow.model_version != exclude_version, TelemetryWindow.role == "active")
+        if limit is not None:
+            q = q.order_by(TelemetryWindow.window_end.desc()).limit(limit)
+        out.extend(session.exec(q).all())
+    return out
+
+
+def merge_windows(windows: Iterable[TelemetryWindow]) -> CohortStats:
+    """Add up telemetry windows: counts, latency per device class, prediction/feature histograms."""
+    s = CohortStats()
+    devices: set[str] = set()
+    feats: dict[str, dict[str, Any]] = {}
+    pred: dict[str, Any] | None = None
+    for w in windows:
+        p: Mapping[str, Any] = w.payload or {}
+        s.requests += int(w.requests)
+        s.errors += int(w.errors)
+        s.windows += 1
+        devices.add(w.device_id)
+        lat = p.get("latency_us")
+        if lat:
+            try:
+                h = LatencyHistogram.from_dict(lat)
+            except (ValueError, TypeError):
+                h = None
+            if h is not None:
+                cls = w.device_class or p.get("device_class") or ""
+                s.latency[cls] = s.latency[cls].merge(h) if cls in s.latency else h
+        pr = p.get("prediction")
+        if isinstance(pr, Mapping) and isinstance(pr.get("counts"), list):
+            counts = np.asarray(pr["counts"], dtype=np.int64)
+            if pred is None:
+                pred = {"kind": pr.get("kind"), "counts": counts, "edges_hash": pr.get("edges_hash")}
+            elif len(pred["counts"]) == len(counts) and pred.get("edges_hash") == pr.get("edges_hash"):
+                pred["counts"] = pred["counts"] + counts
+        for f in p.get("features") or ():
+            if not isinstance(f, Mapping) or "name" not in f or not isinstance(f.get("counts"), list):
+                continue
+            counts = np.asarray(f["counts"], dtype=np.int64)
+            cur = feats.get(f["name"])
+            if cur is None:
+                feats[f["name"]] = {"edges_hash": f.get("edges_hash"), "counts": counts}
+            elif cur["edges_hash"] == f.get("edges_hash") and len(cur["counts"]) == len(counts):
+                cur["counts"] = cur["counts"] + counts
+        sh = p.get("shadow")
+        if isinstance(sh, Mapping):
+            s.shadow_compared += int(sh.get("compared", 0) or 0)
+            s.shadow_agreed += int(sh.get("agreed", 0) or 0)
+    s.devices = len(devices)
+    if pred is not None:
+        pred["counts"] = [int(c) for c in pred["counts"]]
+    s.prediction = pred
+    s.features = {k: {"edges_hash": v["edges_hash"], "counts": [int(c) for c in v["counts"]]}
+                  for k, v in feats.items()}
+    return s
+
+
+@dataclass
+class EvidenceQuery:
+    model_name: str
+    version: int
+    manifest_sha256: dict[str, str]     # device class -> candidate manifest sha (install check)
+    phase: str                          # install | shadow | ab
+    since: float                        # start of this wave phase
+    baseline: Mapping[str, Any] | None
+
+
+def candidate_loaded(device: Device, q: EvidenceQuery) -> bool:
+    """Does the device's verified signed state show the candidate in place for this phase?"""
+    if q.phase == "install":
+        if device.installed_name != q.model_name or device.installed_version != q.version:
+            return False
+        want = q.manifest_sha256.get(device.device_class)
+        have = device.installed_manifest_sha256
+        return not (want and have and want != have)
+    cand = (device.state or {}).get("candidate") if isinstance(device.state, dict) else None
+    return bool(isinstance(cand, Mapping) and cand.get("name") == q.model_name
+                and cand.get("version") == q.version and cand.get("mode", q.phase) == q.phase)
+
+
+def device_failure(device: Device, target: RolloutTarget, events: Mapping[str, list[DeviceEvent]]) -> str | None:
+    """A failure the device itself reported for our command, or a local rollback after install."""
+    state = device.state if isinstance(device.state, dict) else {}
+    last = state.get("last_command") or {}
+    if target.command_id and last.get("id") == target.command_id and last.get("result") in FAILED_RESULTS:
+        return f"{last.get('kind', 'command')}-{last['result']}"
+    for ev in events.get(device.id, ()):
+        if ev.kind in FAILURE_EVENTS and (ev.command_id == target.command_id or ev.kind == "local-rollback"):
+            return ev.kind
+    return None
+
+
+def collect(session: Session, q: EvidenceQuery, wave_targets: Sequence[RolloutTarget],
+            other_targets: Sequence[RolloutTarget], now: float) -> tuple[WaveEvidence, dict[str, Device]]:
+    """Evidence for one wave. Control = other devices of the rollout on a different version of
+    the model, over the same period plus a lookback (so the last wave still has a reference)."""
+    ids = [t.device_id for t in wave_targets]
+    devices = load_devices(session, ids)
+    role = {"install": "active", "shadow": "shadow", "ab": "ab"}[q.phase]
+    cand_windows = [w for w in load_windows(session, ids, q.model_name, q.since)
+                    if w.model_version == q.version and w.role == role]
+    per_device: dict[str, int] = {}
+    for w in cand_windows:
+        per_device[w.device_id] = per_device.get(w.device_id, 0) + 1
+    events: dict[str, list[DeviceEvent]] = {}
+    cmd_ids = [t.command_id for t in wave_targets if t.command_id]
+    for chunk in _chunks(ids):
+        evq = select(DeviceEvent).where(DeviceEvent.device_id.in_(chunk), DeviceEvent.time >= q.since - 1)
+        for ev in session.exec(evq).all():
+            if ev.command_id in cmd_ids or ev.kind == "local-rollback":
+                events.setdefault(ev.device_id, []).append(ev)
+    dev_evidence = []
+    for t in wave_targets:
+        d = devices.get(t.device_id)
+        if d is None:
+            dev_evidence.append(DeviceEvidence(t.device_id, t.device_class, t.commanded_at, failure="unknown-device"))
+            continue
+        loaded = candidate_loaded(d, q)
+        failure = device_failure(d, t, events)
+        if failure is None and not loaded and t.installed_at is not None and q.phase == "install":
+            failure = "local-rollback"   # it had the candidate and no longer has it
+        dev_evidence.append(DeviceEvidence(t.device_id, d.device_class, t.commanded_at, installed=loaded,
+                                           installed_at=t.installed_at, failure=failure,
+                                           windows=per_device.get(t.device_id, 0)))
+    control_ids = [t.device_id for t in other_targets][:MAX_CONTROL_DEVICES]
+    ref_windows = load_windows(session, control_ids + ids, q.model_name, q.since - CONTROL_LOOKBACK_S,
+                               exclude_version=q.version, limit=MAX_CONTROL_WINDOWS)
+    if q.phase != "install":
+        # shadow/ab: the wave's own active model over the same period is the best control
+        control = merge_windows(w for w in ref_windows if w.window_end >= q.since)
+    else:
+        control_set = set(control_ids)
+        control = merge_windows(w for w in ref_windows if w.device_id in control_set)
+    previous = merge_windows(ref_windows)
+    ev = WaveEvidence(now=now, mode=q.phase, devices=dev_evidence, candidate=merge_windows(cand_windows),
+                      control=control, previous=previous, baseline=q.baseline)
+    return ev, devices

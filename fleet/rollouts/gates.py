@@ -1,0 +1,314 @@
+"""Gate verdicts as pure functions: evidence in, verdict out. No database, no clock reads, so
+every threshold is unit-testable and a verdict can be recomputed from stored evidence.
+
+Each gate answers pass, fail or wait (not enough evidence yet). A wave advances when every gate
+passes; any fail is a breach (pause + rollback). Waiting never lasts forever: a device silent
+for `report_timeout_s` after its command is a failure, so the install gate decides eventually.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agent.sketches import LatencyHistogram, psi
+from fleet.rollouts.spec import Gates
+
+PASS, FAIL, WAIT = "pass", "fail", "wait"
+LATENCY_MIN_SAMPLES = 200   # a p99 from fewer samples is one outlier, not a tail
+FEATURE_DRIFT_SHARE = 0.3   # share of features whose PSI is over the limit that counts as drift
+
+
+@dataclass
+class DeviceEvidence:
+    """What the fleet verified about one wave device (from its signed state and telemetry)."""
+
+    device_id: str
+    device_class: str
+    commanded_at: float | None = None   # when the candidate command went out
+    installed: bool = False             # signed state: candidate installed (or loaded as shadow/ab)
+    installed_at: float | None = None
+    failure: str | None = None          # install-failed, refused, local-rollback, ... from signed reports
+    windows: int = 0                    # candidate telemetry windows since the command
+
+
+@dataclass
+class CohortStats:
+    """Telemetry merged over a set of devices and windows."""
+
+    requests: int = 0
+    errors: int = 0
+    windows: int = 0
+    devices: int = 0
+    latency: dict[str, LatencyHistogram] = field(default_factory=dict)   # by device class
+    prediction: dict[str, Any] | None = None     # {"kind", "counts", ...} summed
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> {"edges_hash", "counts"}
+    shadow_compared: int = 0
+    shadow_agreed: int = 0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass
+class WaveEvidence:
+    now: float
+    mode: str
+    devices: list[DeviceEvidence]
+    candidate: CohortStats
+    control: CohortStats
+    previous: CohortStats            # the version before, same device classes (latency reference)
+    baseline: Mapping[str, Any] | None = None   # the candidate manifest's drift_baseline
+
+
+@dataclass
+class GateResult:
+    gate: str
+    status: str
+    value: float | None = None
+    threshold: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gate": self.gate, "status": self.status, "value": self.value, "threshold": self.threshold,
+                "detail": self.detail}
+
+
+@dataclass
+class Verdict:
+    status: str                      # pass | fail | wait
+    results: list[GateResult]
+    device_outcomes: dict[str, str]  # device id -> healthy | pending | failed:<reason>
+
+    @property
+    def breaches(self) -> list[GateResult]:
+        return [r for r in self.results if r.status == FAIL]
+
+    @property
+    def failed_devices(self) -> list[str]:
+        return sorted(d for d, o in self.device_outcomes.items() if o.startswith("failed"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "results": [r.to_dict() for r in self.results],
+                "device_outcomes": dict(sorted(self.device_outcomes.items()))}
+
+
+# ------------------------------------------------------------------------------------------
+# per-device outcome
+
+
+def device_outcome(d: DeviceEvidence, g: Gates, now: float) -> str:
+    """healthy (installed and reporting), pending, or failed:<reason>. A silent device fails
+    after report_timeout_s: no answer to the command, or installed but never any telemetry."""
+    if d.failure:
+        return f"failed:{d.failure}"
+    if d.installed and d.windows >= g.min_windows:
+        return "healthy"
+    started = d.commanded_at
+    if started is not None and now - started > g.report_timeout_s:
+        return "failed:no-telemetry" if d.installed else "failed:timeout"
+    return "pending"
+
+
+# ------------------------------------------------------------------------------------------
+# the gates
+
+
+def gate_installs(outcomes: Mapping[str, str], g: Gates) -> GateResult:
+    total = len(outcomes)
+    failed = sorted(d for d, o in outcomes.items() if o.startswith("failed"))
+    frac = len(failed) / total if total else 0.0
+    reasons: dict[str, int] = {}
+    for d in failed:
+        r = outcomes[d].split(":", 1)[1]
+        reasons[r] = reasons.get(r, 0) + 1
+    status = FAIL if frac > g.max_failure_fraction + 1e-12 else PASS
+    return GateResult("installs", status, round(frac, 6), g.max_failure_fraction,
+                      {"failed": failed[:50], "reasons": reasons, "total": total})
+
+
+def gate_success(outcomes: Mapping[str, str], g: Gates) -> GateResult:
+    total = len(outcomes)
+    healthy = sum(1 for o in outcomes.values() if o == "healthy")
+    pending = sum(1 for o in outcomes.values() if o == "pending")
+    frac = healthy / total if total else 1.0
+    if frac + 1e-12 >= g.success_threshold:
+        status = PASS
+    elif pending == 0 or (healthy + pending) / total + 1e-12 < g.success_threshold:
+        status = FAIL     # cannot be reached any more
+    else:
+        status = WAIT
+    return GateResult("success", status, round(frac, 6), g.success_threshold,
+                      {"healthy": healthy, "pending": pending, "total": total})
+
+
+def gate_reporting(devices: list[DeviceEvidence], outcomes: Mapping[str, str], g: Gates) -> GateResult:
+    total = len(devices)
+    reporting = sum(1 for d in devices if d.windows >= g.min_windows)
+    frac = reporting / total if total else 1.0
+    pending = sum(1 for o in outcomes.values() if o == "pending")
+    if frac + 1e-12 >= g.min_reporting:
+        status = PASS
+    elif pending == 0:
+        status = FAIL
+    else:
+        status = WAIT
+    return GateResult("reporting", status, round(frac, 6), g.min_reporting,
+                      {"reporting": reporting, "total": total})
+
+
+def gate_errors(cand: CohortStats, control: CohortStats, g: Gates) -> GateResult:
+    if cand.requests < max(1, g.min_requests):
+        return GateResult("errors", WAIT, None, g.max_error_rate_delta, {"requests": cand.requests})
+    ref = control.error_rate if control.requests >= max(1, g.min_requests) else 0.0
+    delta = cand.error_rate - ref
+    status = FAIL if delta > g.max_error_rate_delta else PASS
+    return GateResult("errors", status, round(delta, 6), g.max_error_rate_delta,
+                      {"candidate_rate": round(cand.error_rate, 6), "control_rate": round(ref, 6),
+                       "candidate_requests": cand.requests, "control_requests": control.requests})
+
+
+def gate_latency(cand: CohortStats, previous: CohortStats, g: Gates) -> GateResult:
+    """Candidate p99 over the previous version's p99 on the same device class; worst class counts."""
+    worst: float | None = None
+    per_class: dict[str, Any] = {}
+    waiting = False
+    need = max(1, g.min_requests, LATENCY_MIN_SAMPLES)
+    for cls, hist in sorted(cand.latency.items()):
+        ref = previous.latency.get(cls)
+        if hist.total < need:
+            waiting = True
+            per_class[cls] = {"samples": hist.total, "status": WAIT}
+            continue
+        if ref is None or ref.total < need:
+            per_class[cls] = {"p99_us": hist.quantile(0.99), "reference": None}
+            continue
+        c99, r99 = hist.quantile(0.99), ref.quantile(0.99)
+        ratio = c99 / r99 if r99 > 0 else 1.0
+        per_class[cls] = {"p99_us": round(c99, 1), "reference_p99_us": round(r99, 1), "ratio": round(ratio, 4)}
+        if c99 - r99 <= g.latency_slack_us:
+            ratio = min(ratio, g.max_latency_p99_ratio)   # within the noise floor: never a breach
+            per_class[cls]["within_slack"] = True
+        worst = ratio if worst is None else max(worst, ratio)
+    if worst is not None and worst > g.max_latency_p99_ratio:
+        return GateResult("latency_p99", FAIL, round(worst, 4), g.max_latency_p99_ratio, per_class)
+    if waiting or not cand.latency:
+        return GateResult("latency_p99", WAIT, None if worst is None else round(worst, 4),
+                          g.max_latency_p99_ratio, per_class)
+    return GateResult("latency_p99", PASS, None if worst is None else round(worst, 4),
+                      g.max_latency_p99_ratio, per_class)
+
+
+def chi2_quantile(dof: int, z: float = 3.0902) -> float:
+    """Wilson-Hilferty approximation of the chi-square quantile (z=3.09: the 99.9th percentile)."""
+    k = max(1, dof)
+    return k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
+
+
+def psi_limit(configured: float, bins: int, n: int, m: int) -> float:
+    """Under no drift PSI ~ (1/n + 1/m) chi2(B-1); never alarm below that noise floor."""
+    if n <= 0 or m <= 0:
+        return configured
+    return max(configured, chi2_quantile(bins - 1) * (1 / n + 1 / m))
+
+
+def _psi_pair(ref: list[int] | np.ndarray, cur: list[int] | np.ndarray, configured: float) -> tuple[float, float]:
+    """PSI with half a count added to every bin of both sides (Jeffreys smoothing): one bin that
+    happens to be empty in a small sample would otherwise add ~0.7 on its own."""
+    r, c = np.asarray(ref, dtype=np.float64), np.asarray(cur, dtype=np.float64)
+    value = float(psi(r + 0.5, c + 0.5))
+    return value, psi_limit(configured, len(r), int(c.sum()), int(r.sum()))
+
+
+def gate_prediction_drift(cand: CohortStats, control: CohortStats, baseline: Mapping[str, Any] | None,
+                          g: Gates) -> GateResult:
+    pred = cand.prediction
+    n = int(sum(pred["counts"])) if pred else 0
+    need = max(1, g.min_requests, g.min_drift_samples)
+    if not pred or n < need:
+        return GateResult("prediction_drift", WAIT, None, g.max_prediction_psi, {"samples": n})
+    detail: dict[str, Any] = {"samples": n}
+    worst_excess, worst_value, breach = -math.inf, 0.0, False
+    refs = []
+    base = (baseline or {}).get("prediction")
+    if base and len(base.get("counts", ())) == len(pred["counts"]):
+        refs.append(("baseline", base["counts"]))
+    ctl = control.prediction
+    if ctl and len(ctl["counts"]) == len(pred["counts"]) and sum(ctl["counts"]) >= need:
+        refs.append(("control", ctl["counts"]))
+    for name, counts in refs:
+        value, limit = _psi_pair(counts, pred["counts"], g.max_prediction_psi)
+        detail[name] = {"psi": round(value, 5), "limit": round(limit, 5)}
+        breach = breach or value > limit
+        if value - limit > worst_excess:
+            worst_excess, worst_value = value - limit, value
+    if not refs:
+        return GateResult("prediction_drift", PASS, None, g.max_prediction_psi, {**detail, "reference": None})
+    return GateResult("prediction_drift", FAIL if breach else PASS, round(worst_value, 5), g.max_prediction_psi,
+                      detail)
+
+
+def gate_feature_drift(cand: CohortStats, control: CohortStats, baseline: Mapping[str, Any] | None,
+                       g: Gates) -> GateResult:
+    base = {f["name"]: f for f in (baseline or {}).get("features", [])}
+    drifted: list[str] = []
+    worst = 0.0
+    judged = 0
+    need = max(1, g.min_requests, g.min_drift_samples)
+    for name, cur in sorted(cand.features.items()):
+        n = int(sum(cur["counts"]))
+        if n < need:
+            continue
+        refs = []
+        b = base.get(name)
+        if b and b.get("edges_hash") == cur.get("edges_hash") and len(b["counts"]) == len(cur["counts"]):
+            refs.append(b["counts"])
+        c = control.features.get(name)
+        if c and c.get("edges_hash") == cur.get("edges_hash") and sum(c["counts"]) >= need:
+            refs.append(c["counts"])
+        for ref in refs:
+            value, limit = _psi_pair(ref, cur["counts"], g.max_feature_psi)
+            worst = max(worst, value)
+            if value > limit and name not in drifted:
+                drifted.append(name)
+        judged += 1 if refs else 0
+    if judged == 0:
+        status = WAIT if cand.features and not any(sum(f["counts"]) >= need
+                                                   for f in cand.features.values()) else PASS
+        return GateResult("feature_drift", status, None, g.max_feature_psi, {"features": 0})
+    share = len(drifted) / judged
+    status = FAIL if share >= FEATURE_DRIFT_SHARE else PASS
+    return GateResult("feature_drift", status, round(worst, 5), g.max_feature_psi,
+                      {"drifted": drifted, "judged": judged, "share": round(share, 4)})
+
+
+def gate_shadow(cand: CohortStats, g: Gates) -> GateResult:
+    if cand.shadow_compared < max(1, g.min_requests):
+        return GateResult("shadow_agreement", WAIT, None, g.min_shadow_agreement,
+                          {"compared": cand.shadow_compared})
+    agree = cand.shadow_agreed / cand.shadow_compared
+    return GateResult("shadow_agreement", PASS if agree + 1e-12 >= g.min_shadow_agreement else FAIL,
+                      round(agree, 5), g.min_shadow_agreement,
+                      {"compared": cand.shadow_compared, "agreed": cand.shadow_agreed})
+
+
+def evaluate_wave(ev: WaveEvidence, g: Gates) -> Verdict:
+    """All gates for one wave. Device failures and statistical breaches both count; the verdict
+    is fail as soon as any gate fails, pass only when every gate passes."""
+    outcomes = {d.device_id: device_outcome(d, g, ev.now) for d in ev.devices}
+    results = [gate_installs(outcomes, g), gate_success(outcomes, g), gate_reporting(ev.devices, outcomes, g),
+               gate_errors(ev.candidate, ev.control, g), gate_latency(ev.candidate, ev.previous, g),
+               gate_prediction_drift(ev.candidate, ev.control, ev.baseline, g),
+               gate_feature_drift(ev.candidate, ev.control, ev.baseline, g)]
+    if ev.mode == "shadow":
+        results.append(gate_shadow(ev.candidate, g))
+    statuses = {r.status for r in results}
+    if any(o == "pending" for o in outcomes.values()):
+        statuses.add(WAIT)   # every device is decided (healthy, or failed by the timeout) before a wave passes
+    status = FAIL if FAIL in statuses else (WAIT if WAIT in statuses else PASS)
+    return Verdict(status, results, outcomes)

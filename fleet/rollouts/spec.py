@@ -1,0 +1,206 @@
+"""The rollout spec: what to ship, to whom, in which waves, and which gates each wave must pass.
+
+Plain dataclasses with validation, so the API, the service and the tests all speak one shape.
+Wave sizes are cumulative (a wave of 10% means "10% of the targeted devices have the version
+once this wave is done"), by percent or by device count; the last wave is usually 100%.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+MODES = ("install", "shadow", "ab")
+
+
+class SpecError(ValueError):
+    """The rollout spec is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TargetFilter:
+    """Which devices a rollout targets. Every given condition must hold (AND)."""
+
+    fleet: str = "default"
+    device_classes: tuple[str, ...] = ()      # empty: any class
+    tags: tuple[str, ...] = ()                 # the device must carry all of them
+    attributes: Mapping[str, Any] = field(default_factory=dict)  # value or list of accepted values
+    device_ids: tuple[str, ...] = ()           # explicit allow-list (empty: any)
+
+    def matches(self, fleet: str, device_id: str, device_class: str, tags: list[str] | None,
+                attributes: Mapping[str, Any] | None) -> bool:
+        if fleet != self.fleet:
+            return False
+        if self.device_classes and device_class not in self.device_classes:
+            return False
+        if self.device_ids and device_id not in self.device_ids:
+            return False
+        have = set(tags or ())
+        if any(t not in have for t in self.tags):
+            return False
+        attrs = attributes or {}
+        for key, want in self.attributes.items():
+            value = attrs.get(key)
+            if isinstance(want, (list, tuple)):
+                if value not in want:
+                    return False
+            elif value != want:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Thresholds one wave must meet before the next wave starts; any breach pauses and rolls back.
+
+    Fractions are of the wave's devices. Statistical gates (errors, latency, drift, shadow) are
+    only judged once `min_requests` requests of evidence exist, so a quiet canary waits rather
+    than passing on nothing.
+    """
+
+    min_reporting: float = 1.0            # fraction of wave devices with candidate telemetry
+    report_timeout_s: float = 300.0       # a device silent this long after its command has failed
+    success_threshold: float = 1.0        # fraction installed and healthy, from signed state
+    max_failure_fraction: float = 0.0     # failed installs + local rollbacks + silent devices
+    max_error_rate_delta: float = 0.02    # candidate error rate minus control error rate
+    max_latency_p99_ratio: float = 1.5    # candidate p99 / previous version p99, same device class
+    latency_slack_us: float = 1000.0      # ... and only when p99 is also this much slower (noise floor)
+    max_prediction_psi: float = 0.2
+    max_feature_psi: float = 0.25
+    min_drift_samples: int = 300          # PSI from fewer predictions is noise (empty bins explode it)
+    min_shadow_agreement: float = 0.9     # only judged in shadow mode
+    min_requests: int = 50
+    min_windows: int = 1                  # telemetry windows per reporting device
+    soak_s: float = 0.0
+    require_approval: bool = False
+
+    def validate(self, where: str) -> None:
+        for name in ("min_reporting", "success_threshold", "max_failure_fraction", "min_shadow_agreement"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise SpecError(f"{where}.{name} must be within [0, 1], got {v}")
+        for name in ("report_timeout_s", "max_latency_p99_ratio", "max_prediction_psi", "max_feature_psi",
+                     "soak_s", "max_error_rate_delta", "latency_slack_us"):
+            if getattr(self, name) < 0:
+                raise SpecError(f"{where}.{name} must not be negative")
+        if self.report_timeout_s <= 0:
+            raise SpecError(f"{where}.report_timeout_s must be positive (a silent device must fail)")
+        if self.min_requests < 0 or self.min_windows < 1 or self.min_drift_samples < 0:
+            raise SpecError(f"{where}.min_requests >= 0 and min_windows >= 1 are required")
+
+
+@dataclass(frozen=True)
+class WaveSpec:
+    """One wave: its cumulative size and its gates. `mode` shadow/ab runs the candidate beside the
+    current model on these devices first (fraction = shadow sample rate, share = A/B share)."""
+
+    name: str
+    percent: float | None = None
+    count: int | None = None
+    gates: Gates = field(default_factory=Gates)
+    mode: str = "install"
+    fraction: float = 0.1
+
+    def validate(self, i: int) -> None:
+        where = f"waves[{i}]"
+        if (self.percent is None) == (self.count is None):
+            raise SpecError(f"{where} needs exactly one of percent or count")
+        if self.percent is not None and not 0 < self.percent <= 100:
+            raise SpecError(f"{where}.percent must be within (0, 100]")
+        if self.count is not None and self.count < 1:
+            raise SpecError(f"{where}.count must be at least 1")
+        if self.mode not in MODES:
+            raise SpecError(f"{where}.mode must be one of {MODES}")
+        if not 0 < self.fraction <= 1:
+            raise SpecError(f"{where}.fraction must be within (0, 1]")
+        self.gates.validate(where + ".gates")
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    model_name: str
+    version: int
+    target: TargetFilter = field(default_factory=TargetFilter)
+    waves: tuple[WaveSpec, ...] = ()
+    name: str = ""
+    seed: str = ""     # assignment salt; empty: "{model_name}:{version}" so a rerun picks the same devices
+
+    @property
+    def assignment_seed(self) -> str:
+        return self.seed or f"{self.model_name}:{self.version}"
+
+    def validate(self) -> RolloutSpec:
+        if not self.model_name:
+            raise SpecError("model_name is required")
+        if not isinstance(self.version, int) or isinstance(self.version, bool) or self.version < 0:
+            raise SpecError("version must be a non-negative integer")
+        if not self.waves:
+            raise SpecError("at least one wave is required")
+        for i, w in enumerate(self.waves):
+            w.validate(i)
+        sizes = [(w.percent, w.count) for w in self.waves]
+        pcts = [p for p, _ in sizes if p is not None]
+        counts = [c for _, c in sizes if c is not None]
+        if pcts != sorted(pcts) or counts != sorted(counts):
+            raise SpecError("wave sizes are cumulative and must not decrease")
+        names = [w.name for w in self.waves]
+        if len(set(names)) != len(names):
+            raise SpecError("wave names must be unique")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target"]["attributes"] = dict(self.target.attributes)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RolloutSpec:
+        """Parse and validate (API input or a stored spec). Unknown keys are refused."""
+        try:
+            t = dict(data.get("target") or {})
+            _known(t, TargetFilter, "target")
+            target = TargetFilter(
+                fleet=str(t.get("fleet", "default")),
+                device_classes=tuple(t.get("device_classes") or ()),
+                tags=tuple(t.get("tags") or ()),
+                attributes=dict(t.get("attributes") or {}),
+                device_ids=tuple(t.get("device_ids") or ()),
+            )
+            defaults = dict(data.get("gates") or {})
+            _known(defaults, Gates, "gates")
+            waves = []
+            for i, w in enumerate(data.get("waves") or ()):
+                w = dict(w)
+                gates = {**defaults, **dict(w.pop("gates", None) or {})}
+                _known(gates, Gates, f"waves[{i}].gates")
+                _known(w, WaveSpec, f"waves[{i}]")
+                waves.append(WaveSpec(gates=Gates(**gates), **{k: v for k, v in w.items()}))
+            if not waves:
+                raise SpecError("at least one wave is required")
+            extra = set(data) - {"model_name", "version", "target", "waves", "gates", "name", "seed"}
+            if extra:
+                raise SpecError(f"unknown fields {sorted(extra)}")
+            spec = cls(model_name=str(data["model_name"]), version=data["version"], target=target,
+                       waves=tuple(waves), name=str(data.get("name") or ""), seed=str(data.get("seed") or ""))
+        except KeyError as exc:
+            raise SpecError(f"missing field {exc}") from exc
+        except TypeError as exc:
+            raise SpecError(f"invalid spec: {exc}") from exc
+        return spec.validate()
+
+
+def _known(d: Mapping[str, Any], typ: type, where: str) -> None:
+    extra = set(d) - set(typ.__dataclass_fields__)
+    if extra:
+        raise SpecError(f"{where} has unknown fields {sorted(extra)}")
+
+
+def standard_waves(gates: Gates | None = None, percents: tuple[float, ...] = (1, 10, 50, 100),
+                   shadow_first: bool = False) -> tuple[WaveSpec, ...]:
+    """The usual canary ladder (1%, 10%, 50%, 100%), optionally shadowing on the canary first."""
+    g = gates or Gates()
+    waves = [WaveSpec(name=f"wave-{i}-{p:g}pct", percent=p, gates=g) for i, p in enumerate(percents)]
+    if shadow_first:
+        waves[0] = replace(waves[0], mode="shadow")
+    return tuple(waves)

@@ -1,0 +1,129 @@
+"""Fleet settings: defaults, then a TOML file, then environment variables (highest)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class DriftSettings:
+    psi_warn: float = 0.1
+    psi_alert: float = 0.2
+    js_warn: float | None = None      # optional extra triggers on the Jensen-Shannon distance
+    js_alert: float | None = None
+    min_samples: int = 1000          # fewer current samples: "insufficient", never an alarm
+    min_reference_samples: int = 100  # a smaller reference is not trusted either (baselines are often ~500)
+    dataset_drift_share: float = 0.5  # dataset drift when this share of the top features drift
+    top_features: int | None = None   # None: every feature of the baseline
+    eps: float = 1e-4
+
+
+@dataclass
+class IngestSettings:
+    shared_group: str = "edgefleet-ingest"
+    use_shared: bool = True        # $share/... when the broker speaks MQTT 5
+    queue_size: int = 20000        # bounded queue between the paho thread and the writer
+    batch_size: int = 500
+    batch_wait_s: float = 0.05
+    device_cache_s: float = 2.0    # how long a device's key/status is cached (decommission latency)
+    retention_days: float = 14.0
+    session_expiry_s: int = 0      # >0: persistent MQTT session, the broker queues while ingest restarts
+
+
+@dataclass
+class FleetSettings:
+    data_dir: Path = Path(".edgefleet/fleet")
+    database_url: str | None = None       # None: SQLite file data_dir/fleet.db
+    mqtt_url: str | None = None           # mqtt://host:port; None: 127.0.0.1:1883 if reachable else embedded
+    fleet_id: str = "default"
+    signing_key_path: Path | None = None  # fleet command key; None: data_dir/keys/fleet.key (created)
+    trusted_build_keys: list[Path] = field(default_factory=list)  # public keys that sign bundles
+    api_tokens: dict[str, str] = field(default_factory=dict)      # bootstrap: token -> role
+    secret_key: str = ""                  # cookie sessions; random per start when empty
+    public_url: str = "http://127.0.0.1:8080"  # how agents reach /artifacts
+    host: str = "127.0.0.1"
+    port: int = 8080
+    start_ingest: bool = True             # `serve` runs the ingest subscriber in-process
+    embedded_broker: bool = True          # start one when no broker is configured or reachable
+    start_rollouts: bool = True           # `serve` runs the rollout evaluator (fleet.rollouts) in-process
+    rollout_interval_s: float = 1.0
+    cohort_keys: list[str] = field(default_factory=lambda: ["region"])
+    drift_interval_s: float = 60.0        # how often `serve` evaluates drift and raises alerts
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if not self.secret_key:
+            self.secret_key = secrets.token_hex(32)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    def __repr__(self) -> str:  # never print tokens or the session secret
+        return (f"FleetSettings(data_dir={str(self.data_dir)!r}, database={_redact_url(self.database_url)!r}, "
+                f"mqtt_url={self.mqtt_url!r}, fleet_id={self.fleet_id!r})")
+
+
+def _redact_url(url: str | None) -> str | None:
+    if not url or "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+def parse_tokens(text: str) -> dict[str, str]:
+    """'admin:TOKEN,viewer:OTHER' -> {TOKEN: 'admin', OTHER: 'viewer'}."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        role, _, token = part.partition(":")
+        if not token:
+            raise ValueError("EDGEFLEET_API_TOKENS entries look like ROLE:TOKEN")
+        out[token] = role
+    return out
+
+
+def _apply(obj: Any, data: dict[str, Any]) -> Any:
+    known = {f.name: f for f in fields(obj)}
+    updates: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(f"unknown fleet setting {key!r}")
+        current = getattr(obj, key)
+        if isinstance(current, (DriftSettings, IngestSettings)):
+            value = _apply(current, value)
+        elif key in ("data_dir", "signing_key_path") and value is not None:
+            value = Path(value)
+        elif key == "trusted_build_keys":
+            value = [Path(v) for v in value]
+        updates[key] = value
+    return replace(obj, **updates)
+
+
+def load_settings(path: Path | str | None = None, env: dict[str, str] | None = None,
+                  **overrides: Any) -> FleetSettings:
+    """Settings from `path` (TOML, optional [fleet] table), then env, then keyword overrides."""
+    env = dict(os.environ if env is None else env)
+    s = FleetSettings()
+    path = path or env.get("EDGEFLEET_FLEET_CONFIG")
+    if path:
+        data = tomllib.loads(Path(path).read_text())
+        s = _apply(s, data.get("fleet", data))
+    mapping = {"DATABASE_URL": "database_url", "MQTT_URL": "mqtt_url", "EDGEFLEET_FLEET_DATA": "data_dir",
+               "EDGEFLEET_FLEET_ID": "fleet_id", "EDGEFLEET_SIGNING_KEY": "signing_key_path",
+               "EDGEFLEET_PUBLIC_URL": "public_url", "EDGEFLEET_SECRET_KEY": "secret_key"}
+    env_updates: dict[str, Any] = {attr: env[var] for var, attr in mapping.items() if env.get(var)}
+    if env.get("EDGEFLEET_TRUSTED_BUILD_KEYS"):
+        env_updates["trusted_build_keys"] = [p for p in env["EDGEFLEET_TRUSTED_BUILD_KEYS"].split(os.pathsep) if p]
+    if env.get("EDGEFLEET_API_TOKENS"):
+        env_updates["api_tokens"] = {**s.api_tokens, **parse_tokens(env["EDGEFLEET_API_TOKENS"])}
+    s = _apply(s, env_updates)
+    return _apply(s, overrides) if overrides else s

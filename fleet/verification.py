@@ -1,0 +1,94 @@
+"""Checks on device messages: the signed envelope (fast path over the bytes as received) and the
+telemetry payload's shape, down to every histogram count that aggregation will add up."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from itertools import chain
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+
+from agent.canonical import canonical_json
+from agent.keys import Keyring
+from agent.protocol import ProtocolError, validate_telemetry, verify_signed
+from fleet.db import RawJSON
+
+MAX_INT = 2**62
+
+
+def _check_counts(v: Any, what: str) -> None:
+    # map(type) and min/max run in C: this is on the hot path for every feature of every message
+    if not isinstance(v, list) or (v and (set(map(type, v)) != {int} or min(v) < 0 or max(v) > MAX_INT)):
+        raise ProtocolError("malformed", f"{what} must be a list of non-negative integers")
+
+
+def check_telemetry(p: Mapping[str, Any]) -> None:
+    """Contract shape plus the nested parts that aggregation reads."""
+    validate_telemetry(p)
+    if not 0 <= p["seq"] <= MAX_INT or p["requests"] > MAX_INT:
+        raise ProtocolError("malformed", "seq or counts out of range")
+    feats = p.get("features", [])
+    if not isinstance(feats, list) or any(not isinstance(f, dict) for f in feats):
+        raise ProtocolError("malformed", "features must be a list of objects")
+    try:
+        if set(map(type, (f["name"] for f in feats))) - {str}:
+            raise ProtocolError("malformed", "feature names must be strings")
+        counts = [f["counts"] for f in feats]
+        if set(map(type, counts)) - {list}:
+            raise ProtocolError("malformed", "feature counts must be lists")
+        _check_counts(list(chain.from_iterable(counts)), "feature counts")
+        _check_counts([f.get("nan", 0) for f in feats], "feature nan")
+    except KeyError as exc:
+        raise ProtocolError("malformed", f"feature lacks {exc}") from exc
+    pred = p.get("prediction")
+    if pred is not None:
+        if not isinstance(pred, dict):
+            raise ProtocolError("malformed", "prediction must be an object")
+        _check_counts(pred.get("counts"), "prediction counts")
+    buckets = p["latency_us"].get("buckets", {})
+    if not isinstance(buckets, dict) or any(not isinstance(v, int) or v < 0 for v in buckets.values()):
+        raise ProtocolError("malformed", "latency buckets must map to non-negative integers")
+    if any(not str(k).isdigit() or int(k) >= 194 for k in buckets):
+        raise ProtocolError("malformed", "latency bucket index out of range")
+    if not isinstance(p.get("resources", {}) or {}, dict) or not isinstance(p.get("shadow", {}) or {}, dict):
+        raise ProtocolError("malformed", "resources and shadow must be objects")
+
+
+_PREFIX, _MARK = b'{"payload":', b',"signature":'
+
+
+_SAFE = re.compile(r"^[A-Za-z0-9+/=_.-]*$")
+
+
+def _canonical_sig(sig: dict[str, Any]) -> bytes:
+    """canonical_json(sig) + b"}" for the usual {alg, key_id, sig} object, without json.dumps."""
+    if set(sig) == {"alg", "key_id", "sig"} and all(isinstance(v, str) and _SAFE.match(v) for v in sig.values()):
+        return f'{{"alg":"{sig["alg"]}","key_id":"{sig["key_id"]}","sig":"{sig["sig"]}"}}}}'.encode()
+    return canonical_json(sig) + b"}"
+
+
+def fast_verify(raw: bytes, doc: dict[str, Any], keyring: Keyring) -> dict[str, Any]:
+    """Verify a signed envelope; when the message is the canonical envelope (what agents send),
+    check the signature over the payload bytes as received instead of re-encoding them, and keep
+    those bytes (RawJSON) so storing costs no second serialisation. Anything else takes the
+    general path (agent.protocol.verify_signed)."""
+    sig = doc.get("signature")
+    if raw.startswith(_PREFIX) and isinstance(sig, dict) and isinstance(doc.get("payload"), dict):
+        i = raw.rfind(_MARK)
+        # The tail must be exactly the canonical signature object: then the envelope has just
+        # the two keys and the parsed payload is the one whose bytes we verify below.
+        if i > 0 and raw[i + len(_MARK):] == _canonical_sig(sig) and sig.get("alg") == "Ed25519":
+            key = keyring.keys.get(sig.get("key_id"))  # type: ignore[arg-type]
+            if key is None:
+                raise ProtocolError("bad-signature", "unknown key id")
+            body = raw[len(_PREFIX):i]
+            try:
+                key.verify(base64.b64decode(str(sig.get("sig", "")), validate=True), body)
+            except (InvalidSignature, ValueError):
+                pass  # maybe signed over a different encoding: the general path decides
+            else:
+                return RawJSON(doc["payload"], body.decode())
+    return verify_signed(doc, keyring)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+
+from fleet.rollouts.spec import Gates, RolloutSpec, SpecError, TargetFilter, WaveSpec, standard_waves
+
+
+def base(**kw):
+    return {"model_name": "digits", "version": 2, "waves": [{"name": "canary", "percent": 1},
+                                                             {"name": "all", "percent": 100}], **kw}
+
+
+def test_round_trip_keeps_every_field():
+    spec = RolloutSpec.from_dict(base(target={"device_classes": ["x86-64-generic"], "tags": ["lab"],
+                                              "attributes": {"region": ["eu", "us"]}},
+                                      gates={"soak_s": 30, "max_latency_p99_ratio": 1.2}))
+    again = RolloutSpec.from_dict(spec.to_dict())
+    assert again == spec
+    assert again.waves[0].gates.soak_s == 30 and again.waves[1].gates.max_latency_p99_ratio == 1.2
+
+
+def test_wave_gates_override_defaults():
+    d = base(gates={"soak_s": 30})
+    d["waves"][1]["gates"] = {"soak_s": 0, "require_approval": True}
+    spec = RolloutSpec.from_dict(d)
+    assert spec.waves[0].gates.soak_s == 30
+    assert spec.waves[1].gates.soak_s == 0 and spec.waves[1].gates.require_approval
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(waves=[]), "at least one wave"),
+    (lambda d: d["waves"][0].update(count=3), "exactly one of percent or count"),
+    (lambda d: d["waves"][0].update(percent=150), "percent"),
+    (lambda d: d["waves"].reverse(), "must not decrease"),
+    (lambda d: d["waves"][1].update(name="canary"), "unique"),
+    (lambda d: d.update(gates={"report_timeout_s": 0}), "report_timeout_s"),
+    (lambda d: d.update(gates={"success_threshold": 1.5}), "success_threshold"),
+    (lambda d: d.update(gates={"bogus": 1}), "unknown fields"),
+    (lambda d: d.update(colour="red"), "unknown fields"),
+    (lambda d: d["waves"][0].update(mode="yolo"), "mode"),
+    (lambda d: d.pop("model_name"), "model_name"),
+    (lambda d: d.update(version=-1), "version"),
+])
+def test_invalid_specs_are_refused_with_the_field_named(mutate, message):
+    d = base()
+    mutate(d)
+    with pytest.raises(SpecError, match=message):
+        RolloutSpec.from_dict(d)
+
+
+def test_target_filter_matches_all_conditions():
+    f = TargetFilter(device_classes=("x86-64-generic",), tags=("lab",), attributes={"region": ["eu"]})
+    assert f.matches("default", "d1", "x86-64-generic", ["lab", "edge"], {"region": "eu"})
+    assert not f.matches("other", "d1", "x86-64-generic", ["lab"], {"region": "eu"})
+    assert not f.matches("default", "d1", "nvidia-jetson", ["lab"], {"region": "eu"})
+    assert not f.matches("default", "d1", "x86-64-generic", ["edge"], {"region": "eu"})
+    assert not f.matches("default", "d1", "x86-64-generic", ["lab"], {"region": "us"})
+    assert not f.matches("default", "d1", "x86-64-generic", ["lab"], None)
+
+
+def test_standard_waves_can_shadow_the_canary():
+    waves = standard_waves(Gates(soak_s=5), shadow_first=True)
+    assert [w.percent for w in waves] == [1, 10, 50, 100]
+    assert waves[0].mode == "shadow" and all(w.mode == "install" for w in waves[1:])
+    RolloutSpec("digits", 2, waves=waves).validate()
+    with pytest.raises(SpecError):
+        RolloutSpec("digits", 2, waves=(WaveSpec("a", percent=10, fraction=0),)).validate()
