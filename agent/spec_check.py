@@ -26,12 +26,17 @@ class TensorSpec:
     name: str
     shape: tuple[int | str, ...]
     dtype: np.dtype
+    quantized: bool = False  # int8/uint8 tensor with a scale: float requests are quantized by the runtime
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
-        shape = tuple(int(s) if isinstance(s, int) or (isinstance(s, str) and s.isdigit()) else str(s)
-                      for s in d.get("shape", []))
-        return cls(str(d["name"]), shape, np.dtype(d.get("dtype", "float32")))
+        shape = [int(s) if isinstance(s, int) or (isinstance(s, str) and s.isdigit()) else str(s)
+                 for s in d.get("shape", [])]
+        # A model compiled for a fixed batch (TFLite's norm) whose runtime loops over the batch axis.
+        axis = d.get("batch_axis")
+        if isinstance(axis, int) and 0 <= axis < len(shape):
+            shape[axis] = "batch"
+        return cls(str(d["name"]), tuple(shape), np.dtype(d.get("dtype", "float32")), bool(d.get("quantization")))
 
     def describe(self) -> str:
         return f"{self.name}{list(self.shape)} {self.dtype.name}"
@@ -100,7 +105,10 @@ def check_inputs(inputs: Mapping[str, Any] | np.ndarray | Sequence[Any], specs: 
                 if symbols.setdefault(sym, got) != got:
                     raise InputError(f"input {spec.name!r} dimension {axis} ({sym}) is {got}, but another"
                                      f" input has {sym}={symbols[sym]}")
-        arr = _cast(spec.name, arr, spec.dtype)
+        if spec.quantized and arr.dtype.kind == "f":
+            arr = arr.astype(np.float32, copy=False)  # the runtime quantizes with the tensor's scale
+        else:
+            arr = _cast(spec.name, arr, spec.dtype)
         out[spec.name] = arr if arr.flags.c_contiguous else arr.copy(order="C")
     return out
 

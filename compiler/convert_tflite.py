@@ -97,6 +97,8 @@ def tflite_tensor_specs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str
     def spec(d: dict[str, Any], sig_name: str) -> dict[str, Any]:
         out: dict[str, Any] = {"name": d["name"], "signature_name": sig_name, "signature_key": key,
                                "shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
+        if out["shape"] and out["shape"][0] == 1:
+            out["batch_axis"] = 0  # fixed batch 1: the agent's LiteRT runtime runs a batch row by row
         scale, zp = d["quantization"]
         if scale:
             out["quantization"] = {"scale": float(scale), "zero_point": int(zp)}

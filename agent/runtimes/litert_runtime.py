@@ -46,6 +46,7 @@ class LiteRtRuntime:
         spec_in = [s["name"] for s in (manifest or {}).get("inputs", [])]
         # TFLite tensor names rarely match the ONNX names; map by position as in the manifest.
         self.input_names = spec_in if len(spec_in) == len(self._in) else [d["name"] for d in self._in]
+        self._fixed_batch = any(s.get("batch_axis") == 0 for s in (manifest or {}).get("inputs", []))
 
     def _set_input(self, detail: dict[str, Any], x: np.ndarray) -> None:
         if tuple(detail["shape"]) != x.shape:
@@ -63,6 +64,15 @@ class LiteRtRuntime:
         self.interp.set_tensor(detail["index"], np.ascontiguousarray(x))
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        n = len(next(iter(inputs.values()))) if inputs else 0
+        fixed_one = all(len(d["shape"]) and int(d["shape"][0]) == 1 for d in self._in)
+        if n > 1 and fixed_one and self._fixed_batch:
+            # Compiled for batch 1 (quantized TFLite often cannot be resized): one call per row.
+            rows = [self._run_once({k: v[i:i + 1] for k, v in inputs.items()}) for i in range(n)]
+            return [np.concatenate(parts) for parts in zip(*rows, strict=True)]
+        return self._run_once(inputs)
+
+    def _run_once(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
             for name, detail in zip(self.input_names, list(self._in), strict=True):
                 self._set_input(detail, inputs[name])

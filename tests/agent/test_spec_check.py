@@ -67,3 +67,19 @@ def test_any_garbage_gives_input_error_or_valid_arrays(inputs) -> None:
         return
     assert out["x"].dtype == np.float32 and out["ids"].dtype == np.int64
     assert out["x"].shape[0] == out["ids"].shape[0]
+
+
+def test_full_integer_tflite_spec_takes_float_batches() -> None:
+    """A quantized, fixed-batch-1 input (as the compiler writes for TFLite) accepts float batches:
+    the runtime quantizes with the tensor's scale and loops over the batch axis."""
+    spec = TensorSpec.from_dict({"name": "x", "shape": [1, 4], "dtype": "int8", "batch_axis": 0,
+                                 "quantization": {"scale": 0.1, "zero_point": -128}})
+    assert spec.shape == ("batch", 4) and spec.quantized
+    out = check_inputs({"x": [[0.5, 1.5, 2.0, 3.25]] * 3}, [spec])["x"]
+    assert out.dtype == np.float32 and out.shape == (3, 4)
+    # without a scale an int8 input still refuses fractional floats, and a fixed batch stays fixed
+    plain = TensorSpec.from_dict({"name": "x", "shape": [1, 4], "dtype": "int8"})
+    with pytest.raises(InputError, match="dtype"):
+        check_inputs({"x": [[0.5, 1.5, 2.0, 3.25]]}, [plain])
+    with pytest.raises(InputError, match="dimension 0 is 3, expected 1"):
+        check_inputs({"x": [[1, 2, 3, 4]] * 3}, [plain])

@@ -66,6 +66,10 @@ def _check(result: BuildResult, keys: tuple[Path, Path], digits: dict, kind: str
     outputs = predict(runner, {m["inputs"][0]["name"]: ev["inputs"]})
     q = quality(task, outputs, reference, ev.get("labels"), ev["slices"])
     assert q.metric == pytest.approx(m["metrics"]["metric"], abs=1e-6)
+    # The agent's own runtime serves it the way apps call it: float inputs, a batch of 8, even where
+    # the artifact is full-integer with a fixed batch of 1 (TFLite), and answers as the compiler measured.
+    served = _serve_with_agent(m, vb.path, ev["inputs"][:8])
+    np.testing.assert_allclose(served, np.asarray(outputs)[:8], rtol=1e-4, atol=1e-4)
     assert m["metrics"]["drop"] <= dc.max_accuracy_drop
     assert m["metrics"]["slice_gap_increase"] <= dc.max_slice_gap_increase
     assert m["metrics"]["size_bytes"] <= dc.max_model_bytes
@@ -89,6 +93,17 @@ def _check(result: BuildResult, keys: tuple[Path, Path], digits: dict, kind: str
     passes = [p["pass"] for p in m["provenance"]["lineage"]]
     assert passes[0] == "export" and passes[-1] == "evaluate"
     return m
+
+
+def _serve_with_agent(manifest: dict[str, Any], root: Path, x: np.ndarray) -> np.ndarray:
+    from agent.runtimes.base import RuntimeOptions, load_runtime
+    from agent.spec_check import check_inputs, specs_from_manifest
+
+    rt = load_runtime(manifest["model"]["format"], root / manifest["entrypoint"], RuntimeOptions(), manifest)
+    try:
+        return rt.run(check_inputs(x.astype(np.float32), specs_from_manifest(manifest)))[0]
+    finally:
+        rt.close()
 
 
 def _torch_reference(model: Any, x: np.ndarray) -> np.ndarray:
