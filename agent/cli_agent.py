@@ -105,6 +105,40 @@ def install(config: str | None, state_dir: str | None, device_id: str | None, mq
 
 
 @agent_cli.command()
+@click.option("--fleet-url", required=True, envvar="EDGEFLEET_FLEET_URL", help="the fleet manager, http(s)://host:port")
+@click.option("--token", required=True, envvar="EDGEFLEET_ENROL_TOKEN", help="one-time enrolment token")
+@click.option("--state-dir", required=True, type=click.Path(file_okay=False), help="where the agent keeps its state")
+@click.option("--config-out", "config_out", required=True, type=click.Path(dir_okay=False),
+              help="agent.toml to write (0600: it holds the MQTT password)")
+@click.option("--device-id", default=None, help="ask for this id (default: the fleet picks one)")
+@click.option("--device-class", default=None, help="this device's class (see `edgefleet devices list`)")
+@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="attributes, e.g. region=eu (repeatable)")
+@click.option("--http-port", default=0, type=int, help="local HTTP inference port (0: off)")
+@click.option("--ca-file", default="", help="CA bundle for an https fleet URL")
+def enrol(fleet_url: str, token: str, state_dir: str, config_out: str, device_id: str | None,
+          device_class: str | None, attrs: tuple[str, ...], http_port: int, ca_file: str) -> None:
+    """Enrol this device with a fleet (one-time token) and write its agent.toml."""
+    from agent.enrol import EnrolError, EnrolRequest, write_config
+    from agent.enrol import enrol as do_enrol
+
+    attributes: dict[str, str] = {}
+    for a in attrs:
+        k, sep, v = a.partition("=")
+        if not sep or not k:
+            _fail(f"--attr {a!r}: expected KEY=VALUE")
+        attributes[k] = v
+    try:
+        cfg = do_enrol(EnrolRequest(fleet_url, token, Path(state_dir), device_id=device_id,
+                                    device_class=device_class, attributes=attributes or None,
+                                    http_port=http_port, ca_file=ca_file))
+    except EnrolError as exc:
+        _fail(str(exc), 1)
+    write_config(cfg, Path(config_out))
+    click.echo(json.dumps({"device_id": cfg.device_id, "fleet": cfg.fleet_id, "config": config_out,
+                           "mqtt": cfg.mqtt.url}))
+
+
+@agent_cli.command()
 @common
 def status(config: str | None, state_dir: str | None, device_id: str | None, mqtt_url: str | None) -> None:
     """Print state_dir/status.json (written by the running agent) or the installed pointer."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from agent.keys import public_key_to_b64
+from agent.keys import load_public_key, public_key_to_b64
 from fleet import enrolment
 from fleet.app import fleet_context
 from fleet.auth import actor, require_role
@@ -49,11 +49,12 @@ def enrol():  # type: ignore[no-untyped-def]
         raise ApiError(exc.status, exc.code, exc.message) from exc
     host, port = parse_mqtt_url(s.mqtt_url)
     fleet_pub = public_key_to_b64(load_fleet_key(s).public_key())
+    build_keys = [public_key_to_b64(load_public_key(p)) for p in s.trusted_build_keys]
     base = f"edgefleet/v1/{s.fleet_id}/{device['id']}"
     return jsonify({
         "device_id": device["id"], "fleet": s.fleet_id, "device": device,
         "mqtt": {"host": host, "port": port, "url": f"mqtt://{host}:{port}", "username": device["id"],
                  "password": res.mqtt_password, "client_id": device["id"]},
         "topics": {k: f"{base}/{k}" for k in ("telemetry", "state", "events", "cmd")},
-        "fleet_keys": [fleet_pub], "artifacts_url": f"{s.public_url}/artifacts",
+        "fleet_keys": [fleet_pub], "build_keys": build_keys, "artifacts_url": f"{s.public_url}/artifacts",
     }), 201

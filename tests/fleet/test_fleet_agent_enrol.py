@@ -1,0 +1,75 @@
+"""`edgefleet agent enrol` against a real fleet server: a one-time token and the device's public key
+become an identity, a 0600 agent.toml and pinned fleet and build keys; a reused token or an
+unreachable fleet is a clear error with exit code 1."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from sqlmodel import Session
+
+from agent.config import load_config
+from agent.keys import load_private_key, load_public_key, public_key_to_b64
+from fleet.broker import free_port
+from fleet.models import Device
+from fleet.server import FleetServer
+from fleet.settings import FleetSettings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _enrol(fleet_url: str, token: str, state: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", "enrol", "--fleet-url", fleet_url, "--token", token,
+                           "--state-dir", str(state), "--config-out", str(out), *extra],
+                          capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.fixture
+def server(tmp_path: Path, build_keys):  # type: ignore[no-untyped-def]
+    settings = FleetSettings(data_dir=tmp_path / "fleet", mqtt_url="mqtt://127.0.0.1:1883", fleet_id="lab",
+                             trusted_build_keys=[build_keys[1]], api_tokens={"op": "operator"},
+                             start_rollouts=False, embedded_broker=False)
+    srv = FleetServer(settings, port=0, start_ingest=False, drift_evaluator=False).start()
+    yield srv
+    srv.stop()
+
+
+def test_agent_enrol_writes_a_working_config(server, tmp_path, build_keys) -> None:  # type: ignore[no-untyped-def]
+    tok = requests.post(f"{server.url}/api/enrolment-tokens", headers={"Authorization": "Bearer op"},
+                        json={"device_class": "arm64-cortex-a", "attributes": {"site": "plant-3"}}).json()["token"]
+    state, out = tmp_path / "dev" / "state", tmp_path / "dev" / "agent.toml"
+    port = free_port()
+    res = _enrol(server.url, tok, state, out, "--device-id", "cam-7", "--attr", "region=eu",
+                 "--http-port", str(port))
+    assert res.returncode == 0, res.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600          # it holds the MQTT password
+    cfg = load_config(out)
+    assert (cfg.device_id, cfg.fleet_id, cfg.device_class) == ("cam-7", "lab", "arm64-cortex-a")
+    assert cfg.mqtt.url == "mqtt://127.0.0.1:1883" and cfg.mqtt.username == "cam-7" and len(cfg.mqtt.password) > 20
+    assert cfg.serving.http_port == port and cfg.fleet_url == server.url
+    pinned = {public_key_to_b64(load_public_key(Path(p))) for p in cfg.trusted_keys}
+    assert public_key_to_b64(load_public_key(build_keys[1])) in pinned       # bundles' signer
+    from fleet.fleet_keys import load_fleet_key
+
+    assert public_key_to_b64(load_fleet_key(server.settings).public_key()) in pinned  # commands' signer
+    with Session(server.engine) as db:
+        dev = db.get(Device, "cam-7")
+        assert dev is not None and dev.attributes == {"site": "plant-3", "region": "eu"}
+        # the fleet holds the public half of the key the device keeps in its state dir
+        assert dev.public_key == public_key_to_b64(load_private_key(Path(cfg.device_key)).public_key())
+
+    again = _enrol(server.url, tok, tmp_path / "other", tmp_path / "other.toml")
+    assert again.returncode == 1 and "invalid-token" in again.stderr and not (tmp_path / "other.toml").exists()
+
+
+def test_agent_enrol_unreachable_fleet_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    res = _enrol(f"http://127.0.0.1:{free_port()}", "enr_x", tmp_path / "s", tmp_path / "a.toml")
+    assert res.returncode == 1 and "cannot reach fleet" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "a.toml").exists()
