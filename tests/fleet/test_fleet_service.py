@@ -35,17 +35,34 @@ def test_settings_file_then_env(tmp_path) -> None:  # type: ignore[no-untyped-de
 def test_migrations_create_schema_and_keep_data(db_url) -> None:  # type: ignore[no-untyped-def]
     engine = make_engine(db_url)
     init_db(engine)
-    assert current(engine) == "0001"
+    assert current(engine) == "0002"
     tables = set(inspect(engine).get_table_names())
     assert {"device", "modelversion", "telemetrywindow", "aggregate", "auditentry", "apitoken",
-            "enrolmenttoken", "driftalert", "deviceevent", "alembic_version"} <= tables
+            "enrolmenttoken", "driftalert", "deviceevent", "alembic_version", "rollout", "rollout_wave",
+            "rollout_target", "rollout_command"} <= tables
     with Session(engine) as db:
         db.add(Device(id="keep-me", attributes={"region": "eu"}))
         db.commit()
     init_db(engine)  # upgrading again is a no-op that keeps data
     with Session(engine) as db:
         assert db.get(Device, "keep-me").attributes == {"region": "eu"}
-        assert db.exec(text("select version_num from alembic_version")).one()[0] == "0001"
+        assert db.exec(text("select version_num from alembic_version")).one()[0] == "0002"
+    engine.dispose()
+
+
+def test_migration_0002_adopts_rollout_tables_made_by_create_all(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A database from before 0002 (at 0001, rollout tables from create_all) upgrades in place."""
+    from sqlmodel import SQLModel
+
+    import fleet.rollouts.models  # noqa: F401  (registers the rollout tables)
+    from fleet.migrate import upgrade
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(engine, "0001")
+    SQLModel.metadata.create_all(engine)
+    assert current(engine) == "0001"
+    init_db(engine)
+    assert current(engine) == "0002"
     engine.dispose()
 
 
@@ -57,7 +74,7 @@ def test_cli_commands(tmp_path, build_keys, baseline, monkeypatch) -> None:  # t
     r = CliRunner()
     d = ["--data-dir", str(tmp_path / "data")]
     out = r.invoke(fleet_cli, d + ["db", "upgrade"])
-    assert out.exit_code == 0 and "0001" in out.output
+    assert out.exit_code == 0 and "0002" in out.output
     tok = r.invoke(fleet_cli, d + ["token", "create", "--role", "operator"])
     assert tok.exit_code == 0 and tok.output.strip().startswith("eft_")
     enr = r.invoke(fleet_cli, d + ["enrol-token", "create", "--attr", "region=eu"])
