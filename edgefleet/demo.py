@@ -1,0 +1,368 @@
+"""`edgefleet demo`: the whole system on one machine, on embedded defaults.
+
+It starts the fleet manager (SQLite; the broker at MQTT_URL, else a private Mosquitto, else an
+in-process amqtt), trains a real digits classifier and compiles it for three device classes,
+enrols agent processes of each class with one-time tokens, rolls v1 out to 100%, then rolls out
+a v2 with a training-serving skew that the canary's drift gate stops and rolls back. The fleet is
+driven through its REST API, as an operator or a CI job would. Without --once the console stays up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from edgefleet.demo_client import FleetClient
+from edgefleet.demo_devices import DemoAgent, DeviceSpec, Traffic
+from edgefleet.demo_view import DemoView
+
+T = TypeVar("T")
+MARKER = ".edgefleet-demo"
+FLEET_ID = "demo"
+CLASSES = ("x86-64-generic", "x86-avx512-vnni", "arm64-cortex-a")
+REGIONS = ("eu", "us")
+# Demo-sized gates: one-second telemetry windows and a handful of devices decide within seconds.
+# A tiny MLP answers in microseconds on a shared laptop, where p99 is scheduler noise, so only a
+# gross latency regression counts here.
+GATES = {"report_timeout_s": 45, "min_requests": 40, "min_windows": 2, "latency_slack_us": 50_000}
+
+
+class DemoFailed(Exception):
+    """The scenario did not reach its expected end; the message says where it stopped."""
+
+
+@dataclass
+class DemoOptions:
+    workdir: Path
+    port: int = 8080
+    agents_per_class: int = 2
+    once: bool = False
+    timeout_s: float = 240.0
+
+
+@dataclass
+class DemoOutcome:
+    url: str
+    token: str
+    v1_rollout: dict[str, Any] = field(default_factory=dict)
+    v2_rollout: dict[str, Any] = field(default_factory=dict)
+    rolled_back: list[str] = field(default_factory=list)
+    devices: list[dict[str, Any]] = field(default_factory=list)
+
+
+def prepare_workdir(path: Path) -> Path:
+    """A demo directory is recreated each run; any other non-empty directory is left alone."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        if not (path / MARKER).exists():
+            raise click.UsageError(f"{path} is not empty and was not made by the demo; pick another --workdir")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("made by `edgefleet demo`; removed and recreated by the next run\n")
+    return path
+
+
+def wait_until(view: DemoView, what: str, check: Callable[[], T | None], timeout_s: float) -> T:
+    """Poll `check` (refreshing the live view) until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        view.poll()
+        got = check()
+        if got:
+            return got
+        time.sleep(0.25)
+    view.poll(force=True)
+    raise DemoFailed(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def _quiet_logs(work: Path) -> None:
+    """The demo's screen is for the story; HTTP access logs and library chatter go to demo.log."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    handler = logging.FileHandler(work / "demo.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+    root.addHandler(handler)
+
+
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (C++ libraries' too, hence file descriptors) to `path`."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+@contextlib.contextmanager
+def _fleet_server(work: Path, port: int, view: DemoView) -> Iterator[tuple[Any, str]]:
+    """The fleet manager on embedded defaults; yields (server, admin token)."""
+    from agent.keys import generate_keypair
+    from fleet.broker import free_port, reachable, start_embedded_broker
+    from fleet.server import FleetServer
+    from fleet.settings import FleetSettings
+
+    keys = work / "keys"
+    build_priv, build_pub = generate_keypair(keys, "build")
+    fleet_priv, _ = generate_keypair(keys, "fleet")
+    broker = None
+    mqtt_url = os.environ.get("MQTT_URL")
+    if mqtt_url:
+        view.say(f"MQTT broker: {mqtt_url} (from MQTT_URL)")
+    else:
+        broker = start_embedded_broker()
+        mqtt_url = broker.url
+        view.say(f"MQTT broker: private {broker.kind} at {mqtt_url}")
+    if port and reachable("127.0.0.1", port):
+        view.say(f"port {port} is taken; using a free one")
+        port = 0
+    token = f"demo_{secrets.token_urlsafe(16)}"
+    settings = FleetSettings(data_dir=work / "fleet", mqtt_url=mqtt_url, fleet_id=FLEET_ID,
+                             signing_key_path=fleet_priv, embedded_broker=False, trusted_build_keys=[build_pub],
+                             api_tokens={token: "admin"}, rollout_interval_s=0.5, drift_interval_s=5.0)
+    srv = FleetServer(settings, port=port or free_port()).start()
+    srv.build_key = build_priv  # type: ignore[attr-defined]
+    try:
+        yield srv, token
+    finally:
+        srv.stop()
+        if broker is not None:
+            broker.stop()
+
+
+def build_models(work: Path, build_key: Path, view: DemoView) -> dict[int, list[Any]]:
+    """Train v1 and the skewed v2, compile both for every demo device class; gates must pass."""
+    from compiler.config import CompileConfig
+    from compiler.pipeline import compile_model, require_passed
+    from edgefleet import demo_model as dm
+
+    data = dm.load_digits_data()
+    out: dict[int, list[Any]] = {}
+    for version, prep in ((1, lambda x: x), (2, dm.v2_preprocess)):
+        view.say(f"training digits v{version} (PyTorch MLP on scikit-learn's digits)"
+                 + (": inputs scaled to [-1, 1] in training only, a training-serving skew" if version == 2 else ""))
+        model = dm.train_classifier(prep(data.train_x), data.train_y, seed=version)
+        acc = dm.accuracy(model, prep(data.eval_x), data.eval_y)
+        view.say(f"  reference accuracy on held-out digits: {acc:.3f}")
+        calib = dm.write_npz(work / f"data/v{version}-calib.npz", prep(data.train_x[:256]), data.train_y[:256])
+        ev = dm.write_npz(work / f"data/v{version}-eval.npz", prep(data.eval_x), data.eval_y, data.eval_slices)
+        view.say(f"compiling v{version} for {', '.join(CLASSES)} (INT8 with calibration, gated)")
+        with _output_to(work / "compile.log"):
+            results = compile_model(CompileConfig(
+                torch=model, example_input=(1, 64), calib=str(calib), eval=str(ev), device_classes=list(CLASSES),
+                name="digits", version=version, signing_key=build_key, out=work / "build", progress=False,
+                latency_iterations=20))
+        for r in results:
+            m = r.metrics
+            gates = "passed" if r.passed else "FAILED: " + ", ".join(r.failed_gates)
+            view.say(f"  {r.device_class:16} {r.format:8} {r.precision:5} {m.get('metric_name', 'metric')} "
+                     f"{m.get('metric', float('nan')):.3f} (reference {m.get('reference_metric', float('nan')):.3f}), "
+                     f"slice gap {m.get('slice_gap', float('nan')):.3f}, {r.size_bytes / 1024:.0f} KiB, gates {gates}")
+        require_passed(results)
+        out[version] = results
+    return out
+
+
+SHORT = {"x86-64-generic": "x86", "x86-avx512-vnni": "vnni", "arm64-cortex-a": "arm"}
+
+
+def _device_specs(per_class: int) -> list[DeviceSpec]:
+    return [DeviceSpec(f"{SHORT[cls]}-{REGIONS[i % len(REGIONS)]}-{i + 1}", cls, REGIONS[i % len(REGIONS)])
+            for cls in CLASSES for i in range(per_class)]
+
+
+def _rollout_spec(version: int, waves: list[tuple[str, float]]) -> dict[str, Any]:
+    return {"name": f"digits v{version}", "model_name": "digits", "version": version,
+            "target": {"fleet": FLEET_ID}, "gates": GATES,
+            "waves": [{"name": n, "percent": p} for n, p in waves]}
+
+
+def _installed(snapshot: Any) -> dict[str, int | None]:
+    return {d["id"]: (d.get("installed") or {}).get("version") for d in snapshot.devices}
+
+
+def run_demo(opts: DemoOptions, view: DemoView) -> DemoOutcome:
+    work = prepare_workdir(opts.workdir)
+    _quiet_logs(work)
+    view.say(f"working directory: {work}")
+    with _fleet_server(work, opts.port, view) as (srv, token), contextlib.ExitStack() as stack:
+        client = FleetClient(srv.url, token)
+        view.client = client
+        outcome = DemoOutcome(url=srv.url, token=token)
+        view.say(f"fleet manager up at {srv.url} (SQLite in {work / 'fleet'})", style="bold")
+
+        builds = build_models(work, srv.build_key, view)
+        for version, results in builds.items():
+            for r in results:
+                client.upload_bundle(r.bundle_path)
+            view.say(f"uploaded digits v{version} ({len(results)} signed bundles) to the catalogue")
+
+        from fleet.broker import free_port
+
+        agents: list[DemoAgent] = []
+        stack.callback(lambda: [a.stop() for a in agents])
+        for spec in _device_specs(opts.agents_per_class):
+            tok = client.post("/api/enrolment-tokens", {"device_class": spec.device_class, "ttl_s": 600})["token"]
+            agent = DemoAgent(spec, work / "agents", free_port())
+            try:
+                agent.enrol(srv.url, tok)
+            except RuntimeError as exc:
+                raise DemoFailed(str(exc)) from None
+            agent.start()
+            agents.append(agent)
+            view.say(f"enrolled {spec.device_id} ({spec.device_class}, region {spec.region}) with a one-time token")
+        view.start_live()
+        wait_until(view, "agents to start", lambda: all(a.status().get("ready") for a in agents), 120)
+        wait_until(view, "signed state reports from every agent",
+                   lambda: len([d for d in view.poll(force=True).devices if d.get("state_seq", 0) > 0]) == len(agents),
+                   60)
+        view.say(f"{len(agents)} agents running, each its own process, state directory and device key")
+
+        traffic = Traffic([a.http_port for a in agents], _traffic_data())
+        traffic.start()
+        stack.callback(traffic.stop)
+        view.say("local apps are sending raw digit images to every agent")
+
+        outcome.v1_rollout = _roll(client, view, 1, [("everyone", 100)], opts.timeout_s)
+        if outcome.v1_rollout["status"] != "completed":
+            raise DemoFailed(f"v1 rollout ended {outcome.v1_rollout['status']}: {outcome.v1_rollout.get('reason')}")
+        view.panel("v1 is live", f"digits v1 installed on {len(agents)} devices of {len(CLASSES)} classes", "green")
+        view.print_tables() if not view.console.is_terminal else None
+
+        outcome.v2_rollout = r2 = _roll(client, view, 2, [("canary", 33), ("rest", 100)], opts.timeout_s)
+        if r2["status"] not in ("paused", "rolled-back"):
+            raise DemoFailed(f"v2 was expected to be stopped at the canary, but it ended {r2['status']}")
+        canary = [t["device_id"] for t in client.get(f"/api/rollouts/{r2['id']}/targets?wave=0")["targets"]]
+        def canary_back() -> bool:
+            snap = view.poll(force=True)
+            on_v1 = all(_installed(snap).get(d) == 1 for d in canary)
+            return on_v1 and all(snap.targets.get(d, {}).get("status") == "rolled-back" for d in canary)
+
+        wait_until(view, "the canary back on v1", canary_back, 90)
+        outcome.rolled_back = canary
+        outcome.devices = view.poll(force=True).devices
+        _explain_stop(view, r2, canary)
+        view.print_tables() if not view.console.is_terminal else None
+        if not opts.once:
+            _serve_until_interrupted(view, outcome)
+        return outcome
+
+
+def _traffic_data() -> Any:
+    from edgefleet.demo_model import load_digits_data
+
+    return load_digits_data().traffic_x  # raw pixels, as the devices' cameras deliver them
+
+
+def _roll(client: FleetClient, view: DemoView, version: int, waves: list[tuple[str, float]],
+          timeout_s: float) -> dict[str, Any]:
+    r = client.post("/api/rollouts", _rollout_spec(version, waves))
+    plan = ", ".join(f"{n} {p:g}%" for n, p in waves)
+    view.say(f"rollout {r['id']}: digits v{version} in waves ({plan}), gated on installs, errors, latency, drift",
+             style="bold cyan")
+    view.watch(r["id"])
+
+    def done() -> dict[str, Any] | None:
+        cur = client.get(f"/api/rollouts/{r['id']}")
+        return cur if cur["status"] in ("completed", "paused", "rolled-back", "aborted") else None
+
+    return wait_until(view, f"rollout of v{version}", done, timeout_s)
+
+
+def _explain_stop(view: DemoView, rollout: dict[str, Any], canary: list[str]) -> None:
+    reason = rollout.get("reason") or {}
+    lines = [f"rollout {rollout['id']} (digits v2) stopped at wave {rollout['current_wave']}: "
+             f"{reason.get('summary', rollout['status'])}"]
+    for g in reason.get("gates", []):
+        lines.append(f"  gate {g.get('gate')}: {_gate_text(g)}")
+    lines.append(f"canary devices rolled back to v1 by signed commands: {', '.join(canary)}")
+    lines.append("devices outside the canary never received v2")
+    view.panel("automatic rollback", "\n".join(lines), "yellow")
+
+
+def _gate_text(g: dict[str, Any]) -> str:
+    """One line per failed gate, in the words an operator would use."""
+    d = g.get("detail") if isinstance(g.get("detail"), dict) else {}
+    text = f"{g.get('value')} (limit {g.get('threshold', g.get('limit', '?'))})"
+    if g.get("gate") == "prediction_drift" and d:
+        parts = [f"PSI {v['psi']} vs {k}" for k, v in d.items() if isinstance(v, dict) and "psi" in v]
+        text = f"{', '.join(parts)} (limit {g.get('threshold', 0.2)}) over {d.get('samples', '?')} predictions"
+    elif g.get("gate") == "feature_drift" and d:
+        text += f": {len(d.get('drifted', []))} of {d.get('judged', '?')} input features drifted"
+    return text
+
+
+def _serve_until_interrupted(view: DemoView, outcome: DemoOutcome) -> None:
+    view.panel("console", f"open {outcome.url}/console and sign in with the token\n  {outcome.token}\n"
+               "Rollouts, devices, drift and alerts are there. Ctrl-C stops the demo.", "cyan")
+    stop = {"now": False}
+
+    def on_signal(*_a: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop["now"]:
+            view.poll()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    view.say("stopping the demo")
+
+
+@click.command("demo")
+@click.option("--once", is_flag=True, help="end after the rollback instead of leaving the console running")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".edgefleet/demo"),
+              show_default=True, help="recreated on each run")
+@click.option("--port", type=int, default=8080, show_default=True, help="fleet manager port (a free one if taken)")
+@click.option("--agents-per-class", type=click.IntRange(1, 10), default=2, show_default=True)
+@click.option("--timeout", "timeout_s", type=float, default=240.0, show_default=True,
+              help="seconds each rollout may take before the demo gives up")
+def demo(once: bool, workdir: Path, port: int, agents_per_class: int, timeout_s: float) -> None:
+    """Train, compile, enrol agents, roll out v1, then watch a bad v2 get rolled back."""
+    from rich.console import Console
+
+    import sys
+
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    opts = DemoOptions(workdir=workdir, port=port, agents_per_class=agents_per_class, once=once,
+                       timeout_s=timeout_s)
+    view = DemoView(FleetClient("", ""), console)
+    try:
+        with view:
+            outcome = run_demo(opts, view)
+    except DemoFailed as exc:
+        console.print(f"[red]demo failed:[/] {exc}")
+        raise SystemExit(1) from None
+    console.print(f"[green]demo finished:[/] v1 on every device, v2 stopped at the canary and rolled back on "
+                  f"{', '.join(outcome.rolled_back)}")

@@ -1,0 +1,61 @@
+"""`edgefleet demo --once` end to end: a real fleet manager, broker, compiled models and agent
+processes; v1 reaches every device, v2 is stopped at the canary by the drift gates and rolled
+back, and the fleet's own database records all of it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, create_engine, select
+
+from fleet.models import AuditEntry, Device
+from fleet.rollouts.models import Rollout, RolloutCommand, RolloutTarget
+
+pytestmark = [pytest.mark.slow, pytest.mark.mqtt]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_once_reaches_the_rollback(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MQTT_URL", None)  # the demo's own private broker
+    res = subprocess.run([sys.executable, "-m", "edgefleet", "demo", "--once", "--workdir", str(work),
+                          "--port", "0", "--agents-per-class", "2", "--timeout", "300"],
+                         capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert "automatic rollback" in out and "demo finished" in out
+    assert "Traceback" not in out
+
+    # six signed bundles: two versions for each of the three device classes
+    bundles = sorted(p.name for p in (work / "build").glob("*.bundle"))
+    assert len(bundles) == 6 and {b.split("-v")[1][0] for b in bundles} == {"1", "2"}
+
+    engine = create_engine(f"sqlite:///{work / 'fleet' / 'fleet.db'}")
+    with Session(engine) as db:
+        devices = db.exec(select(Device)).all()
+        assert len(devices) == 6
+        assert Counter(d.device_class for d in devices) == Counter(
+            {"x86-64-generic": 2, "x86-avx512-vnni": 2, "arm64-cortex-a": 2})
+        assert {d.installed_version for d in devices} == {1}        # from the devices' signed state
+        r1, r2 = db.exec(select(Rollout).order_by(Rollout.id)).all()
+        assert (r1.version, r1.status) == (1, "completed")
+        assert r2.version == 2 and r2.status == "paused" and r2.current_wave == 0
+        failed = {g["gate"] for g in r2.reason["gates"]}
+        assert failed & {"prediction_drift", "feature_drift"}, r2.reason
+        targets = db.exec(select(RolloutTarget).where(RolloutTarget.rollout_id == r2.id)).all()
+        canary = {t.device_id for t in targets if t.wave_index == 0}
+        assert 1 <= len(canary) < len(devices)
+        assert {t.status for t in targets if t.wave_index == 0} == {"rolled-back"}
+        assert {t.status for t in targets if t.wave_index > 0} == {"pending"}   # never got v2
+        cmds = db.exec(select(RolloutCommand).where(RolloutCommand.rollout_id == r2.id)).all()
+        assert Counter(c.kind for c in cmds) == Counter({"install": len(canary), "rollback": len(canary)})
+        assert {c.device_id for c in cmds} == canary
+        actions = {a.action for a in db.exec(select(AuditEntry))}
+        assert {"device.enrol", "model.upload", "rollout.breach"} <= actions, actions
+    engine.dispose()
