@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -105,8 +106,6 @@ def _quiet_logs(work: Path) -> None:
 @contextlib.contextmanager
 def _output_to(path: Path) -> Iterator[None]:
     """Send this process's stdout and stderr (C++ libraries' too, hence file descriptors) to `path`."""
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -351,8 +350,6 @@ def _serve_until_interrupted(view: DemoView, outcome: DemoOutcome) -> None:
 def demo(once: bool, workdir: Path, port: int, agents_per_class: int, timeout_s: float) -> None:
     """Train, compile, enrol agents, roll out v1, then watch a bad v2 get rolled back."""
     from rich.console import Console
-
-    import sys
 
     console = Console(width=None if sys.stdout.isatty() else 120)
     opts = DemoOptions(workdir=workdir, port=port, agents_per_class=agents_per_class, once=once,
