@@ -40,6 +40,7 @@ class FleetSettings:
     data_dir: Path = Path(".edgefleet/fleet")
     database_url: str | None = None       # None: SQLite file data_dir/fleet.db
     mqtt_url: str | None = None           # mqtt://host:port; None: 127.0.0.1:1883 if reachable else embedded
+    device_mqtt_url: str | None = None    # what devices are told at enrolment (e.g. mqtts://broker:8883); None: mqtt_url
     fleet_id: str = "default"
     signing_key_path: Path | None = None  # fleet command key; None: data_dir/keys/fleet.key (created)
     trusted_build_keys: list[Path] = field(default_factory=list)  # public keys that sign bundles
@@ -119,7 +120,8 @@ def load_settings(path: Path | str | None = None, env: dict[str, str] | None = N
         s = _apply(s, data.get("fleet", data))
     mapping = {"DATABASE_URL": "database_url", "MQTT_URL": "mqtt_url", "EDGEFLEET_FLEET_DATA": "data_dir",
                "EDGEFLEET_FLEET_ID": "fleet_id", "EDGEFLEET_SIGNING_KEY": "signing_key_path",
-               "EDGEFLEET_PUBLIC_URL": "public_url", "EDGEFLEET_SECRET_KEY": "secret_key"}
+               "EDGEFLEET_PUBLIC_URL": "public_url", "EDGEFLEET_SECRET_KEY": "secret_key",
+               "EDGEFLEET_DEVICE_MQTT_URL": "device_mqtt_url"}
     env_updates: dict[str, Any] = {attr: env[var] for var, attr in mapping.items() if env.get(var)}
     if env.get("EDGEFLEET_TRUSTED_BUILD_KEYS"):
         env_updates["trusted_build_keys"] = [p for p in env["EDGEFLEET_TRUSTED_BUILD_KEYS"].split(os.pathsep) if p]

@@ -8,11 +8,19 @@ from agent.keys import load_public_key, public_key_to_b64
 from fleet import enrolment
 from fleet.app import fleet_context
 from fleet.auth import actor, require_role
-from fleet.broker import parse_mqtt_url
+from fleet.broker import DEFAULT_URL
 from fleet.errors import ApiError, json_body
 from fleet.fleet_keys import load_fleet_key
 
 bp = Blueprint("api_enrol", __name__, url_prefix="/api")
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    """Devices may be told an mqtts:// URL (TLS listener) that the fleet itself does not use."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return u.hostname or "127.0.0.1", u.port or (8883 if u.scheme == "mqtts" else 1883)
 
 
 @bp.post("/enrolment-tokens")
@@ -47,13 +55,14 @@ def enrol():  # type: ignore[no-untyped-def]
             device = enrolment.device_view(res.device)
     except enrolment.EnrolmentError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from exc
-    host, port = parse_mqtt_url(s.mqtt_url)
+    device_url = s.device_mqtt_url or s.mqtt_url or DEFAULT_URL
+    host, port = _host_port(device_url)
     fleet_pub = public_key_to_b64(load_fleet_key(s).public_key())
     build_keys = [public_key_to_b64(load_public_key(p)) for p in s.trusted_build_keys]
     base = f"edgefleet/v1/{s.fleet_id}/{device['id']}"
     return jsonify({
         "device_id": device["id"], "fleet": s.fleet_id, "device": device,
-        "mqtt": {"host": host, "port": port, "url": f"mqtt://{host}:{port}", "username": device["id"],
+        "mqtt": {"host": host, "port": port, "url": device_url, "username": device["id"],
                  "password": res.mqtt_password, "client_id": device["id"]},
         "topics": {k: f"{base}/{k}" for k in ("telemetry", "state", "events", "cmd")},
         "fleet_keys": [fleet_pub], "build_keys": build_keys, "artifacts_url": f"{s.public_url}/artifacts",

@@ -69,6 +69,23 @@ def test_agent_enrol_writes_a_working_config(server, tmp_path, build_keys) -> No
     assert again.returncode == 1 and "invalid-token" in again.stderr and not (tmp_path / "other.toml").exists()
 
 
+def test_devices_are_told_the_device_mqtt_url(tmp_path, build_keys) -> None:  # type: ignore[no-untyped-def]
+    """Behind TLS the devices get mqtts://public-host:8883 while the fleet uses its internal URL."""
+    settings = FleetSettings(data_dir=tmp_path / "fleet", mqtt_url="mqtt://10.0.0.5:1883",
+                             device_mqtt_url="mqtts://broker.example.com", api_tokens={"op": "operator"},
+                             start_rollouts=False, embedded_broker=False, trusted_build_keys=[build_keys[1]])
+    srv = FleetServer(settings, port=0, start_ingest=False, drift_evaluator=False).start()
+    try:
+        tok = requests.post(f"{srv.url}/api/enrolment-tokens", headers={"Authorization": "Bearer op"},
+                            json={}).json()["token"]
+        from agent.enrol import EnrolRequest, enrol
+
+        cfg = enrol(EnrolRequest(srv.url, tok, tmp_path / "state"))
+        assert cfg.mqtt.url == "mqtts://broker.example.com" and cfg.fleet_id == "default"
+    finally:
+        srv.stop()
+
+
 def test_agent_enrol_unreachable_fleet_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     res = _enrol(f"http://127.0.0.1:{free_port()}", "enr_x", tmp_path / "s", tmp_path / "a.toml")
     assert res.returncode == 1 and "cannot reach fleet" in res.stderr and "Traceback" not in res.stderr
