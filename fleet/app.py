@@ -50,6 +50,7 @@ BLUEPRINTS = (
     "fleet.api.devices:bp",
     "fleet.api.enrol:bp",
     "fleet.api.mqtt_auth:bp",
+    "fleet.api.retraining:bp",
     "fleet.api.models:bp",
     "fleet.api.telemetry:bp",
     "fleet.api.drift:bp",

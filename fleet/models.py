@@ -173,3 +173,20 @@ class DriftAlert(SQLModel, table=True):
     status: str = Field(default="open", index=True)  # open | acknowledged
     acknowledged_at: float | None = None
     acknowledged_by: str | None = None
+
+
+class RetrainingRequest(SQLModel, table=True):
+    """Persistent drift on a model version asks for a retrain; an operator approves or dismisses it."""
+
+    __tablename__ = "retraining_request"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: float = Field(default_factory=now, index=True)
+    model_name: str = Field(index=True)
+    model_version: int
+    status: str = Field(default="open", index=True)  # open | dismissed | triggered | trigger-failed
+    summary: str = ""
+    evidence: dict[str, Any] = _json(dict)
+    decided_by: str | None = None
+    decided_at: float | None = None
+    note: str = ""
+    trigger_result: dict[str, Any] = _json(dict)

@@ -112,13 +112,16 @@ class FleetServer:
         self.rollout_evaluator = start_for_app(self.app, self.settings.rollout_interval_s)
 
     def _drift_loop(self) -> None:
-        from fleet import alerts
+        from fleet import alerts, retraining
 
         ctx = fleet_context(self.app)
         while not self._stop.wait(self.settings.drift_interval_s):
             try:
                 with ctx.session() as db:
                     new = alerts.evaluate(db, self.settings, since=time.time() - 6 * 3600)
+                    opened = [(r.id, r.summary) for r in retraining.check(db, self.settings)]
+                for rid, summary in opened:
+                    log.warning("retraining request %s opened: %s", rid, summary)
                 if new:
                     log.warning("raised %d drift alert(s)", len(new))
             except Exception:  # noqa: BLE001 - keep evaluating next time

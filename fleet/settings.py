@@ -24,6 +24,18 @@ class DriftSettings:
 
 
 @dataclass
+class RetrainSettings:
+    """When persistent drift opens a retraining request; a human approves it before anything runs."""
+
+    min_alert_windows: int = 3        # distinct telemetry windows with a baseline alert for the version
+    min_cohort_share: float = 0.5     # share of the version's reporting cohorts that alerted
+    lookback_s: float = 6 * 3600.0
+    webhook_url: str = ""             # POSTed on approval (e.g. your CI's retraining job); empty: none
+    webhook_token: str = ""           # sent as "Authorization: Bearer ..." when set
+    webhook_timeout_s: float = 10.0
+
+
+@dataclass
 class IngestSettings:
     shared_group: str = "edgefleet-ingest"
     use_shared: bool = True        # $share/... when the broker speaks MQTT 5
@@ -57,6 +69,7 @@ class FleetSettings:
     drift_interval_s: float = 60.0        # how often `serve` evaluates drift and raises alerts
     drift: DriftSettings = field(default_factory=DriftSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
+    retrain: RetrainSettings = field(default_factory=RetrainSettings)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -99,7 +112,7 @@ def _apply(obj: Any, data: dict[str, Any]) -> Any:
         if key not in known:
             raise ValueError(f"unknown fleet setting {key!r}")
         current = getattr(obj, key)
-        if isinstance(current, (DriftSettings, IngestSettings)):
+        if isinstance(current, (DriftSettings, IngestSettings, RetrainSettings)):
             value = _apply(current, value)
         elif key in ("data_dir", "signing_key_path") and value is not None:
             value = Path(value)

@@ -15,7 +15,15 @@ from fleet.app import fleet_context
 from fleet.auth import actor, current_principal, require_role
 from fleet.console import charts
 from fleet.console.views import bp
-from fleet.models import Aggregate, AuditEntry, Device, DeviceEvent, DriftAlert, ModelVersion
+from fleet.models import (
+    Aggregate,
+    AuditEntry,
+    Device,
+    DeviceEvent,
+    DriftAlert,
+    ModelVersion,
+    RetrainingRequest,
+)
 
 PAGE = 50
 
@@ -141,7 +149,19 @@ def alert_list():  # type: ignore[no-untyped-def]
         if status:
             q = q.where(DriftAlert.status == status)
         rows = list(db.exec(q.order_by(DriftAlert.id.desc()).limit(200)))
-        return render_template("console/alerts.html", alerts=rows, status=status)
+        requests_ = list(db.exec(select(RetrainingRequest).order_by(RetrainingRequest.id.desc()).limit(20)))
+        return render_template("console/alerts.html", alerts=rows, status=status, retraining=requests_)
+
+
+@bp.post("/retraining/<int:request_id>/<op>")
+@require_role("operator", html=True)
+def retraining_decide(request_id: int, op: str):  # type: ignore[no-untyped-def]
+    from fleet.api.retraining import decide_from_request
+
+    if op not in ("approve", "dismiss"):
+        return redirect(url_for("console.alert_list"))
+    decide_from_request(request_id, op == "approve")
+    return redirect(url_for("console.alert_list"))
 
 
 @bp.post("/alerts/<int:alert_id>/ack")
