@@ -59,3 +59,18 @@ def test_demo_once_reaches_the_rollback(tmp_path: Path) -> None:
         actions = {a.action for a in db.exec(select(AuditEntry))}
         assert {"device.enrol", "model.upload", "rollout.breach"} <= actions, actions
     engine.dispose()
+
+    # The console shows it: the rollout page names the breached gate and the rolled-back devices.
+    from fleet.app import create_app
+    from fleet.settings import FleetSettings
+
+    app = create_app(FleetSettings(data_dir=work / "fleet", api_tokens={"look": "viewer"},
+                                   start_rollouts=False, start_ingest=False))
+    client = app.test_client()
+    assert client.post("/console/login", data={"token": "look"}).status_code == 302
+    page = client.get(f"/console/rollouts/{r2.id}").get_data(as_text=True)
+    assert "paused" in page and "rolled-back" in page
+    assert any(g in page for g in ("prediction_drift", "feature_drift"))
+    assert all(d in page for d in canary)
+    listing = client.get("/console/rollouts").get_data(as_text=True)
+    assert "completed" in listing and "paused" in listing
