@@ -41,8 +41,46 @@ def add_build(s: Session, version: int, device_class: str = "x86-64-generic") ->
     return mv
 
 
+class RolloutQueries:
+    """Read-backs from the fleet's tables, shared by the in-memory harness and the MQTT world."""
+
+    engine: Engine
+    fleet_id: str | None = None  # set: only this fleet's devices
+
+    def rollout(self, rid: int) -> Rollout:
+        with Session(self.engine) as s:
+            return s.get(Rollout, rid)
+
+    def waves(self, rid: int) -> list[RolloutWave]:
+        with Session(self.engine) as s:
+            return list(s.exec(select(RolloutWave).where(RolloutWave.rollout_id == rid)
+                               .order_by(RolloutWave.index)))
+
+    def targets(self, rid: int) -> list[RolloutTarget]:
+        with Session(self.engine) as s:
+            return list(s.exec(select(RolloutTarget).where(RolloutTarget.rollout_id == rid)))
+
+    def commands(self, rid: int | None = None) -> list[RolloutCommand]:
+        with Session(self.engine) as s:
+            q = select(RolloutCommand)
+            if rid is not None:
+                q = q.where(RolloutCommand.rollout_id == rid)
+            return list(s.exec(q.order_by(RolloutCommand.id)))
+
+    def device(self, dev_id: str) -> Device:
+        with Session(self.engine) as s:
+            return s.get(Device, dev_id)
+
+    def installed_versions(self) -> dict[str, int | None]:
+        q = select(Device)
+        if self.fleet_id is not None:
+            q = q.where(Device.fleet == self.fleet_id)
+        with Session(self.engine) as s:
+            return {d.id: d.installed_version for d in s.exec(q)}
+
+
 @dataclass
-class Harness:
+class Harness(RolloutQueries):
     engine: Engine
     tmp: Path
     n_devices: int = 20
@@ -140,33 +178,6 @@ class Harness:
         return at
 
     # -- reads ----------------------------------------------------------------------------
-    def rollout(self, rid: int) -> Rollout:
-        with Session(self.engine) as s:
-            return s.get(Rollout, rid)
-
-    def waves(self, rid: int) -> list[RolloutWave]:
-        with Session(self.engine) as s:
-            return list(s.exec(select(RolloutWave).where(RolloutWave.rollout_id == rid)
-                               .order_by(RolloutWave.index)))
-
-    def targets(self, rid: int) -> list[RolloutTarget]:
-        with Session(self.engine) as s:
-            return list(s.exec(select(RolloutTarget).where(RolloutTarget.rollout_id == rid)))
-
-    def commands(self, rid: int | None = None) -> list[RolloutCommand]:
-        with Session(self.engine) as s:
-            q = select(RolloutCommand)
-            if rid is not None:
-                q = q.where(RolloutCommand.rollout_id == rid)
-            return list(s.exec(q.order_by(RolloutCommand.id)))
-
-    def device(self, dev_id: str) -> Device:
-        with Session(self.engine) as s:
-            return s.get(Device, dev_id)
-
-    def installed_versions(self) -> dict[str, int | None]:
-        with Session(self.engine) as s:
-            return {d.id: d.installed_version for d in s.exec(select(Device))}
 
 
 def spec_dict(version: int = 2, percents: tuple[float, ...] = (5, 25, 100), **gates: Any) -> dict[str, Any]:

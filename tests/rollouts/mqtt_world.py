@@ -19,10 +19,10 @@ from fleet.broker import reachable
 from fleet.models import Device
 from fleet.rollouts import service
 from fleet.rollouts.evaluator import Evaluator
-from fleet.rollouts.models import Rollout, RolloutCommand, RolloutTarget
+from fleet.rollouts.models import Rollout
 from fleet.server import FleetServer
 from fleet.settings import FleetSettings
-from tests.rollouts.harness import add_build
+from tests.rollouts.harness import RolloutQueries, add_build
 from tests.rollouts.simdevice import Behaviour, SimDevice
 from tests.rollouts.simfleet import MqttSimFleet
 
@@ -44,7 +44,7 @@ def wait_for(pred: Any, timeout: float, what: str, interval: float = 0.1) -> Any
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-class MqttWorld:
+class MqttWorld(RolloutQueries):
     def __init__(self, tmp: Path, *, n_devices: int = 10, behaviours: Mapping[int, Behaviour] | None = None,
                  silent: tuple[str, ...] = (), database_url: str | None = None, window_s: float = 1.0,
                  evaluator: bool = True) -> None:
@@ -114,30 +114,12 @@ class MqttWorld:
             s.commit()
             return r.id
 
-    def rollout(self, rid: int) -> Rollout:
-        with Session(self.engine) as s:
-            return s.get(Rollout, rid)
-
     def wait_status(self, rid: int, statuses: tuple[str, ...], timeout: float = 60) -> Rollout:
         return wait_for(lambda: (r := self.rollout(rid)).status in statuses and r, timeout,
                         f"rollout {rid} to reach {statuses}")
-
-    def targets(self, rid: int) -> list[RolloutTarget]:
-        with Session(self.engine) as s:
-            return list(s.exec(select(RolloutTarget).where(RolloutTarget.rollout_id == rid)))
-
-    def commands(self, rid: int | None = None) -> list[RolloutCommand]:
-        with Session(self.engine) as s:
-            q = select(RolloutCommand)
-            if rid is not None:
-                q = q.where(RolloutCommand.rollout_id == rid)
-            return list(s.exec(q.order_by(RolloutCommand.id)))
 
     def count_installed(self, version: int) -> int:
         with Session(self.engine) as s:
             return len(s.exec(select(Device).where(Device.fleet == self.fleet_id,
                                                    Device.installed_version == version)).all())
 
-    def installed_versions(self) -> dict[str, int | None]:
-        with Session(self.engine) as s:
-            return {d.id: d.installed_version for d in s.exec(select(Device).where(Device.fleet == self.fleet_id))}
