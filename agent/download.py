@@ -3,12 +3,13 @@ and a hard limit, and checks the SHA-256 before handing the file over."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from agent.canonical import file_sha256
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
@@ -19,11 +20,7 @@ class DownloadError(Exception):
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path, _CHUNK)
 
 
 def download(url: str, dest: Path, *, expected_size: int | None, expected_sha256: str | None,

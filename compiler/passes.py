@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.canonical import file_sha256
 from compiler.data import Dataset
 from compiler.errors import CompileInputError
-from compiler.provenance import file_sha256
 
 MANIFEST_PRECISION = {"int8": "int8", "dynamic-int8": "int8", "fp16": "fp16", "fp32": "fp32", "mixed": "mixed"}
 FORMAT_PRECISIONS = {

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.canonical import file_sha256
 from agent.device_classes import CatalogueError, DeviceClass, get_device_class
 from agent.keys import KeyFileError, key_id, load_private_key
 from compiler.config import CompileConfig
@@ -34,7 +35,7 @@ from compiler.passes import (
     build_artifact,
     check_precision,
 )
-from compiler.provenance import code_version, file_sha256, json_sha256, tool_versions, torch_model_sha256
+from compiler.provenance import code_version, json_sha256, tool_versions, torch_model_sha256
 
 LATENCY_TOLERANCE = 1.10
 

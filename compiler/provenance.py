@@ -13,14 +13,6 @@ TOOLS = ("edgefleet", "numpy", "torch", "onnx", "onnxscript", "onnxruntime", "op
          "litert-torch", "ai-edge-quantizer", "ai-edge-litert")
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def json_sha256(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj)).hexdigest()
 

@@ -4,7 +4,6 @@ manifest.provenance and metrics from the compiler's manifest."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -86,14 +85,6 @@ def add_bundle(db: Session, settings: FleetSettings, bundle_file: Path, keyring:
         return Uploaded(mv, True)
     finally:
         bundle_file.unlink(missing_ok=True)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def lineage(manifest: dict[str, Any]) -> dict[str, Any]:
