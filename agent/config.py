@@ -7,12 +7,13 @@ Every check names the field it refused, so an operator can fix a device without 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from agent.toml_files import read_toml
 
 
 class ConfigError(Exception):
@@ -211,12 +212,7 @@ def load_config(path: Path | str | None, overrides: Mapping[str, Any] | None = N
     """File < environment < overrides (flags). Raises ConfigError naming the field."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+        data = read_toml(path, ConfigError)
     data = _merge(data, env_overrides(environ))
     data = _merge(data, overrides or {})
     cfg = _build(AgentConfig, data, "")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import platform
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from agent.toml_files import read_toml
 
 ARCHES = ("x86_64", "aarch64", "armv7l")
 FORMATS = ("onnx", "openvino", "tflite")
@@ -135,12 +136,7 @@ def parse_device_class(data: dict[str, Any], source: str) -> DeviceClass:
 
 
 def load_device_class_file(path: Path) -> DeviceClass:
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise CatalogueError(f"{path}: cannot read: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise CatalogueError(f"{path}: not valid TOML: {exc}") from exc
+    data = read_toml(path, CatalogueError, "device class file")
     dc = parse_device_class(data, str(path))
     if Path(path).stem != dc.name:
         raise CatalogueError(f"{path}: field 'name' is {dc.name!r} but the file is named {Path(path).stem!r}")

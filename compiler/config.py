@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from agent.toml_files import read_toml
 from compiler.errors import CompileInputError
 from compiler.evaluate import TASKS
 from compiler.quantize_onnx import CALIBRATION_METHODS
@@ -97,12 +97,7 @@ _PATH_FIELDS = {"out", "cache_dir", "report_json", "devices_dir"}
 
 def load_toml(path: Path) -> dict[str, Any]:
     """Read compile.toml; keys are the CLI option names (dashes or underscores)."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise CompileInputError(f"cannot read config {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise CompileInputError(f"config {path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path, CompileInputError)
     raw = raw.get("compile", raw)
     known = {f.name for f in fields(CompileConfig)}
     out: dict[str, Any] = {}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from agent.toml_files import read_toml
 
 
 @dataclass
@@ -129,7 +130,7 @@ def load_settings(path: Path | str | None = None, env: dict[str, str] | None = N
     s = FleetSettings()
     path = path or env.get("EDGEFLEET_FLEET_CONFIG")
     if path:
-        data = tomllib.loads(Path(path).read_text())
+        data = read_toml(path, ValueError, "fleet settings")
         s = _apply(s, data.get("fleet", data))
     mapping = {"DATABASE_URL": "database_url", "MQTT_URL": "mqtt_url", "EDGEFLEET_FLEET_DATA": "data_dir",
                "EDGEFLEET_FLEET_ID": "fleet_id", "EDGEFLEET_SIGNING_KEY": "signing_key_path",

@@ -49,7 +49,7 @@ def test_broken_file_names_file_and_field(tmp_path: Path, old: str, new: str, fi
 def test_invalid_toml_is_reported(tmp_path: Path):
     d = _copy(tmp_path)
     (d / "broken.toml").write_text("name = \n")
-    with pytest.raises(CatalogueError, match="broken.toml: not valid TOML"):
+    with pytest.raises(CatalogueError, match="broken.toml is not valid TOML"):
         load_catalogue(d)
 
 
