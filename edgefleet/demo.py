@@ -123,9 +123,16 @@ def _output_to(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
+@dataclass
+class DemoFleet:
+    server: Any  # fleet.server.FleetServer
+    token: str  # the demo's admin API token (also the console login)
+    build_key: Path  # signs the bundles, as a CI secret would
+
+
 @contextlib.contextmanager
-def _fleet_server(work: Path, port: int, view: DemoView) -> Iterator[tuple[Any, str]]:
-    """The fleet manager on embedded defaults; yields (server, admin token)."""
+def _fleet_server(work: Path, port: int, view: DemoView) -> Iterator[DemoFleet]:
+    """The fleet manager on embedded defaults, with a build key it trusts."""
     from agent.keys import generate_keypair
     from fleet.broker import free_port, reachable, start_embedded_broker
     from fleet.server import FleetServer
@@ -150,9 +157,8 @@ def _fleet_server(work: Path, port: int, view: DemoView) -> Iterator[tuple[Any, 
                              signing_key_path=fleet_priv, embedded_broker=False, trusted_build_keys=[build_pub],
                              api_tokens={token: "admin"}, rollout_interval_s=0.5, drift_interval_s=5.0)
     srv = FleetServer(settings, port=port or free_port()).start()
-    srv.build_key = build_priv  # type: ignore[attr-defined]
     try:
-        yield srv, token
+        yield DemoFleet(srv, token, build_priv)
     finally:
         srv.stop()
         if broker is not None:
@@ -214,13 +220,14 @@ def run_demo(opts: DemoOptions, view: DemoView) -> DemoOutcome:
     work = prepare_workdir(opts.workdir)
     _quiet_logs(work)
     view.say(f"working directory: {work}")
-    with _fleet_server(work, opts.port, view) as (srv, token), contextlib.ExitStack() as stack:
-        client = FleetClient(srv.url, token)
+    with _fleet_server(work, opts.port, view) as fleet, contextlib.ExitStack() as stack:
+        srv = fleet.server
+        client = FleetClient(srv.url, fleet.token)
         view.client = client
-        outcome = DemoOutcome(url=srv.url, token=token)
+        outcome = DemoOutcome(url=srv.url, token=fleet.token)
         view.say(f"fleet manager up at {srv.url} (SQLite in {work / 'fleet'})", style="bold")
 
-        builds = build_models(work, srv.build_key, view)
+        builds = build_models(work, fleet.build_key, view)
         for version, results in builds.items():
             for r in results:
                 client.upload_bundle(r.bundle_path)
@@ -256,7 +263,8 @@ def run_demo(opts: DemoOptions, view: DemoView) -> DemoOutcome:
         if outcome.v1_rollout["status"] != "completed":
             raise DemoFailed(f"v1 rollout ended {outcome.v1_rollout['status']}: {outcome.v1_rollout.get('reason')}")
         view.panel("v1 is live", f"digits v1 installed on {len(agents)} devices of {len(CLASSES)} classes", "green")
-        view.print_tables() if not view.console.is_terminal else None
+        if not view.console.is_terminal:  # on a terminal the live table already shows it
+            view.print_tables()
 
         outcome.v2_rollout = r2 = _roll(client, view, 2, [("canary", 33), ("rest", 100)], opts.timeout_s)
         if r2["status"] not in ("paused", "rolled-back"):
@@ -271,7 +279,8 @@ def run_demo(opts: DemoOptions, view: DemoView) -> DemoOutcome:
         outcome.rolled_back = canary
         outcome.devices = view.poll(force=True).devices
         _explain_stop(view, r2, canary)
-        view.print_tables() if not view.console.is_terminal else None
+        if not view.console.is_terminal:  # on a terminal the live table already shows it
+            view.print_tables()
         if not opts.once:
             _serve_until_interrupted(view, outcome)
         return outcome
