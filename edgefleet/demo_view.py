@@ -98,8 +98,10 @@ class DemoView:
 
     def __exit__(self, *exc: object) -> None:
         if self._live is not None:
-            self._live.stop()
+            self._live.stop()  # transient: the live frame goes, the final state stays on screen
             self._live = None
+            if self.snapshot.devices:
+                self.print_tables()
 
     def watch(self, rollout_id: int | None) -> None:
         self.rollout_id = rollout_id
