@@ -4,7 +4,6 @@ world uses its own fleet id, so topics never mix with other tests on the shared 
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from fleet.settings import FleetSettings
 from tests.rollouts.harness import RolloutQueries, add_build
 from tests.rollouts.simdevice import Behaviour, SimDevice
 from tests.rollouts.simfleet import MqttSimFleet
+from tests.waiting import wait_for
 
 BROKER = ("127.0.0.1", 1883)
 
@@ -32,16 +32,6 @@ BROKER = ("127.0.0.1", 1883)
 def require_broker() -> None:
     if not reachable(*BROKER):
         pytest.skip("Mosquitto is not running at 127.0.0.1:1883 (mosquitto -d -c /etc/mosquitto/mosquitto.conf)")
-
-
-def wait_for(pred: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class MqttWorld(RolloutQueries):

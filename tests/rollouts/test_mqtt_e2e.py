@@ -12,8 +12,9 @@ from agent.keys import sign_document
 from fleet.rollouts.assignment import assign_waves
 from fleet.rollouts.spec import RolloutSpec
 from tests.rollouts.harness import spec_dict
-from tests.rollouts.mqtt_world import MqttWorld, wait_for
+from tests.rollouts.mqtt_world import MqttWorld
 from tests.rollouts.simdevice import Behaviour
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 

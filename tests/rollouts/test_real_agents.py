@@ -34,7 +34,8 @@ from fleet.rollouts.models import Rollout, RolloutCommand
 from fleet.rollouts.spec import RolloutSpec
 from fleet.server import FleetServer
 from fleet.settings import FleetSettings
-from tests.rollouts.mqtt_world import BROKER, require_broker, wait_for
+from tests.rollouts.mqtt_world import BROKER, require_broker
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,8 @@ from sqlmodel import Session, select
 
 from fleet.rollouts.models import EvaluatorLease
 from tests.rollouts.harness import spec_dict
-from tests.rollouts.mqtt_world import MqttWorld, wait_for
+from tests.rollouts.mqtt_world import MqttWorld
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.postgres, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
