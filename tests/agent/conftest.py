@@ -26,6 +26,7 @@ from agent.bundle import build_bundle
 from agent.config import AgentConfig, MqttConfig, ServingConfig, TelemetryConfig
 from agent.keys import generate_keypair, load_private_key
 from tests.agent import models
+from tests.waiting import wait_for  # noqa: F401 (the agent tests import it from here)
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -36,16 +37,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="session")
