@@ -7,8 +7,9 @@ hash differs from the accumulator's are not added; they are counted in `edge_mis
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
+from typing import Any, NamedTuple
 
 RESOURCE_KEYS = ("cpu_percent", "rss_mb", "mem_percent", "temp_c")
 
@@ -27,6 +28,13 @@ def _add_counts(a: list[int], b: list[int]) -> list[int]:
 
 def merge_into(acc: dict[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
     """Add telemetry payload (or another aggregate payload) `p` to `acc` in place; returns acc."""
+    _merge_scalars(acc, p)
+    _merge_histograms(acc, p)
+    return acc
+
+
+def _merge_scalars(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
+    """Everything but the feature and prediction histograms."""
     is_agg = "n_windows" in p
     acc["n_windows"] += int(p.get("n_windows", 1))
     acc["devices"] += int(p.get("devices", 1))
@@ -57,6 +65,9 @@ def merge_into(acc: dict[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(sh, Mapping):
         acc["shadow"]["compared"] += int(sh.get("compared", 0))
         acc["shadow"]["agreed"] += int(sh.get("agreed", 0))
+
+
+def _merge_histograms(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
     feats = p.get("features")
     if isinstance(feats, list) and feats:
         if acc["features"] is None:
@@ -78,7 +89,6 @@ def merge_into(acc: dict[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
             acc["prediction"]["nan"] = int(acc["prediction"].get("nan", 0)) + int(pred.get("nan", 0))
         else:
             acc["edge_mismatch"] += 1
-    return acc
 
 
 def _same_layout(a: list[Mapping[str, Any]], b: list[Mapping[str, Any]]) -> bool:
@@ -87,26 +97,58 @@ def _same_layout(a: list[Mapping[str, Any]], b: list[Mapping[str, Any]]) -> bool
         for x, y in zip(a, b, strict=True))
 
 
-def merge_many(payloads: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """merge_all for telemetry payloads, with the histograms added in one numpy pass (ingest)."""
-    from fleet.drift import merge_payloads
+class Hist(NamedTuple):
+    """A telemetry payload's histograms, flattened once (by the ingest checks) for merge_many."""
 
+    layout: tuple[tuple[Any, ...], tuple[Any, ...], tuple[int, ...]]  # feature names, edge hashes, sizes
+    counts: list[int]  # every feature's counts, one after the other
+    nan: list[int]
+
+
+def hist_of(p: Mapping[str, Any]) -> Hist:
+    feats = p.get("features") or []
+    counts = [f["counts"] for f in feats]
+    return Hist((tuple(f["name"] for f in feats), tuple(f.get("edges_hash") for f in feats),
+                 tuple(map(len, counts))), list(chain.from_iterable(counts)), [f.get("nan", 0) for f in feats])
+
+
+def merge_many(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] | None = None) -> dict[str, Any]:
+    """merge_all for telemetry payloads (ingest): the histograms are added column by column over
+    the flattened counts (`hists`, aligned with `payloads`, saves flattening them again).
+    Like fleet.drift.merge_payloads, payloads whose layout differs from the first one's are
+    counted in edge_mismatch instead of being added."""
     acc = empty()
     for p in payloads:
-        merge_into(acc, {k: v for k, v in p.items() if k not in ("features", "prediction")})
-    with_hist = [p for p in payloads if p.get("features") or p.get("prediction")]
+        _merge_scalars(acc, p)
+    if hists is None:
+        hists = [hist_of(p) for p in payloads]
+    with_hist = [(p, h) for p, h in zip(payloads, hists, strict=True) if p.get("features") or p.get("prediction")]
     if not with_hist:
         return acc
-    h = merge_payloads(with_hist)
-    if h.names:
-        nan = h.nan or [0] * len(h.names)
-        acc["features"] = [{"name": n, "edges_hash": eh, "counts": c.tolist(), "nan": int(k)}
-                           for n, eh, c, k in zip(h.names, h.hashes, h.counts, nan, strict=True)]
-    if h.prediction is not None:
-        acc["prediction"] = {**dict(with_hist[0]["prediction"]), "counts": h.prediction.tolist(),
-                             "nan": h.prediction_nan}
-    acc["edge_mismatch"] += h.skipped
+    p0, h0 = with_hist[0]
+    pred0 = p0.get("prediction")
+    pred_size = len(pred0["counts"]) if pred0 else 0
+    good = [(p, h) for p, h in with_hist if h.layout == h0.layout and (
+        pred_size == 0 or (p.get("prediction") is not None and len(p["prediction"]["counts"]) == pred_size))]
+    acc["edge_mismatch"] += len(with_hist) - len(good)
+    names, hashes, sizes = h0.layout
+    if names:
+        sums = _column_sums([h.counts for _, h in good]) if sum(sizes) else []
+        nan = _column_sums([h.nan for _, h in good])
+        feats, at = [], 0
+        for n, eh, size, k in zip(names, hashes, sizes, nan, strict=True):
+            feats.append({"name": n, "edges_hash": eh, "counts": sums[at:at + size], "nan": int(k)})
+            at += size
+        acc["features"] = feats
+    if pred_size:
+        acc["prediction"] = {**dict(pred0), "counts": _column_sums([p["prediction"]["counts"] for p, _ in good]),
+                             "nan": sum(int(p["prediction"].get("nan", 0)) for p, _ in good)}
     return acc
+
+
+def _column_sums(rows: list[list[int]]) -> list[int]:
+    """Exact (Python int) sums of equally long rows; faster than numpy's conversion of them."""
+    return list(map(sum, zip(*rows, strict=True)))
 
 
 def merge_all(payloads: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -12,19 +12,22 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from agent.keys import Keyring, public_key_from_b64
-from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, ProtocolError, decode, parse_topic
-from fleet import aggregate, audit, ops_metrics
+from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, ProtocolError, parse_topic
+from fleet import aggregate, audit, fastjson, ops_metrics
+from fleet.aggregate import Hist
+from fleet.device_cache import DeviceCache, DeviceInfo
 from fleet.models import Aggregate, Device, DeviceEvent, TelemetryWindow, now
 from fleet.settings import FleetSettings
 from fleet.verification import MAX_INT, check_telemetry, fast_verify
+from fleet.window_insert import WindowInserter
 
 log = logging.getLogger(__name__)
 KINDS = ("telemetry", "state", "events")
@@ -45,20 +48,22 @@ class IngestStats:
                     "duplicates": dict(self.duplicates), "dropped": dict(self.dropped), "batches": self.batches}
 
 
-@dataclass
-class _DeviceInfo:
-    keyring: Keyring | None  # None: unknown or decommissioned
-    device_class: str
-    cohort: str
-    fetched: float
-    seen_written: float = 0.0
-
-
-@dataclass
+@dataclass(slots=True)
 class _Parsed:
     kind: str
     device: str
     payload: dict[str, Any] | None  # None for the unsigned Last Will {"status": "offline"}
+    info: DeviceInfo | None = None
+    hist: Hist | None = None  # telemetry: the histograms, flattened by the checks
+
+
+_AGG, _DEVICE = Aggregate.__table__, Device.__table__  # type: ignore[attr-defined]
+_AGG_KEY = ("model_name", "model_version", "role", "device_class", "cohort", "window_start")
+_AGG_SELECT = select(_AGG.c.id, _AGG.c.payload).where(
+    *[_AGG.c[c] == bindparam(f"k_{c}") for c in _AGG_KEY]).with_for_update()
+_AGG_UPDATE = update(_AGG).where(_AGG.c.id == bindparam("agg_id")).values(
+    payload=bindparam("payload"), n_windows=bindparam("n_windows"), requests=bindparam("requests"),
+    errors=bindparam("errors"), updated_at=bindparam("updated_at"))
 
 
 def _insert_ignore(engine: Engine, model: Any) -> Any:
@@ -69,6 +74,33 @@ def _insert_ignore(engine: Engine, model: Any) -> Any:
     return insert(model)
 
 
+MIN_PER_THREAD = 32  # smaller batches are verified by the calling thread alone
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _verify_pool(workers: int) -> ThreadPoolExecutor:
+    """One process-wide pool for signature checks, grown to the largest size asked for."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="edgefleet-verify")
+        return _pool
+
+
+class _Tally:
+    """Counts of one batch, added to the stats and metrics once (a lock and a metric per
+    message would cost more than parsing it)."""
+
+    __slots__ = ("received", "dropped")
+
+    def __init__(self) -> None:
+        self.received: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+
+
 class Processor:
     """Verification and batched storage; no MQTT here (tests and benchmarks call it directly)."""
 
@@ -76,32 +108,13 @@ class Processor:
         self.settings = settings
         self.engine = engine
         self.stats = IngestStats()
-        self._devices: dict[str, _DeviceInfo] = {}
-        self._dev_lock = threading.Lock()
+        self.devices = DeviceCache(settings, engine)
+        self._windows = WindowInserter(engine)
+        self._agg_insert = _insert_ignore(engine, _AGG).on_conflict_do_nothing(index_elements=list(_AGG_KEY))
         self._last_prune = 0.0
 
-    # -- device cache ---------------------------------------------------------------------
     def forget_device(self, device_id: str) -> None:
-        with self._dev_lock:
-            self._devices.pop(device_id, None)
-
-    def _device(self, device_id: str) -> _DeviceInfo:
-        t = time.monotonic()
-        with self._dev_lock:
-            info = self._devices.get(device_id)
-        if info is not None and t - info.fetched < self.settings.ingest.device_cache_s:
-            return info
-        with Session(self.engine) as db:
-            d = db.get(Device, device_id)
-            if d is None or d.status != "active" or not d.public_key:
-                info = _DeviceInfo(None, "", "", t)
-            else:
-                info = _DeviceInfo(Keyring.from_public_keys([public_key_from_b64(d.public_key)]), d.device_class,
-                                   aggregate.cohort_of(d.attributes, self.settings.cohort_keys), t,
-                                   info.seen_written if info else 0.0)
-        with self._dev_lock:
-            self._devices[device_id] = info
-        return info
+        self.devices.forget(device_id)
 
     # -- parsing --------------------------------------------------------------------------
     def _drop(self, reason: str) -> None:
@@ -109,52 +122,100 @@ class Processor:
             self.stats.dropped[reason] += 1
         ops_metrics.INGEST_DROPPED.labels(reason).inc()
 
+    def _record(self, tally: _Tally) -> None:
+        with self.stats.lock:
+            self.stats.received.update(tally.received)
+            self.stats.dropped.update(tally.dropped)
+        for kind, n in tally.received.items():
+            ops_metrics.INGEST_RECEIVED.labels(kind).inc(n)
+        for reason, n in tally.dropped.items():
+            ops_metrics.INGEST_DROPPED.labels(reason).inc(n)
+
     def parse(self, topic: str, raw: bytes) -> _Parsed | None:
         """Verify one message; None (counted) when it is dropped."""
+        return self.parse_many([(topic, raw)])[0]
+
+    def parse_many(self, messages: Sequence[tuple[str, bytes]]) -> list[_Parsed | None]:
+        """Verify messages (None for each one dropped, counted by reason). The devices their
+        topics name are looked up together first; then each message is decoded, verified and
+        checked in one go, while its parsed objects are still in the CPU cache."""
+        tally = _Tally()
+        routes = [self._guard(tally, topic, self._route, tally, topic) for topic, _ in messages]
+        infos = self.devices.lookup(r[1] for r in routes if r is not None)
+        items = [(r, topic, raw) for r, (topic, raw) in zip(routes, messages, strict=True)]
+        # Signature checks dominate and release the GIL: split a large batch across threads.
+        n = max(1, min(self.settings.ingest.verify_threads, len(items) // MIN_PER_THREAD))
+        step = max(1, -(-len(items) // n))
+        chunks = [items[i:i + step] for i in range(step, len(items), step)]
+        futures = [_verify_pool(n - 1).submit(self._verify_chunk, c, infos) for c in chunks]
+        results = [self._verify_chunk(items[:step], infos)] + [f.result() for f in futures]
+        out: list[_Parsed | None] = []
+        for parsed, t in results:
+            out.extend(parsed)
+            tally.dropped.update(t.dropped)
+        self._record(tally)
+        return out
+
+    def _verify_chunk(self, items: list[tuple[Any, str, bytes]], infos: dict[str, DeviceInfo]
+                      ) -> tuple[list[_Parsed | None], _Tally]:
+        tally = _Tally()
+        return [None if r is None else self._guard(tally, topic, self._verify, r, raw, infos)
+                for r, topic, raw in items], tally
+
+    def _guard(self, tally: _Tally, topic: str, fn: Any, *args: Any) -> Any:
+        """fn(*args), or None with the drop counted: a message must never take ingest down."""
         try:
-            fleet, device, kind = parse_topic(topic)
-            if kind not in KINDS:
-                raise ProtocolError("malformed", f"unknown kind {kind!r}")
-            with self.stats.lock:
-                self.stats.received[kind] += 1
-            ops_metrics.INGEST_RECEIVED.labels(kind).inc()
-            if fleet != self.settings.fleet_id:
-                raise ProtocolError("wrong-fleet", f"fleet {fleet!r}")
-            doc = decode(raw)
-            if kind == "state" and doc.get("status") == "offline" and "signature" not in doc:
-                info = self._device(device)
-                if info.keyring is None:
-                    raise ProtocolError("unknown-device", device)
-                return _Parsed(kind, device, None)
-            info = self._device(device)
-            if info.keyring is None:
-                raise ProtocolError("unknown-device", device)
-            payload = fast_verify(raw, doc, info.keyring)
-            if payload.get("device") != device:
-                raise ProtocolError("device-mismatch", f"payload names {payload.get('device')!r}")
-            if kind == "telemetry":
-                check_telemetry(payload)
-            else:
-                seq = payload.get("seq")
-                schema = STATE_SCHEMA if kind == "state" else EVENT_SCHEMA
-                if payload.get("schema") != schema or not isinstance(seq, int) or isinstance(seq, bool) \
-                        or not 0 <= seq <= MAX_INT:
-                    raise ProtocolError("malformed", f"{kind} lacks schema or seq")
-                if kind == "events" and not isinstance(payload.get("kind"), str):
-                    raise ProtocolError("malformed", "event lacks kind")
-            return _Parsed(kind, device, payload)
+            return fn(*args)
         except ProtocolError as exc:
-            self._drop(exc.reason)
+            tally.dropped[exc.reason] += 1
         except ValueError:
-            self._drop("malformed")
-        except Exception:  # noqa: BLE001 - a message must never take ingest down
+            tally.dropped["malformed"] += 1
+        except Exception:  # noqa: BLE001
             log.exception("unexpected error parsing a message on %s", topic)
-            self._drop("malformed")
+            tally.dropped["malformed"] += 1
         return None
+
+    def _route(self, tally: _Tally, topic: str) -> tuple[str, str]:
+        """(kind, device) of a message on one of our topics."""
+        fleet, device, kind = parse_topic(topic)
+        if kind not in KINDS:
+            raise ProtocolError("malformed", f"unknown kind {kind!r}")
+        tally.received[kind] += 1
+        if fleet != self.settings.fleet_id:
+            raise ProtocolError("wrong-fleet", f"fleet {fleet!r}")
+        return kind, device
+
+    def _verify(self, route: tuple[str, str], raw: bytes, infos: dict[str, DeviceInfo]) -> _Parsed:
+        kind, device = route
+        doc = fastjson.decode(raw)
+        info = infos[device]
+        if info.broken:
+            raise ProtocolError("malformed", f"device {device} has an unusable key")
+        if info.keyring is None:
+            raise ProtocolError("unknown-device", device)
+        if kind == "state" and doc.get("status") == "offline" and "signature" not in doc:
+            return _Parsed(kind, device, None, info)
+        payload = fast_verify(raw, doc, info.keyring)
+        if payload.get("device") != device:
+            raise ProtocolError("device-mismatch", f"payload names {payload.get('device')!r}")
+        if kind == "telemetry":
+            return _Parsed(kind, device, payload, info, check_telemetry(payload))
+        seq = payload.get("seq")
+        schema = STATE_SCHEMA if kind == "state" else EVENT_SCHEMA
+        if payload.get("schema") != schema or not isinstance(seq, int) or isinstance(seq, bool) \
+                or not 0 <= seq <= MAX_INT:
+            raise ProtocolError("malformed", f"{kind} lacks schema or seq")
+        if kind == "events" and not isinstance(payload.get("kind"), str):
+            raise ProtocolError("malformed", "event lacks kind")
+        return _Parsed(kind, device, payload, info)
 
     # -- storing --------------------------------------------------------------------------
     def process(self, messages: Sequence[tuple[str, bytes]]) -> None:
-        parsed = [p for p in (self.parse(t, r) for t, r in messages) if p is not None]
+        self.store(self.parse_many(messages))
+
+    def store(self, verified: Sequence[_Parsed | None]) -> None:
+        """Store what parse_many accepted (IngestService runs the two steps on two threads)."""
+        parsed = [p for p in verified if p is not None]
         if not parsed:
             return
         try:
@@ -214,79 +275,62 @@ class Processor:
 
     def _store_telemetry(self, db: Session, tel: list[_Parsed], ts: float) -> tuple[int, int]:
         rows: dict[tuple[str, int], dict[str, Any]] = {}
+        hists: dict[tuple[str, int], Hist | None] = {}
         for p in tel:
-            pl = p.payload
+            pl, info = p.payload, p.info
             assert pl is not None
-            info = self._devices.get(p.device)
             key = (p.device, pl["seq"])
             if key in rows:
                 continue
             errors = sum(int(v) for v in pl["errors"].values())
-            rows[key] = {"device_id": p.device, "seq": pl["seq"], "window_start": float(pl["window"]["start"]),
-                         "window_end": float(pl["window"]["end"]), "model_name": pl["model"]["name"],
-                         "model_version": pl["model"]["version"], "role": pl["model"]["role"],
+            window, model = pl["window"], pl["model"]
+            rows[key] = {"device_id": p.device, "seq": pl["seq"], "window_start": float(window["start"]),
+                         "window_end": float(window["end"]), "model_name": model["name"],
+                         "model_version": model["version"], "role": model["role"],
                          "device_class": str(pl.get("device_class") or (info.device_class if info else "")),
                          "cohort": info.cohort if info else "all", "requests": pl["requests"], "errors": errors,
                          "payload": pl, "received_at": ts}
+            hists[key] = p.hist
         # a fixed row order: two processes inserting overlapping redeliveries never deadlock
         inserted = self._insert_windows(db, [rows[k] for k in sorted(rows)])
         dups = len(tel) - len(inserted)
         if not inserted:
             return 0, dups
-        groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+        groups: dict[tuple[Any, ...], list[tuple[str, int]]] = defaultdict(list)
         seconds: dict[tuple[Any, ...], float] = {}
         for key in inserted:
             r = rows[key]
             akey = (r["model_name"], r["model_version"], r["role"], r["device_class"], r["cohort"], r["window_start"])
-            groups[akey].append(r["payload"])
+            groups[akey].append(key)
             seconds[akey] = r["window_end"] - r["window_start"]
-        partial = {k: aggregate.merge_many(v) for k, v in groups.items()}
+        partial = {}
+        for akey, keys in groups.items():
+            hs = [hists[k] for k in keys]
+            partial[akey] = aggregate.merge_many([rows[k]["payload"] for k in keys],
+                                                 None if any(h is None for h in hs) else hs)  # type: ignore[arg-type]
         self._merge_aggregates(db, partial, seconds, ts)
         return len(inserted), dups
 
-    _PG_COLS = (("device_id", "text"), ("seq", "bigint"), ("window_start", "float8"), ("window_end", "float8"),
-                ("model_name", "text"), ("model_version", "int"), ("role", "text"), ("device_class", "text"),
-                ("cohort", "text"), ("requests", "bigint"), ("errors", "bigint"), ("payload", "json"),
-                ("received_at", "float8"))
-
     def _insert_windows(self, db: Session, rows: list[dict[str, Any]]) -> set[tuple[str, int]]:
         """Insert, skipping (device, seq) already stored; returns the keys really inserted."""
-        if self.engine.dialect.name == "postgresql":
-            # One short statement over one JSON document: planned once, no per-row parameters,
-            # and the payloads go in as the exact text the devices signed.
-            from sqlalchemy import text
-
-            from fleet.db import json_dumps
-
-            cols = ", ".join(c for c, _ in self._PG_COLS)
-            record = ", ".join(f"{c} {t}" for c, t in self._PG_COLS)
-            sql = text(f"INSERT INTO telemetrywindow ({cols}) SELECT {cols} FROM "
-                       f"json_to_recordset(CAST(:batch AS json)) AS x({record}) "
-                       "ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq")
-            parts = []
-            for r in rows:
-                head = json_dumps({k: v for k, v in r.items() if k != "payload"})
-                parts.append(f'{head[:-1]},"payload":{json_dumps(r["payload"])}}}')
-            return {(r[0], r[1]) for r in db.execute(sql, {"batch": "[" + ",".join(parts) + "]"}).all()}
-        stmt = _insert_ignore(self.engine, TelemetryWindow).on_conflict_do_nothing(
-            index_elements=["device_id", "seq"]).returning(TelemetryWindow.device_id, TelemetryWindow.seq)
-        return {(r[0], r[1]) for r in db.execute(stmt, rows).all()}
+        return self._windows.insert(db, rows)
 
     def _merge_aggregates(self, db: Session, partial: dict[tuple[Any, ...], dict[str, Any]],
                           seconds: dict[tuple[Any, ...], float], ts: float) -> None:
+        # Core statements built once (the ORM's per-statement work cost more than the merge).
         keys = sorted(partial)  # a fixed lock order: two ingest processes never deadlock
-        cols = ("model_name", "model_version", "role", "device_class", "cohort", "window_start")
-        ins = _insert_ignore(self.engine, Aggregate).on_conflict_do_nothing(index_elements=list(cols))
-        db.execute(ins, [{**dict(zip(cols, k, strict=True)), "window_seconds": seconds[k], "n_windows": 0,
-                          "requests": 0, "errors": 0, "payload": aggregate.empty(), "updated_at": ts} for k in keys])
+        conn = db.connection()
+        conn.execute(self._agg_insert, [{**dict(zip(_AGG_KEY, k, strict=True)), "window_seconds": seconds[k],
+                                         "n_windows": 0, "requests": 0, "errors": 0, "payload": aggregate.empty(),
+                                         "updated_at": ts} for k in keys])
+        updates = []
         for k in keys:
-            cond = [getattr(Aggregate, c) == v for c, v in zip(cols, k, strict=True)]
-            row = db.execute(select(Aggregate.id, Aggregate.payload).where(*cond).with_for_update()).one()
+            row = conn.execute(_AGG_SELECT, {f"k_{c}": v for c, v in zip(_AGG_KEY, k, strict=True)}).one()
             merged = aggregate.merge_into(dict(row.payload or aggregate.empty()), partial[k])
-            errors = sum(int(v) for v in merged["errors"].values())
-            db.execute(update(Aggregate).where(Aggregate.id == row.id).values(
-                payload=merged, n_windows=merged["n_windows"], requests=merged["requests"], errors=errors,
-                updated_at=ts))
+            updates.append({"agg_id": row.id, "payload": merged, "n_windows": merged["n_windows"],
+                            "requests": merged["requests"], "errors": sum(int(v) for v in merged["errors"].values()),
+                            "updated_at": ts})
+        conn.execute(_AGG_UPDATE, updates)
 
     def _store_events(self, db: Session, events: list[_Parsed], ts: float) -> tuple[int, int]:
         rows = {}
@@ -358,13 +402,15 @@ class Processor:
                 seen[p.device] = max(seen.get(p.device, 0), int(p.payload["seq"]))
         todo = []
         for device_id in seen:
-            info = self._devices.get(device_id)
+            info = self.devices.get(device_id)
             if info is None or ts - info.seen_written >= 5.0:
                 todo.append(device_id)
                 if info is not None:
                     info.seen_written = ts
-        if todo:  # one statement for the whole batch
-            db.execute(update(Device).where(Device.id.in_(sorted(todo))).values(last_seen=ts, online=True))
+        if todo:  # one statement for the whole batch, after the states' changes (flushed first)
+            db.flush()
+            db.connection().execute(update(_DEVICE).where(_DEVICE.c.id.in_(sorted(todo))).values(
+                last_seen=ts, online=True))
 
     def prune(self) -> int:
         """Delete per-device windows older than the retention period (aggregates stay)."""

@@ -43,6 +43,7 @@ class IngestSettings:
     queue_size: int = 20000        # bounded queue between the paho thread and the writer
     batch_size: int = 500
     batch_wait_s: float = 0.05
+    verify_threads: int = 2        # threads checking a batch's signatures (Ed25519 runs without the GIL)
     device_cache_s: float = 2.0    # how long a device's key/status is cached (decommission latency)
     retention_days: float = 14.0
     session_expiry_s: int = 0      # >0: persistent MQTT session, the broker queues while ingest restarts

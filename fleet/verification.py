@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping
-from itertools import chain
+from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -14,6 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from agent.canonical import canonical_json
 from agent.keys import Keyring
 from agent.protocol import ProtocolError, validate_telemetry, verify_signed
+from fleet.aggregate import Hist
 from fleet.db import RawJSON
 
 MAX_INT = 2**62
@@ -25,36 +27,45 @@ def _check_counts(v: Any, what: str) -> None:
         raise ProtocolError("malformed", f"{what} must be a list of non-negative integers")
 
 
-def check_telemetry(p: Mapping[str, Any]) -> None:
-    """Contract shape plus the nested parts that aggregation reads."""
+def check_telemetry(p: Mapping[str, Any]) -> Hist:
+    """Contract shape plus the nested parts that aggregation reads; returns the histograms
+    flattened for fleet.aggregate.merge_many (the check has to walk them anyway)."""
     validate_telemetry(p)
     if not 0 <= p["seq"] <= MAX_INT or p["requests"] > MAX_INT:
         raise ProtocolError("malformed", "seq or counts out of range")
     feats = p.get("features", [])
-    if not isinstance(feats, list) or any(not isinstance(f, dict) for f in feats):
+    if not isinstance(feats, list) or not all(map(isinstance, feats, repeat(dict))):
         raise ProtocolError("malformed", "features must be a list of objects")
     try:
-        if set(map(type, (f["name"] for f in feats))) - {str}:
+        names = tuple(map(itemgetter("name"), feats))
+        if set(map(type, names)) - {str}:
             raise ProtocolError("malformed", "feature names must be strings")
-        counts = [f["counts"] for f in feats]
+        counts = list(map(itemgetter("counts"), feats))
         if set(map(type, counts)) - {list}:
             raise ProtocolError("malformed", "feature counts must be lists")
-        _check_counts(list(chain.from_iterable(counts)), "feature counts")
-        _check_counts([f.get("nan", 0) for f in feats], "feature nan")
     except KeyError as exc:
         raise ProtocolError("malformed", f"feature lacks {exc}") from exc
+    flat = list(chain.from_iterable(counts))
+    _check_counts(flat, "feature counts")
+    nan = [f.get("nan", 0) for f in feats]
+    _check_counts(nan, "feature nan")
     pred = p.get("prediction")
     if pred is not None:
         if not isinstance(pred, dict):
             raise ProtocolError("malformed", "prediction must be an object")
         _check_counts(pred.get("counts"), "prediction counts")
     buckets = p["latency_us"].get("buckets", {})
-    if not isinstance(buckets, dict) or any(not isinstance(v, int) or v < 0 for v in buckets.values()):
+    if not isinstance(buckets, dict):
         raise ProtocolError("malformed", "latency buckets must map to non-negative integers")
-    if any(not str(k).isdigit() or int(k) >= 194 for k in buckets):
+    values = list(buckets.values())
+    if not all(map(isinstance, values, repeat(int))) or (values and min(values) < 0):
+        raise ProtocolError("malformed", "latency buckets must map to non-negative integers")
+    keys = list(map(str, buckets))
+    if not all(map(str.isdigit, keys)) or (keys and max(map(int, keys)) >= 194):
         raise ProtocolError("malformed", "latency bucket index out of range")
     if not isinstance(p.get("resources", {}) or {}, dict) or not isinstance(p.get("shadow", {}) or {}, dict):
         raise ProtocolError("malformed", "resources and shadow must be objects")
+    return Hist((names, tuple(map(dict.get, feats, repeat("edges_hash"))), tuple(map(len, counts))), flat, nan)
 
 
 _PREFIX, _MARK = b'{"payload":', b',"signature":'

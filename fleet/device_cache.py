@@ -1,0 +1,91 @@
+"""Ingest's cache of device keys and labels, refreshed a whole batch at a time.
+
+Each entry lives `device_cache_s` (how long a decommission may take to reach ingest, unless the
+app calls forget()); the devices of a batch that are missing or stale are read in one query
+instead of one query per device, and their keys are kept as loaded Ed25519 keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from agent.keys import Keyring, public_key_from_b64
+from fleet import aggregate
+from fleet.models import Device
+from fleet.settings import FleetSettings
+
+log = logging.getLogger(__name__)
+CHUNK = 500  # ids per IN (...) query, well under SQLite's parameter limit
+
+
+@dataclass(slots=True)
+class DeviceInfo:
+    keyring: Keyring | None  # None: unknown or decommissioned (or, with broken, an unusable key)
+    device_class: str
+    cohort: str
+    fetched: float
+    seen_written: float = 0.0
+    broken: bool = False  # the stored public key cannot be loaded: never cached, logged
+
+
+class DeviceCache:
+    def __init__(self, settings: FleetSettings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._devices: dict[str, DeviceInfo] = {}
+        self._lock = threading.Lock()
+
+    def forget(self, device_id: str) -> None:
+        with self._lock:
+            self._devices.pop(device_id, None)
+
+    def get(self, device_id: str) -> DeviceInfo | None:
+        """The cached entry, fresh or not (no database access)."""
+        return self._devices.get(device_id)
+
+    def lookup(self, device_ids: Iterable[str]) -> dict[str, DeviceInfo]:
+        """Entries for all `device_ids`, reading the missing and stale ones in one go."""
+        t = time.monotonic()
+        ttl = self.settings.ingest.device_cache_s
+        with self._lock:
+            found = {d: self._devices.get(d) for d in set(device_ids)}
+        stale = sorted(d for d, info in found.items() if info is None or t - info.fetched >= ttl)
+        out = {d: info for d, info in found.items() if info is not None}
+        if stale:
+            loaded = self._load(stale, found, t)
+            with self._lock:
+                self._devices.update({d: info for d, info in loaded.items() if not info.broken})
+            out.update(loaded)
+        return out
+
+    def _load(self, ids: list[str], old: dict[str, DeviceInfo | None], t: float) -> dict[str, DeviceInfo]:
+        cols = (Device.id, Device.status, Device.public_key, Device.device_class, Device.attributes)
+        rows = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), CHUNK):
+                rows.update({r[0]: r for r in conn.execute(select(*cols).where(Device.id.in_(ids[i:i + CHUNK])))})
+        out = {}
+        for device_id in ids:
+            r = rows.get(device_id)
+            prev = old.get(device_id)
+            seen = prev.seen_written if prev else 0.0
+            if r is None or r.status != "active" or not r.public_key:
+                out[device_id] = DeviceInfo(None, "", "", t, seen)
+                continue
+            try:
+                keyring = Keyring.from_public_keys([public_key_from_b64(r.public_key)])
+            except Exception:  # noqa: BLE001 - one bad row must not stop the others' messages
+                log.exception("device %s has an unusable public key", device_id)
+                out[device_id] = DeviceInfo(None, "", "", t, seen, broken=True)
+                continue
+            out[device_id] = DeviceInfo(keyring, r.device_class, aggregate.cohort_of(r.attributes,
+                                                                                     self.settings.cohort_keys),
+                                        t, seen)
+        return out
