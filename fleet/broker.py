@@ -19,11 +19,45 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "mqtt://127.0.0.1:1883"
 
 
-def parse_mqtt_url(url: str | None) -> tuple[str, int]:
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the fleet's own MQTT clients connect, and how they log in (mqtt[s]://user:pass@host:port)."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str = ""
+
+    def configure(self, client: Any) -> None:
+        """Credentials and TLS on a paho client, before connect()."""
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        if self.tls:
+            import ssl
+
+            client.tls_set(ca_certs=self.ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+
+    def __repr__(self) -> str:  # never print the password (an API token)
+        return f"BrokerAddress({'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}, user={self.username!r})"
+
+
+def broker_address(url: str | None, ca_file: str = "") -> BrokerAddress:
+    from urllib.parse import unquote
+
     u = urlparse(url or DEFAULT_URL)
-    if u.scheme not in ("mqtt", "tcp", ""):
-        raise ValueError(f"unsupported MQTT URL scheme {u.scheme!r} (use mqtt://host:port)")
-    return u.hostname or "127.0.0.1", u.port or 1883
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl", ""):
+        raise ValueError(f"unsupported MQTT URL scheme {u.scheme!r} (use mqtt://host:port or mqtts://host:port)")
+    tls = u.scheme in ("mqtts", "ssl")
+    return BrokerAddress(u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883),
+                         unquote(u.username) if u.username else None,
+                         unquote(u.password) if u.password else None, tls, ca_file)
+
+
+def parse_mqtt_url(url: str | None) -> tuple[str, int]:
+    a = broker_address(url)
+    return a.host, a.port
 
 
 def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -40,7 +74,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def speaks_mqtt5(host: str, port: int, timeout: float = 3.0) -> bool:
+def speaks_mqtt5(host: str, port: int, timeout: float = 3.0, address: BrokerAddress | None = None) -> bool:
     """Connect once with MQTT 5; False when the broker refuses or drops the connection."""
     import paho.mqtt.client as mqtt
 
@@ -57,6 +91,8 @@ def speaks_mqtt5(host: str, port: int, timeout: float = 3.0) -> bool:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgefleet-probe-{time.time_ns()}",
                     protocol=mqtt.MQTTv5)
     c.on_connect, c.on_disconnect = on_connect, on_disconnect
+    if address is not None:
+        address.configure(c)
     try:
         c.connect(host, port, keepalive=10)
     except OSError:

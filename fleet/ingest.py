@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from fleet.broker import parse_mqtt_url, speaks_mqtt5
+from fleet.broker import broker_address, speaks_mqtt5
 from fleet.ingest_store import IngestStats, Processor
 from fleet.mqtt_client import BufferedClient
 from fleet.settings import FleetSettings
@@ -65,8 +65,9 @@ class IngestService:
     def start(self, timeout: float = 10.0) -> IngestService:
         import paho.mqtt.client as mqtt
 
-        host, port = parse_mqtt_url(self.settings.mqtt_url)
-        self.mqtt5 = speaks_mqtt5(host, port)
+        addr = broker_address(self.settings.mqtt_url, self.settings.mqtt_ca_file)
+        host, port = addr.host, addr.port
+        self.mqtt5 = speaks_mqtt5(host, port, address=addr)
         proto = mqtt.MQTTv5 if self.mqtt5 else mqtt.MQTTv311
         persistent = self.settings.ingest.session_expiry_s > 0
         kwargs: dict[str, Any] = {} if self.mqtt5 else {"clean_session": not persistent}
@@ -76,12 +77,14 @@ class IngestService:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.max_inflight_messages_set(1000)
+        addr.configure(client)
         self._client = client
         tune_gc()
         self._writer = threading.Thread(target=self._write_loop, name="edgefleet-ingest-writer", daemon=True)
         self._storer = threading.Thread(target=self._store_loop, name="edgefleet-ingest-store", daemon=True)
         self._writer.start()
         self._storer.start()
+        props = None
         if self.mqtt5:
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
@@ -89,9 +92,14 @@ class IngestService:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.settings.ingest.session_expiry_s
             props.ReceiveMaximum = 65535
-            client.connect(host, port, keepalive=30, clean_start=not persistent, properties=props)
-        else:
-            client.connect(host, port, keepalive=30)
+        try:
+            if self.mqtt5:
+                client.connect(host, port, keepalive=30, clean_start=not persistent, properties=props)
+            else:
+                client.connect(host, port, keepalive=30)
+        except OSError as exc:  # refused, unreachable, TLS verification failed
+            self.stop()
+            raise RuntimeError(f"ingest cannot connect to the broker {addr!r}: {exc}") from exc
         client.loop_start()
         if not self.subscribed.wait(timeout):
             self.stop()

@@ -54,6 +54,7 @@ class FleetSettings:
     data_dir: Path = Path(".edgefleet/fleet")
     database_url: str | None = None       # None: SQLite file data_dir/fleet.db
     mqtt_url: str | None = None           # mqtt://host:port; None: 127.0.0.1:1883 if reachable else embedded
+    mqtt_ca_file: str = ""                # CA bundle for an mqtts:// mqtt_url (system store when empty)
     device_mqtt_url: str | None = None    # what devices are told at enrolment (e.g. mqtts://broker:8883); None: mqtt_url
     fleet_id: str = "default"
     signing_key_path: Path | None = None  # fleet command key; None: data_dir/keys/fleet.key (created)
@@ -84,7 +85,7 @@ class FleetSettings:
 
     def __repr__(self) -> str:  # never print tokens or the session secret
         return (f"FleetSettings(data_dir={str(self.data_dir)!r}, database={_redact_url(self.database_url)!r}, "
-                f"mqtt_url={self.mqtt_url!r}, fleet_id={self.fleet_id!r})")
+                f"mqtt_url={_redact_url(self.mqtt_url)!r}, fleet_id={self.fleet_id!r})")
 
 
 def _redact_url(url: str | None) -> str | None:
@@ -136,7 +137,7 @@ def load_settings(path: Path | str | None = None, env: dict[str, str] | None = N
     mapping = {"DATABASE_URL": "database_url", "MQTT_URL": "mqtt_url", "EDGEFLEET_FLEET_DATA": "data_dir",
                "EDGEFLEET_FLEET_ID": "fleet_id", "EDGEFLEET_SIGNING_KEY": "signing_key_path",
                "EDGEFLEET_PUBLIC_URL": "public_url", "EDGEFLEET_SECRET_KEY": "secret_key",
-               "EDGEFLEET_DEVICE_MQTT_URL": "device_mqtt_url"}
+               "EDGEFLEET_DEVICE_MQTT_URL": "device_mqtt_url", "EDGEFLEET_MQTT_CA_FILE": "mqtt_ca_file"}
     env_updates: dict[str, Any] = {attr: env[var] for var, attr in mapping.items() if env.get(var)}
     if env.get("EDGEFLEET_TRUSTED_BUILD_KEYS"):
         env_updates["trusted_build_keys"] = [p for p in env["EDGEFLEET_TRUSTED_BUILD_KEYS"].split(os.pathsep) if p]

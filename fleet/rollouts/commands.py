@@ -220,14 +220,19 @@ class MqttPublisher:
     """One paho client publishing QoS 1; `publish` waits for the broker's PUBACK (bounded)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, *, client_id: str = "",
-                 username: str | None = None, password: str | None = None, timeout_s: float = 5.0) -> None:
+                 username: str | None = None, password: str | None = None, timeout_s: float = 5.0,
+                 address: Any = None) -> None:
         import paho.mqtt.client as mqtt
+
+        from fleet.broker import BrokerAddress
+
+        address = address or BrokerAddress(host, port, username, password)
+        host, port = address.host, address.port
 
         self.timeout_s = timeout_s
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or
                                    f"edgefleet-rollouts-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        if username:
-            self._client.username_pw_set(username, password)
+        address.configure(self._client)
         self._connected = threading.Event()
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *a: self._connected.clear()
@@ -248,11 +253,10 @@ class MqttPublisher:
         return self._connected.is_set()
 
     @classmethod
-    def from_url(cls, url: str | None, **kw: Any) -> MqttPublisher:
-        from urllib.parse import urlparse
+    def from_url(cls, url: str | None, ca_file: str = "", **kw: Any) -> MqttPublisher:
+        from fleet.broker import broker_address
 
-        u = urlparse(url or "mqtt://127.0.0.1:1883")
-        return cls(u.hostname or "127.0.0.1", u.port or 1883, username=u.username, password=u.password, **kw)
+        return cls(address=broker_address(url, ca_file), **kw)
 
     def publish(self, topic: str, payload: bytes) -> bool:
         """True once the broker acknowledged it; False at once while disconnected (the command

@@ -518,7 +518,7 @@ def start_for_app(app: Any, interval_s: float = 1.0) -> Evaluator:
     with Session(ctx.engine, expire_on_commit=False) as s:
         signer = commands.load_signer(s, st.signing_key_path or st.data_dir / "keys" / "fleet.key")
         s.commit()
-    publisher = commands.MqttPublisher.from_url(st.mqtt_url)
+    publisher = commands.MqttPublisher.from_url(st.mqtt_url, st.mqtt_ca_file)
     ev = Evaluator(ctx.engine, publisher, signer, EvaluatorConfig(public_url=st.public_url))
     ev.owns_publisher = True
     ctx.extras["rollout_evaluator"] = ev
