@@ -103,13 +103,9 @@ class Agent:
         if self.cfg.mqtt.url:
             from agent.mqtt_link import LinkSettings, MqttLink
 
-            m = self.cfg.mqtt
             self.link = MqttLink(
-                LinkSettings(url=m.url, client_id=f"edgefleet-{self.cfg.fleet_id}-{self.cfg.device_id}",
-                             fleet=self.cfg.fleet_id, device=self.cfg.device_id, username=m.username,
-                             password=m.password, ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
-                             keepalive_s=m.keepalive_s, protocol=m.protocol, reconnect_min_s=m.reconnect_min_s,
-                             reconnect_max_s=m.reconnect_max_s),
+                LinkSettings(self.cfg.mqtt, client_id=f"edgefleet-{self.cfg.fleet_id}-{self.cfg.device_id}",
+                             fleet=self.cfg.fleet_id, device=self.cfg.device_id),
                 self.outbox, on_command=self.commands.receive, on_connect=self._on_connect)
             self.link.start()
         self.started = True

@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.config import MqttConfig
 from agent.outbox import Outbox
 from agent.protocol import topic
 
@@ -36,19 +37,12 @@ _UNSUPPORTED_PROTOCOL = {132, 1}  # MQTT 5 "Unsupported Protocol Version", 3.1.1
 
 @dataclass
 class LinkSettings:
-    url: str
+    """The device's broker configuration plus who it is on the broker."""
+
+    mqtt: MqttConfig
     client_id: str
     fleet: str
     device: str
-    username: str = ""
-    password: str = ""
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    keepalive_s: int = 30
-    protocol: str = "auto"
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
     max_inflight: int = 20
 
 
@@ -62,7 +56,7 @@ class MqttLink:
         self.state_topic = topic(settings.fleet, settings.device, "state")
         self.cmd_topic = topic(settings.fleet, settings.device, "cmd")
         self.connected = threading.Event()
-        self.protocol = mqtt.MQTTv5 if settings.protocol in ("auto", "5") else mqtt.MQTTv311
+        self.protocol = mqtt.MQTTv5 if settings.mqtt.protocol in ("auto", "5") else mqtt.MQTTv311
         self._inflight: dict[int, tuple[int, Any]] = {}  # mid -> (outbox row id, MQTTMessageInfo)
         self._last_sent = 0
         self._lock = threading.Lock()
@@ -93,10 +87,10 @@ class MqttLink:
         self._pump.join(timeout=5)
 
     def _make_client(self) -> mqtt.Client:
-        s = self.s
+        s = self.s.mqtt
         u = urlparse(s.url)
         kwargs: dict[str, Any] = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2,
-                                  "client_id": s.client_id, "protocol": self.protocol}
+                                  "client_id": self.s.client_id, "protocol": self.protocol}
         if self.protocol != mqtt.MQTTv5:
             kwargs["clean_session"] = False
         c = mqtt.Client(**kwargs)
@@ -108,7 +102,7 @@ class MqttLink:
                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
         c.will_set(self.state_topic, json.dumps({"status": "offline"}).encode(), qos=1, retain=True)
         c.reconnect_delay_set(min_delay=max(1, int(s.reconnect_min_s)), max_delay=max(1, int(s.reconnect_max_s)))
-        c.max_inflight_messages_set(s.max_inflight)
+        c.max_inflight_messages_set(self.s.max_inflight)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -141,7 +135,7 @@ class MqttLink:
         if reason_code.is_failure:
             value = getattr(reason_code, "value", None)
             log.warning("event=mqtt-connect-refused reason=%s", reason_code)
-            if self.s.protocol == "auto" and self.protocol == mqtt.MQTTv5 and value in _UNSUPPORTED_PROTOCOL:
+            if self.s.mqtt.protocol == "auto" and self.protocol == mqtt.MQTTv5 and value in _UNSUPPORTED_PROTOCOL:
                 self._rebuild.set()
             return
         log.info("event=mqtt-connected protocol=%s", "5" if self.protocol == mqtt.MQTTv5 else "3.1.1")
