@@ -85,24 +85,22 @@ def patch(device_id: str):  # type: ignore[no-untyped-def]
         raise ApiError(400, "bad-request", "tags must be a list of strings")
     if attrs is not None and not isinstance(attrs, dict):
         raise ApiError(400, "bad-request", "attributes must be an object")
-    ctx = fleet_context()
-    try:
-        with ctx.session() as db:
-            d = enrolment.update_device(db, device_id, actor(), tags=tags, attributes=attrs)
-            view = enrolment.device_view(d)
-    except enrolment.EnrolmentError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from exc
-    ctx.device_changed(device_id)
-    return jsonify(view)
+    return _change_device(device_id, lambda db: enrolment.update_device(db, device_id, actor(), tags=tags,
+                                                                        attributes=attrs))
 
 
 @bp.post("/<device_id>/decommission")
 @require_role("operator")
 def decommission(device_id: str):  # type: ignore[no-untyped-def]
+    return _change_device(device_id, lambda db: enrolment.decommission(db, device_id, actor()))
+
+
+def _change_device(device_id: str, change: Any) -> Any:
+    """Apply `change(db) -> Device` in one transaction, then make every ingest cache forget it."""
     ctx = fleet_context()
     try:
         with ctx.session() as db:
-            view = enrolment.device_view(enrolment.decommission(db, device_id, actor()))
+            view = enrolment.device_view(change(db))
     except enrolment.EnrolmentError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from exc
     ctx.device_changed(device_id)
