@@ -338,7 +338,9 @@ def _serve_until_interrupted(view: DemoView, outcome: DemoOutcome) -> None:
     def on_signal(*_a: Any) -> None:
         stop["now"] = True
 
+    # Both, explicitly: a shell starts background jobs with SIGINT ignored, and Python keeps that.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         while not stop["now"]:
             view.poll()

@@ -74,3 +74,47 @@ def test_demo_once_reaches_the_rollback(tmp_path: Path) -> None:
     assert all(d in page for d in canary)
     listing = client.get("/console/rollouts").get_data(as_text=True)
     assert "completed" in listing and "paused" in listing
+
+
+def test_demo_keeps_the_console_up_until_interrupted(tmp_path: Path) -> None:
+    """Without --once the console stays up at the printed URL; Ctrl-C (SIGINT) stops everything."""
+    import re
+    import signal
+    import threading
+
+    import requests
+
+    from tests.waiting import wait_for
+
+    work = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MQTT_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "edgefleet", "demo", "--workdir", str(work), "--port", "0",
+                             "--agents-per-class", "1"], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("Ctrl-C" in x for x in lines) or proc.poll() is not None, 600, "the console to be up")
+        text = "".join(lines)
+        assert proc.poll() is None, text[-3000:]
+        url = re.search(r"open (http://127\.0\.0\.1:\d+)/console", text).group(1)
+        token = re.search(r"\b(demo_[A-Za-z0-9_-]+)", text).group(1)
+        s = requests.Session()
+        assert s.post(f"{url}/console/login", data={"token": token}).status_code == 200
+        page = s.get(f"{url}/console/rollouts").text
+        assert "paused" in page and "completed" in page
+        assert requests.get(f"{url}/api/devices", headers={"Authorization": f"Bearer {token}"}).json()["total"] == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    reader.join(5)
+    assert "stopping the demo" in "".join(lines)
+    # the agents went with it: their local HTTP ports no longer answer
+    agent_ports = [int(p) for p in re.findall(r"http_port = (\d+)", "".join(
+        (work / "agents" / f).read_text() for f in os.listdir(work / "agents") if f.endswith(".toml")))]
+    assert len(agent_ports) == 3
+    from fleet.broker import reachable
+
+    assert not any(reachable("127.0.0.1", p) for p in agent_ports)
