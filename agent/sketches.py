@@ -87,6 +87,34 @@ class FixedBinHistogram:
             raise ValueError("edges_hash does not match the edges")
         return h
 
+class ColumnHistograms:
+    """Adds an (n, F) batch to F fixed-bin histograms that share a bin count in one numpy pass.
+
+    The per-feature loop was the telemetry worker's main cost on wide inputs (hundreds of
+    features x a few numpy calls each, per batch); this keeps the same counts exactly."""
+
+    def __init__(self, edges: list[list[float]]) -> None:
+        self.n_edges = len(edges[0]) if edges else 0
+        self.uniform = bool(edges) and all(len(e) == self.n_edges for e in edges)
+        self.matrix = np.asarray(edges, dtype=np.float64) if self.uniform else None  # (F, K)
+
+    def add(self, hists: list[FixedBinHistogram], cols: np.ndarray) -> None:
+        cols = np.asarray(cols, dtype=np.float64)
+        if self.matrix is None or cols.ndim != 2 or cols.shape[1] != len(hists) or len(hists) != len(self.matrix):
+            for h, col in zip(hists, cols.T, strict=False):
+                h.add(col)
+            return
+        n_feat, n_bins = self.matrix.shape[0], self.n_edges + 1
+        finite = np.isfinite(cols)
+        # side="right" searchsorted == how many edges are <= v
+        idx = (cols[:, :, None] >= self.matrix[None, :, :]).sum(axis=2)
+        flat = (idx + np.arange(n_feat) * n_bins)[finite]
+        counts = np.bincount(flat, minlength=n_feat * n_bins).reshape(n_feat, n_bins)
+        nans = cols.shape[0] - finite.sum(axis=0)
+        for j, h in enumerate(hists):
+            h.counts += counts[j]
+            h.nan += int(nans[j])
+
 
 @dataclass
 class CategoricalHistogram:

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.protocol import TELEMETRY_SCHEMA
-from agent.sketches import CategoricalHistogram, FeatureExtractor, FixedBinHistogram, LatencyHistogram
+from agent.sketches import (
+    CategoricalHistogram,
+    ColumnHistograms,
+    FeatureExtractor,
+    FixedBinHistogram,
+    LatencyHistogram,
+)
 
 if TYPE_CHECKING:
     from agent.serving import LoadedModel
@@ -65,6 +71,7 @@ class DriftSketcher:
         self.baseline = baseline or None
         self.output_index = output_index
         self.extractor = FeatureExtractor.from_dict(baseline["extractor"]) if self.baseline else None
+        self.columns = ColumnHistograms([f["edges"] for f in self.baseline["features"]]) if self.baseline else None
 
     def new_features(self) -> list[FixedBinHistogram] | None:
         if not self.baseline:
@@ -87,9 +94,8 @@ class DriftSketcher:
             stats.prediction = self.new_prediction()
         x = inputs.get(self.extractor.input)
         if x is not None and stats.features:
-            cols = self.extractor(x)
-            for h, col in zip(stats.features, cols.T, strict=False):
-                h.add(col)
+            assert self.columns is not None
+            self.columns.add(stats.features, self.extractor(x))
         if stats.prediction is not None and outputs:
             y = np.asarray(outputs[self.output_index])
             stats.prediction.add(prediction_values(y, isinstance(stats.prediction, CategoricalHistogram)))

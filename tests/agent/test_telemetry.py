@@ -1,5 +1,9 @@
 """Telemetry aggregation details: sample budget, window hand-over between models."""
 
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from agent.config import TelemetryConfig
 
 
@@ -53,3 +57,33 @@ def test_candidate_survives_restart(config_factory, bundles, digits) -> None:
         assert c.predictor.candidate is None
     finally:
         c.stop()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 12), st.integers(1, 9), st.integers(0, 2**31 - 1))
+def test_column_histograms_count_exactly_like_one_histogram_per_feature(n: int, feats: int, k: int,
+                                                                       seed: int) -> None:
+    """The one-pass batch path gives the per-feature counts, NaN and inf included, values on edges too."""
+    from agent.sketches import ColumnHistograms, FixedBinHistogram
+
+    rng = np.random.default_rng(seed)
+    edges = [sorted(rng.normal(size=k).round(1).tolist()) for _ in range(feats)]
+    cols = rng.normal(size=(n, feats)).round(1)  # rounding puts some values exactly on edges
+    cols[rng.random((n, feats)) < 0.1] = np.nan
+    cols[rng.random((n, feats)) < 0.05] = np.inf
+    one = [FixedBinHistogram(e) for e in edges]
+    for h, c in zip(one, cols.T, strict=True):
+        h.add(c)
+    batch = [FixedBinHistogram(e) for e in edges]
+    ColumnHistograms(edges).add(batch, cols)
+    for a, b in zip(one, batch, strict=True):
+        assert a.counts.tolist() == b.counts.tolist() and a.nan == b.nan
+
+
+def test_column_histograms_fall_back_for_uneven_bins() -> None:
+    from agent.sketches import ColumnHistograms, FixedBinHistogram
+
+    edges = [[0.0, 1.0], [0.0, 1.0, 2.0]]
+    hs = [FixedBinHistogram(e) for e in edges]
+    ColumnHistograms(edges).add(hs, np.array([[0.5, 1.5], [2.0, np.nan]]))
+    assert hs[0].counts.tolist() == [0, 1, 1] and hs[1].counts.tolist() == [0, 0, 1, 0] and hs[1].nan == 1
