@@ -279,7 +279,8 @@ class Telemetry:
             self._kick.set()
 
     # -- window close -------------------------------------------------------------------------
-    def _drain(self, timeout: float = 2.0) -> None:
+    def drain(self, timeout: float = 2.0) -> None:
+        """Wait until queued samples are processed (closing a window; a benchmark's quiet start)."""
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.002)
@@ -298,7 +299,7 @@ class Telemetry:
                     t.model.stats = WindowStats()
             self.window_start = end
             time.sleep(0.001)  # let a request that read the old stats just before the swap finish
-            self._drain()
+            self.drain()
             resources = self.resources()
             payloads = [self._payload(t, st, start, end, resources) for t, st in old]
         for p in payloads:
