@@ -217,6 +217,7 @@ def load_config(path: Path | str | None, overrides: Mapping[str, Any] | None = N
     data = _merge(data, overrides or {})
     cfg = _build(AgentConfig, data, "")
     validate(cfg)
+    cfg.state_dir = str(Path(cfg.state_dir).expanduser().absolute())  # once, here (issue 11: paths)
     return cfg
 
 

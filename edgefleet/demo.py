@@ -62,8 +62,11 @@ class DemoOutcome:
 
 
 def prepare_workdir(path: Path) -> Path:
-    """A demo directory is recreated each run; any other non-empty directory is left alone."""
-    path = Path(path)
+    """A demo directory is recreated each run; any other non-empty directory is left alone.
+
+    The path is made absolute here, once: the fleet manager serves files from it, and Flask would
+    resolve a relative path against its package folder."""
+    path = Path(path).expanduser().absolute()
     if path.exists() and any(path.iterdir()):
         if not (path / MARKER).exists():
             raise click.UsageError(f"{path} is not empty and was not made by the demo; pick another --workdir")

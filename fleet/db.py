@@ -43,8 +43,11 @@ def sqlite_url(path: Path | str) -> str:
 
 def make_engine(url: str | None = None, *, data_dir: Path | str | None = None, echo: bool = False) -> Engine:
     """An engine for `url`, or for fleet.db (SQLite) in `data_dir` when no URL is given."""
+    from fleet.settings import absolute, normalize_database_url
+
+    url = normalize_database_url(url)
     if not url:
-        base = Path(data_dir or ".edgefleet/fleet")
+        base = absolute(data_dir or ".edgefleet/fleet")
         base.mkdir(parents=True, exist_ok=True)
         url = sqlite_url(base / "fleet.db")
     if url.startswith("sqlite"):

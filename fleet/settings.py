@@ -1,4 +1,10 @@
-"""Fleet settings: defaults, then a TOML file, then environment variables (highest)."""
+"""Fleet settings: defaults, then a TOML file, then environment variables, then flags (highest).
+
+Every fleet command reads them through `load_settings`, so `serve`, `db upgrade` and
+`enrol-token create` cannot disagree about the database. Paths are made absolute here, once,
+against the directory the command runs in: nothing later resolves a relative path against
+another folder (Flask's `send_file` would take the package folder).
+"""
 
 from __future__ import annotations
 
@@ -75,7 +81,11 @@ class FleetSettings:
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
 
     def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir)
+        self.data_dir = absolute(self.data_dir)
+        if self.signing_key_path is not None:
+            self.signing_key_path = absolute(self.signing_key_path)
+        self.trusted_build_keys = [absolute(p) for p in self.trusted_build_keys]
+        self.database_url = normalize_database_url(self.database_url)
         if not self.secret_key:
             self.secret_key = secrets.token_hex(32)
 
@@ -83,9 +93,34 @@ class FleetSettings:
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
 
+    @property
+    def database_label(self) -> str:
+        """Which database, for humans: the URL with its password masked, or the SQLite file."""
+        return _redact_url(self.database_url) or f"sqlite:///{self.data_dir / 'fleet.db'} (SQLite, the default)"
+
+    def describe(self) -> str:
+        return f"fleet {self.fleet_id!r}, database {self.database_label}, data {self.data_dir}"
+
     def __repr__(self) -> str:  # never print tokens or the session secret
         return (f"FleetSettings(data_dir={str(self.data_dir)!r}, database={_redact_url(self.database_url)!r}, "
                 f"mqtt_url={_redact_url(self.mqtt_url)!r}, fleet_id={self.fleet_id!r})")
+
+
+def absolute(path: Path | str) -> Path:
+    """`~` expanded and anchored at the current directory (not resolved: symlinks stay as given)."""
+    return Path(path).expanduser().absolute()
+
+
+# Scheme aliases operators are handed (Heroku, Render, docker images) -> the driver EdgeFleet ships.
+DATABASE_SCHEMES = {"postgres": "postgresql+psycopg", "postgresql": "postgresql+psycopg"}
+
+
+def normalize_database_url(url: str | None) -> str | None:
+    """`postgres://` and `postgresql://` mean PostgreSQL through psycopg 3 (the driver installed)."""
+    if not url or "://" not in url:
+        return url or None
+    scheme, rest = url.split("://", 1)
+    return f"{DATABASE_SCHEMES.get(scheme.lower(), scheme)}://{rest}"
 
 
 def _redact_url(url: str | None) -> str | None:
@@ -125,12 +160,21 @@ def _apply(obj: Any, data: dict[str, Any]) -> Any:
     return replace(obj, **updates)
 
 
+def config_path(path: Path | str | None, env: dict[str, str]) -> Path | None:
+    """The fleet.toml in use: --config, else $EDGEFLEET_CONFIG, else $EDGEFLEET_FLEET_CONFIG, else none."""
+    chosen = path or env.get("EDGEFLEET_CONFIG") or env.get("EDGEFLEET_FLEET_CONFIG")
+    return absolute(chosen) if chosen else None
+
+
 def load_settings(path: Path | str | None = None, env: dict[str, str] | None = None,
                   **overrides: Any) -> FleetSettings:
-    """Settings from `path` (TOML, optional [fleet] table), then env, then keyword overrides."""
+    """Settings from `path` (TOML, optional [fleet] table), then env, then keyword overrides.
+
+    Without `path` the file named by EDGEFLEET_CONFIG (or the older EDGEFLEET_FLEET_CONFIG) is read.
+    """
     env = dict(os.environ if env is None else env)
     s = FleetSettings()
-    path = path or env.get("EDGEFLEET_FLEET_CONFIG")
+    path = config_path(path, env)
     if path:
         data = read_toml(path, ValueError, "fleet settings")
         s = _apply(s, data.get("fleet", data))
