@@ -20,7 +20,7 @@ def load_callable(spec: str, what: str) -> Callable[..., Any]:
         sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or the user's module failing as it loads
         raise CompileInputError(f"{what} {spec!r}: cannot import module {module_name!r} ({exc})") from exc
     obj: Any = module
     for part in attr.split("."):
@@ -29,7 +29,21 @@ def load_callable(spec: str, what: str) -> Callable[..., Any]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise CompileInputError(f"{what} {spec!r} is not callable")
-    return obj
+    return _as_input_error(obj, f"{what} {spec!r}")
+
+
+def _as_input_error(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
+    """The user's function failing is bad input (exit 2, one line), not a failed gate or a crash."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CompileInputError:
+            raise
+        except Exception as exc:
+            raise CompileInputError(f"{label} raised {type(exc).__name__}: {exc}") from exc
+
+    return call
 
 
 def load_torch_model(spec: Any) -> Any:

@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from edgefleet.errors import run_guarded, set_debug
+
 # name -> (module:attribute, extra that provides its dependencies, help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "keys": ("agent.cli_bundle:keys", "", "Generate and inspect Ed25519 signing keys."),
@@ -47,17 +49,21 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="edgefleet")
 @click.option("--log-level", default=lambda: os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"),
               show_default="WARNING or $EDGEFLEET_LOG_LEVEL", help="Logging level.")
-def cli(log_level: str) -> None:
+@click.option("--debug", is_flag=True, envvar="EDGEFLEET_DEBUG",
+              help="Show the Python traceback of an error instead of its one-line message.")
+def cli(log_level: str, debug: bool) -> None:
     """EdgeFleet: compile models for edge device classes, ship them signed, keep them healthy.
 
     Exit codes: 0 success, 1 a check failed (gate, verification), 2 bad input or usage.
+    Errors are one line on stderr; --debug adds the traceback.
     """
+    set_debug(debug)
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 def main() -> None:
-    cli(prog_name="edgefleet")
+    run_guarded(cli, "edgefleet")
 
 
 if __name__ == "__main__":

@@ -358,7 +358,8 @@ def _serve_until_interrupted(view: DemoView, outcome: DemoOutcome) -> None:
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".edgefleet/demo"),
               show_default=True, help="recreated on each run")
 @click.option("--port", type=int, default=8080, show_default=True, help="fleet manager port (a free one if taken)")
-@click.option("--agents-per-class", type=click.IntRange(1, 10), default=2, show_default=True)
+@click.option("--agents-per-class", type=click.IntRange(1, 10), default=2, show_default=True,
+              help="agent processes per device class (3 classes)")
 @click.option("--timeout", "timeout_s", type=float, default=240.0, show_default=True,
               help="seconds each rollout may take before the demo gives up")
 def demo(once: bool, workdir: Path, port: int, agents_per_class: int, timeout_s: float) -> None:

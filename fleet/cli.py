@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from fleet.settings import FleetSettings, load_settings
+from fleet.settings import FleetSettings, config_path, load_settings
 
 
 def _service_logging(ctx: click.Context) -> None:
@@ -19,29 +20,43 @@ def _service_logging(ctx: click.Context) -> None:
 
 
 def _settings(ctx: click.Context) -> FleetSettings:
+    """The one fleet configuration, read once per command; says on stderr which fleet and database."""
+    if "fleet.settings" not in ctx.meta:
+        config, overrides = ctx.meta["fleet.config"]
+        s = load_settings(config, **overrides)
+        path = config_path(config, dict(os.environ))
+        click.echo(f"using {s.describe()} (settings: {path or 'environment and defaults'})", err=True)
+        ctx.meta["fleet.settings"] = s
     return ctx.meta["fleet.settings"]
 
 
 @click.group("fleet")
-@click.option("--config", type=click.Path(dir_okay=False), default=None, help="TOML settings file.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Fleet data directory.")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("--config", type=click.Path(dir_okay=False), default=None, show_default="$EDGEFLEET_CONFIG",
+              help="fleet.toml to read; then DATABASE_URL, MQTT_URL, EDGEFLEET_* variables; then defaults.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              show_default="data_dir in fleet.toml, $EDGEFLEET_FLEET_DATA, or ./.edgefleet/fleet",
+              help="Fleet data directory (SQLite database, artifacts, fleet key).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_context
 def fleet(ctx: click.Context, config: str | None, data_dir: str | None, verbose: bool) -> None:
-    """Fleet manager: registry, catalogue, telemetry, drift, console."""
+    """Fleet manager: registry, catalogue, telemetry, drift, console.
+
+    Every sub-command reads the same settings (fleet.toml, then environment, then defaults) and
+    prints on stderr which fleet and database it uses.
+    """
     from fleet.logs import setup
 
     setup(verbose)
     # ctx.meta (not ctx.obj) so mounting under another group with its own obj keeps working
     ctx.meta["fleet.verbose"] = verbose
-    overrides = {"data_dir": data_dir} if data_dir else {}
-    ctx.meta["fleet.settings"] = load_settings(config, **overrides)
+    ctx.meta["fleet.config"] = (config, {"data_dir": data_dir} if data_dir else {})
 
 
 @fleet.command()
 @click.option("--production", is_flag=True, help="Serve with waitress instead of the development server.")
-@click.option("--host", default=None)
-@click.option("--port", type=int, default=None)
+@click.option("--host", default=None, show_default="127.0.0.1, or host in fleet.toml",
+              help="Interface to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=None, show_default="8080, or port in fleet.toml", help="HTTP port.")
 @click.option("--no-ingest", is_flag=True, help="Do not run the ingest subscriber in this process.")
 @click.pass_context
 def serve(ctx: click.Context, production: bool, host: str | None, port: int | None, no_ingest: bool) -> None:
@@ -74,7 +89,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head")
+@click.option("--revision", default="head", show_default=True, help="Alembic revision to upgrade to.")
 @click.pass_context
 def db_upgrade(ctx: click.Context, revision: str) -> None:
     """Apply migrations (keeps data)."""
@@ -85,6 +100,7 @@ def db_upgrade(ctx: click.Context, revision: str) -> None:
     engine = make_engine(s.database_url, data_dir=s.data_dir)
     upgrade(engine, revision)
     click.echo(f"database at revision {current(engine)}")
+    engine.dispose()
 
 
 def _engine(s: FleetSettings):  # type: ignore[no-untyped-def]
@@ -101,8 +117,9 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True)
-@click.option("--name", default=None)
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True,
+              help="What the token may do: viewer reads, operator rolls out, admin also manages tokens.")
+@click.option("--name", default=None, show_default="ROLE-cli", help="A label for the token (audit log, console).")
 @click.pass_context
 def token_create(ctx: click.Context, role: str, name: str | None) -> None:
     """Create an API token; it is printed once (only its hash is stored)."""
@@ -120,17 +137,21 @@ def enrol_token() -> None:
 
 
 @enrol_token.command("create")
-@click.option("--ttl", type=float, default=24 * 3600, help="Seconds.")
-@click.option("--device-class", default=None)
-@click.option("--attr", multiple=True, help="key=value (repeatable), e.g. region=eu")
-@click.option("--tag", multiple=True)
+@click.option("--ttl", type=click.FloatRange(min=1), default=24 * 3600, show_default=True,
+              help="Seconds until the unused token expires.")
+@click.option("--device-class", default=None, show_default="any",
+              help="The class the device must enrol as (e.g. arm64-cortex-a).")
+@click.option("--attr", multiple=True, callback=lambda _c, _p, v: _key_values(v),
+              help="KEY=VALUE attribute the device gets (repeatable), e.g. region=eu.")
+@click.option("--tag", multiple=True, help="Tag the device gets (repeatable).")
 @click.pass_context
-def enrol_token_create(ctx: click.Context, ttl: float, device_class: str | None, attr: tuple[str, ...],
+def enrol_token_create(ctx: click.Context, ttl: float, device_class: str | None, attr: dict[str, str],
                        tag: tuple[str, ...]) -> None:
+    """Create a one-time enrolment token; it is printed once (only its hash is stored)."""
     from fleet.db import session_scope
     from fleet.enrolment import create_enrolment_token
 
-    attrs = dict(a.split("=", 1) for a in attr)
+    attrs = attr
     with session_scope(_engine(_settings(ctx))) as s:
         tok, _ = create_enrolment_token(s, "cli", ttl_s=ttl, device_class=device_class, tags=list(tag),
                                         attributes=attrs)
@@ -143,9 +164,10 @@ def devices() -> None:
 
 
 @devices.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
 @click.pass_context
 def devices_list(ctx: click.Context, as_json: bool) -> None:
+    """List enrolled devices: id, status, class, installed model, attributes."""
     from sqlmodel import select
 
     from fleet.db import session_scope
@@ -196,5 +218,17 @@ def models_upload(ctx: click.Context, bundle: str) -> None:
         sys.exit(1)
 
 
+def _key_values(items: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. region=eu)", param_hint="'--attr'")
+        out[key.strip()] = value
+    return out
+
+
 def main() -> None:
-    fleet(prog_name="fleet")
+    from edgefleet.errors import run_guarded
+
+    run_guarded(fleet, "fleet")

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flask import Blueprint, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from flask import Blueprint, Response, request
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
 
 from agent.sketches import LatencyHistogram
 
@@ -24,7 +25,11 @@ bp = Blueprint("ops_metrics", __name__)
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format; unauthenticated like most exporters (bind it to a private network)."""
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    # The format the scraper asks for (Accept), as prometheus_client's own exporter negotiates it.
+    # content_type, not mimetype: Flask appends "; charset=utf-8" to a mimetype, the library's type
+    # already carries one, and a repeated parameter makes Prometheus (Go's mime.ParseMediaType) refuse it.
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encoder(REGISTRY), content_type=content_type)
 
 
 def observe_request(method: str, rule: str, status: int, seconds: float) -> None:

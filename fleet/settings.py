@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import types
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -120,7 +122,11 @@ def normalize_database_url(url: str | None) -> str | None:
     if not url or "://" not in url:
         return url or None
     scheme, rest = url.split("://", 1)
-    return f"{DATABASE_SCHEMES.get(scheme.lower(), scheme)}://{rest}"
+    scheme = DATABASE_SCHEMES.get(scheme.lower(), scheme)
+    if not scheme.startswith(("postgresql", "sqlite")):
+        raise SettingsError(f"database URL scheme {scheme!r} is not supported: use "
+                            "postgresql://USER:PASSWORD@HOST:5432/DB (or postgres://) or sqlite:///PATH")
+    return f"{scheme}://{rest}"
 
 
 def _redact_url(url: str | None) -> str | None:
@@ -138,26 +144,58 @@ def parse_tokens(text: str) -> dict[str, str]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         role, _, token = part.partition(":")
         if not token:
-            raise ValueError("EDGEFLEET_API_TOKENS entries look like ROLE:TOKEN")
+            raise SettingsError("EDGEFLEET_API_TOKENS entries look like ROLE:TOKEN")
         out[token] = role
     return out
 
 
-def _apply(obj: Any, data: dict[str, Any]) -> Any:
-    known = {f.name: f for f in fields(obj)}
+class SettingsError(ValueError):
+    """A fleet setting is unknown, of the wrong type, or its file unreadable; the message names it."""
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Does `value` (as TOML, env or a flag gives it) fit the field's type hint?"""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_accepts(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Path:
+        return isinstance(value, (str, Path))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> Any:
+    """`obj` with `data` applied; the dataclass is the schema (names and types checked)."""
+    if not isinstance(data, dict):
+        raise SettingsError(f"fleet setting {prefix.rstrip('.') or 'fleet'!r} must be a table")
+    hints = typing.get_type_hints(type(obj))
     updates: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in known:
-            raise ValueError(f"unknown fleet setting {key!r}")
+        if key not in hints or key not in {f.name for f in fields(obj)}:
+            raise SettingsError(f"unknown fleet setting {prefix + key!r}")
         current = getattr(obj, key)
         if isinstance(current, (DriftSettings, IngestSettings, RetrainSettings)):
-            value = _apply(current, value)
-        elif key in ("data_dir", "signing_key_path") and value is not None:
+            updates[key] = _apply(current, value, f"{prefix}{key}.")
+            continue
+        if not _accepts(hints[key], value):
+            raise SettingsError(f"fleet setting {prefix + key!r} must be {_type_name(hints[key])}, not {value!r}")
+        if key in ("data_dir", "signing_key_path") and value is not None:
             value = Path(value)
         elif key == "trusted_build_keys":
             value = [Path(v) for v in value]
         updates[key] = value
     return replace(obj, **updates)
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("pathlib.", "").replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def config_path(path: Path | str | None, env: dict[str, str]) -> Path | None:
@@ -176,7 +214,7 @@ def load_settings(path: Path | str | None = None, env: dict[str, str] | None = N
     s = FleetSettings()
     path = config_path(path, env)
     if path:
-        data = read_toml(path, ValueError, "fleet settings")
+        data = read_toml(path, SettingsError, "fleet settings")
         s = _apply(s, data.get("fleet", data))
     mapping = {"DATABASE_URL": "database_url", "MQTT_URL": "mqtt_url", "EDGEFLEET_FLEET_DATA": "data_dir",
                "EDGEFLEET_FLEET_ID": "fleet_id", "EDGEFLEET_SIGNING_KEY": "signing_key_path",
