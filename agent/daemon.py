@@ -28,6 +28,7 @@ from agent.identity import FleetKeys, load_or_create_device_key
 from agent.keys import KeyFileError, key_id, public_key_to_b64, sign_document
 from agent.lifecycle import HealthPolicy, Lifecycle
 from agent.model_store import InstalledModel, ModelStore, write_atomic
+from agent.names import InvalidName, validate_name
 from agent.outbox import Outbox
 from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, topic
 from agent.resources import ResourceSampler
@@ -48,6 +49,12 @@ class Agent:
                                                  else None)
         except CatalogueError as exc:
             raise ConfigError(f"field 'device_class': {exc}") from None
+        for field, kind, value in (("device_id", "device id", config.device_id),
+                                   ("device_class", "device class", self.device_class.name)):
+            try:
+                validate_name(kind, value)
+            except InvalidName as exc:
+                raise ConfigError(f"field {field!r}: {exc}") from None
         try:
             self.device_key = load_or_create_device_key(config.device_key_path)
             self.keys = FleetKeys(self.state_dir, config.trusted_keys)
@@ -56,7 +63,7 @@ class Agent:
         if not len(self.keys.keyring):
             log.warning("event=no-trusted-keys: every bundle and command will be refused")
         self.outbox = Outbox(self.state_dir / "outbox.sqlite", config.mqtt.outbox_max_messages)
-        self.store = ModelStore(self.state_dir)
+        self.store = ModelStore(self.state_dir, device_class=self.device_class.name)
         self.telemetry = Telemetry(
             fleet=config.fleet_id, device=config.device_id, device_class=self.device_class.name,
             window_s=config.telemetry.window_s, sample_rate=config.telemetry.sample_rate,

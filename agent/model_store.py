@@ -12,6 +12,7 @@ Leftover staging folders from a crash are removed at start.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,9 +23,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.bundle import RollbackApproval, VerifiedBundle, verify_bundle
+from agent.bundle import BundleError, RollbackApproval, VerifiedBundle, verify_bundle
 from agent.canonical import canonical_json
 from agent.keys import Keyring
+from agent.manifest_check import ManifestRefused, check_format_magic
+from agent.names import UnsafePath, safe_join
+
+SPACE_MARGIN = 2.0  # free bytes needed per bundle byte: the unpacked copy plus room for the manifest, logs
+SPACE_RESERVE = 1 << 20
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +52,10 @@ class InstalledModel:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so a crash leaves the old or the new file, never a torn one."""
+    """Replace `path` with `data` so a crash leaves the old or the new file, never a torn one.
+    The file is private (0600): state files hold telemetry settings, keyrings and credentials."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "wb") as fh:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
@@ -61,10 +68,15 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 class ModelStore:
-    def __init__(self, state_dir: Path, keep: int = 3) -> None:
+    """`device_class`: refuse bundles built for another class before unpacking anything."""
+
+    def __init__(self, state_dir: Path, keep: int = 3, device_class: str | None = None,
+                 space_margin: float = SPACE_MARGIN) -> None:
         self.root = Path(state_dir) / "models"
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = keep
+        self.device_class = device_class
+        self.space_margin = space_margin
         self._clean_staging()
 
     @property
@@ -91,25 +103,48 @@ class ModelStore:
         write_atomic(self.pointer_path, canonical_json(doc))
 
     def path_of(self, m: InstalledModel) -> Path:
-        return self.root / m.dirname
+        return safe_join(self.root, m.dirname)
 
     def manifest_of(self, m: InstalledModel) -> dict[str, Any]:
         return json.loads(self.manifest_path(m.dirname).read_text())
 
     def manifest_path(self, dirname: str) -> Path:
-        return self.root / f"{dirname}.manifest.json"
+        return safe_join(self.root, f"{dirname}.manifest.json")
+
+    def check_space(self, bundle_path: Path) -> None:
+        """Refuse an install up front when the disk cannot hold the unpacked bundle with margin."""
+        try:
+            size = Path(bundle_path).stat().st_size
+            free = shutil.disk_usage(self.root).free
+        except OSError as exc:
+            raise BundleError("malformed", f"cannot read {bundle_path}: {exc}") from exc
+        need = int(size * self.space_margin) + SPACE_RESERVE
+        if free < need:
+            raise BundleError("no-space", f"{free} bytes free under {self.root}, the install needs {need}"
+                                          f" (bundle {size} bytes x {self.space_margin:g} + reserve)")
 
     def unpack(self, bundle_path: Path, keyring: Keyring, installed_version: int | None,
                rollback_approval: RollbackApproval | None = None,
                max_bytes: int | None = None) -> tuple[InstalledModel, VerifiedBundle]:
         """Verify and unpack in one streaming pass; an identical version already on disk is kept."""
         kwargs: dict[str, Any] = {"max_member_bytes": max_bytes} if max_bytes else {}
+        self.check_space(bundle_path)
         incoming = self.root / f".incoming-{os.getpid()}-{time.monotonic_ns()}"
         vb = verify_bundle(bundle_path, keyring, installed_version=installed_version,
-                           rollback_approval=rollback_approval, unpack_to=incoming, **kwargs)
-        dirname = f"{vb.name}-v{vb.version}-{vb.manifest_sha256[:12]}"
-        target = self.root / dirname
-        mpath = self.manifest_path(dirname)
+                           rollback_approval=rollback_approval, unpack_to=incoming,
+                           device_class=self.device_class, **kwargs)
+        try:
+            # Names passed the grammar in verify; safe_join still refuses anything outside root.
+            dirname = f"{vb.name}-v{vb.version}-{vb.manifest_sha256[:12]}"
+            target = safe_join(self.root, dirname)
+            mpath = self.manifest_path(dirname)
+            check_format_magic(vb.manifest["model"]["format"], safe_join(incoming, *vb.entrypoint.split("/")))
+        except ManifestRefused as exc:
+            shutil.rmtree(incoming, ignore_errors=True)
+            raise BundleError(exc.reason, str(exc)) from None
+        except (UnsafePath, OSError) as exc:
+            shutil.rmtree(incoming, ignore_errors=True)
+            raise BundleError("unsafe-path", str(exc)) from None
         try:
             if target.exists() and mpath.exists():
                 shutil.rmtree(incoming, ignore_errors=True)
@@ -118,6 +153,9 @@ class ModelStore:
                     shutil.rmtree(target)
                 os.rename(incoming, target)
                 write_atomic(mpath, canonical_json(vb.manifest))
+        except OSError as exc:
+            reason = "no-space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "malformed"
+            raise BundleError(reason, f"cannot store the unpacked bundle: {exc}") from exc
         finally:
             if incoming.exists():
                 shutil.rmtree(incoming, ignore_errors=True)
