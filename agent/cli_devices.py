@@ -31,10 +31,15 @@ def devices(ctx: click.Context, directory: Path | None) -> None:
 
 
 @devices.command("list")
+@click.option("--json", "as_json", is_flag=True, default=False,
+              help="Print every class with all its fields as a JSON list (what `show` prints for one).")
 @click.pass_obj
-def devices_list(directory: Path | None) -> None:
+def devices_list(directory: Path | None, as_json: bool) -> None:
     """One line per device class."""
     cat = _catalogue(directory)
+    if as_json:
+        click.echo(json.dumps([dc.to_dict() for dc in cat.values()], indent=2))
+        return
     click.echo(f"{'NAME':<18} {'ARCH':<8} {'FORMAT':<9} {'PREC':<5} {'RUNTIME':<12} {'MAX MB':>7} {'BUDGET ms':>9}")
     for dc in cat.values():
         click.echo(f"{dc.name:<18} {dc.arch:<8} {dc.format:<9} {dc.precision:<5} {dc.runtime:<12} "

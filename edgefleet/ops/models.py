@@ -1,0 +1,98 @@
+"""`edgefleet models`: the fleet's model catalogue (list, show, upload signed bundles) via
+/api/models. Uploads stream the bundle as application/octet-stream; the fleet verifies its
+signature against its trusted build keys before anything is stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgefleet.ops.client import OpsError
+from edgefleet.ops.command import CONTEXT, Ops, api_command
+from edgefleet.ops.output import cell, empty_or, table, when
+
+
+@click.group("models", context_settings=CONTEXT)
+def models() -> None:
+    """The fleet's model catalogue: signed bundles per version and device class."""
+
+
+def render_index(body: dict[str, Any]) -> str:
+    rows = [(m["name"], m["latest"], m["versions"], m["device_classes"]) for m in body["items"]]
+    return empty_or(rows, ["name", "latest", "versions", "device classes"], "models", right=["latest"])
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.2f}"
+
+
+def render_versions(items: list[dict[str, Any]]) -> str:
+    rows = [(v["version"], v["device_class"], v["format"], v["precision"], _mb(v.get("size")),
+             (v.get("bundle_sha256") or "")[:12], v.get("signed_by"), when(v.get("created_at")))
+            for v in items]
+    return empty_or(rows, ["version", "device class", "format", "precision", "MB", "bundle", "signed by",
+                           "uploaded"], "versions", right=["version", "MB"])
+
+
+def render_version(body: dict[str, Any]) -> str:
+    out = [render_versions(body["items"])]
+    for v in body["items"]:
+        metrics = v.get("metrics") or {}
+        if metrics:
+            out += ["", f"Metrics ({v['device_class']})",
+                    table(["metric", "value"], sorted((k, cell(x)) for k, x in metrics.items()))]
+        lin = v.get("lineage") or {}
+        if lin.get("passes") or lin.get("facts"):
+            facts = ", ".join(f"{x['key']}={cell(x['value'])}" for x in lin.get("facts") or [])
+            out += ["", f"Lineage ({v['device_class']}): passes {' -> '.join(lin.get('passes') or []) or '-'}; "
+                        f"parent {lin.get('parent') or '-'}" + (f"; {facts}" if facts else "")]
+    return "\n".join(out)
+
+
+@models.command("list", context_settings=CONTEXT)
+@api_command
+def list_cmd(ops: Ops) -> None:
+    """Every model with its versions and device classes."""
+    ops.emit(ops.api.get("/api/models"), render_index)
+
+
+@models.command("show", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--version", "version", type=click.IntRange(min=0), default=None, show_default="all versions",
+              help="One version, with its metrics and lineage.")
+@click.option("--device-class", default=None, show_default="every class", help="With --version: one device class.")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, help="Versions per page (without --version).")
+@api_command
+def show(ops: Ops, name: str, version: int | None, device_class: str | None, limit: int) -> None:
+    """Builds of model NAME: version, device class, format, size, signer."""
+    if version is None:
+        body = ops.api.get(f"/api/models/{name}/versions", limit=limit)
+        ops.emit(body, lambda b: render_versions(b["items"]))
+    else:
+        body = ops.api.get(f"/api/models/{name}/versions/{version}", device_class=device_class)
+        ops.emit(body, render_version)
+
+
+@models.command("upload", context_settings=CONTEXT)
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@api_command
+def upload(ops: Ops, bundles: tuple[Path, ...]) -> None:
+    """Upload signed BUNDLES; the fleet verifies each against its trusted build keys.
+
+    --json prints a list with one catalogue entry per bundle (`created` false: already present)."""
+    results = []
+    for b in bundles:
+        try:
+            res = ops.api.upload("/api/models", b)
+        except OpsError as exc:
+            done = f" ({len(results)} uploaded before it)" if results else ""
+            raise OpsError(f"{b}: {exc.message}{done}", exc.exit_code, exc.status, exc.code) from None
+        results.append({**res.body, "created": res.status == 201})
+
+    def render(_: Any) -> str:
+        return "\n".join(f"{'added' if v['created'] else 'already present'}: {v['name']} v{v['version']} "
+                         f"({v['device_class']}) sha256 {v['bundle_sha256']}" for v in results)
+
+    ops.emit(results, render)
