@@ -44,6 +44,11 @@ class CommandHandler:
         saved = self._load()
         self.guard = CommandGuard(device_id, keys.keyring, int(saved.get("last_seq", 0)))
         self.last_command: dict[str, Any] | None = saved.get("last_command")
+        # answers by command id: a copy of a command already accepted (re-published after a fleet
+        # restart, redelivered by MQTT) is answered with the original's result, never a refusal
+        self._answers: dict[str, dict[str, Any]] = {}
+        if self.last_command and self.last_command.get("id"):
+            self._answers[self.last_command["id"]] = self.last_command
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=64)
         self._lock = threading.Lock()
         self._save_lock = threading.Lock()
@@ -64,6 +69,7 @@ class CommandHandler:
     def _result(self, payload: dict[str, Any] | None, result: str, reason: str | None) -> None:
         self.last_command = {"id": (payload or {}).get("id"), "kind": (payload or {}).get("kind"),
                              "result": result, "reason": reason}
+        self._remember(self.last_command)
         self._save()
         self.on_change()
 
@@ -80,6 +86,12 @@ class CommandHandler:
         except ProtocolError as exc:
             inner = doc.get("payload") if isinstance(doc, dict) else None
             cid = inner.get("id") if isinstance(inner, dict) and isinstance(inner.get("id"), str) else None
+            if exc.reason == "stale" and cid in self._answers:
+                original = self._answers[cid]
+                log.info("event=command-duplicate id=%s result=%s", cid, original.get("result"))
+                self.emit("command-duplicate", command_id=cid, reason=original.get("reason"),
+                          details={"duplicate": True, "result": original.get("result"), "code": "stale"})
+                return
             log.warning("event=command-refused reason=%s id=%s", exc.reason, cid)
             self.emit("command-refused", command_id=cid, reason=str(exc), details={"code": exc.reason})
             self.last_command = {"id": cid, "kind": inner.get("kind") if isinstance(inner, dict) else None,
@@ -88,10 +100,18 @@ class CommandHandler:
             self.on_change()
             return
         log.info("event=command-accepted id=%s kind=%s seq=%s", payload["id"], payload["kind"], payload["seq"])
+        self._remember({"id": payload["id"], "kind": payload["kind"], "result": "accepted", "reason": None})
         try:
             self._queue.put_nowait(payload)
         except queue.Full:
             self._result(payload, "failed", "command queue full")
+
+    def _remember(self, answer: dict[str, Any]) -> None:
+        if answer.get("id"):
+            self._answers.pop(answer["id"], None)
+            self._answers[answer["id"]] = answer
+            while len(self._answers) > 64:
+                self._answers.pop(next(iter(self._answers)))
 
     def stop(self) -> None:
         self._queue.put(None)

@@ -5,6 +5,12 @@
   several ingest processes split the load; state is subscribed directly (retained messages are
   not delivered through shared subscriptions, and state updates are idempotent by seq).
 * MQTT 3.1.1: plain subscriptions (run one ingest process).
+* Identity: with a persistent session (ingest.session_expiry_s > 0) the client id is stable,
+  `edgefleet-ingest-<ingest.name>` (default: fleet id and host name), so a restarted process
+  resumes its session and receives what the broker queued meanwhile; a new id per process
+  would leave each dead session in the $share group, taking its share of telemetry until it
+  expires. Reconnects are fast (RECONNECT_MIN_S..RECONNECT_MAX_S), and a heartbeat row tells
+  the rollout evaluator whether ingest sees the devices (fleet.ingest_health).
 * Malformed, oversized, unknown-device and wrongly signed messages are counted by reason and
   dropped (fleet.ingest_store.Processor); ingest never crashes on them.
 """
@@ -15,6 +21,7 @@ import gc
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from typing import Any
@@ -22,25 +29,40 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from fleet.broker import broker_address, speaks_mqtt5
+from fleet.ingest_health import Heartbeat
 from fleet.ingest_store import IngestStats, Processor
 from fleet.mqtt_client import BufferedClient
 from fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
-__all__ = ["IngestService", "IngestStats", "Processor", "run_forever"]
+__all__ = ["IngestService", "IngestStats", "Processor", "ingest_client_id", "run_forever"]
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 5   # paho's default backoff grows to 120 s: minutes of blindness
+
+
+def ingest_client_id(settings: FleetSettings, slot: str = "") -> str:
+    """`edgefleet-ingest-<name>`: stable across restarts when the session is persistent (so it
+    is resumed), unique per process otherwise (a clean session dies with its connection)."""
+    configured = os.environ.get("EDGEFLEET_INGEST_NAME") or getattr(settings.ingest, "name", "")
+    if settings.ingest.session_expiry_s <= 0 and not configured:
+        return f"edgefleet-ingest-{os.getpid()}-{time.time_ns() % 10**9}"
+    name = configured or f"{settings.fleet_id}-{socket.gethostname()}"
+    return f"edgefleet-ingest-{name}" + (f"-{slot}" if slot else "")
 
 
 class IngestService:
     """The MQTT side: one paho client feeding a bounded queue, drained by a writer thread that
     verifies batches and a store thread that writes them."""
 
-    def __init__(self, settings: FleetSettings, engine: Engine, *, client_id: str | None = None) -> None:
+    def __init__(self, settings: FleetSettings, engine: Engine, *, client_id: str | None = None,
+                 slot: str = "") -> None:
         self.settings = settings
         self.processor = Processor(settings, engine)
         self.queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=settings.ingest.queue_size)
-        self.client_id = client_id or f"edgefleet-ingest-{os.getpid()}-{time.time_ns() % 10**9}"
+        self.client_id = client_id or ingest_client_id(settings, slot)
         self.mqtt5 = False
         self.connected = threading.Event()
+        self.connected_since: float | None = None
+        self.heartbeat = Heartbeat(engine, self.client_id, settings.ingest.session_expiry_s, self._probe)
         self.subscribed = threading.Event()
         self._stop = threading.Event()
         # parsed batches waiting for the store thread: two at most, then the writer waits too
@@ -77,6 +99,7 @@ class IngestService:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.max_inflight_messages_set(1000)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         addr.configure(client)
         self._client = client
         tune_gc()
@@ -104,13 +127,19 @@ class IngestService:
         if not self.subscribed.wait(timeout):
             self.stop()
             raise RuntimeError(f"ingest could not subscribe at {host}:{port}")
-        log.info("ingest subscribed", extra={"mqtt5": self.mqtt5, "topics": self.topics()})
+        log.info("ingest subscribed", extra={"mqtt5": self.mqtt5, "topics": self.topics(),
+                                             "client_id": self.client_id})
+        self.heartbeat.start()
         return self
+
+    def _probe(self) -> tuple[bool, float | None, int]:
+        return self.connected.is_set(), self.connected_since, self.queue.unfinished_tasks
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
             log.error("ingest connect refused: %s", rc)
             return
+        self.connected_since = time.time()
         self.connected.set()
         client.subscribe([(t, 1) for t in self.topics()])
         if getattr(flags, "session_present", False):
@@ -126,6 +155,10 @@ class IngestService:
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         self.connected.clear()
+        self.connected_since = None
+        if getattr(rc, "value", rc) == 142:  # MQTT 5 "session taken over": another process has our id
+            log.error("ingest client id %s is in use by another process; give each ingest process its "
+                      "own ingest.name", self.client_id)
         if not self._stop.is_set():
             log.warning("ingest disconnected (%s); paho reconnects", rc)
 
@@ -193,6 +226,7 @@ class IngestService:
 
     def stop(self) -> None:
         self._stop.set()
+        self.heartbeat.stop()
         if self._client is not None:
             try:
                 self._client.disconnect()

@@ -68,7 +68,7 @@ class FleetServer:
         if self.start_ingest:
             from fleet.ingest import IngestService
 
-            self.ingest = IngestService(self.settings, ctx.engine).start()
+            self.ingest = IngestService(self.settings, ctx.engine, slot="serve").start()
             ctx.ingest = self.ingest
         if self.settings.start_rollouts and self.settings.mqtt_url:
             self._start_rollouts()

@@ -55,6 +55,7 @@ class IngestSettings:
     device_cache_s: float = 2.0    # how long a device's key/status is cached (decommission latency)
     retention_days: float = 14.0
     session_expiry_s: int = 0      # >0: persistent MQTT session, the broker queues while ingest restarts
+    name: str = ""                 # client id edgefleet-ingest-<name>; one per ingest process ("" = fleet-host)
 
 
 @dataclass

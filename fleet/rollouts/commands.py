@@ -181,22 +181,27 @@ class Publisher(Protocol):
 
 
 def flush_outbox(engine: Engine, publisher: Publisher, *, rollout_id: int | None = None,
-                 unowned: bool = False, limit: int = 5000, stale_s: float = 10.0) -> int:
+                 unowned: bool = False, limit: int = 5000) -> int:
     """Publish unsent commands in creation order; returns how many went out.
 
-    With `rollout_id`, only that rollout's commands (the caller holds its lease); with `unowned`,
-    only operator commands that belong to no rollout (rollback-version, rotate-key); either way
-    plus any command left unsent for `stale_s` by a crashed process. Rows are locked (SKIP
-    LOCKED on PostgreSQL) while publishing, so two processes never publish the same row.
+    With `rollout_id`, only that rollout's commands: the caller holds its lease, and only the
+    lease holder ever publishes a rollout's commands (a restarted process re-publishes what its
+    crashed predecessor left unsent only once it holds the lease). With `unowned`, only operator
+    commands that belong to no rollout (rollback-version, rotate-key). A command published but
+    not yet marked sent when a process died goes out again: the device refuses the copy as stale
+    and its answer to the original stands (fleet.rollouts.evidence treats stale as a duplicate),
+    so a re-publish is safe. Rows are locked (SKIP LOCKED on PostgreSQL) while publishing, so
+    two processes never publish the same row. `sent_at` is set when the broker acknowledged the
+    publish (PUBACK): device timeouts count from there.
     """
     t = now()
     sent = 0
     with Session(engine, expire_on_commit=False) as session:
         q = select(RolloutCommand).where(RolloutCommand.sent_at.is_(None), RolloutCommand.expires_at > t)
         if rollout_id is not None:
-            q = q.where((RolloutCommand.rollout_id == rollout_id) | (RolloutCommand.created_at < t - stale_s))
+            q = q.where(RolloutCommand.rollout_id == rollout_id)
         elif unowned:
-            q = q.where(RolloutCommand.rollout_id.is_(None) | (RolloutCommand.created_at < t - stale_s))
+            q = q.where(RolloutCommand.rollout_id.is_(None))
         q = q.order_by(RolloutCommand.id).limit(limit)
         if engine.dialect.name == "postgresql":
             q = q.with_for_update(skip_locked=True)
@@ -238,7 +243,7 @@ class MqttPublisher:
         self._client.on_disconnect = lambda *a: self._connected.clear()
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(0)
-        self._client.reconnect_delay_set(0.5, 10)
+        self._client.reconnect_delay_set(0.5, 5)   # bounded: a blink costs seconds, not minutes
         # connect in the background: a broker that is down at start is retried, never fatal
         self._client.connect_async(host, port, keepalive=30)
         self._client.loop_start()

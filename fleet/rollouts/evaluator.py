@@ -28,14 +28,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from fleet import audit
+from fleet.ingest_health import blindness
 from fleet.models import Device, ModelVersion
-from fleet.rollouts import commands
-from fleet.rollouts.evidence import EvidenceQuery, collect, load_devices
+from fleet.rollouts import blind, commands
+from fleet.rollouts.evidence import EvidenceQuery, collect, delivered_at, load_devices
 from fleet.rollouts.gates import FAIL, PASS, Verdict, evaluate_wave
 from fleet.rollouts.models import (
+    ROLLBACK_UNCONFIRMED,
     EvaluatorLease,
     GateEvaluation,
     Rollout,
+    RolloutCommand,
     RolloutTarget,
     RolloutWave,
     TargetStatusChange,
@@ -44,6 +47,7 @@ from fleet.rollouts.spec import RolloutSpec
 
 log = logging.getLogger(__name__)
 ACTOR = "rollout-evaluator"
+OPERATOR_LEASE = "operator-commands"
 LIVE_TARGET = ("commanded", "installed", "healthy", "failed")
 DEVICE_REPORTED = ("install-failed", "install-refused", "install-rolled-back", "command-refused", "bundle-refused",
                    "local-rollback")
@@ -53,7 +57,7 @@ DEVICE_REPORTED = ("install-failed", "install-refused", "install-rolled-back", "
 class EvaluatorConfig:
     public_url: str = "http://127.0.0.1:8080"
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{id(object())}")
-    lease_ttl_s: float = 15.0
+    lease_ttl_s: float = 5.0          # renewed every tick; a crashed holder is replaced this soon
     record_every_s: float = 5.0       # store gate values at least this often (always on change)
     command_ttl_s: float = 3600.0
 
@@ -152,15 +156,22 @@ def rollback_target(s: Session, r: Rollout, t: RolloutTarget, d: Device | None, 
     return True
 
 
+def _unconfirmed(t: RolloutTarget) -> bool:
+    return t.status == "failed" and (t.reason or "").startswith(ROLLBACK_UNCONFIRMED)
+
+
 def track_rollbacks(s: Session, r: Rollout, spec: RolloutSpec, targets: Sequence[RolloutTarget],
-                    at: float) -> int:
+                    at: float, *, blind_now: bool = False) -> int:
     """Mark rolling-back targets rolled-back once the device's signed state answers our rollback
     (or stop-candidate) command and shows the old version; a device silent past the report
-    timeout is marked failed (rollback-unconfirmed) so it does not stay pending forever."""
-    pending = [t for t in targets if t.status == "rolling-back"]
+    timeout (counted from delivery, and not while the fleet is blind) is marked failed
+    (rollback-unconfirmed) so it does not stay pending forever, and healed to rolled-back
+    when its signed confirmation arrives later."""
+    pending = [t for t in targets if t.status == "rolling-back" or _unconfirmed(t)]
     if not pending:
         return 0
     devices = load_devices(s, [t.device_id for t in pending])
+    sent = delivered_at(s, [t.command_id or "" for t in pending])
     done = 0
     for t in pending:
         d = devices.get(t.device_id)
@@ -174,12 +185,18 @@ def track_rollbacks(s: Session, r: Rollout, spec: RolloutSpec, targets: Sequence
             d.installed_version != r.version
         answered = (state.get("last_command") or {}).get("id") == t.command_id
         if answered and back and shadow_gone and d.installed_version != r.version:
-            set_status(s, t, "rolled-back", t.reason, at)
+            # a late confirmation heals an unconfirmed target
+            set_status(s, t, "rolled-back", f"confirmed late; {t.reason}" if _unconfirmed(t) else t.reason, at)
             done += 1
             continue
+        if t.status != "rolling-back" or blind_now:
+            continue
         timeout = spec.waves[t.wave_index].gates.report_timeout_s if t.wave_index < len(spec.waves) else 300.0
-        if t.commanded_at is not None and at - t.commanded_at > timeout:
-            set_status(s, t, "failed", f"rollback-unconfirmed: no signed answer in {timeout:g}s ({t.reason})", at)
+        start = sent.get(t.command_id or "")
+        if start is not None and t.commanded_at is not None:
+            start = max(start, t.commanded_at)
+        if start is not None and at - start > timeout:
+            set_status(s, t, "failed", f"{ROLLBACK_UNCONFIRMED}: no signed answer in {timeout:g}s ({t.reason})", at)
     return done
 
 
@@ -272,7 +289,8 @@ def _record(c: TickContext, wave: RolloutWave, verdict: Verdict) -> None:
     summary = verdict.to_dict()
     if len(summary["device_outcomes"]) > 200:
         summary["device_outcomes"] = dict(list(summary["device_outcomes"].items())[:200])
-    wave.last_verdict = {**summary, "at": c.at, "recorded_at": recorded_at, "devices": counts}
+    wave.last_verdict = {**summary, "at": c.at, "recorded_at": recorded_at, "devices": counts,
+                         "blind": last.get("blind") or [], "waiting": None}
 
 
 def _apply_outcomes(c: TickContext, wave: RolloutWave, verdict: Verdict) -> None:
@@ -352,11 +370,19 @@ def _evaluate(c: TickContext, wave: RolloutWave) -> None:
         c.act(f"wave {wave.index} has no devices; passing it")
         _finish_wave(c, wave)
         return
+    why = blindness(s, c.at)
+    if why is not None:
+        if blind.enter(wave, why, c.at):
+            c.act(f"wave {wave.index} {why.message}; gates and clocks stopped")
+            audit.record(s, ACTOR, "rollout.waiting", f"rollout:{r.id}", None, {"wave": wave.index, **why.to_dict()})
+        return
+    if blind.leave(wave, c.at):
+        c.act(f"wave {wave.index}: ingest sees the devices again; gates resume")
     others = [t for t in c.targets if t.wave_index > wave.index and t.status == "pending"]
     builds = {mv.device_class: mv.manifest_sha256 for mv in s.exec(
         select(ModelVersion).where(ModelVersion.name == r.model_name, ModelVersion.version == r.version)).all()}
     q = EvidenceQuery(r.model_name, r.version, builds, wave.phase, float(wave.started_at or c.at),
-                      _baseline(s, r))
+                      _baseline(s, r), blind=blind.intervals(wave))
     ev, devices = collect(s, q, wave_targets, others, c.at)
     c.evidence = ev
     verdict = evaluate_wave(ev, g)
@@ -401,7 +427,8 @@ def step(s: Session, r: Rollout, signer: commands.FleetSigner, cfg: EvaluatorCon
     waves = list(s.exec(select(RolloutWave).where(RolloutWave.rollout_id == r.id).order_by(RolloutWave.index)))
     targets = list(s.exec(select(RolloutTarget).where(RolloutTarget.rollout_id == r.id)))
     c = TickContext(s, r, RolloutSpec.from_dict(r.spec), waves, targets, signer, cfg, at)
-    if track_rollbacks(s, r, c.spec, targets, at):
+    blind_now = any(t.status == "rolling-back" for t in targets) and blindness(s, at) is not None
+    if track_rollbacks(s, r, c.spec, targets, at, blind_now=blind_now):
         c.act("rollbacks confirmed by signed state")
     if r.status in ("running", "awaiting-approval") and waves:
         wave = waves[r.current_wave]
@@ -443,13 +470,23 @@ class Evaluator:
             live = s.exec(select(Rollout.id).where(Rollout.status.in_(("running", "awaiting-approval")))).all()
             tracking = s.exec(select(RolloutTarget.rollout_id).where(RolloutTarget.status == "rolling-back")
                               .distinct()).all()
-        return sorted(set(live) | set(tracking))
+            # a late confirmation can still heal an unconfirmed rollback while its command is valid
+            healing = s.exec(select(RolloutTarget.rollout_id).where(
+                RolloutTarget.status == "failed", RolloutTarget.reason.startswith(ROLLBACK_UNCONFIRMED),
+                RolloutTarget.commanded_at > time.time() - self.cfg.command_ttl_s).distinct()).all()
+            # unsent commands (a crashed holder's): the next lease holder publishes them
+            unsent = s.exec(select(RolloutCommand.rollout_id).where(
+                RolloutCommand.sent_at.is_(None), RolloutCommand.rollout_id.is_not(None),
+                RolloutCommand.expires_at > time.time()).distinct()).all()
+        return sorted(set(live) | set(tracking) | set(healing) | {x for x in unsent if x is not None})
 
     def tick(self, at: float | None = None) -> list[str]:
         actions: list[str] = []
         for rid in self.live_rollouts():
             actions.extend(self.tick_rollout(rid, at))
-        if self.publisher is not None:   # operator commands (rollback-version, rotate-key)
+        # operator commands (rollback-version, rotate-key): published by one process at a time
+        if self.publisher is not None and acquire_lease(self.engine, OPERATOR_LEASE, self.cfg.holder,
+                                                        self.cfg.lease_ttl_s, at):
             commands.flush_outbox(self.engine, self.publisher, unowned=True)
         return actions
 
@@ -537,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=0.5)
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: forever)")
     p.add_argument("--record-every", type=float, default=5.0)
-    p.add_argument("--lease-ttl", type=float, default=15.0)
+    p.add_argument("--lease-ttl", type=float, default=5.0)
     p.add_argument("--holder", default="")
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"))

@@ -7,7 +7,7 @@ before (control). Only what ingest verified is read; nothing the server assumed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,11 +15,17 @@ from sqlmodel import Session, select
 
 from agent.sketches import LatencyHistogram
 from fleet.models import Device, DeviceEvent, TelemetryWindow
+from fleet.rollouts.blind import clock_start
 from fleet.rollouts.gates import CohortStats, DeviceEvidence, WaveEvidence
-from fleet.rollouts.models import RolloutTarget
+from fleet.rollouts.models import RolloutCommand, RolloutTarget
 
 FAILED_RESULTS = {"failed", "refused", "rolled-back"}
 FAILURE_EVENTS = {"install-failed", "local-rollback", "command-refused", "bundle-refused"}
+# A refusal for these reasons answers a copy of a command the device already had (a re-publish
+# after a fleet restart, MQTT redelivery): the device's answer to the original stands, so the
+# copy's refusal is a duplicate, never a failure. A command that was superseded and never ran
+# ends by the report timeout instead.
+DUPLICATE_REASONS = ("stale",)
 CONTROL_LOOKBACK_S = 900.0
 MAX_CONTROL_DEVICES = 200
 MAX_CONTROL_WINDOWS = 2000   # newest control/previous-version windows read per evaluation (per 500 devices)
@@ -106,6 +112,17 @@ def merge_windows(windows: Iterable[TelemetryWindow]) -> CohortStats:
     return s
 
 
+def delivered_at(session: Session, command_ids: Sequence[str]) -> dict[str, float]:
+    """command id -> when the broker acknowledged its publish (RolloutCommand.sent_at)."""
+    out: dict[str, float] = {}
+    for chunk in _chunks([c for c in command_ids if c]):
+        for cid, at in session.exec(select(RolloutCommand.command_id, RolloutCommand.sent_at)
+                                    .where(RolloutCommand.command_id.in_(chunk))).all():
+            if at is not None:
+                out[cid] = float(at)
+    return out
+
+
 @dataclass
 class EvidenceQuery:
     model_name: str
@@ -114,6 +131,7 @@ class EvidenceQuery:
     phase: str                          # install | shadow | ab
     since: float                        # start of this wave phase
     baseline: Mapping[str, Any] | None
+    blind: Sequence[Sequence[float | None]] = field(default_factory=list)   # periods the fleet was blind
 
 
 def candidate_loaded(device: Device, q: EvidenceQuery) -> bool:
@@ -129,14 +147,25 @@ def candidate_loaded(device: Device, q: EvidenceQuery) -> bool:
                 and cand.get("version") == q.version and cand.get("mode", q.phase) == q.phase)
 
 
+def is_duplicate(kind: str, reason: str | None, details: Mapping[str, Any] | None = None) -> bool:
+    """Does this refusal (event or last_command) only say the command was a copy?"""
+    if (details or {}).get("duplicate"):
+        return True
+    code = (details or {}).get("code") or (reason or "")
+    return kind in ("command-refused", "refused") and str(code).startswith(DUPLICATE_REASONS)
+
+
 def device_failure(device: Device, target: RolloutTarget, events: Mapping[str, list[DeviceEvent]]) -> str | None:
-    """A failure the device itself reported for our command, or a local rollback after install."""
+    """A failure the device itself reported for our command, or a local rollback after install.
+    Answers are keyed by command id; the refusal of a duplicate is not a failure."""
     state = device.state if isinstance(device.state, dict) else {}
     last = state.get("last_command") or {}
-    if target.command_id and last.get("id") == target.command_id and last.get("result") in FAILED_RESULTS:
+    if target.command_id and last.get("id") == target.command_id and last.get("result") in FAILED_RESULTS \
+            and not last.get("duplicate") and not is_duplicate(last["result"], last.get("reason")):
         return f"{last.get('kind', 'command')}-{last['result']}"
     for ev in events.get(device.id, ()):
-        if ev.kind in FAILURE_EVENTS and (ev.command_id == target.command_id or ev.kind == "local-rollback"):
+        if ev.kind in FAILURE_EVENTS and (ev.command_id == target.command_id or ev.kind == "local-rollback") \
+                and not is_duplicate(ev.kind, ev.reason, ev.details if isinstance(ev.details, Mapping) else None):
             return ev.kind
     return None
 
@@ -160,17 +189,23 @@ def collect(session: Session, q: EvidenceQuery, wave_targets: Sequence[RolloutTa
         for ev in session.exec(evq).all():
             if ev.command_id in cmd_ids or ev.kind == "local-rollback":
                 events.setdefault(ev.device_id, []).append(ev)
+    sent = delivered_at(session, cmd_ids)
     dev_evidence = []
     for t in wave_targets:
         d = devices.get(t.device_id)
+        # the report clock runs from delivery (broker PUBACK), never while the fleet was blind
+        delivered = sent.get(t.command_id or "")
+        if delivered is not None and t.commanded_at is not None:
+            delivered = max(delivered, t.commanded_at)
+        started = clock_start(delivered, q.blind, now)
         if d is None:
-            dev_evidence.append(DeviceEvidence(t.device_id, t.device_class, t.commanded_at, failure="unknown-device"))
+            dev_evidence.append(DeviceEvidence(t.device_id, t.device_class, started, failure="unknown-device"))
             continue
         loaded = candidate_loaded(d, q)
         failure = device_failure(d, t, events)
         if failure is None and not loaded and t.installed_at is not None and q.phase == "install":
             failure = "local-rollback"   # it had the candidate and no longer has it
-        dev_evidence.append(DeviceEvidence(t.device_id, d.device_class, t.commanded_at, installed=loaded,
+        dev_evidence.append(DeviceEvidence(t.device_id, d.device_class, started, installed=loaded,
                                            installed_at=t.installed_at, failure=failure,
                                            windows=per_device.get(t.device_id, 0)))
     control_ids = [t.device_id for t in other_targets][:MAX_CONTROL_DEVICES]

@@ -18,6 +18,15 @@ ACTIVE_STATUSES = ("running", "awaiting-approval")
 WAVE_STATUSES = ("pending", "active", "soaking", "awaiting-approval", "passed", "failed", "skipped")
 TARGET_STATUSES = ("pending", "commanded", "installed", "healthy", "failed", "rolling-back", "rolled-back",
                    "skipped", "promoted")
+# A failed target's reason starts with this when its device never confirmed a rollback in time;
+# a later signed confirmation heals it (rolled-back).
+ROLLBACK_UNCONFIRMED = "rollback-unconfirmed"
+# Why a wave waits instead of being judged (wave.last_verdict["waiting"]["kind"]): the fleet is
+# blind, so missing evidence proves nothing and no clock runs.
+WAIT_INGEST_DISCONNECTED = "ingest-disconnected"   # an ingest process lost the broker
+WAIT_INGEST_CATCHING_UP = "ingest-catching-up"     # just reconnected, or its queue is backed up
+WAIT_INGEST_AWAY = "ingest-away"                   # an ingest process stopped; its session queues its share
+WAIT_NO_INGEST = "no-ingest"                       # ingest processes are known but none is running
 
 
 def _json(default: Any = None) -> Any:
@@ -143,6 +152,22 @@ class EvaluatorLease(SQLModel, table=True):
     holder: str = ""
     expires_at: float = 0.0
     acquired_at: float = 0.0
+
+
+class IngestHeartbeat(SQLModel, table=True):
+    """One row per ingest identity (edgefleet-ingest-<name>), refreshed every second: whether it
+    is connected to the broker and how far behind it is. The evaluator reads it to know when it
+    is blind (fleet.ingest_health)."""
+
+    __tablename__ = "ingest_heartbeat"
+    name: str = Field(primary_key=True, max_length=200)
+    owner: str = ""                 # host:pid of the process using the name now
+    connected: bool = False
+    connected_since: float | None = None
+    queue_depth: int = 0
+    session_expiry_s: int = 0       # >0: while it is away the broker queues its share of telemetry
+    stopped: bool = False           # graceful stop (a crash leaves it False and the row goes stale)
+    updated_at: float = Field(default_factory=now)
 
 
 class FleetKey(SQLModel, table=True):

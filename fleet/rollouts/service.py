@@ -256,7 +256,16 @@ def rollout_summary(s: Session, r: Rollout) -> dict[str, Any]:
     return {"id": r.id, "name": r.name, "fleet": r.fleet, "model_name": r.model_name, "version": r.version,
             "status": r.status, "current_wave": r.current_wave, "created_at": r.created_at,
             "created_by": r.created_by, "updated_at": r.updated_at, "completed_at": r.completed_at,
-            "reason": r.reason, "targets": counts}
+            "reason": r.reason, "targets": counts, "waiting": _waiting(s, r)}
+
+
+def _waiting(s: Session, r: Rollout) -> dict[str, Any] | None:
+    """Why the current wave waits instead of being judged ("waiting: ingest disconnected")."""
+    if r.status not in ("running", "awaiting-approval"):
+        return None
+    w = s.exec(select(RolloutWave).where(RolloutWave.rollout_id == r.id,
+                                         RolloutWave.index == r.current_wave)).first()
+    return (w.last_verdict or {}).get("waiting") if w is not None else None
 
 
 def rollout_detail(s: Session, r: Rollout, *, history: int = 200) -> dict[str, Any]:

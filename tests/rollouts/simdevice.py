@@ -69,6 +69,11 @@ class SimDevice:
     refused: list[str] = field(default_factory=list)
     accepted: list[dict[str, Any]] = field(default_factory=list)
     last_cmd_seq: int = 0
+    # True: like agent/commands.py, a copy of an accepted command is answered with the original's
+    # result (command-duplicate). False: like older agents, refused as stale with its command id,
+    # overwriting last_command (the fleet must not count either as a failure)
+    answer_duplicates: bool = True
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.guard = CommandGuard(self.device_id, self.fleet_keyring, self.last_cmd_seq)
@@ -90,10 +95,11 @@ class SimDevice:
             "candidate": self.candidate, "last_command": self.last_command,
             "trusted_fleet_keys": sorted(self.fleet_keyring.keys)})
 
-    def event(self, kind: str, command_id: str | None, reason: str | None, now: float) -> tuple[str, bytes]:
+    def event(self, kind: str, command_id: str | None, reason: str | None, now: float,
+              details: dict[str, Any] | None = None) -> tuple[str, bytes]:
         return self._msg("events", {"schema": "edgefleet.event/v1", "device": self.device_id,
                                     "seq": self._next_seq(), "time": now, "kind": kind, "command_id": command_id,
-                                    "reason": reason, "details": {}})
+                                    "reason": reason, "details": details or {}})
 
     # -- commands --------------------------------------------------------------------------
     def handle(self, raw: bytes, now: float | None = None) -> list[tuple[str, bytes]]:
@@ -101,11 +107,21 @@ class SimDevice:
         if self.silent:
             return []
         now = time.time() if now is None else now
+        doc: Any = None
         try:
-            cmd = self.guard.check(json.loads(raw), now=now)
+            doc = json.loads(raw)
+            cmd = self.guard.check(doc, now=now)
         except (ProtocolError, ValueError) as exc:
             reason = getattr(exc, "reason", "malformed")
             self.refused.append(reason)
+            inner = doc.get("payload") if isinstance(doc, dict) else None
+            cid = inner.get("id") if isinstance(inner, dict) else None
+            if reason == "stale" and cid in self.answers and self.answer_duplicates:
+                return [self.event("command-duplicate", cid, self.answers[cid].get("reason"), now,
+                                   {"duplicate": True, "result": self.answers[cid]["result"], "code": "stale"})]
+            if reason == "stale" and cid is not None:
+                self.last_command = {"id": cid, "kind": inner.get("kind"), "result": "refused", "reason": reason}
+                return [self.event("command-refused", cid, f"stale: {exc}", now, {"code": reason}), self.state(now)]
             return [self.event("command-refused", None, reason, now)]
         self.accepted.append(cmd)
         kind, cid = cmd["kind"], cmd["id"]
@@ -143,6 +159,7 @@ class SimDevice:
             if cmd.get("retire") and cmd["retire"] != kid:
                 self.fleet_keyring.remove(cmd["retire"])
         self.last_command = {"id": cid, "kind": kind, "result": result, "reason": reason}
+        self.answers[cid] = self.last_command
         if ev:
             out.append(self.event(ev, cid, reason, now))
         out.append(self.state(now))
