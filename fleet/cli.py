@@ -179,10 +179,13 @@ def devices_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    for d in rows:
-        inst = d["installed"]
-        click.echo(f"{d['id']:<24} {d['status']:<15} {d['device_class']:<20} "
-                   f"{(inst['name'] + ' v' + str(inst['version'])) if inst else '-':<16} {d['attributes']}")
+    from edgefleet.ops.output import empty_or, when
+
+    click.echo(empty_or([(d["id"], d["fleet"], d["status"], d["device_class"],
+                          f"{d['installed']['name']} v{d['installed']['version']}" if d["installed"] else None,
+                          d["online"], when(d["last_seen"]), d["attributes"]) for d in rows],
+                        ["id", "fleet", "status", "class", "installed", "online", "last seen", "attributes"],
+                        "devices"))
 
 
 @fleet.group()

@@ -73,6 +73,8 @@ def load_profile(name: str | None, env: Mapping[str, str] | None = None) -> Prof
     profiles = data.get("profiles") or {}
     if not isinstance(profiles, dict):
         raise ProfileError(f"profile file {path}: 'profiles' must be a table of [profiles.<name>] tables")
+    for pname, raw in profiles.items():
+        _check(pname, raw, path)
     chosen = name or data.get("default") or ("default" if "default" in profiles else None)
     if chosen is None:
         return None
@@ -82,7 +84,8 @@ def load_profile(name: str | None, env: Mapping[str, str] | None = None) -> Prof
     return _parse(chosen, profiles[chosen], path, env)
 
 
-def _parse(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> Profile:
+def _check(name: str, raw: Any, path: Path) -> None:
+    """Every profile is checked, not only the one in use: a typo is reported where it is."""
     where = f"profile file {path}, [profiles.{name}]"
     if not isinstance(raw, dict):
         raise ProfileError(f"{where} must be a table")
@@ -91,6 +94,10 @@ def _parse(name: str, raw: Any, path: Path, env: Mapping[str, str]) -> Profile:
             raise ProfileError(f"{where}: unknown key {key!r} (known: {', '.join(PROFILE_KEYS)})")
         if not isinstance(value, PROFILE_KEYS[key]) or isinstance(value, bool):
             raise ProfileError(f"{where}: {key} has the wrong type ({type(value).__name__})")
+
+
+def _parse(name: str, raw: dict[str, Any], path: Path, env: Mapping[str, str]) -> Profile:
+    where = f"profile file {path}, [profiles.{name}]"
     token = raw.get("token", "")
     if raw.get("token_env"):
         token = env.get(raw["token_env"], "")
