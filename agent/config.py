@@ -6,6 +6,7 @@ Every check names the field it refused, so an operator can fix a device without 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -13,7 +14,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from agent.sealed import Sealer, SealError, load_storage_key
 from agent.toml_files import read_toml
+from agent.transport_policy import InsecureTransportError, check_transport
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -24,7 +29,8 @@ class ConfigError(Exception):
 class MqttConfig:
     url: str = ""  # mqtt://host:1883 or mqtts://host:8883; empty = no broker (local serving only)
     username: str = ""
-    password: str = ""
+    password: str = ""  # plaintext: accepted with a warning; `agent enrol` writes password_sealed instead
+    password_sealed: str = ""  # "efs1:..." sealed with the storage key (agent.sealed), opened at load
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
@@ -73,6 +79,9 @@ class AgentConfig:
     devices_dir: str = ""  # device-class catalogue override
     max_bundle_bytes: int = 2 * 1024**3
     log_level: str = "INFO"
+    storage_key: str = ""  # key file; default $CREDENTIALS_DIRECTORY/edgefleet-storage-key, else state_dir/storage.key
+    production: bool = False  # refuse plaintext mqtt:// and http:// to remote hosts
+    allow_insecure_transport: bool = False  # ... unless explicitly allowed
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
@@ -87,6 +96,10 @@ class AgentConfig:
     def device_key_path(self) -> Path:
         return Path(self.device_key) if self.device_key else self.state_path / "device.key"
 
+    def storage_sealer(self, create: bool = True) -> Sealer:
+        """The device's storage key (outbox and config secrets are sealed with it)."""
+        return load_storage_key(self.storage_key or None, self.state_path / "storage.key", create=create)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -95,6 +108,8 @@ class AgentConfig:
         top: list[str] = []
         sections: list[str] = []
         for key, value in self.to_dict().items():
+            if key == "mqtt" and value.get("password_sealed"):
+                value.pop("password")  # the opened secret never goes back to disk in plaintext
             if isinstance(value, dict):
                 sections.append(f"\n[{key}]")
                 sections.extend(f"{k} = {_toml_value(v)}" for k, v in value.items())
@@ -213,12 +228,47 @@ def load_config(path: Path | str | None, overrides: Mapping[str, Any] | None = N
     data: dict[str, Any] = {}
     if path is not None:
         data = read_toml(path, ConfigError)
+    plaintext_on_disk = isinstance(data.get("mqtt"), Mapping) and bool(data["mqtt"].get("password"))
     data = _merge(data, env_overrides(environ))
     data = _merge(data, overrides or {})
     cfg = _build(AgentConfig, data, "")
     validate(cfg)
     cfg.state_dir = str(Path(cfg.state_dir).expanduser().absolute())  # once, here (issue 11: paths)
+    _open_secrets(cfg, plaintext_on_disk)
     return cfg
+
+
+def _password_purpose(cfg: AgentConfig) -> bytes:
+    return f"edgefleet/config\x00mqtt.password\x00{cfg.fleet_id}\x00{cfg.device_id}".encode()
+
+
+def _open_secrets(cfg: AgentConfig, plaintext_on_disk: bool) -> None:
+    if cfg.mqtt.password_sealed:
+        if cfg.mqtt.password:
+            raise ConfigError("set either 'mqtt.password' or 'mqtt.password_sealed', not both")
+        try:
+            cfg.mqtt.password = cfg.storage_sealer(create=False).open_text(
+                cfg.mqtt.password_sealed, _password_purpose(cfg), "the sealed MQTT password")
+        except SealError as exc:
+            raise ConfigError(f"field 'mqtt.password_sealed': {exc}") from None
+    elif plaintext_on_disk:
+        log.warning("event=plaintext-secret field=mqtt.password: the MQTT password is stored in plaintext in the "
+                    "config file; re-enrol, or write the config with agent.config.seal_secrets(), to store "
+                    "mqtt.password_sealed instead")
+
+
+def seal_secrets(cfg: AgentConfig) -> AgentConfig:
+    """A copy of `cfg` whose MQTT password is sealed with the storage key (created when absent),
+    ready for `write()`/`to_toml()`: what `agent enrol` writes."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    if out.mqtt.password:
+        try:
+            out.mqtt.password_sealed = out.storage_sealer().seal_text(out.mqtt.password, _password_purpose(out))
+        except SealError as exc:
+            raise ConfigError(f"field 'storage_key': {exc}") from None
+    return out
 
 
 def validate(cfg: AgentConfig) -> None:
@@ -246,6 +296,11 @@ def validate(cfg: AgentConfig) -> None:
             u.port  # noqa: B018 - raises on a bad port
         except ValueError:
             raise ConfigError("field 'mqtt.url' has an invalid port") from None
+    if cfg.production:
+        try:
+            check_transport({"mqtt.url": cfg.mqtt.url, "fleet_url": cfg.fleet_url}, cfg.allow_insecure_transport)
+        except InsecureTransportError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg.mqtt.protocol not in ("auto", "5", "3.1.1"):
         raise ConfigError("field 'mqtt.protocol' must be auto, 5 or 3.1.1")
     for name in ("ca_file", "cert_file", "key_file"):

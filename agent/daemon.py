@@ -29,7 +29,8 @@ from agent.keys import KeyFileError, key_id, public_key_to_b64, sign_document
 from agent.lifecycle import HealthPolicy, Lifecycle
 from agent.model_store import InstalledModel, ModelStore, write_atomic
 from agent.names import InvalidName, validate_name
-from agent.outbox import Outbox
+from agent.outbox import open_outbox
+from agent.private_files import private_dir
 from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, topic
 from agent.resources import ResourceSampler
 from agent.serving import LoadedModel, Predictor
@@ -43,7 +44,7 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.cfg = config
         self.state_dir = config.state_path
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)  # 0700: telemetry, keys and credentials live here
         try:
             self.device_class = get_device_class(config.device_class, Path(config.devices_dir) if config.devices_dir
                                                  else None)
@@ -62,7 +63,7 @@ class Agent:
             raise ConfigError(f"field 'device_key' or 'trusted_keys': {exc}") from None
         if not len(self.keys.keyring):
             log.warning("event=no-trusted-keys: every bundle and command will be refused")
-        self.outbox = Outbox(self.state_dir / "outbox.sqlite", config.mqtt.outbox_max_messages)
+        self.outbox = open_outbox(config)  # sealed with the storage key
         self.store = ModelStore(self.state_dir, device_class=self.device_class.name)
         self.telemetry = Telemetry(
             fleet=config.fleet_id, device=config.device_id, device_class=self.device_class.name,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, MqttConfig, ServingConfig
+from agent.config import AgentConfig, MqttConfig, ServingConfig, seal_secrets
 from agent.identity import load_or_create_device_key
 from agent.keys import public_key_from_b64, public_key_to_b64, public_pem
 from agent.model_store import write_atomic
@@ -100,8 +100,8 @@ def enrol(req: EnrolRequest) -> AgentConfig:
 
 
 def write_config(cfg: AgentConfig, path: Path) -> Path:
-    """Written 0600: it holds the device's MQTT password."""
+    """Written 0600, with the MQTT password sealed under the device's storage key (agent.sealed)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(Path(path), cfg.to_toml().encode())
+    write_atomic(Path(path), seal_secrets(cfg).to_toml().encode())
     Path(path).chmod(0o600)
     return Path(path)
