@@ -77,9 +77,11 @@ def run(config: str | None, state_dir: str | None, device_id: str | None, mqtt_u
 
 @agent_cli.command()
 @common
+@click.option("--allow-new-name", is_flag=True,
+              help="operator override: install a model name this device never ran (logged and reported)")
 @click.argument("bundle", type=click.Path(dir_okay=False))
 def install(config: str | None, state_dir: str | None, device_id: str | None, mqtt_url: str | None,
-            bundle: str) -> None:
+            allow_new_name: bool, bundle: str) -> None:
     """Verify and install BUNDLE locally (offline devices, tests); it becomes active at next start."""
     from agent.daemon import Agent
     from agent.lifecycle import InstallError
@@ -96,7 +98,7 @@ def install(config: str | None, state_dir: str | None, device_id: str | None, mq
         _fail(str(exc))
     agent.lifecycle.start()
     try:
-        inst = agent.install(bundle)
+        inst = agent.install(bundle, allow_new_name=allow_new_name)
     except InstallError as exc:
         _fail(f"install refused: {exc}", 1)
     finally:

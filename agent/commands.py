@@ -1,8 +1,13 @@
 """Fleet commands received over MQTT: checked by agent.protocol.CommandGuard (signature by a
-trusted fleet key, addressed to this device, sequence strictly increasing and persisted, not
+key of the FLEET role, addressed to this device, sequence strictly increasing and persisted, not
 expired), then executed one at a time on a worker thread (downloads never block MQTT).
 Refusals are reported as `command-refused` events; every outcome updates `last_command` in
 the retained state.
+
+Key roles: commands and rollback approvals verify only against fleet keys, bundles only against
+build keys (agent.lifecycle). `rotate-key` changes nothing by itself: it carries a signed key
+list that must pass agent.keylist.verify_update (root, or a threshold of fleet keys, and a
+higher version), so neither a build key nor one stolen fleet key can add a key.
 """
 
 from __future__ import annotations
@@ -18,16 +23,17 @@ from typing import Any
 from agent.bundle import RollbackApproval
 from agent.canonical import canonical_json
 from agent.download import DownloadError, download
-from agent.identity import FleetKeys
+from agent.keylist import KeyListError
 from agent.lifecycle import InstallError, Lifecycle
 from agent.model_store import write_atomic
 from agent.protocol import CommandGuard, ProtocolError, decode
+from agent.trust import TrustStore
 
 log = logging.getLogger(__name__)
 
 
 class CommandHandler:
-    def __init__(self, device_id: str, state_dir: Path, keys: FleetKeys, lifecycle: Lifecycle,
+    def __init__(self, device_id: str, state_dir: Path, keys: TrustStore, lifecycle: Lifecycle,
                  emit: Callable[..., None], on_change: Callable[[], None],
                  set_telemetry: Callable[[float | None, float | None], None], max_bundle_bytes: int,
                  fleet_url: str = "", fleet_ca_file: str = "") -> None:
@@ -42,7 +48,7 @@ class CommandHandler:
         self.fleet_url = fleet_url
         self.fleet_ca_file = fleet_ca_file
         saved = self._load()
-        self.guard = CommandGuard(device_id, keys.keyring, int(saved.get("last_seq", 0)))
+        self.guard = CommandGuard(device_id, keys.fleet, int(saved.get("last_seq", 0)))
         self.last_command: dict[str, Any] | None = saved.get("last_command")
         # answers by command id: a copy of a command already accepted (re-published after a fleet
         # restart, redelivered by MQTT) is answered with the original's result, never a refusal
@@ -172,7 +178,7 @@ class CommandHandler:
                 else:
                     path = self._fetch(model)
                     self._check_announced(path, model)
-                    lc.install(path, command_id=cid)
+                    lc.install(path, command_id=cid, allow_new_name=True)  # the signed command names it
                     self._cleanup_downloads()
                 self._result(p, "ok", None)
             elif kind == "rollback":
@@ -184,15 +190,13 @@ class CommandHandler:
                     raise InstallError("malformed", f"'{'fraction' if kind == 'shadow' else 'share'}' must be in [0, 1]")
                 path = self._fetch(model)
                 self._check_announced(path, model)
-                lc.set_candidate(path, kind, float(share), command_id=cid)
+                lc.set_candidate(path, kind, float(share), command_id=cid, allow_new_name=True)
                 self._result(p, "ok", None)
             elif kind == "stop-candidate":
                 lc.stop_candidate()
                 self._result(p, "ok", None)
             elif kind == "rotate-key":
-                kid = self.keys.rotate(str(p.get("new_key")), p.get("retire"))
-                log.info("event=key-rotated new=%s retired=%s", kid, p.get("retire"))
-                self._result(p, "ok", None)
+                self._apply_keylist(p)
             elif kind == "telemetry-config":
                 w, r = p.get("window_s"), p.get("sample_rate")
                 if (w is not None and (not isinstance(w, (int, float)) or w <= 0)) or \
@@ -206,6 +210,22 @@ class CommandHandler:
             self._result(p, "refused" if exc.reason in _REFUSALS else "failed", str(exc))
         except (ValueError, TypeError) as exc:
             self._result(p, "failed", str(exc))
+
+    def _apply_keylist(self, p: dict[str, Any]) -> None:
+        doc = p.get("keylist")
+        try:
+            if not isinstance(doc, dict):
+                raise KeyListError("unsigned-rotation", "rotate-key must carry a signed key list ('keylist'); a bare"
+                                                        " new_key is no longer accepted")
+            new = self.keys.apply_keylist(doc)
+        except KeyListError as exc:
+            log.warning("event=keylist-refused id=%s reason=%s", p["id"], exc)
+            self.emit("command-refused", command_id=p["id"], reason=str(exc), details={"code": f"keylist-{exc.reason}"})
+            raise InstallError("keylist-refused", str(exc)) from exc
+        self.emit("keylist-accepted", command_id=p["id"], reason=None,
+                  details={"version": new.version, "fleet": self.keys.ids("fleet"), "build": self.keys.ids("build"),
+                           "root": self.keys.ids("root")})
+        self._result(p, "ok", None)
 
     def _check_announced(self, path: Path, model: dict[str, Any]) -> None:
         from agent.bundle import read_manifest_unverified
@@ -229,7 +249,7 @@ class CommandHandler:
             from agent.bundle import BundleError
 
             try:
-                approval.check(self.keys.keyring, prev.manifest, prev.installed.manifest_sha256)
+                approval.check(self.keys.fleet, prev.manifest, prev.installed.manifest_sha256)
             except BundleError as exc:
                 self.emit("command-refused", command_id=p["id"], reason=str(exc), details={"code": exc.reason})
                 raise InstallError("downgrade", str(exc)) from exc
@@ -240,9 +260,10 @@ class CommandHandler:
             return
         path = self._fetch(model)
         self._check_announced(path, model)
-        lc.install(path, approval=approval, command_id=p["id"])
+        lc.install(path, approval=approval, command_id=p["id"], allow_new_name=True)
         self._result(p, "rolled-back", None)
 
 
 _REFUSALS = {"no-signature", "unknown-key", "bad-signature", "hash-mismatch", "size-mismatch", "extra-file",
-             "missing-file", "unsafe-path", "too-large", "downgrade", "malformed", "announced-mismatch"}
+             "missing-file", "unsafe-path", "too-large", "downgrade", "malformed", "announced-mismatch",
+             "keylist-refused", "new-name"}

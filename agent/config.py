@@ -72,7 +72,9 @@ class AgentConfig:
     state_dir: str
     fleet_id: str = "default"
     device_class: str = "x86-64-generic"
-    trusted_keys: list[str] = field(default_factory=list)  # fleet public key PEM paths
+    trusted_keys: list[str] = field(default_factory=list)  # fleet-role public keys (commands, approvals)
+    build_keys: list[str] = field(default_factory=list)  # build-role public keys (bundles)
+    root_keys: list[str] = field(default_factory=list)  # root-role public keys (sign key lists; pinned at enrol)
     device_key: str = ""  # PEM path; default state_dir/device.key, generated at first start
     fleet_url: str = ""
     fleet_ca_file: str = ""  # CA for https bundle downloads (system store when empty)
@@ -281,9 +283,10 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("field 'fleet_id' must be 1-128 characters of letters, digits, '_', '.', '-'")
     if not cfg.state_dir:
         raise ConfigError("field 'state_dir' must not be empty")
-    for p in cfg.trusted_keys:
-        if not Path(p).is_file():
-            raise ConfigError(f"field 'trusted_keys': key file {p} does not exist")
+    for fname in ("trusted_keys", "build_keys", "root_keys"):
+        for p in getattr(cfg, fname):
+            if not Path(p).is_file():
+                raise ConfigError(f"field '{fname}': key file {p} does not exist")
     if cfg.fleet_ca_file and not Path(cfg.fleet_ca_file).is_file():
         raise ConfigError(f"field 'fleet_ca_file': file {cfg.fleet_ca_file} does not exist")
     if cfg.fleet_url and urlparse(cfg.fleet_url).scheme not in ("http", "https"):

@@ -24,7 +24,7 @@ from agent.bundle import RollbackApproval
 from agent.canonical import canonical_json
 from agent.config import AgentConfig, ConfigError
 from agent.device_classes import CatalogueError, get_device_class
-from agent.identity import FleetKeys, load_or_create_device_key
+from agent.identity import load_or_create_device_key
 from agent.keys import KeyFileError, key_id, public_key_to_b64, sign_document
 from agent.lifecycle import HealthPolicy, Lifecycle
 from agent.model_store import InstalledModel, ModelStore, write_atomic
@@ -36,6 +36,7 @@ from agent.resources import ResourceSampler
 from agent.serving import LoadedModel, Predictor
 from agent.shadow import ShadowRunner
 from agent.telemetry import Telemetry
+from agent.trust import TrustStore
 
 log = logging.getLogger("agent")
 
@@ -58,11 +59,10 @@ class Agent:
                 raise ConfigError(f"field {field!r}: {exc}") from None
         try:
             self.device_key = load_or_create_device_key(config.device_key_path)
-            self.keys = FleetKeys(self.state_dir, config.trusted_keys)
+            self.keys = TrustStore(self.state_dir, root_keys=config.root_keys, fleet_keys=config.trusted_keys,
+                                   build_keys=config.build_keys)
         except KeyFileError as exc:
-            raise ConfigError(f"field 'device_key' or 'trusted_keys': {exc}") from None
-        if not len(self.keys.keyring):
-            log.warning("event=no-trusted-keys: every bundle and command will be refused")
+            raise ConfigError(f"field 'device_key', 'trusted_keys', 'build_keys' or 'root_keys': {exc}") from None
         self.outbox = open_outbox(config)  # sealed with the storage key
         self.store = ModelStore(self.state_dir, device_class=self.device_class.name)
         self.telemetry = Telemetry(
@@ -77,7 +77,7 @@ class Agent:
         self.predictor.on_shadow = self.shadow.offer
         budget = config.health.latency_budget_ms or self.device_class.latency_budget_ms
         self.lifecycle = Lifecycle(
-            self.store, self.predictor, lambda: self.keys.keyring, self.device_class,
+            self.store, self.predictor, lambda: self.keys, self.device_class,
             HealthPolicy(budget, config.health.max_error_rate, config.health.probation_requests,
                          config.health.warmup_runs),
             emit=self.emit_event, on_change=self._changed, track=self._track, untrack=self.telemetry.untrack,
@@ -126,8 +126,12 @@ class Agent:
         """Run the active model. Raises spec_check.InputError, serving.PredictError or NoModelError."""
         return self.predictor.predict(inputs)
 
-    def install(self, bundle_path: Path | str, rollback_approval: RollbackApproval | None = None) -> InstalledModel:
-        return self.lifecycle.install(Path(bundle_path), rollback_approval)
+    def install(self, bundle_path: Path | str, rollback_approval: RollbackApproval | None = None,
+                allow_new_name: bool = False) -> InstalledModel:
+        """A local install. A model name this device never ran needs `allow_new_name` (the
+        operator's explicit, audited override) or a fleet-signed command naming it."""
+        return self.lifecycle.install(Path(bundle_path), rollback_approval, allow_new_name=allow_new_name,
+                                      override="local" if allow_new_name else None)
 
     def set_telemetry_config(self, window_s: float | None, sample_rate: float | None) -> None:
         """Apply a fleet telemetry-config command and persist it (it outlives restarts)."""
@@ -221,6 +225,7 @@ class Agent:
                           if cand else None),
             "last_command": self.commands.last_command if self.commands else None,
             "trusted_fleet_keys": self.keys.ids(),
+            "keylist_version": self.keys.version,
         }
 
     def publish_state(self) -> None:

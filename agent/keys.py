@@ -1,4 +1,9 @@
-"""Ed25519 keys, key ids and keyrings (several trusted keys at once, for rotation)."""
+"""Ed25519 keys, key ids and keyrings (several trusted keys at once, for rotation).
+
+Trusted keys carry a role, as TUF and Uptane separate them (RoleKeys): `root` signs key lists
+only, `fleet` signs commands and rollback approvals, `build` signs bundles. A key has one role,
+and each check asks for the keyring of exactly one role.
+"""
 
 from __future__ import annotations
 
@@ -112,6 +117,70 @@ class Keyring:
     @classmethod
     def from_dict(cls, data: Mapping[str, str]) -> Keyring:
         return cls({kid: public_key_from_b64(b64) for kid, b64 in data.items()})
+
+
+ROLES = ("root", "fleet", "build")
+
+
+class RoleError(ValueError):
+    """A key is claimed by two roles, or a role name is unknown."""
+
+
+@dataclass
+class RoleKeys:
+    """Trusted public keys by role. The Keyring objects live as long as the holder (update() swaps
+    their contents in place), so verifiers that hold a reference see changes at once."""
+
+    rings: dict[str, Keyring] = field(default_factory=lambda: {r: Keyring() for r in ROLES})
+
+    @classmethod
+    def from_keys(cls, by_role: Mapping[str, Iterable[Ed25519PublicKey]]) -> RoleKeys:
+        out = cls()
+        for role, keys in by_role.items():
+            if role not in ROLES:
+                raise RoleError(f"unknown key role {role!r} (expected one of {', '.join(ROLES)})")
+            for k in keys:
+                kid = key_id(k)
+                other = out.role_of(kid)
+                if other is not None and other != role:
+                    raise RoleError(f"key {kid} is listed as both {other} and {role}: a key has one role")
+                out.rings[role].keys[kid] = k
+        return out
+
+    def role(self, role: str) -> Keyring:
+        return self.rings[role]
+
+    def role_of(self, kid: str) -> str | None:
+        return next((r for r, ring in self.rings.items() if kid in ring), None)
+
+    def ids(self, role: str) -> list[str]:
+        return sorted(self.rings[role].keys)
+
+    def update(self, other: RoleKeys) -> None:
+        for role in ROLES:
+            self.rings[role].keys = dict(other.rings[role].keys)
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {kid: {"role": role, "public_key": public_key_to_b64(k)}
+                for role in ROLES for kid, k in sorted(self.rings[role].keys.items())}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoleKeys:
+        """Inverse of to_dict; checks that each key id is the id of its key. Raises RoleError."""
+        by_role: dict[str, list[Ed25519PublicKey]] = {r: [] for r in ROLES}
+        if not isinstance(data, Mapping):
+            raise RoleError("keys must be an object {key_id: {role, public_key}}")
+        for kid, entry in data.items():
+            if not isinstance(entry, Mapping) or entry.get("role") not in ROLES:
+                raise RoleError(f"key {kid!r}: needs a role among {', '.join(ROLES)} and a public_key")
+            try:
+                key = public_key_from_b64(str(entry.get("public_key")))
+            except (ValueError, TypeError) as exc:
+                raise RoleError(f"key {kid!r}: not a base64 raw Ed25519 public key") from exc
+            if key_id(key) != kid:
+                raise RoleError(f"key {kid!r}: the id does not match its public key")
+            by_role[entry["role"]].append(key)
+        return cls.from_keys(by_role)
 
 
 class SignatureError(Exception):

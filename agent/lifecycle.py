@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,12 @@ import numpy as np
 
 from agent.bundle import BundleError, RollbackApproval
 from agent.device_classes import DeviceClass
+from agent.keys import Keyring
 from agent.model_store import InstalledModel, ModelStore
 from agent.runtimes.base import RuntimeLoadError, RuntimeOptions, RuntimeUnavailable
 from agent.serving import Candidate, LoadedModel, Predictor, load_model
 from agent.spec_check import example_inputs
+from agent.versions import VersionFloors
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,17 @@ def fault_point(name: str) -> None:
     if os.environ.get("EDGEFLEET_FAULT_INJECT") == name:
         log.warning("event=fault-injected point=%s", name)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class FleetApproval(RollbackApproval):
+    """A rollback approval checked against the FLEET keys whatever keyring the bundle verifier
+    holds (it verifies the manifest with the build keys): a build key cannot approve a downgrade."""
+
+    fleet: Keyring = field(default_factory=Keyring)
+
+    def check(self, keyring: Keyring, manifest: Any, manifest_sha256: str) -> None:
+        super().check(self.fleet, manifest, manifest_sha256)
 
 
 @dataclass
@@ -80,13 +93,14 @@ def health_check(model: LoadedModel, policy: HealthPolicy) -> dict[str, Any]:
 
 
 class Lifecycle:
-    def __init__(self, store: ModelStore, predictor: Predictor, keyring_fn: Callable[[], Any],
+    def __init__(self, store: ModelStore, predictor: Predictor, trust_fn: Callable[[], Any],
                  device_class: DeviceClass, policy: HealthPolicy, emit: EventFn,
                  on_change: Callable[[], None], track: Callable[[LoadedModel, str], None],
                  untrack: Callable[[LoadedModel], None], max_bundle_bytes: int | None = None) -> None:
         self.store = store
         self.predictor = predictor
-        self.keyring_fn = keyring_fn
+        self.trust_fn = trust_fn  # -> agent.trust.TrustStore (build keys for bundles, fleet for approvals)
+        self.floors = VersionFloors(store.root / "versions.json")
         self.device_class = device_class
         self.policy = policy
         self.emit = emit
@@ -122,6 +136,7 @@ class Lifecycle:
             except InstallError as exc:
                 log.error("event=start-load-failed version=%s role=%s reason=%s", inst.version, role, exc)
                 continue
+            self.floors.record(inst.name, inst.version)  # devices from before per-name floors
             if role == "previous":
                 self.store.set_pointer(inst, None)
                 self.emit("local-rollback", reason="active model failed to load at start",
@@ -164,14 +179,20 @@ class Lifecycle:
         log.info("event=candidate-restored version=%s mode=%s", inst.version, doc["mode"])
 
     # -- install ------------------------------------------------------------------------------
-    def _installed_version_for(self, bundle_name: str | None) -> int | None:
+    def _floor_for(self, bundle_name: str | None, allow_new_name: bool) -> int | None:
+        """The anti-rollback floor for `bundle_name`: the highest version ever accepted under that
+        name. A name this device never ran needs a fleet command naming it (or the local
+        override), unless the device has run nothing yet (its first model)."""
         a = self.predictor.active
-        if a is None:
-            return None
-        return a.installed.version if bundle_name in (None, a.installed.name) else None
+        if not isinstance(bundle_name, str):
+            return a.installed.version if a is not None else None
+        if not allow_new_name and not self.floors.known(bundle_name) and (self.floors.floors or a is not None):
+            raise InstallError("new-name", f"model name {bundle_name!r} was never installed on this device: it needs"
+                                           " a fleet-signed command naming it (or `agent install --allow-new-name`)")
+        return self.floors.floor(bundle_name)
 
     def prepare(self, bundle_path: Path, approval: RollbackApproval | None = None,
-                allow_older: bool = False) -> LoadedModel:
+                allow_new_name: bool = False) -> LoadedModel:
         """Verify, unpack, load and health-check; nothing changes for requests yet."""
         from agent.bundle import read_manifest_unverified
 
@@ -179,12 +200,16 @@ class Lifecycle:
             name = read_manifest_unverified(bundle_path).get("model", {}).get("name")
         except (BundleError, AttributeError):
             name = None
-        installed_version = None if allow_older else self._installed_version_for(name)
+        floor = self._floor_for(name, allow_new_name)
+        trust = self.trust_fn()
+        if approval is not None:
+            approval = FleetApproval(approval.document, trust.fleet)
         try:
-            inst, _vb = self.store.unpack(bundle_path, self.keyring_fn(), installed_version, approval,
-                                          self.max_bundle_bytes)
+            inst, _vb = self.store.unpack(bundle_path, trust.build, floor, approval, self.max_bundle_bytes)
         except BundleError as exc:
             raise InstallError(exc.reason, str(exc)) from exc
+        if inst.name != name:  # the file changed between the two reads
+            raise InstallError("malformed", f"bundle name changed while installing ({name!r} -> {inst.name!r})")
         fault_point("after-unpack")
         built_for = self.store.manifest_of(inst)["model"].get("device_class")
         if built_for != self.device_class.name:
@@ -196,10 +221,18 @@ class Lifecycle:
         return model
 
     def install(self, bundle_path: Path, approval: RollbackApproval | None = None,
-                command_id: str | None = None) -> InstalledModel:
+                command_id: str | None = None, allow_new_name: bool = False,
+                override: str | None = None) -> InstalledModel:
+        """`allow_new_name`: a fleet command named this model, or (override="local") the operator
+        passed the explicit flag; the override is logged and reported as an event."""
         with self._lock:
+            if override:
+                log.warning("event=local-override kind=allow-new-name bundle=%s", Path(bundle_path).name)
+                self.emit("local-override", command_id=command_id, reason="install under a new model name allowed"
+                          " by the local operator", details={"override": "allow-new-name",
+                                                               "bundle": Path(bundle_path).name})
             try:
-                model = self.prepare(bundle_path, approval)
+                model = self.prepare(bundle_path, approval, allow_new_name=allow_new_name)
             except InstallError as exc:
                 kind = "bundle-refused" if exc.reason in _BUNDLE_REASONS else "install-failed"
                 self.emit(kind, command_id=command_id, reason=str(exc),
@@ -212,6 +245,7 @@ class Lifecycle:
             current = self.predictor.active
             if current is not None and current.installed.manifest_sha256 == model.installed.manifest_sha256:
                 return current.installed  # already active: nothing to do
+            self.floors.record(model.installed.name, model.version)  # before the switch: a crash keeps the floor
             self.store.set_pointer(model.installed, current.installed if current else None)
             fault_point("after-pointer")
             model.probation = self.policy.probation_requests
@@ -279,10 +313,11 @@ class Lifecycle:
             threading.Thread(target=self.rollback_to_previous, args=(reason,), daemon=True).start()
 
     # -- candidates ---------------------------------------------------------------------------
-    def set_candidate(self, bundle_path: Path, mode: str, fraction: float, command_id: str | None = None) -> None:
+    def set_candidate(self, bundle_path: Path, mode: str, fraction: float, command_id: str | None = None,
+                      allow_new_name: bool = False) -> None:
         with self._lock:
             try:
-                model = self.prepare(bundle_path)
+                model = self.prepare(bundle_path, allow_new_name=allow_new_name)
             except InstallError as exc:
                 self.emit("install-failed", command_id=command_id, reason=str(exc), details={"code": exc.reason,
                                                                                              "mode": mode})
@@ -309,5 +344,5 @@ class Lifecycle:
 
 
 _BUNDLE_REASONS = {"no-signature", "unknown-key", "bad-signature", "hash-mismatch", "size-mismatch", "extra-file",
-                   "missing-file", "unsafe-path", "too-large", "downgrade", "malformed"}
+                   "missing-file", "unsafe-path", "too-large", "downgrade", "malformed", "new-name"}
 

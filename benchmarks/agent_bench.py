@@ -290,10 +290,10 @@ def bench_model(tmp: Path, bundle: Path, pub: Path, n: int, rounds: int, dims: l
     sock = str(tmp / f"{bundle.stem}.sock")
     port = free_port()
     on = Agent(AgentConfig(device_id=f"bench-{bundle.stem}", state_dir=str(tmp / f"on-{bundle.stem}"),
-                           trusted_keys=[str(pub)], telemetry=TelemetryConfig(window_s=3600, sample_rate=0.1),
+                           build_keys=[str(pub)], telemetry=TelemetryConfig(window_s=3600, sample_rate=0.1),
                            serving=ServingConfig(unix_socket=sock, http_port=port))).start()
     off = Agent(AgentConfig(device_id=f"bench-off-{bundle.stem}", state_dir=str(tmp / f"off-{bundle.stem}"),
-                            trusted_keys=[str(pub)], telemetry=TelemetryConfig(enabled=False))).start()
+                            build_keys=[str(pub)], telemetry=TelemetryConfig(enabled=False))).start()
     on.install(bundle)
     off.install(bundle)
     session = on.predictor.active.runtime.session  # the same ORT session the agent uses

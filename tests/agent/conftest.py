@@ -45,7 +45,10 @@ def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     priv, pub = generate_keypair(d, "fleet")
     priv2, pub2 = generate_keypair(d, "fleet2")
     rogue, rogue_pub = generate_keypair(d, "rogue")
-    return {"priv": priv, "pub": pub, "priv2": priv2, "pub2": pub2, "rogue": rogue, "rogue_pub": rogue_pub}
+    build, build_pub = generate_keypair(d, "build")  # bundles: make_config trusts it as the build key
+    root, root_pub = generate_keypair(d, "root")  # key lists: make_config pins it as the root key
+    return {"priv": priv, "pub": pub, "priv2": priv2, "pub2": pub2, "rogue": rogue, "rogue_pub": rogue_pub,
+            "build": build, "build_pub": build_pub, "root": root, "root_pub": root_pub}
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +77,7 @@ def _bundle(out: Path, files: dict[str, Path], version: int, fmt: str, entry: st
 def bundles(tmp_path_factory: pytest.TempPathFactory, model_files: dict[str, Any],
             fleet_keys: dict[str, Path]) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("bundles")
-    k = fleet_keys["priv"]
+    k = fleet_keys["build"]
     mf = model_files
     b = {
         "v1": _bundle(d / "digits-v1.bundle", {"model.onnx": mf["onnx_v1"]}, 1, "onnx", "model.onnx",
@@ -104,9 +107,14 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 def make_config(state_dir: Path, fleet_pub: Path | None, *, device_id: str = "dev-1", mqtt_url: str = "",
                 window_s: float = 60.0, sample_rate: float = 1.0, unix_socket: str = "", http_port: int = 0,
                 **kw: Any) -> AgentConfig:
-    """An AgentConfig for tests; `.write(path)` gives a TOML file for `python -m agent run`."""
+    """An AgentConfig for tests; `.write(path)` gives a TOML file for `python -m agent run`.
+    `fleet_pub` is the fleet key (commands); the build.pub and root.pub next to it (the
+    fleet_keys fixture) become the build and root keys unless build_keys/root_keys are given."""
+    sibling = {r: [str(Path(fleet_pub).with_name(f"{r}.pub"))] if fleet_pub and
+               Path(fleet_pub).with_name(f"{r}.pub").exists() else [] for r in ("build", "root")}
     fields: dict[str, Any] = dict(
         device_id=device_id, state_dir=str(state_dir), trusted_keys=[str(fleet_pub)] if fleet_pub else [],
+        build_keys=sibling["build"], root_keys=sibling["root"],
         mqtt=MqttConfig(url=mqtt_url, reconnect_min_s=1, reconnect_max_s=2),
         telemetry=TelemetryConfig(window_s=window_s, sample_rate=sample_rate),
         serving=ServingConfig(unix_socket=unix_socket, http_port=http_port))

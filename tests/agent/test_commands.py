@@ -76,7 +76,7 @@ def fleet_and_agent(agent_factory, fleet_keys):
 
 def test_install_rollback_and_refusals(fleet_and_agent, bundles, bundle_server, fleet_keys, digits) -> None:
     f, a = fleet_and_agent
-    ring = a.keys.keyring
+    ring = a.keys.build
     cid = f.send("install", {"model": model_ref(bundles["v1"], bundle_server.url, ring)})
     assert f.event_for(cid)["kind"] == "install-ok"
     cid = f.send("install", {"model": model_ref(bundles["v2"], bundle_server.url, ring)})
@@ -129,7 +129,7 @@ def test_relative_url_uses_fleet_url(agent_factory, fleet_keys, bundles, bundle_
     f = Fleet(fleet_id, "rel-1", fleet_keys["priv"], a)
     try:
         wait_for(a.link.connected.is_set, 15, what="agent connected")
-        ref = model_ref(bundles["v1"], bundle_server.url, a.keys.keyring)
+        ref = model_ref(bundles["v1"], bundle_server.url, a.keys.build)
         ref["url"] = bundles["v1"].name  # relative to fleet_url
         cid = f.send("install", {"model": ref})
         assert f.event_for(cid)["kind"] == "install-ok" and a.predictor.active.version == 1
@@ -139,7 +139,7 @@ def test_relative_url_uses_fleet_url(agent_factory, fleet_keys, bundles, bundle_
 
 def test_tampered_download_refused(fleet_and_agent, bundles, bundle_server, tmp_path) -> None:
     f, a = fleet_and_agent
-    ref = model_ref(bundles["v1"], bundle_server.url, a.keys.keyring)
+    ref = model_ref(bundles["v1"], bundle_server.url, a.keys.build)
     bad = tmp_path / "evil.bundle"
     data = bytearray(bundles["v1"].read_bytes())
     data[-3000] ^= 0xFF
@@ -156,7 +156,7 @@ def test_tampered_download_refused(fleet_and_agent, bundles, bundle_server, tmp_
 
 def test_shadow_ab_and_telemetry_config(fleet_and_agent, bundles, bundle_server, digits) -> None:
     f, a = fleet_and_agent
-    ring = a.keys.keyring
+    ring = a.keys.build
     a.install(bundles["v1"])
     cid = f.send("shadow", {"model": model_ref(bundles["v2"], bundle_server.url, ring), "fraction": 1.0})
     wait_for(lambda: a.predictor.candidate is not None, 20, what="shadow candidate")
@@ -191,25 +191,41 @@ def test_shadow_ab_and_telemetry_config(fleet_and_agent, bundles, bundle_server,
 
 
 def test_rotate_key(fleet_and_agent, fleet_keys, config_factory) -> None:
+    """Fleet keys change only through a signed key list (root-signed, higher version)."""
+    from agent.keylist import make_keylist, sign_keylist
+
     f, a = fleet_and_agent
     new_pub = load_public_key(fleet_keys["pub2"])
     old_id = key_id(f.key)
-    # a rotation signed by an untrusted key is refused
-    cid = f.send("rotate-key", {"new_key": public_key_to_b64(new_pub), "retire": None},
-                 key=load_private_key(fleet_keys["rogue"]))
-    assert f.event_for(cid)["kind"] == "command-refused"
+    keys = {"root": [load_public_key(fleet_keys["root_pub"])], "fleet": [new_pub],
+            "build": [load_public_key(fleet_keys["build_pub"])]}
+    # the old bare form (no signed key list) is refused even when a trusted fleet key signs it
     cid = f.send("rotate-key", {"new_key": public_key_to_b64(new_pub), "retire": old_id})
-    wait_for(lambda: key_id(new_pub) in a.keys.ids(), 10, what="new key trusted")
-    assert old_id not in a.keys.ids()
+    assert f.event_for(cid)["details"]["code"] == "keylist-unsigned-rotation"
+    # a key list signed by an untrusted key is refused
+    rogue_list = sign_keylist(make_keylist(1, keys), [load_private_key(fleet_keys["rogue"])])
+    cid = f.send("rotate-key", {"keylist": rogue_list})
+    assert f.event_for(cid)["details"]["code"] == "keylist-untrusted"
+    assert a.keys.ids() == [old_id]
+    # signed by the pinned root: the new fleet key replaces the old one
+    v1 = sign_keylist(make_keylist(1, keys), [load_private_key(fleet_keys["root"])])
+    cid = f.send("rotate-key", {"keylist": v1})
+    wait_for(lambda: a.keys.ids() == [key_id(new_pub)], 10, what="new key trusted")
+    assert a.keys.version == 1
     # commands signed with the new key are accepted; the old key is now refused
     new_priv = load_private_key(fleet_keys["priv2"])
     cid = f.send("telemetry-config", {"sample_rate": 0.25}, key=new_priv)
     wait_for(lambda: a.telemetry.sample_rate == 0.25, 10, what="command signed by new key")
     cid = f.send("telemetry-config", {"sample_rate": 0.75})
     assert f.event_for(cid)["kind"] == "command-refused"
+    # the same list again (version not higher) is refused: no replay of an old list
+    cid = f.send("rotate-key", {"keylist": v1}, key=new_priv)
+    assert f.event_for(cid)["details"]["code"] == "keylist-stale"
     # persisted: a restarted agent with the same state dir (config still lists the old key) keeps the rotation
-    from agent.identity import FleetKeys
+    from agent.trust import TrustStore
 
-    fk = FleetKeys(a.state_dir, a.cfg.trusted_keys)
-    assert fk.ids() == [key_id(new_pub)]
-    assert base64.b64decode(fk.keyring.to_dict()[key_id(new_pub)])
+    fk = TrustStore(a.state_dir, root_keys=a.cfg.root_keys, fleet_keys=a.cfg.trusted_keys,
+                    build_keys=a.cfg.build_keys)
+    assert fk.ids() == [key_id(new_pub)] and fk.version == 1
+    assert fk.ids("build") == [key_id(load_public_key(fleet_keys["build_pub"]))]
+    assert base64.b64decode(public_key_to_b64(fk.fleet.keys[key_id(new_pub)]))

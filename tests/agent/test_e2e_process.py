@@ -25,7 +25,7 @@ def test_swaps_under_load_in_agent_process(tmp_path, fleet_keys, bundles, bundle
     key = load_private_key(fleet_keys["priv"])
     from agent.keys import Keyring
 
-    ring = Keyring.from_files([fleet_keys["pub"]])
+    ring = Keyring.from_files([fleet_keys["build_pub"]])  # bundles are signed by the build key
 
     def send(seq: int, bundle) -> None:
         cmd = make_command("e2e-1", seq, "install", {"model": model_ref(bundle, bundle_server.url, ring)})

@@ -45,7 +45,7 @@ def test_downgrade_refused_without_approval(agent_factory, bundles, fleet_keys) 
     assert ev["kind"] == "bundle-refused" and ev["details"]["code"] == "downgrade"
     from agent.bundle import verify_bundle
 
-    vb = verify_bundle(bundles["v1"], a.keys.keyring)
+    vb = verify_bundle(bundles["v1"], a.keys.build)
     approval = make_rollback_approval(load_private_key(fleet_keys["priv"]), "digits", 1, vb.manifest_sha256)
     a.install(bundles["v1"], approval)
     assert a.predictor.active.version == 1

@@ -160,7 +160,7 @@ def test_rollouts_with_real_agents(built, tmp_path):
             port = _free_port()
             ports.append(port)
             cfg = AgentConfig(device_id=dev, state_dir=str(state), fleet_id=fleet_id, device_key=str(dkey),
-                              trusted_keys=[str(fleet_pub), str(built["build_pub"])],
+                              trusted_keys=[str(fleet_pub)], build_keys=[str(built["build_pub"])],
                               mqtt=MqttConfig(url=settings.mqtt_url, reconnect_min_s=0.5, reconnect_max_s=2),
                               telemetry=TelemetryConfig(window_s=1.0, sample_rate=1.0),
                               serving=ServingConfig(http_port=port))
