@@ -1,18 +1,28 @@
 """Bundle download over HTTP(S): resumes a partial file with Range, enforces the expected size
-and a hard limit, and checks the SHA-256 before handing the file over."""
+and a hard limit, and checks the SHA-256 before handing the file over.
+
+Transient failures (connection refused or reset, timeouts, 5xx, 408/429) are retried with
+exponential backoff and jitter (agent.retry) for up to two minutes, each retry resuming where
+the last one stopped, so an install command that arrives just before a fleet restart still
+succeeds; a definite answer (404, 403, ...) fails at once."""
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.canonical import file_sha256
+from agent.retry import Backoff
 
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
+RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
 class DownloadError(Exception):
@@ -24,9 +34,11 @@ def _sha256(path: Path) -> str:
 
 
 def download(url: str, dest: Path, *, expected_size: int | None, expected_sha256: str | None,
-             max_bytes: int, timeout_s: float = 30.0, attempts: int = 3, ca_file: str = "") -> Path:
+             max_bytes: int, timeout_s: float = 30.0, attempts: int | None = None, ca_file: str = "",
+             backoff: Backoff | None = None, sleep: Callable[[float], None] = time.sleep) -> Path:
     """Fetch `url` to `dest` (a partial `dest.part` is resumed). Returns dest.
-    `ca_file` trusts a private CA for https:// (the system store otherwise)."""
+    `ca_file` trusts a private CA for https:// (the system store otherwise). `attempts` caps
+    the tries (default: as many as `backoff`'s time budget allows)."""
     import ssl
 
     context = ssl.create_default_context(cafile=ca_file) if ca_file and url.startswith("https://") else None
@@ -39,7 +51,13 @@ def download(url: str, dest: Path, *, expected_size: int | None, expected_sha256
     part = dest.with_name(dest.name + ".part")
     limit = expected_size if expected_size is not None else max_bytes
     last: Exception | None = None
-    for attempt in range(attempts):
+    backoff = backoff or Backoff()
+    if attempts is not None:
+        backoff.max_attempts = attempts
+    delays = backoff.delays()
+    attempt = 0
+    while True:
+        attempt += 1
         have = part.stat().st_size if part.exists() else 0
         if have > limit:
             part.unlink()
@@ -60,6 +78,9 @@ def download(url: str, dest: Path, *, expected_size: int | None, expected_sha256
                         out.write(chunk)
                     out.flush()
                     os.fsync(out.fileno())
+            if expected_size is not None and have < expected_size:
+                # the server went away mid-body (urllib then just ends the stream): resume
+                raise ConnectionResetError(f"transfer cut short at {have} of {expected_size} bytes")
             break
         except DownloadError:
             part.unlink(missing_ok=True)
@@ -67,13 +88,16 @@ def download(url: str, dest: Path, *, expected_size: int | None, expected_sha256
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and have:  # range not satisfiable: our partial file is stale
                 part.unlink(missing_ok=True)
+            elif exc.code not in RETRYABLE_HTTP:
+                raise DownloadError(f"cannot download {url}: {exc}") from exc
             last = exc
-            log.warning("event=download-retry url=%s attempt=%d error=%s", url, attempt + 1, exc)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            last = exc
-            log.warning("event=download-retry url=%s attempt=%d error=%s", url, attempt + 1, exc)
-    else:
-        raise DownloadError(f"cannot download {url}: {last}")
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
+            last = exc   # refused, reset, cut short mid-body (IncompleteRead): resume with Range
+        delay = next(delays, None)
+        if delay is None:
+            raise DownloadError(f"cannot download {url} after {attempt} attempts: {last}")
+        log.warning("event=download-retry url=%s attempt=%d delay_s=%.2f error=%s", url, attempt, delay, last)
+        sleep(delay)
     if not part.exists():
         raise DownloadError(f"cannot download {url}: {last}")
     size = part.stat().st_size
