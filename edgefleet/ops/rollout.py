@@ -174,6 +174,28 @@ for _op, _done in (("approve", "approved"), ("pause", "paused"), ("resume", "res
     _operation(_op, _done)
 
 
+@rollout.command("rollback-version", context_settings=CONTEXT)
+@click.argument("model")
+@click.argument("version", type=click.IntRange(min=0))
+@click.option("--fleet", default=None, show_default="the fleet manager's fleet", help="Fleet id.")
+@click.option("--device-class", "device_classes", multiple=True, help="Only this device class (repeatable).")
+@click.option("--tag", "tags", multiple=True, help="Only devices carrying this tag (repeatable).")
+@click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="Only this attribute value (repeatable).")
+@click.option("--device", "devices", multiple=True, metavar="ID", help="Only these device ids (repeatable).")
+@api_command
+def rollback_version(ops: Ops, model: str, version: int, fleet: str | None, device_classes: tuple[str, ...],
+                     tags: tuple[str, ...], attrs: tuple[str, ...], devices: tuple[str, ...]) -> None:
+    """Send every device running MODEL vVERSION (or a cohort of them) back to the version it ran
+    before, in one call; live rollouts of that version are paused first."""
+    target = build_spec(None, SpecFlags(model=model, version=version, fleet=fleet, device_classes=device_classes,
+                                        tags=tags, attrs=attrs, devices=devices)).get("target", {})
+    body = ops.api.post("/api/rollouts/rollback-version", {"model_name": model, "version": version,
+                                                           "target": target})
+    skipped = "".join(f"\n  skipped {x['device']}: {x['reason']}" for x in body.get("skipped") or [])
+    ops.emit(body, lambda b: f"{b['commands']} device(s) running {model} v{version} sent back to their previous "
+                             f"version{skipped}")
+
+
 @rollout.command("wait", context_settings=CONTEXT)
 @click.argument("rollout_id", type=int)
 @click.option("--for", "until", default="completed,paused,aborted,rolled-back,awaiting-approval",

@@ -101,3 +101,8 @@ def test_bad_version_pauses_and_is_rolled_back_through_the_cli(live_fleet: LiveF
     wait_for(lambda: f.count_on(3) == 10, 60, "wave 2 installed")
     assert "now aborted" in run_ok(f.cli("rollout", "abort", rid3))
     assert f.count_on(3) == 10                         # abort keeps what devices run
+
+    # one call sends a version back fleet-wide (here: the eu cohort, which is every device)
+    out = run_ok(f.cli("rollout", "rollback-version", "digits", "3", "--fleet", f.fleet_id, "--attr", "region=eu"))
+    assert out.startswith("10 device(s) running digits v3 sent back")
+    wait_for(lambda: f.count_on(1) == 10, 30, "every device back on v1 after rollback-version")
