@@ -113,7 +113,10 @@ class ApiClient:
             err = json.loads(raw).get("error") or {}
             code, message = str(err.get("code") or ""), str(err.get("message") or "")
         except (ValueError, AttributeError):
-            message = raw.decode(errors="replace").strip().splitlines()[0][:200] if raw.strip() else ""
+            # not the fleet's JSON error (a proxy's HTML page, say): only a short plain-text body is worth a line
+            text = raw.decode(errors="replace").strip()
+            if text and "<" not in text[:1] and "text/plain" in (exc.headers.get("Content-Type") or ""):
+                message = text.splitlines()[0][:200]
         status = exc.code
         line = f"{message or exc.reason} (HTTP {status}{' ' + code if code else ''})"
         hint = STATUS_HINT.get(status)
