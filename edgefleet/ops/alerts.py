@@ -68,7 +68,9 @@ def show(ops: Ops, alert_id: int) -> None:
 @click.argument("alert_ids", type=int, nargs=-1, required=True)
 @api_command
 def ack(ops: Ops, alert_ids: tuple[int, ...]) -> None:
-    """Acknowledge one or more alerts (by id); each is recorded in the audit log.
+    """Acknowledge alerts.
+
+    Each of ALERT_IDS is acknowledged under the token's name, in the audit log.
 
     --json prints the list of acknowledged alerts."""
     done = [ops.api.post(f"/api/alerts/{i}/ack") for i in alert_ids]

@@ -66,7 +66,9 @@ def list_cmd(ops: Ops) -> None:
 @click.option("--limit", type=click.IntRange(1, 500), default=50, help="Versions per page (without --version).")
 @api_command
 def show(ops: Ops, name: str, version: int | None, device_class: str | None, limit: int) -> None:
-    """Builds of model NAME: version, device class, format, size, signer."""
+    """Builds of one model.
+
+    Per version and device class of NAME: format, precision, size, bundle digest, signer."""
     if version is None:
         body = ops.api.get(f"/api/models/{name}/versions", limit=limit)
         ops.emit(body, lambda b: render_versions(b["items"]))
@@ -79,7 +81,9 @@ def show(ops: Ops, name: str, version: int | None, device_class: str | None, lim
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @api_command
 def upload(ops: Ops, bundles: tuple[Path, ...]) -> None:
-    """Upload signed BUNDLES; the fleet verifies each against its trusted build keys.
+    """Upload signed bundles.
+
+    The fleet verifies each of BUNDLES against its trusted build keys before storing it.
 
     --json prints a list with one catalogue entry per bundle (`created` false: already present)."""
     results = []

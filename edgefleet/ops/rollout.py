@@ -104,7 +104,9 @@ def list_cmd(ops: Ops, status: str | None) -> None:
               help="Also list every target device with its wave and status.")
 @api_command
 def show(ops: Ops, rollout_id: int, with_targets: bool) -> None:
-    """Waves, gate verdicts (measured values against thresholds) and target counts by status."""
+    """Waves, gate verdicts and target counts.
+
+    Each wave's last gate verdict shows the measured value against its limit."""
     r = ops.api.get(f"/api/rollouts/{rollout_id}")
     if with_targets:
         r = {**r, "target_list": ops.api.get(f"/api/rollouts/{rollout_id}/targets")["targets"]}
@@ -134,7 +136,9 @@ def show(ops: Ops, rollout_id: int, with_targets: bool) -> None:
 @click.option("--dry-run", is_flag=True, default=False, help="Print the spec that would be sent and exit.")
 @api_command
 def create(ops: Ops, spec_file: Path | None, dry_run: bool, **flags: Any) -> None:
-    """Start a rollout from SPEC_FILE (TOML or JSON, the body POST /api/rollouts takes) and/or flags.
+    """Start a rollout from a spec file and/or flags.
+
+    SPEC_FILE is TOML or JSON, the body POST /api/rollouts takes; flags override it.
 
     \b
     edgefleet rollout create --model digits --version 2 --waves 10,50,100
@@ -158,11 +162,12 @@ def _operation(op: str, done: str) -> None:
         r = ops.api.post(f"/api/rollouts/{rollout_id}/{op}", body)
         ops.emit(r, lambda d: f"rollout {d['id']} {done}: now {d['status']}, wave {_wave_of(d)}")
 
-    helps = {"approve": "Approve the current wave of ROLLOUT_ID so the next one can start.",
-             "pause": "Pause ROLLOUT_ID: no new commands until it is resumed.",
-             "resume": "Resume a paused ROLLOUT_ID (a failed wave is retried from its start).",
-             "abort": "Stop ROLLOUT_ID for good; devices keep what they run (see rollback).",
-             "rollback": "Send every device ROLLOUT_ID touched back to the version it ran before."}
+    helps = {"approve": "Approve the current wave.\n\nThe next wave of ROLLOUT_ID starts on the next tick.",
+             "pause": "Pause a rollout.\n\nROLLOUT_ID sends no new commands until it is resumed.",
+             "resume": "Resume a paused rollout.\n\nA failed wave of ROLLOUT_ID is retried from its start.",
+             "abort": "Stop a rollout for good.\n\nDevices keep what they run; see `rollout rollback`.",
+             "rollback": "Roll a rollout's devices back.\n\nEvery device ROLLOUT_ID touched goes back to the "
+                         "version it ran before, by signed command."}
     cmd.__doc__ = helps[op]
     if op == "pause":
         cmd = click.option("--reason", default="operator pause", help="Why; kept in the audit log.")(cmd)
@@ -185,7 +190,9 @@ for _op, _done in (("approve", "approved"), ("pause", "paused"), ("resume", "res
 @api_command
 def rollback_version(ops: Ops, model: str, version: int, fleet: str | None, device_classes: tuple[str, ...],
                      tags: tuple[str, ...], attrs: tuple[str, ...], devices: tuple[str, ...]) -> None:
-    """Send every device running MODEL vVERSION (or a cohort of them) back to the version it ran
+    """Roll a version back fleet-wide or per cohort.
+
+    Every device running MODEL vVERSION (matching the filters) goes back to the version it ran
     before, in one call; live rollouts of that version are paused first."""
     target = build_spec(None, SpecFlags(model=model, version=version, fleet=fleet, device_classes=device_classes,
                                         tags=tags, attrs=attrs, devices=devices)).get("target", {})
@@ -204,7 +211,10 @@ def rollback_version(ops: Ops, model: str, version: int, fleet: str | None, devi
 @click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, help="Seconds between polls.")
 @api_command
 def wait(ops: Ops, rollout_id: int, until: str, wait_timeout: float, interval: float) -> None:
-    """Block until ROLLOUT_ID reaches one of the statuses (exit 1 on timeout), like `kubectl wait`."""
+    """Wait until a rollout reaches a status.
+
+    Like `kubectl wait`: exit 0 once ROLLOUT_ID is in one of the statuses, 1 on timeout or when
+    it finished in another."""
     want = {s.strip() for s in until.split(",") if s.strip()}
     deadline = time.monotonic() + wait_timeout
     while True:
