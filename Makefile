@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench lint services browser clean
+.PHONY: install demo test test-fast bench lint services browser dist clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0 || \
 	  $(PY) -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 	$(PY) -m pip install -q -e '.[all]'
+	# The compiler tests' YOLOv8n detector; --no-deps: only its 320n.onnx is used, not its OpenCV code.
+	$(PY) -m pip install -q --no-deps nudenet==3.4.2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,8 +41,14 @@ test-fast: install services
 bench: install services
 	$(PY) benchmarks/run_all.py
 
+# Wheel and sdist in dist/ (PEP 517 hooks of the installed setuptools: no download, no isolation).
+# Install one elsewhere with: pip install 'dist/edgefleet-0.1.0-py3-none-any.whl[fleet]'
+dist: install
+	rm -rf dist
+	$(PY) -c "from setuptools import build_meta as b; print('dist/' + b.build_sdist('dist')); print('dist/' + b.build_wheel('dist'))"
+
 lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache benchmarks/out
+	rm -rf $(VENV) .pytest_cache .ruff_cache benchmarks/out dist

@@ -21,9 +21,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compile": ("compiler.cli:compile_command", "compiler", "Distil, quantize, convert, gate and sign a model."),
     "fleet": ("fleet.cli:fleet", "fleet", "Run the fleet manager and administer it."),
     "demo": ("edgefleet.demo:demo", "all", "The whole system on one machine, on embedded defaults."),
-    "rollout": ("edgefleet.ops.rollout:rollout", "", "Create, watch, approve, pause and roll back rollouts."),
-    "alerts": ("edgefleet.ops.alerts:alerts", "", "List and acknowledge the fleet's drift alerts."),
-    "models": ("edgefleet.ops.models:models", "", "List, show and upload models in the fleet's catalogue."),
 }
 
 
@@ -39,7 +36,8 @@ class LazyGroup(click.Group):
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            hint = f" Install it with: pip install 'edgefleet[{extra}]'." if extra else ""
+            hint = (f" Install the '{extra}' extra: pip install '.[{extra}]' in a checkout, or "
+                    f"'dist/edgefleet-*.whl[{extra}]' (docs/deploy.md §0)." if extra else "")
             raise click.ClickException(f"'{cmd_name}' is not available here ({exc}).{hint}") from exc
         return getattr(module, attr)
 

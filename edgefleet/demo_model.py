@@ -85,3 +85,22 @@ def write_npz(path: Path, x: np.ndarray, y: np.ndarray, slices: np.ndarray | Non
 def v2_preprocess(x: np.ndarray) -> np.ndarray:
     """What v2's training pipeline did to pixels, and what the devices never do."""
     return (x * V2_INPUT_SCALE + V2_INPUT_SHIFT).astype(np.float32)
+
+
+# Entry points for `edgefleet compile` (docs/deploy.md ships this model): module:function sources.
+def digits_model():  # type: ignore[no-untyped-def]
+    """`--torch edgefleet.demo_model:digits_model`: the demo's v1 digits classifier, trained here."""
+    d = load_digits_data()
+    return train_classifier(d.train_x, d.train_y, seed=1)
+
+
+def digits_calib() -> dict[str, np.ndarray]:
+    """`--calib edgefleet.demo_model:digits_calib`: training images to calibrate INT8 ranges."""
+    d = load_digits_data()
+    return {"input": d.train_x[:256], "labels": d.train_y[:256]}
+
+
+def digits_eval() -> dict[str, np.ndarray]:
+    """`--eval edgefleet.demo_model:digits_eval`: held-out images, labels and ink slices."""
+    d = load_digits_data()
+    return {"input": d.eval_x, "labels": d.eval_y, "slices": d.eval_slices.astype(str)}
