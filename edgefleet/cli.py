@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compile": ("compiler.cli:compile_command", "compiler", "Distil, quantize, convert, gate and sign a model."),
     "fleet": ("fleet.cli:fleet", "fleet", "Run the fleet manager and administer it."),
     "demo": ("edgefleet.demo:demo", "all", "The whole system on one machine, on embedded defaults."),
+    "rollout": ("edgefleet.ops.rollout:rollout", "", "Create, watch, approve, pause and roll back rollouts."),
+    "alerts": ("edgefleet.ops.alerts:alerts", "", "List and acknowledge the fleet's drift alerts."),
+    "models": ("edgefleet.ops.models:models", "", "List, show and upload models in the fleet's catalogue."),
 }
 
 
