@@ -199,3 +199,12 @@ def test_every_option_has_help_and_commands_are_registered() -> None:
     rollout = group.get_command(ctx, "rollout")
     assert set(rollout.commands) >= {"create", "list", "show", "approve", "pause", "resume", "abort", "rollback"}
     assert all(c.help for c in rollout.commands.values())
+
+
+def test_operator_cli_needs_no_fleet_extra() -> None:
+    """rollout/alerts/models are registered without an extra: importing them loads no fleet stack."""
+    code = ("import sys, edgefleet.ops.rollout, edgefleet.ops.alerts, edgefleet.ops.models; "
+            "print(' '.join(m for m in ('fleet', 'flask', 'sqlmodel', 'sqlalchemy', 'requests', 'torch') "
+            "if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "", res.stdout + res.stderr
