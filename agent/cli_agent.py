@@ -117,8 +117,11 @@ def install(config: str | None, state_dir: str | None, device_id: str | None, mq
 @click.option("--attr", "attrs", multiple=True, metavar="KEY=VALUE", help="attributes, e.g. region=eu (repeatable)")
 @click.option("--http-port", default=0, type=int, help="local HTTP inference port (0: off)")
 @click.option("--ca-file", default="", help="CA bundle for an https fleet URL")
+@click.option("--root-key-id", "root_key_ids", multiple=True,
+              help="pin: the fleet's key list must have exactly these root key ids (`edgefleet keys id root.pub`)")
 def enrol(fleet_url: str, token: str, state_dir: str, config_out: str, device_id: str | None,
-          device_class: str | None, attrs: tuple[str, ...], http_port: int, ca_file: str) -> None:
+          device_class: str | None, attrs: tuple[str, ...], http_port: int, ca_file: str,
+          root_key_ids: tuple[str, ...]) -> None:
     """Enrol this device with a fleet (one-time token) and write its agent.toml."""
     from agent.enrol import EnrolError, EnrolRequest, write_config
     from agent.enrol import enrol as do_enrol
@@ -132,12 +135,12 @@ def enrol(fleet_url: str, token: str, state_dir: str, config_out: str, device_id
     try:
         cfg = do_enrol(EnrolRequest(fleet_url, token, Path(state_dir), device_id=device_id,
                                     device_class=device_class, attributes=attributes or None,
-                                    http_port=http_port, ca_file=ca_file))
+                                    http_port=http_port, ca_file=ca_file, root_key_ids=root_key_ids))
     except EnrolError as exc:
         _fail(str(exc), 1)
     write_config(cfg, Path(config_out))
     click.echo(json.dumps({"device_id": cfg.device_id, "fleet": cfg.fleet_id, "config": config_out,
-                           "mqtt": cfg.mqtt.url}))
+                           "mqtt": cfg.mqtt.url, "root_keys_pinned": len(cfg.root_keys)}))
 
 
 @agent_cli.command()

@@ -49,6 +49,61 @@ def keys_id(path: Path) -> None:
     click.echo(key_id(key))
 
 
+def _pubs(paths: tuple[Path, ...]) -> list[Any]:
+    try:
+        return [load_public_key(p) if p.suffix == ".pub" else load_private_key(p).public_key() for p in paths]
+    except KeyFileError as exc:
+        raise UsageFailure(str(exc)) from exc
+
+
+@keys.command("sign-keylist")
+@click.option("--version", "version", type=click.IntRange(min=1), help="Key list version; must grow with every list.")
+@click.option("--root", "roots", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Root public key (repeatable): signs key lists, kept offline.")
+@click.option("--fleet", "fleets", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Fleet public key (repeatable): signs commands and rollback approvals.")
+@click.option("--build", "builds", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Build public key (repeatable): signs bundles.")
+@click.option("--root-threshold", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--fleet-threshold", type=click.IntRange(min=2), default=2, show_default=True,
+              help="Fleet keys that together may change fleet and build keys (never root).")
+@click.option("--from", "from_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Add signatures to this signed key list instead of making a new one.")
+@click.option("--key", "signers", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Private key that signs (repeatable): the root key, new roots too when rotating root.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def keys_sign_keylist(version: int | None, roots: tuple[Path, ...], fleets: tuple[Path, ...],
+                      builds: tuple[Path, ...], root_threshold: int, fleet_threshold: int, from_path: Path | None,
+                      signers: tuple[Path, ...], out_path: Path) -> None:
+    """Sign the list of trusted keys by role (offline, with the root key). Devices accept it only
+    with a higher version than theirs; the fleet hands it to devices (upload it to the fleet)."""
+    from agent.keylist import KeyListError, make_keylist, parse_keylist, sign_keylist
+    from agent.keys import RoleError
+
+    try:
+        priv = [load_private_key(p) for p in signers]
+    except KeyFileError as exc:
+        raise UsageFailure(str(exc)) from exc
+    try:
+        if from_path is not None:
+            doc = sign_keylist(_load_json(from_path), priv)
+        else:
+            if version is None or not roots or not fleets:
+                raise UsageFailure("a new key list needs --version, at least one --root and one --fleet")
+            doc = sign_keylist(make_keylist(version, {"root": _pubs(roots), "fleet": _pubs(fleets),
+                                                      "build": _pubs(builds)},
+                                            {"root": root_threshold, "fleet": fleet_threshold}), priv)
+        kl = parse_keylist(doc)
+    except (KeyListError, RoleError) as exc:
+        raise UsageFailure(str(exc)) from exc
+    out_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    signed_by = [s.get("key_id") for s in doc["signatures"]]
+    click.echo(f"key list v{kl.version} -> {out_path}\n  root  {' '.join(kl.keys.ids('root'))}"
+               f"\n  fleet {' '.join(kl.keys.ids('fleet'))}\n  build {' '.join(kl.keys.ids('build')) or '-'}"
+               f"\n  signed by {' '.join(signed_by)}")
+
+
 @click.group()
 def bundle() -> None:
     """Signed model bundles: one file with the model, manifest.json and a detached signature."""

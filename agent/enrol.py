@@ -1,6 +1,12 @@
 """Enrol this device with a fleet manager: trade a one-time token and the device's public key for
 an identity, MQTT credentials and the keys to trust, then write a ready-to-run agent.toml.
 
+Trust: the fleet answers with its signed key list. The device pins the list's root key(s) (or
+checks them against `--root-key-id`, learnt out of band) and takes the fleet and build keys from
+the list, each in its own role: build keys verify bundles, fleet keys commands. A fleet without
+a key list gives only the unsigned fleet and build keys; they keep their roles, but no root is
+pinned, so the device refuses every key change until it is enrolled again.
+
 Standard library HTTP only (urllib): the agent stays light. The private key never leaves the device.
 """
 
@@ -15,6 +21,7 @@ from typing import Any
 
 from agent.config import AgentConfig, MqttConfig, ServingConfig, seal_secrets
 from agent.identity import load_or_create_device_key
+from agent.keylist import KeyListError, verify_first
 from agent.keys import public_key_from_b64, public_key_to_b64, public_pem
 from agent.model_store import write_atomic
 
@@ -35,6 +42,7 @@ class EnrolRequest:
     http_port: int = 0
     ca_file: str = ""
     timeout_s: float = 30.0
+    root_key_ids: tuple[str, ...] = ()  # pinned out of band: the fleet's key list must have exactly these roots
 
 
 def _post_json(url: str, body: dict[str, Any], timeout: float, ca_file: str) -> dict[str, Any]:
@@ -85,18 +93,48 @@ def enrol(req: EnrolRequest) -> AgentConfig:
     res = _post_json(req.fleet_url.rstrip("/") + "/api/enrol", body, req.timeout_s, req.ca_file)
     try:
         device, mqtt = res["device"], res["mqtt"]
-        fleet_keys = list(res["fleet_keys"])
+        by_role = {"fleet": list(res["fleet_keys"]), "build": list(res.get("build_keys") or []), "root": []}
     except (KeyError, TypeError) as exc:
         raise EnrolError(f"fleet's enrolment answer lacks {exc}") from None
-    trusted = _write_keys(fleet_keys, state / "trust", "fleet") + _write_keys(
-        list(res.get("build_keys", [])), state / "trust", "build")
+    keylist = res.get("keylist")
+    if keylist is not None:
+        try:
+            kl = verify_first(keylist, req.root_key_ids or None)
+        except KeyListError as exc:
+            raise EnrolError(f"the fleet's key list is not trusted: {exc}") from None
+        by_role = {r: [public_key_to_b64(k) for _, k in sorted(kl.keys.role(r).keys.items())]
+                   for r in ("fleet", "build", "root")}
+    elif req.root_key_ids:
+        raise EnrolError("--root-key-id given but the fleet has no signed key list (upload one:"
+                         " `edgefleet keys sign-keylist`)")
+    paths = {r: _write_keys(keys, state / "trust", r) for r, keys in by_role.items()}
+    _pin(state, paths, keylist)
     return AgentConfig(
         device_id=res["device_id"], state_dir=str(state), fleet_id=res["fleet"],
         device_class=device.get("device_class") or req.device_class or "x86-64-generic",
-        trusted_keys=trusted, device_key=str(key_path), fleet_url=req.fleet_url.rstrip("/"),
+        trusted_keys=paths["fleet"], build_keys=paths["build"], root_keys=paths["root"],
+        device_key=str(key_path), fleet_url=req.fleet_url.rstrip("/"),
         fleet_ca_file=req.ca_file,
         mqtt=MqttConfig(url=mqtt["url"], username=mqtt.get("username", ""), password=mqtt.get("password", "")),
         serving=ServingConfig(http_port=req.http_port))
+
+
+def _pin(state: Path, paths: dict[str, list[str]], keylist: dict[str, Any] | None) -> None:
+    """Start the device's keyring afresh from what this enrolment pinned (re-enrolment resets
+    trust), and record the signed key list so later lists must have a higher version."""
+    from agent.keys import KeyFileError
+    from agent.trust import TrustStore
+
+    for stale in (state / "trust").glob("*.pub"):
+        if str(stale) not in {p for ps in paths.values() for p in ps}:
+            stale.unlink()
+    (state / "keyring.json").unlink(missing_ok=True)
+    try:
+        ts = TrustStore(state, root_keys=paths["root"], fleet_keys=paths["fleet"], build_keys=paths["build"])
+        if keylist is not None:
+            ts.apply_keylist(keylist)
+    except (KeyFileError, KeyListError) as exc:
+        raise EnrolError(f"cannot pin the fleet's keys: {exc}") from None
 
 
 def write_config(cfg: AgentConfig, path: Path) -> Path:

@@ -1,6 +1,7 @@
 """`edgefleet agent enrol` against a real fleet server: a one-time token and the device's public key
-become an identity, a 0600 agent.toml and pinned fleet and build keys; a reused token or an
-unreachable fleet is a clear error with exit code 1."""
+become an identity, a 0600 agent.toml and pinned root, fleet and build keys (each in its role);
+a reused token, an unreachable fleet or a key list with another root is a clear error with exit
+code 1."""
 
 from __future__ import annotations
 
@@ -54,11 +55,14 @@ def test_agent_enrol_writes_a_working_config(server, tmp_path, build_keys) -> No
     assert (cfg.device_id, cfg.fleet_id, cfg.device_class) == ("cam-7", "lab", "arm64-cortex-a")
     assert cfg.mqtt.url == "mqtt://127.0.0.1:1883" and cfg.mqtt.username == "cam-7" and len(cfg.mqtt.password) > 20
     assert cfg.serving.http_port == port and cfg.fleet_url == server.url
-    pinned = {public_key_to_b64(load_public_key(Path(p))) for p in cfg.trusted_keys}
-    assert public_key_to_b64(load_public_key(build_keys[1])) in pinned       # bundles' signer
+    # each key in its role: the build key verifies bundles only, the fleet key commands only
+    def pinned(paths):  # type: ignore[no-untyped-def]
+        return [public_key_to_b64(load_public_key(Path(p))) for p in paths]
     from fleet.fleet_keys import load_fleet_key
 
-    assert public_key_to_b64(load_fleet_key(server.settings).public_key()) in pinned  # commands' signer
+    assert pinned(cfg.build_keys) == [public_key_to_b64(load_public_key(build_keys[1]))]         # bundles' signer
+    assert pinned(cfg.trusted_keys) == [public_key_to_b64(load_fleet_key(server.settings).public_key())]  # commands'
+    assert cfg.root_keys == []   # this fleet has no signed key list: no root to pin
     with Session(server.engine) as db:
         dev = db.get(Device, "cam-7")
         assert dev is not None and dev.attributes == {"site": "plant-3", "region": "eu"}
@@ -90,3 +94,33 @@ def test_agent_enrol_unreachable_fleet_is_a_clear_error(tmp_path) -> None:  # ty
     res = _enrol(f"http://127.0.0.1:{free_port()}", "enr_x", tmp_path / "s", tmp_path / "a.toml")
     assert res.returncode == 1 and "cannot reach fleet" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "a.toml").exists()
+
+
+def test_agent_enrol_pins_the_root_and_the_signed_key_list(server, tmp_path, build_keys) -> None:  # type: ignore[no-untyped-def]
+    """With a root-signed key list uploaded, enrolment pins its root (checked against
+    --root-key-id when given) and the device starts at that list's version."""
+    from agent.keylist import make_keylist, sign_keylist
+    from agent.keys import generate_keypair, key_id
+    from agent.trust import TrustStore
+    from fleet.fleet_keys import load_fleet_key, store_keylist
+
+    root_priv, root_pub = generate_keypair(tmp_path / "offline", "root")
+    root = load_private_key(root_priv)
+    fleet_pub = load_fleet_key(server.settings).public_key()
+    doc = sign_keylist(make_keylist(3, {"root": [root.public_key()], "fleet": [fleet_pub],
+                                        "build": [load_public_key(build_keys[1])]}), [root])
+    store_keylist(server.settings, doc, must_trust=[key_id(fleet_pub)])
+
+    def token() -> str:
+        return requests.post(f"{server.url}/api/enrolment-tokens", headers={"Authorization": "Bearer op"},
+                             json={}).json()["token"]
+    wrong = _enrol(server.url, token(), tmp_path / "w", tmp_path / "w.toml", "--root-key-id", "0" * 16)
+    assert wrong.returncode == 1 and "not trusted" in wrong.stderr and not (tmp_path / "w.toml").exists()
+    state, out = tmp_path / "d" / "state", tmp_path / "d" / "agent.toml"
+    res = _enrol(server.url, token(), state, out, "--root-key-id", key_id(root))
+    assert res.returncode == 0, res.stderr
+    cfg = load_config(out)
+    assert [key_id(load_public_key(Path(p))) for p in cfg.root_keys] == [key_id(root)]
+    ts = TrustStore(state, root_keys=cfg.root_keys, fleet_keys=cfg.trusted_keys, build_keys=cfg.build_keys)
+    assert ts.version == 3 and ts.ids("fleet") == [key_id(fleet_pub)]
+    assert ts.ids("build") == [key_id(load_public_key(build_keys[1]))]

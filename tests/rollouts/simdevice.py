@@ -19,7 +19,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.bundle import BundleError, RollbackApproval
-from agent.keys import Keyring, key_id, public_key_from_b64, sign_document
+from agent.keys import Keyring, key_id, sign_document
 from agent.protocol import STATE_SCHEMA, TELEMETRY_SCHEMA, CommandGuard, ProtocolError, topic
 from agent.sketches import FixedBinHistogram, LatencyHistogram, edges_hash
 
@@ -154,10 +154,10 @@ class SimDevice:
                               "fraction": cmd.get("fraction", cmd.get("share"))}
         elif kind == "stop-candidate":
             self.candidate = None
-        elif kind == "rotate-key":
-            kid = self.fleet_keyring.add(public_key_from_b64(cmd["new_key"]))
-            if cmd.get("retire") and cmd["retire"] != kid:
-                self.fleet_keyring.remove(cmd["retire"])
+        elif kind == "rotate-key":  # a signed key list; the real agent verifies it (agent.trust.TrustStore)
+            from agent.keylist import parse_keylist
+
+            self.fleet_keyring.keys = dict(parse_keylist(cmd["keylist"]).keys.role("fleet").keys)
         self.last_command = {"id": cid, "kind": kind, "result": result, "reason": reason}
         self.answers[cid] = self.last_command
         if ev:

@@ -77,8 +77,23 @@ def test_rollback_version_and_key_rotation_endpoints(fleet):
     r = c.post("/api/rollouts/rollback-version", json={"model_name": "digits", "version": 1}, headers=auth("op"))
     assert r.status_code == 200 and r.get_json()["skipped"]      # v1 has no previous version to go to
     assert c.post("/api/rollouts/rollback-version", json={}, headers=auth("op")).status_code == 400
+    # a new fleet key reaches devices only inside a root-signed key list (the root key stays offline)
     r = c.post("/api/rollouts/keys/rotate", headers=auth("adm"))
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "keylist-required"
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.keylist import make_keylist, sign_keylist
+    from agent.keys import generate_keypair, load_private_key
+
+    root = Ed25519PrivateKey.generate()
+    new_path, _ = generate_keypair(h.tmp / "keys", "fleet-2")
+    doc = sign_keylist(make_keylist(1, {"root": [root.public_key()], "fleet": [
+        h.fleet_key.public_key(), load_private_key(new_path).public_key()]}), [root])
+    r = c.post("/api/rollouts/keys/rotate", json={"new_key_path": str(new_path), "keylist": doc}, headers=auth("adm"))
     assert r.status_code == 200 and r.get_json()["devices"] == 10
+    assert c.get("/api/rollouts/keys/keylist", headers=auth("view")).get_json()["version"] == 1
+    r = c.post("/api/rollouts/keys/keylist", json={"keylist": doc}, headers=auth("adm"))   # a replay
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "keylist-stale"
     st = c.get("/api/rollouts/keys", headers=auth("view")).get_json()
     assert st["rotating"] and st["pending_devices"] == 10
     r = c.post("/api/rollouts/keys/finish", json={}, headers=auth("adm"))

@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, select
 
 from agent.bundle import RollbackApproval
+from agent.keylist import make_keylist, sign_keylist
 from agent.keys import Keyring, generate_keypair, key_id, load_private_key, sign_document
 from agent.protocol import CommandGuard, ProtocolError
 from fleet.models import AuditEntry, Device
@@ -84,15 +85,27 @@ def test_key_rotation_devices_trust_the_new_key_through_the_old_one(fleet, tmp_p
     generate_keypair(tmp_path / "keys2", "fleet2")
     new_path = tmp_path / "keys2" / "fleet2.key"
     new_key = load_private_key(new_path)
+    root = Ed25519PrivateKey.generate()   # kept offline by the operator; the fleet never sees it
     with Session(fleet.engine) as s:
-        res = keyrotation.begin_rotation(s, fleet.signer, new_path, "admin")
+        with pytest.raises(keyrotation.RotationError) as exc:   # no signed key list: nothing to send
+            keyrotation.begin_rotation(s, fleet.signer, new_path, "admin", settings=fleet.settings, keylist=None)
+        assert exc.value.code == "keylist-required"
+        forged = sign_keylist(make_keylist(1, {"root": [root.public_key()], "fleet": [
+            fleet.fleet_key.public_key(), new_key.public_key()]}), [fleet.fleet_key])   # not signed by root
+        with pytest.raises(keyrotation.RotationError) as exc:
+            keyrotation.begin_rotation(s, fleet.signer, new_path, "admin", settings=fleet.settings, keylist=forged)
+        assert exc.value.code == "keylist-untrusted"
+    both = sign_keylist(make_keylist(1, {"root": [root.public_key()], "fleet": [
+        fleet.fleet_key.public_key(), new_key.public_key()]}), [root])
+    with Session(fleet.engine) as s:
+        res = keyrotation.begin_rotation(s, fleet.signer, new_path, "admin", settings=fleet.settings, keylist=both)
         s.commit()
-    assert res["devices"] == 3
+    assert res["devices"] == 3 and res["keylist_version"] == 1
     with Session(fleet.engine) as s:
         with pytest.raises(keyrotation.RotationError) as exc:
             keyrotation.finish_rotation(s, "admin")
         assert exc.value.code == "devices-pending"
-    # deliver the rotate-key commands: each is signed by the old key and accepted
+    # deliver the rotate-key commands: each is signed by the old key and carries the root-signed list
     commands.flush_outbox(fleet.engine, fleet.publisher)
     assert all(m[1]["signature"]["key_id"] == key_id(fleet.fleet_key) for m in fleet.publisher.messages)
     fleet.deliver(at=__import__("time").time())
@@ -106,6 +119,19 @@ def test_key_rotation_devices_trust_the_new_key_through_the_old_one(fleet, tmp_p
         assert signer.active_id == key_id(new_key)
         assert {k.status for k in s.exec(select(FleetKey))} == {"active", "retired"}
         assert s.exec(select(AuditEntry).where(AuditEntry.action == "fleet-key.rotate.finish")).first()
+    # retire the old key on the devices: a higher-versioned list without it; a replay of v1 is refused
+    with Session(fleet.engine) as s:
+        with pytest.raises(keyrotation.RotationError) as exc:
+            keyrotation.publish_keylist(s, signer, fleet.settings, both, "admin")
+        assert exc.value.code == "keylist-stale"
+        only_new_list = sign_keylist(make_keylist(2, {"root": [root.public_key()], "fleet": [new_key.public_key()]}),
+                                     [root])
+        assert keyrotation.publish_keylist(s, signer, fleet.settings, only_new_list, "admin")["fleet"] == [
+            key_id(new_key)]
+        s.commit()
+    commands.flush_outbox(fleet.engine, fleet.publisher)
+    fleet.deliver(at=__import__("time").time())
+    assert all(sim.trusted_key_ids == [key_id(new_key)] for sim in fleet.sims.values())
     fleet.signer = signer
     row = queue(fleet, "dev-0000")
     assert row.document["signature"]["key_id"] == key_id(new_key)
