@@ -102,14 +102,18 @@ def list_cmd(ops: Ops, status: str | None) -> None:
 @click.argument("rollout_id", type=int)
 @click.option("--targets", "with_targets", is_flag=True, default=False,
               help="Also list every target device with its wave and status.")
+@click.option("--wave", type=click.IntRange(min=1), default=None, show_default="every wave",
+              help="With --targets: only the devices of this wave (1 is the first).")
 @api_command
-def show(ops: Ops, rollout_id: int, with_targets: bool) -> None:
+def show(ops: Ops, rollout_id: int, with_targets: bool, wave: int | None) -> None:
     """Waves, gate verdicts and target counts.
 
     Each wave's last gate verdict shows the measured value against its limit."""
     r = ops.api.get(f"/api/rollouts/{rollout_id}")
-    if with_targets:
-        r = {**r, "target_list": ops.api.get(f"/api/rollouts/{rollout_id}/targets")["targets"]}
+    if with_targets or wave is not None:
+        with_targets = True
+        q = {"wave": wave - 1} if wave is not None else {}
+        r = {**r, "target_list": ops.api.get(f"/api/rollouts/{rollout_id}/targets", **q)["targets"]}
     ops.emit(r, lambda d: render_detail(d) + ("\n\nDevices\n" + render_targets({"targets": d["target_list"]})
                                               if with_targets else ""))
 
@@ -217,8 +221,13 @@ def wait(ops: Ops, rollout_id: int, until: str, wait_timeout: float, interval: f
     it finished in another."""
     want = {s.strip() for s in until.split(",") if s.strip()}
     deadline = time.monotonic() + wait_timeout
+    seen = ""
     while True:
         r = ops.api.get(f"/api/rollouts/{rollout_id}")
+        progress = f"{r['status']}, wave {_wave_of(r)}: {counts(r.get('targets'))}"
+        if progress != seen and not ops.as_json:
+            click.echo(f"  {time.strftime('%H:%M:%S')}  {progress}", err=True)   # progress, like gh run watch
+            seen = progress
         if r["status"] in want:
             ops.emit(r, lambda d: f"rollout {d['id']} is {d['status']} (wave {_wave_of(d)})"
                                   + (f": {d['reason']['summary']}" if (d.get("reason") or {}).get("summary")

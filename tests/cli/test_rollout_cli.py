@@ -43,6 +43,8 @@ def test_bad_version_pauses_and_is_rolled_back_through_the_cli(live_fleet: LiveF
     waited = run_ok(f.cli("rollout", "wait", rid, "--for", "paused,completed", "--wait-timeout", "60",
                           "--interval", "0.3"))
     assert f"rollout {rid} is paused (wave 1/2)" in waited and "prediction_drift" in waited
+    first_wave = json.loads(run_ok(f.cli("rollout", "show", rid, "--wave", "1", "--json")))["target_list"]
+    assert {t["wave"] for t in first_wave} == {0} and len(first_wave) == 2
 
     shown = run_ok(f.cli("rollout", "show", rid, "--targets"))
     gate_lines = [ln.split() for ln in shown.splitlines() if "prediction_drift" in ln and " fail " in f" {ln} "]
