@@ -32,6 +32,7 @@ import io
 import logging
 import os
 import struct
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -136,7 +137,7 @@ class Sealer:
         aad = header + purpose
         prefix = header[40:]
         n = _segments(size, segment)
-        tmp = dst.with_name(f".{dst.name}.sealing-{os.getpid()}")
+        tmp = dst.with_name(f".{dst.name}.sealing-{os.getpid()}-{threading.get_ident()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:

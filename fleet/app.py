@@ -72,12 +72,13 @@ def _load(spec: str) -> Any:
 def create_app(settings: FleetSettings | None = None, *, engine: Engine | None = None,
                init: bool = True) -> Flask:
     """Build the fleet app. `init` migrates the database to head first."""
+    from agent.private_files import private_dir
     from fleet.auth import hash_token
     from fleet.db import init_db, make_engine
     from fleet.errors import register_error_handlers
 
     settings = settings or FleetSettings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)  # 0700: database, keys and the artifact store live here
     engine = engine or make_engine(settings.database_url, data_dir=settings.data_dir)
     if init:
         init_db(engine)

@@ -6,9 +6,10 @@ verifies what it gets; no API token has to live on devices.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, send_file
+from flask import Blueprint, Response
 
 from fleet.app import fleet_context
+from fleet.artifact_store import ArtifactUnreadable, open_artifact, send_artifact
 from fleet.catalogue import CatalogueError, artifact_path
 from fleet.errors import ApiError
 
@@ -23,8 +24,11 @@ def get_artifact(digest: str) -> Response:
         raise ApiError(exc.status, exc.code, exc.message) from exc
     if not path.is_file():
         raise ApiError(404, "not-found", f"no artifact {digest}")
-    resp = send_file(path, mimetype="application/x-tar", conditional=True, etag=digest, max_age=31536000,
-                     download_name=f"{digest}.bundle")
+    try:
+        plain = open_artifact(fleet_context().settings, digest, path)
+    except ArtifactUnreadable as exc:
+        raise ApiError(503, "artifact-unreadable", str(exc)) from None
+    resp = send_artifact(plain, digest, path.stat().st_mtime)
     resp.headers["Accept-Ranges"] = "bytes"
     resp.headers["Cache-Control"] = "public, max-age=31536000, immutable"
     return resp

@@ -69,11 +69,10 @@ def add_bundle(db: Session, settings: FleetSettings, bundle_file: Path, keyring:
                 return Uploaded(existing, False)
             raise CatalogueError(409, "version-exists",
                                  f"{m['name']} v{m['version']} for {m['device_class']} exists with other content")
-        dest = artifact_path(settings, vb.bundle_sha256)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if not dest.exists():
-            os.replace(bundle_file, dest)
-        size = dest.stat().st_size
+        from fleet.artifact_store import seal_into_store
+
+        size = bundle_file.stat().st_size
+        dest = seal_into_store(settings, vb.bundle_sha256, bundle_file, artifact_path(settings, vb.bundle_sha256))
         mv = ModelVersion(name=m["name"], version=m["version"], device_class=m["device_class"], format=m["format"],
                           precision=m["precision"], manifest_sha256=vb.manifest_sha256,
                           bundle_sha256=vb.bundle_sha256, size=size, artifact_path=str(dest),

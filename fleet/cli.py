@@ -58,17 +58,34 @@ def fleet(ctx: click.Context, config: str | None, data_dir: str | None, verbose:
               help="Interface to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=int, default=None, show_default="8080, or port in fleet.toml", help="HTTP port.")
 @click.option("--no-ingest", is_flag=True, help="Do not run the ingest subscriber in this process.")
+@click.option("--allow-insecure-transport", is_flag=True,
+              help="With --production: allow plaintext mqtt:// and http:// to remote hosts.")
 @click.pass_context
-def serve(ctx: click.Context, production: bool, host: str | None, port: int | None, no_ingest: bool) -> None:
+def serve(ctx: click.Context, production: bool, host: str | None, port: int | None, no_ingest: bool,
+          allow_insecure_transport: bool) -> None:
     """Run the API and console (and ingest, and a broker when none is reachable)."""
     _service_logging(ctx)
     from fleet.server import FleetServer
 
+    if production:
+        _check_transport(_settings(ctx), allow_insecure_transport)
     srv = FleetServer(_settings(ctx), production=production, host=host, port=port,
                       start_ingest=False if no_ingest else None).start()
     click.echo(f"EdgeFleet fleet manager on {srv.url} (console: {srv.url}/console/, MQTT: "
                f"{srv.settings.mqtt_url or 'off'})")
     srv.serve_forever()
+
+
+def _check_transport(s: FleetSettings, allow: bool) -> None:
+    """Production refuses plaintext MQTT/HTTP to remote hosts (agent.transport_policy): exit 2."""
+    from agent.transport_policy import InsecureTransportError, check_transport
+
+    try:
+        check_transport({"mqtt_url": s.mqtt_url, "device_mqtt_url": s.device_mqtt_url, "public_url": s.public_url,
+                         "retrain.webhook_url": s.retrain.webhook_url}, allow or s.allow_insecure_transport)
+    except InsecureTransportError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 @fleet.command()

@@ -17,6 +17,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
+from agent.private_files import private_dir, private_file
+
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +50,8 @@ def make_engine(url: str | None = None, *, data_dir: Path | str | None = None, e
     url = normalize_database_url(url)
     if not url:
         base = absolute(data_dir or ".edgefleet/fleet")
-        base.mkdir(parents=True, exist_ok=True)
+        private_dir(base)
+        private_file(base / "fleet.db")  # 0600 before SQLite opens it; its -wal/-shm files inherit the mode
         url = sqlite_url(base / "fleet.db")
     if url.startswith("sqlite"):
         engine = create_engine(url, echo=echo, json_serializer=json_dumps,

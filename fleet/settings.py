@@ -67,6 +67,8 @@ class FleetSettings:
     device_mqtt_url: str | None = None    # what devices are told at enrolment (e.g. mqtts://broker:8883); None: mqtt_url
     fleet_id: str = "default"
     signing_key_path: Path | None = None  # fleet command key; None: data_dir/keys/fleet.key (created)
+    storage_key_file: Path | None = None  # seals the artifact store; None: systemd credential, else data_dir/keys/storage.key
+    allow_insecure_transport: bool = False  # `serve --production`: allow mqtt:// and http:// to remote hosts
     trusted_build_keys: list[Path] = field(default_factory=list)  # public keys that sign bundles
     api_tokens: dict[str, str] = field(default_factory=dict)      # bootstrap: token -> role
     secret_key: str = ""                  # cookie sessions; random per start when empty
@@ -87,6 +89,8 @@ class FleetSettings:
         self.data_dir = absolute(self.data_dir)
         if self.signing_key_path is not None:
             self.signing_key_path = absolute(self.signing_key_path)
+        if self.storage_key_file is not None:
+            self.storage_key_file = absolute(self.storage_key_file)
         self.trusted_build_keys = [absolute(p) for p in self.trusted_build_keys]
         self.database_url = normalize_database_url(self.database_url)
         if not self.secret_key:
@@ -187,7 +191,7 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> Any:
             continue
         if not _accepts(hints[key], value):
             raise SettingsError(f"fleet setting {prefix + key!r} must be {_type_name(hints[key])}, not {value!r}")
-        if key in ("data_dir", "signing_key_path") and value is not None:
+        if key in ("data_dir", "signing_key_path", "storage_key_file") and value is not None:
             value = Path(value)
         elif key == "trusted_build_keys":
             value = [Path(v) for v in value]
@@ -220,7 +224,8 @@ def load_settings(path: Path | str | None = None, env: dict[str, str] | None = N
     mapping = {"DATABASE_URL": "database_url", "MQTT_URL": "mqtt_url", "EDGEFLEET_FLEET_DATA": "data_dir",
                "EDGEFLEET_FLEET_ID": "fleet_id", "EDGEFLEET_SIGNING_KEY": "signing_key_path",
                "EDGEFLEET_PUBLIC_URL": "public_url", "EDGEFLEET_SECRET_KEY": "secret_key",
-               "EDGEFLEET_DEVICE_MQTT_URL": "device_mqtt_url", "EDGEFLEET_MQTT_CA_FILE": "mqtt_ca_file"}
+               "EDGEFLEET_DEVICE_MQTT_URL": "device_mqtt_url", "EDGEFLEET_MQTT_CA_FILE": "mqtt_ca_file",
+               "EDGEFLEET_STORAGE_KEY_FILE": "storage_key_file"}
     env_updates: dict[str, Any] = {attr: env[var] for var, attr in mapping.items() if env.get(var)}
     if env.get("EDGEFLEET_TRUSTED_BUILD_KEYS"):
         env_updates["trusted_build_keys"] = [p for p in env["EDGEFLEET_TRUSTED_BUILD_KEYS"].split(os.pathsep) if p]
