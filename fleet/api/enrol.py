@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from agent.keys import load_public_key, public_key_to_b64
 from fleet import enrolment
 from fleet.app import fleet_context
 from fleet.auth import actor, require_role
 from fleet.broker import DEFAULT_URL
 from fleet.errors import ApiError, json_body
-from fleet.fleet_keys import load_fleet_key
+from fleet.fleet_keys import device_trust
 
 bp = Blueprint("api_enrol", __name__, url_prefix="/api")
 
@@ -57,13 +56,12 @@ def enrol():  # type: ignore[no-untyped-def]
         raise ApiError(exc.status, exc.code, exc.message) from exc
     device_url = s.device_mqtt_url or s.mqtt_url or DEFAULT_URL
     host, port = _host_port(device_url)
-    fleet_pub = public_key_to_b64(load_fleet_key(s).public_key())
-    build_keys = [public_key_to_b64(load_public_key(p)) for p in s.trusted_build_keys]
+    trust = device_trust(s)  # the signed key list (pins the root) and the keys by role
     base = f"edgefleet/v1/{s.fleet_id}/{device['id']}"
     return jsonify({
         "device_id": device["id"], "fleet": s.fleet_id, "device": device,
         "mqtt": {"host": host, "port": port, "url": device_url, "username": device["id"],
                  "password": res.mqtt_password, "client_id": device["id"]},
         "topics": {k: f"{base}/{k}" for k in ("telemetry", "state", "events", "cmd")},
-        "fleet_keys": [fleet_pub], "build_keys": build_keys, "artifacts_url": f"{s.public_url}/artifacts",
+        **trust, "artifacts_url": f"{s.public_url}/artifacts",
     }), 201

@@ -184,19 +184,35 @@ def key_status():  # type: ignore[no-untyped-def]
 @bp.post(f"{API}/keys/rotate")
 @require_role("admin")
 def key_rotate():  # type: ignore[no-untyped-def]
-    """Start a rotation: a new key (generated in the data dir unless `new_key_path` names one) is
-    announced to every device by a rotate-key command signed with the active key."""
+    """Start a rotation: `new_key_path` names the new fleet key on the fleet host and `keylist` is
+    a root-signed key list trusting it and the active key; every device gets the list in a
+    rotate-key command signed with the active key."""
     body = request.get_json(silent=True) or {}
     ctx = fleet_context()
-    path = body.get("new_key_path")
-    if not path:
-        import time
-
-        from agent.keys import generate_keypair
-
-        path, _ = generate_keypair(ctx.settings.data_dir / "keys", f"fleet-{int(time.time())}")
     with ctx.session() as db:
-        out = _guard(keyrotation.begin_rotation, db, _signer(db), path, actor(), fleet=ctx.settings.fleet_id)
+        out = _guard(keyrotation.begin_rotation, db, _signer(db), str(body.get("new_key_path") or ""), actor(),
+                     settings=ctx.settings, keylist=body.get("keylist"), fleet=ctx.settings.fleet_id)
+    _publish()
+    return jsonify(out)
+
+
+@bp.get(f"{API}/keys/keylist")
+@require_role("viewer")
+def keylist_get():  # type: ignore[no-untyped-def]
+    """The signed key list devices are given (version 0 and a hint before one was uploaded)."""
+    return jsonify(keyrotation.keylist_status(fleet_context().settings))
+
+
+@bp.post(f"{API}/keys/keylist")
+@require_role("admin")
+def keylist_publish():  # type: ignore[no-untyped-def]
+    """Upload a signed key list (root-signed offline, or by a threshold of fleet keys, higher
+    version); every active device gets it in a rotate-key command."""
+    body = request.get_json(silent=True) or {}
+    ctx = fleet_context()
+    with ctx.session() as db:
+        out = _guard(keyrotation.publish_keylist, db, _signer(db), ctx.settings, body.get("keylist"), actor(),
+                     fleet=ctx.settings.fleet_id)
     _publish()
     return jsonify(out)
 
