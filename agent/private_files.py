@@ -43,5 +43,9 @@ def private_file(path: Path | str) -> Path:
 def _tighten(p: Path, mode: int) -> None:
     current = stat.S_IMODE(p.stat().st_mode)
     if current & ~mode & 0o777:
-        os.chmod(p, current & mode)
+        try:
+            os.chmod(p, current & mode)
+        except PermissionError as exc:  # not ours (a shared mount): usable, but say so once
+            log.warning("event=permissions-too-open path=%s mode=%o reason=%s", p, current, exc.strerror)
+            return
         log.info("event=permissions-tightened path=%s from=%o to=%o", p, current, current & mode)
