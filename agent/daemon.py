@@ -24,9 +24,11 @@ from agent.bundle import RollbackApproval
 from agent.canonical import canonical_json
 from agent.config import AgentConfig, ConfigError
 from agent.device_classes import CatalogueError, get_device_class
+from agent.disk_guard import DiskGuard
 from agent.identity import load_or_create_device_key
 from agent.keys import KeyFileError, key_id, public_key_to_b64, sign_document
 from agent.lifecycle import HealthPolicy, Lifecycle
+from agent.logs import set_write_error_hook
 from agent.model_store import InstalledModel, ModelStore, write_atomic
 from agent.names import InvalidName, validate_name
 from agent.outbox import open_outbox
@@ -63,12 +65,15 @@ class Agent:
                                    build_keys=config.build_keys)
         except KeyFileError as exc:
             raise ConfigError(f"field 'device_key', 'trusted_keys', 'build_keys' or 'root_keys': {exc}") from None
+        self.disk = DiskGuard(self.state_dir)  # a full disk is counted and reported, never fatal
+        set_write_error_hook(lambda exc: self.disk.failed("log", exc))
+        self._sampler = ResourceSampler()
         self.outbox = open_outbox(config)  # sealed with the storage key
         self.store = ModelStore(self.state_dir, device_class=self.device_class.name)
         self.telemetry = Telemetry(
             fleet=config.fleet_id, device=config.device_id, device_class=self.device_class.name,
             window_s=config.telemetry.window_s, sample_rate=config.telemetry.sample_rate,
-            sink=self._store_telemetry, resources=ResourceSampler().sample,
+            sink=self._store_telemetry, resources=self._resources,
             dropped_windows=lambda: self.outbox.dropped_windows,
             raw_samples_per_window=config.telemetry.raw_samples_per_window if config.telemetry.raw_samples else 0,
             max_samples_per_s=config.telemetry.max_samples_per_s)
@@ -136,8 +141,12 @@ class Agent:
     def set_telemetry_config(self, window_s: float | None, sample_rate: float | None) -> None:
         """Apply a fleet telemetry-config command and persist it (it outlives restarts)."""
         self.telemetry.set_config(window_s, sample_rate)
-        write_atomic(self.state_dir / "telemetry.json", canonical_json(
-            {"window_s": self.telemetry.window_s, "sample_rate": self.telemetry.sample_rate}))
+        try:
+            write_atomic(self.state_dir / "telemetry.json", canonical_json(
+                {"window_s": self.telemetry.window_s, "sample_rate": self.telemetry.sample_rate}))
+        except OSError as exc:
+            if not self.disk.failed("telemetry-config", exc):
+                raise
 
     def _load_telemetry_config(self) -> None:
         import json
@@ -196,7 +205,19 @@ class Agent:
             payload["sent_at"] = round(time.time(), 3)
             return self._signed(payload)
 
-        self.outbox.put(t, build, kind="telemetry")
+        self._put(t, build, "telemetry")
+
+    def _put(self, t: str, build: Any, kind: str) -> None:
+        try:
+            self.outbox.put(t, build, kind=kind)
+        except Exception as exc:
+            if not self.disk.failed("outbox", exc):
+                raise
+        else:
+            self.disk.ok()
+
+    def _resources(self) -> dict[str, Any]:
+        return {**self._sampler.sample(), **self.disk.window_report()}
 
     def emit_event(self, kind: str, command_id: str | None = None, reason: str | None = None,
                    details: dict[str, Any] | None = None) -> None:
@@ -208,7 +229,7 @@ class Agent:
                                  "time": round(time.time(), 3), "kind": kind, "command_id": command_id,
                                  "reason": reason, "details": details or {}})
 
-        self.outbox.put(t, build, kind="event")
+        self._put(t, build, "event")
 
     def _state_payload(self, status: str = "online") -> dict[str, Any]:
         p = self.predictor
@@ -232,7 +253,12 @@ class Agent:
         if self.link is None or not self.link.connected.is_set():
             return
         payload = self._state_payload()
-        payload["seq"] = self.outbox.next_seq()
+        try:
+            payload["seq"] = self.outbox.next_seq()
+        except Exception as exc:
+            if not self.disk.failed("outbox", exc):
+                raise
+            return
         self.link.publish_now(self.link.state_topic, self._signed(payload), retain=True)
 
     def _on_connect(self) -> None:
@@ -267,6 +293,7 @@ class Agent:
             "http_port": self.server.http_port if self.server else None,
             "device_key_id": key_id(self.device_key),
             "trusted_fleet_keys": self.keys.ids(),
+            **self.disk.health(),
             "updated": round(time.time(), 3),
         }
 
@@ -275,4 +302,11 @@ class Agent:
         if ready is not None:
             st["ready"] = ready
         with self._status_lock:
-            write_atomic(self.state_dir / "status.json", canonical_json(st))
+            try:
+                write_atomic(self.state_dir / "status.json", canonical_json(st))
+            except OSError as exc:  # never fatal: run_forever keeps serving (issue 12: ENOSPC killed it)
+                if not self.disk.failed("status", exc):
+                    log.warning("event=status-write-failed error=%s", exc)
+                return
+        if self.disk.ok():
+            self._write_status(ready)  # space is back: say so in the file too
