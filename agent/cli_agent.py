@@ -256,6 +256,28 @@ def predict(config: str | None, state_dir: str | None, device_id: str | None, mq
         _fail(f"cannot reach {url}: {exc}", 1)
 
 
+@agent_cli.command("seal-config")
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False), envvar="EDGEFLEET_AGENT_CONFIG",
+              help="agent.toml to rewrite")
+def seal_config(config: str) -> None:
+    """Seal a plaintext MQTT password in agent.toml with the storage key (the file is rewritten,
+    0600, without its comments; environment overrides are not written into it)."""
+    from agent.enrol import write_config
+
+    try:
+        cfg = load_config(config, environ={})
+    except ConfigError as exc:
+        _fail(str(exc))
+    if not cfg.mqtt.password or cfg.mqtt.password_sealed:
+        click.echo(json.dumps({"config": config, "sealed": []}))
+        return
+    try:
+        write_config(cfg, Path(config))
+    except ConfigError as exc:
+        _fail(str(exc))
+    click.echo(json.dumps({"config": config, "sealed": ["mqtt.password"]}))
+
+
 # The root CLI (edgefleet/cli.py) mounts this group as `edgefleet agent`.
 agent = agent_cli
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from agent.private_files import private_dir
 from agent.sealed import Sealer, SealError, load_storage_key
 from agent.toml_files import read_toml
 from agent.transport_policy import InsecureTransportError, check_transport
@@ -100,6 +101,8 @@ class AgentConfig:
 
     def storage_sealer(self, create: bool = True) -> Sealer:
         """The device's storage key (outbox and config secrets are sealed with it)."""
+        if create:
+            private_dir(self.state_path)
         return load_storage_key(self.storage_key or None, self.state_path / "storage.key", create=create)
 
     def to_dict(self) -> dict[str, Any]:
@@ -255,8 +258,8 @@ def _open_secrets(cfg: AgentConfig, plaintext_on_disk: bool) -> None:
             raise ConfigError(f"field 'mqtt.password_sealed': {exc}") from None
     elif plaintext_on_disk:
         log.warning("event=plaintext-secret field=mqtt.password: the MQTT password is stored in plaintext in the "
-                    "config file; re-enrol, or write the config with agent.config.seal_secrets(), to store "
-                    "mqtt.password_sealed instead")
+                    "config file; `edgefleet agent seal-config --config FILE` stores it sealed "
+                    "(mqtt.password_sealed) instead")
 
 
 def seal_secrets(cfg: AgentConfig) -> AgentConfig:

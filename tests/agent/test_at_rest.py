@@ -202,7 +202,14 @@ def test_mqtt_password_is_sealed_in_the_config_file(tmp_path, fleet_keys, caplog
     plain.write(tmp_path / "plain.toml")
     with caplog.at_level("WARNING"):
         assert load_config(tmp_path / "plain.toml").mqtt.password == "plain-pw"
-    assert "plaintext" in caplog.text
+    assert "plaintext" in caplog.text and "seal-config" in caplog.text
+    # ... and `agent seal-config` seals it in place
+    res = subprocess.run([PYTHON, "-m", "agent", "seal-config", "--config", str(tmp_path / "plain.toml")], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and json.loads(res.stdout)["sealed"] == ["mqtt.password"], res.stderr
+    assert "plain-pw" not in (tmp_path / "plain.toml").read_text() and _mode(tmp_path / "plain.toml") == 0o600
+    assert load_config(tmp_path / "plain.toml").mqtt.password == "plain-pw"
+    assert _mode(tmp_path / "s2") == 0o700 and _mode(tmp_path / "s2" / "storage.key") == 0o600
 
 
 # -- production transport -----------------------------------------------------------------------

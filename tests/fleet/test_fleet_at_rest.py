@@ -121,6 +121,22 @@ def test_wrong_storage_key_is_a_clear_503(server, build_keys, baseline, tmp_path
     assert "storage key" in r.json()["error"]["message"]
 
 
+def test_enrol_writes_the_mqtt_password_sealed(server, tmp_path) -> None:
+    from agent.config import load_config
+
+    tok = requests.post(f"{server.url}/api/enrolment-tokens", headers={"Authorization": "Bearer op"}, json={},
+                        timeout=30).json()["token"]
+    state, out = tmp_path / "dev" / "state", tmp_path / "dev" / "agent.toml"
+    res = subprocess.run([sys.executable, "-m", "agent", "enrol", "--fleet-url", server.url, "--token", tok,
+                          "--state-dir", str(state), "--config-out", str(out), "--device-id", "sealed-1"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 0, res.stderr
+    cfg = load_config(out)
+    assert len(cfg.mqtt.password) > 20 and cfg.mqtt.password not in out.read_text()
+    assert 'password_sealed = "efs1:' in out.read_text() and "\npassword = " not in out.read_text()
+    assert _mode(out) == 0o600 and _mode(state) == 0o700 and _mode(state / "storage.key") == 0o600
+
+
 # -- production transport -----------------------------------------------------------------------
 def _serve(tmp_path: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fleet", "--data-dir", str(tmp_path / "fd"), "serve", "--production",
