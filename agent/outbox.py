@@ -161,7 +161,8 @@ class Outbox:
                 self._set_meta("seq", seq)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a full disk can fail COMMIT after SQLite rolled back itself
+                    self._db.execute("ROLLBACK")
                 raise
             return seq
 
@@ -186,7 +187,8 @@ class Outbox:
                                  (topic, payload, kind, int(retain), time.time()))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a full disk can fail COMMIT after SQLite rolled back itself
+                    self._db.execute("ROLLBACK")
                 raise
         self.new_message.set()
         return seq

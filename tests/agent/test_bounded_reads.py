@@ -23,7 +23,7 @@ from tests.agent.forge import ustar_header
 
 
 def _keyring(fleet_keys) -> Keyring:
-    return Keyring.from_public_keys([load_public_key(fleet_keys["pub"])])
+    return Keyring.from_public_keys([load_public_key(fleet_keys["build_pub"])])
 
 
 def _huge_declared(path: Path) -> Path:

@@ -38,11 +38,11 @@ def test_wrong_device_class_refused_before_unpacking(tmp_path, agent_factory, bu
     a = agent_factory()
     a.install(bundles["v1"])
     arm = build_bundle(tmp_path / "arm.bundle", {"model.onnx": model_files["onnx_v2"]},
-                       _fields(device_class="arm64-cortex-a"), load_private_key(fleet_keys["priv"]))
+                       _fields(device_class="arm64-cortex-a"), load_private_key(fleet_keys["build"]))
     err = _install_refused(a, tmp_path / "arm.bundle", "wrong-device-class", digits)
     assert "arm64-cortex-a" in str(err) and "x86-64-generic" in str(err)
     assert arm.name == "digits"
-    keyring = Keyring.from_public_keys([load_public_key(fleet_keys["pub"])])
+    keyring = Keyring.from_public_keys([load_public_key(fleet_keys["build_pub"])])
     with pytest.raises(BundleError) as berr:
         verify_bundle(tmp_path / "arm.bundle", keyring, device_class="x86-64-generic",
                       unpack_to=tmp_path / "never")
@@ -62,7 +62,7 @@ def test_format_must_match_the_file_magic(tmp_path, agent_factory, bundles, mode
     a.install(bundles["v1"])
     fields = _fields(format=fmt)
     fields["entrypoint"] = entry
-    build_bundle(tmp_path / "fmt.bundle", {entry: model_files[source]}, fields, load_private_key(fleet_keys["priv"]))
+    build_bundle(tmp_path / "fmt.bundle", {entry: model_files[source]}, fields, load_private_key(fleet_keys["build"]))
     err = _install_refused(a, tmp_path / "fmt.bundle", "format-mismatch", digits)
     assert f"manifest says {fmt}" in str(err)
 
@@ -86,7 +86,7 @@ def test_bad_tensor_specs_refused_at_build(tmp_path, model_files, fleet_keys, sp
     fields["inputs"] = [spec]
     with pytest.raises(BundleError) as err:
         build_bundle(tmp_path / "x.bundle", {"model.onnx": model_files["onnx_v2"]}, fields,
-                     load_private_key(fleet_keys["priv"]))
+                     load_private_key(fleet_keys["build"]))
     assert err.value.reason == "bad-tensor-spec" and message in str(err.value)
 
 
@@ -98,7 +98,7 @@ def test_signed_bad_specs_refused_at_verify_and_install(tmp_path, agent_factory,
     fields = _fields()
     fields["outputs" if "dtype" in message else "inputs"] = [spec]
     forged = forge_bundle(tmp_path / "spec.bundle", {"model.onnx": model_files["onnx_v2"]}, fields,
-                          load_private_key(fleet_keys["priv"]))
+                          load_private_key(fleet_keys["build"]))
     err = _install_refused(a, forged, "bad-tensor-spec", digits)
     assert message in str(err) and "Traceback" not in str(err)
 
@@ -109,4 +109,4 @@ def test_good_specs_still_build(tmp_path, model_files, fleet_keys) -> None:
                         {"name": "ids", "shape": [1, "seq"], "dtype": "int64", "batch_axis": 0},
                         {"name": "mask", "shape": [], "dtype": "bool"}]
     build_bundle(tmp_path / "ok.bundle", {"model.onnx": model_files["onnx_v2"]}, fields,
-                 load_private_key(fleet_keys["priv"]))
+                 load_private_key(fleet_keys["build"]))

@@ -59,8 +59,8 @@ def _forged(tmp_path: Path, model_files: dict, key_path: Path, name: str) -> Pat
 
 def test_traversal_name_refused_by_verify_and_install_process(tmp_path: Path, fleet_keys, model_files) -> None:
     """The attack as seen: a validly signed bundle, installed with `agent install` (a real process)."""
-    bundle = _forged(tmp_path, model_files, fleet_keys["priv"], "../../PWNED_name")
-    keyring = Keyring.from_public_keys([load_public_key(fleet_keys["pub"])])
+    bundle = _forged(tmp_path, model_files, fleet_keys["build"], "../../PWNED_name")
+    keyring = Keyring.from_public_keys([load_public_key(fleet_keys["build_pub"])])
     with pytest.raises(BundleError) as err:
         verify_bundle(bundle, keyring)
     assert err.value.reason == "bad-name" and "PWNED" in str(err.value)
@@ -81,7 +81,7 @@ def test_traversal_name_refused_by_verify_and_install_process(tmp_path: Path, fl
 def test_bad_names_refused_in_process_without_traceback(tmp_path: Path, agent_factory, fleet_keys, model_files,
                                                         name: str) -> None:
     a = agent_factory()
-    bundle = _forged(tmp_path, model_files, fleet_keys["priv"], name)
+    bundle = _forged(tmp_path, model_files, fleet_keys["build"], name)
     with pytest.raises(InstallError) as err:
         a.install(bundle)
     assert err.value.reason == "bad-name"
@@ -95,7 +95,7 @@ def test_build_refuses_bad_names(tmp_path: Path, model_files, fleet_keys, field:
     fields["model"][field] = value
     with pytest.raises(BundleError) as err:
         build_bundle(tmp_path / "x.bundle", {"model.onnx": model_files["onnx_v1"]}, fields,
-                     load_private_key(fleet_keys["priv"]))
+                     load_private_key(fleet_keys["build"]))
     assert err.value.reason == "bad-name"
     assert not (tmp_path / "x.bundle").exists()
 
@@ -103,7 +103,7 @@ def test_build_refuses_bad_names(tmp_path: Path, model_files, fleet_keys, field:
 def test_cli_build_refuses_bad_name_cleanly(tmp_path: Path, model_files, fleet_keys) -> None:
     r = subprocess.run([sys.executable, "-m", "edgefleet", "bundle", "build", "--model", str(model_files["onnx_v1"]),
                         "--name", "a/b", "--version", "1", "--device-class", "x86-64-generic",
-                        "--key", str(fleet_keys["priv"]), "--out", str(tmp_path / "x.bundle")],
+                        "--key", str(fleet_keys["build"]), "--out", str(tmp_path / "x.bundle")],
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 2, r.stderr
     assert "model name 'a/b'" in r.stderr and "Traceback" not in r.stderr
