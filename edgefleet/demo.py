@@ -23,8 +23,9 @@ from typing import Any, TypeVar
 
 import click
 
-from edgefleet.demo_client import FleetClient
+from edgefleet.demo_client import ApiCallError, FleetClient
 from edgefleet.demo_devices import DemoAgent, DeviceSpec, Traffic
+from edgefleet.demo_report import explain_stop, failure_cause
 from edgefleet.demo_view import DemoView
 
 T = TypeVar("T")
@@ -229,64 +230,101 @@ def run_demo(opts: DemoOptions, view: DemoView) -> DemoOutcome:
         view.client = client
         outcome = DemoOutcome(url=srv.url, token=fleet.token)
         view.say(f"fleet manager up at {srv.url} (SQLite in {work / 'fleet'})", style="bold")
-
-        builds = build_models(work, fleet.build_key, view)
-        for version, results in builds.items():
-            for r in results:
-                client.upload_bundle(r.bundle_path)
-            view.say(f"uploaded digits v{version} ({len(results)} signed bundles) to the catalogue")
-
-        from fleet.broker import free_port
-
-        agents: list[DemoAgent] = []
-        stack.callback(lambda: [a.stop() for a in agents])
-        for spec in _device_specs(opts.agents_per_class):
-            tok = client.post("/api/enrolment-tokens", {"device_class": spec.device_class, "ttl_s": 600})["token"]
-            agent = DemoAgent(spec, work / "agents", free_port())
-            try:
-                agent.enrol(srv.url, tok)
-            except RuntimeError as exc:
-                raise DemoFailed(str(exc)) from None
-            agent.start()
-            agents.append(agent)
-            view.say(f"enrolled {spec.device_id} ({spec.device_class}, region {spec.region}) with a one-time token")
-        view.start_live()
-        wait_until(view, "agents to start", lambda: all(a.status().get("ready") for a in agents), 120)
-        wait_until(view, "signed state reports from every agent",
-                   lambda: len([d for d in view.poll(force=True).devices if d.get("state_seq", 0) > 0]) == len(agents),
-                   60)
-        view.say(f"{len(agents)} agents running, each its own process, state directory and device key")
-
-        traffic = Traffic([a.http_port for a in agents], _traffic_data())
-        traffic.start()
-        stack.callback(traffic.stop)
-        view.say("local apps are sending raw digit images to every agent")
-
-        outcome.v1_rollout = _roll(client, view, 1, [("everyone", 100)], opts.timeout_s)
-        if outcome.v1_rollout["status"] != "completed":
-            raise DemoFailed(f"v1 rollout ended {outcome.v1_rollout['status']}: {outcome.v1_rollout.get('reason')}")
-        view.panel("v1 is live", f"digits v1 installed on {len(agents)} devices of {len(CLASSES)} classes", "green")
-        if not view.console.is_terminal:  # on a terminal the live table already shows it
-            view.print_tables()
-
-        outcome.v2_rollout = r2 = _roll(client, view, 2, [("canary", 33), ("rest", 100)], opts.timeout_s)
-        if r2["status"] not in ("paused", "rolled-back"):
-            raise DemoFailed(f"v2 was expected to be stopped at the canary, but it ended {r2['status']}")
-        canary = [t["device_id"] for t in client.get(f"/api/rollouts/{r2['id']}/targets?wave=0")["targets"]]
-        def canary_back() -> bool:
-            snap = view.poll(force=True)
-            on_v1 = all(_installed(snap).get(d) == 1 for d in canary)
-            return on_v1 and all(snap.targets.get(d, {}).get("status") == "rolled-back" for d in canary)
-
-        wait_until(view, "the canary back on v1", canary_back, 90)
-        outcome.rolled_back = canary
-        outcome.devices = view.poll(force=True).devices
-        _explain_stop(view, r2, canary)
-        if not view.console.is_terminal:  # on a terminal the live table already shows it
-            view.print_tables()
+        try:
+            _scenario(opts, view, work, fleet, client, stack, outcome)
+        except Exception as exc:  # any failure: say its first cause and keep the console reachable
+            said = str(exc) if isinstance(exc, DemoFailed) else f"{type(exc).__name__}: {exc}"
+            message = _with_cause(said, client, view.rollout_id, work)
+            view.panel("demo failed", f"{message}\n\n{_console_text(outcome, work, opts.once)}", "red")
+            if not opts.once:
+                _serve_until_interrupted(view, outcome, announce=False)
+            raise DemoFailed(message) from None
         if not opts.once:
             _serve_until_interrupted(view, outcome)
         return outcome
+
+
+def _with_cause(message: str, client: FleetClient, rollout_id: int | None, work: Path) -> str:
+    """The failure plus its first cause, read back from the fleet and the agents' logs."""
+    rollout = None
+    if rollout_id is not None:
+        try:
+            rollout = client.get(f"/api/rollouts/{rollout_id}")
+        except (ApiCallError, OSError):
+            rollout = None
+    cause = failure_cause(client, rollout, work / "agents")
+    return f"{message}: {cause}" if cause else message
+
+
+def _console_text(outcome: DemoOutcome, work: Path, once: bool) -> str:
+    if not once:
+        return (f"the console stays up: open {outcome.url}/console and sign in with the token\n  {outcome.token}\n"
+                "Ctrl-C stops the demo.")
+    return (f"console (stopped with the demo): {outcome.url}/console, token {outcome.token}\n"
+            f"to look again: EDGEFLEET_API_TOKENS=admin:{outcome.token} "
+            f"edgefleet fleet --data-dir {work / 'fleet'} serve --port 0\n"
+            f"logs: {work / 'demo.log'}, {work / 'agents'}/*.log")
+
+
+def _scenario(opts: DemoOptions, view: DemoView, work: Path, fleet: DemoFleet, client: FleetClient,
+              stack: contextlib.ExitStack, outcome: DemoOutcome) -> None:
+    """Build, upload, enrol, roll v1 out, roll v2 out and watch the canary come back."""
+    srv = fleet.server
+    builds = build_models(work, fleet.build_key, view)
+    for version, results in builds.items():
+        for r in results:
+            client.upload_bundle(r.bundle_path)
+        view.say(f"uploaded digits v{version} ({len(results)} signed bundles) to the catalogue")
+
+    from fleet.broker import free_port
+
+    agents: list[DemoAgent] = []
+    stack.callback(lambda: [a.stop() for a in agents])
+    for spec in _device_specs(opts.agents_per_class):
+        tok = client.post("/api/enrolment-tokens", {"device_class": spec.device_class, "ttl_s": 600})["token"]
+        agent = DemoAgent(spec, work / "agents", free_port())
+        try:
+            agent.enrol(srv.url, tok)
+        except RuntimeError as exc:
+            raise DemoFailed(str(exc)) from None
+        agent.start()
+        agents.append(agent)
+        view.say(f"enrolled {spec.device_id} ({spec.device_class}, region {spec.region}) with a one-time token")
+    view.start_live()
+    wait_until(view, "agents to start", lambda: all(a.status().get("ready") for a in agents), 120)
+    wait_until(view, "signed state reports from every agent",
+               lambda: len([d for d in view.poll(force=True).devices if d.get("state_seq", 0) > 0]) == len(agents),
+               60)
+    view.say(f"{len(agents)} agents running, each its own process, state directory and device key")
+
+    traffic = Traffic([a.http_port for a in agents], _traffic_data())
+    traffic.start()
+    stack.callback(traffic.stop)
+    view.say("local apps are sending raw digit images to every agent")
+
+    outcome.v1_rollout = _roll(client, view, 1, [("everyone", 100)], opts.timeout_s)
+    if outcome.v1_rollout["status"] != "completed":
+        raise DemoFailed(f"v1 rollout {outcome.v1_rollout['id']} ended {outcome.v1_rollout['status']}")
+    view.panel("v1 is live", f"digits v1 installed on {len(agents)} devices of {len(CLASSES)} classes", "green")
+    if not view.console.is_terminal:  # on a terminal the live table already shows it
+        view.print_tables()
+
+    outcome.v2_rollout = r2 = _roll(client, view, 2, [("canary", 33), ("rest", 100)], opts.timeout_s)
+    if r2["status"] not in ("paused", "rolled-back"):
+        raise DemoFailed(f"v2 was expected to be stopped at the canary, but it ended {r2['status']}")
+    canary = [t["device_id"] for t in client.get(f"/api/rollouts/{r2['id']}/targets?wave=0")["targets"]]
+
+    def canary_back() -> bool:
+        snap = view.poll(force=True)
+        on_v1 = all(_installed(snap).get(d) == 1 for d in canary)
+        return on_v1 and all(snap.targets.get(d, {}).get("status") == "rolled-back" for d in canary)
+
+    wait_until(view, "the canary back on v1", canary_back, 90)
+    outcome.rolled_back = canary
+    outcome.devices = view.poll(force=True).devices
+    view.panel("automatic rollback", explain_stop(r2, canary), "yellow")
+    if not view.console.is_terminal:  # on a terminal the live table already shows it
+        view.print_tables()
 
 
 def _traffic_data() -> Any:
@@ -310,32 +348,10 @@ def _roll(client: FleetClient, view: DemoView, version: int, waves: list[tuple[s
     return wait_until(view, f"rollout of v{version}", done, timeout_s)
 
 
-def _explain_stop(view: DemoView, rollout: dict[str, Any], canary: list[str]) -> None:
-    reason = rollout.get("reason") or {}
-    lines = [f"rollout {rollout['id']} (digits v2) stopped at wave {rollout['current_wave']}: "
-             f"{reason.get('summary', rollout['status'])}"]
-    for g in reason.get("gates", []):
-        lines.append(f"  gate {g.get('gate')}: {_gate_text(g)}")
-    lines.append(f"canary devices rolled back to v1 by signed commands: {', '.join(canary)}")
-    lines.append("devices outside the canary never received v2")
-    view.panel("automatic rollback", "\n".join(lines), "yellow")
-
-
-def _gate_text(g: dict[str, Any]) -> str:
-    """One line per failed gate, in the words an operator would use."""
-    d = g.get("detail") if isinstance(g.get("detail"), dict) else {}
-    text = f"{g.get('value')} (limit {g.get('threshold', g.get('limit', '?'))})"
-    if g.get("gate") == "prediction_drift" and d:
-        parts = [f"PSI {v['psi']} vs {k}" for k, v in d.items() if isinstance(v, dict) and "psi" in v]
-        text = f"{', '.join(parts)} (limit {g.get('threshold', 0.2)}) over {d.get('samples', '?')} predictions"
-    elif g.get("gate") == "feature_drift" and d:
-        text += f": {len(d.get('drifted', []))} of {d.get('judged', '?')} input features drifted"
-    return text
-
-
-def _serve_until_interrupted(view: DemoView, outcome: DemoOutcome) -> None:
-    view.panel("console", f"open {outcome.url}/console and sign in with the token\n  {outcome.token}\n"
-               "Rollouts, devices, drift and alerts are there. Ctrl-C stops the demo.", "cyan")
+def _serve_until_interrupted(view: DemoView, outcome: DemoOutcome, announce: bool = True) -> None:
+    if announce:
+        view.panel("console", f"open {outcome.url}/console and sign in with the token\n  {outcome.token}\n"
+                   "Rollouts, devices, drift and alerts are there. Ctrl-C stops the demo.", "cyan")
     stop = {"now": False}
 
     def on_signal(*_a: Any) -> None:

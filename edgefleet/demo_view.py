@@ -17,6 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from edgefleet.demo_client import ApiCallError, FleetClient
+from edgefleet.demo_report import wave_number
 
 
 @dataclass
@@ -63,7 +64,7 @@ def rollouts_table(snap: FleetSnapshot) -> Table:
         counts = ", ".join(f"{k} {v}" for k, v in sorted((r.get("targets") or {}).items()))
         reason = (r.get("reason") or {}).get("summary", "") if isinstance(r.get("reason"), dict) else ""
         t.add_row(str(r["id"]), f"{r['model_name']} v{r['version']}", f"[{style}]{r['status']}[/]",
-                  str(r.get("current_wave", "")), counts, reason[:90])
+                  wave_number(r.get("current_wave")), counts, reason[:90])
     return t
 
 
@@ -132,12 +133,13 @@ class DemoView:
         for dev, t in sorted(snap.targets.items()):
             if self._seen_targets.get(dev) != t["status"]:
                 why = f" ({t['reason']})" if t.get("reason") else ""
-                self.say(f"  {dev} [{t['device_class']}] wave {t['wave']}: {t['status']}{why}")
+                self.say(f"  {dev} [{t['device_class']}] wave {wave_number(t.get('wave'))}: {t['status']}{why}")
                 self._seen_targets[dev] = t["status"]
         r = next((r for r in snap.rollouts if r["id"] == self.rollout_id), None)
         if r is not None and self._seen_rollout != (r["status"], r["current_wave"]):
             self._seen_rollout = (r["status"], r["current_wave"])
-            self.say(f"rollout {r['id']} ({r['model_name']} v{r['version']}): {r['status']}, wave {r['current_wave']}",
+            self.say(f"rollout {r['id']} ({r['model_name']} v{r['version']}): {r['status']}, "
+                     f"wave {wave_number(r['current_wave'])}",
                      style="bold")
 
     def panel(self, title: str, body: str, style: str = "cyan") -> None:

@@ -21,16 +21,24 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_once_reaches_the_rollback(tmp_path: Path) -> None:
-    work = tmp_path / "demo"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    """As README.md and .ci/run do it: `edgefleet demo --once` in a fresh clone's root, no --workdir
+    (issue 11: the relative .edgefleet/demo made GET /artifacts answer 500 and every install fail)."""
+    from tests.doorstep.checkout import fresh_checkout
+
+    clone = fresh_checkout(tmp_path / "clone")
+    work = clone / ".edgefleet" / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_") and k != "DATABASE_URL"}
+    env["PYTHONPATH"] = str(clone)  # the clone's code, with the project venv's libraries
     env.pop("MQTT_URL", None)  # the demo's own private broker
-    res = subprocess.run([sys.executable, "-m", "edgefleet", "demo", "--once", "--workdir", str(work),
-                          "--port", "0", "--agents-per-class", "2", "--timeout", "300"],
-                         capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
+    res = subprocess.run([sys.executable, "-m", "edgefleet", "demo", "--once"],
+                         capture_output=True, text=True, cwd=clone, timeout=900, env=env)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert "automatic rollback" in out and "demo finished" in out
     assert "Traceback" not in out
+    assert f"working directory: {work}" in " ".join(out.split())
+    # waves are numbered from 1, as in the console
+    assert "wave 0" not in out and "stopped at wave 1" in out
 
     # six signed bundles: two versions for each of the three device classes
     bundles = sorted(p.name for p in (work / "build").glob("*.bundle"))

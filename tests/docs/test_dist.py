@@ -5,7 +5,6 @@ templates, migrations, the device-class catalogue, the agent's schemas."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -14,20 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.doorstep.checkout import fresh_checkout
+
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent
-
-
-def fresh_checkout(dest: Path) -> Path:
-    """The files a clone of the working tree has (tracked and new, not ignored), copied to `dest`."""
-    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, names):
-        src = REPO / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    return dest
 
 
 @pytest.mark.slow
