@@ -82,8 +82,12 @@ def create_app(settings: FleetSettings | None = None, *, engine: Engine | None =
     engine = engine or make_engine(settings.database_url, data_dir=settings.data_dir)
     if init:
         init_db(engine)
+    from fleet.api.validation import JSON_MAX_BYTES, IdConverter, check_url
+
     app = Flask(__name__, static_folder=None)
-    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=4 * 1024**3,
+    app.url_map.converters["int"] = IdConverter  # before any rule: ids beyond the column's range match no route
+    # JSON and form bodies: 413 beyond this; POST /api/models raises it to settings.max_upload_bytes.
+    app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=JSON_MAX_BYTES,
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", JSON_SORT_KEYS=False)
     app.extensions["edgefleet"] = FleetContext(
         settings, engine, {hash_token(t): role for t, role in settings.api_tokens.items()})
@@ -102,6 +106,8 @@ def create_app(settings: FleetSettings | None = None, *, engine: Engine | None =
     @app.before_request
     def _start_timer() -> None:
         g.t0 = time.perf_counter()
+
+    app.before_request(check_url)  # NUL / unpaired surrogates in path or query: 400, not a driver error
 
     @app.after_request
     def _observe(resp):  # type: ignore[no-untyped-def]

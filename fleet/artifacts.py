@@ -6,18 +6,33 @@ verifies what it gets; no API token has to live on devices.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Blueprint, Response
 
+from fleet.api.validation import api
 from fleet.app import fleet_context
-from fleet.artifact_store import ArtifactUnreadable, open_artifact, send_artifact
+from fleet.artifact_store import ArtifactUnreadable, open_artifact, seal_into_store, send_artifact
 from fleet.catalogue import CatalogueError, artifact_path
 from fleet.errors import ApiError
+from fleet.settings import FleetSettings
 
 bp = Blueprint("artifacts", __name__)
 
 
+def store_artifact(settings: FleetSettings, digest: str, src: Path) -> Path:
+    """The one write into the artifact store: seal the verified upload `src` (a temporary file in
+    the artifacts dir) to its content address (fleet.artifact_store). Same bytes twice: the first copy stays."""
+    return seal_into_store(settings, digest, src, artifact_path(settings, digest))  # sealed at rest
+
+
+_BUNDLE = {"content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}
+
+
 @bp.route("/artifacts/<digest>", methods=["GET", "HEAD"])
+@api(responses={200: _BUNDLE, 206: _BUNDLE, 304: {}})
 def get_artifact(digest: str) -> Response:
+    """A bundle by its SHA-256 (Range and If-None-Match supported). Public: agents verify it."""
     try:
         path = artifact_path(fleet_context().settings, digest)
     except CatalogueError as exc:

@@ -5,7 +5,6 @@ manifest.provenance and metrics from the compiler's manifest."""
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +39,39 @@ class Uploaded:
     created: bool
 
 
-def store_upload(settings: FleetSettings, stream: IO[bytes]) -> Path:
-    """Spool an upload to a temporary file inside the artifacts dir (same filesystem for rename)."""
+def store_upload(settings: FleetSettings, stream: IO[bytes], limit: int | None = None) -> Path:
+    """Stream an upload to a temporary file inside the artifacts dir (same filesystem for rename),
+    1 MiB at a time, never more than `limit` bytes (CatalogueError 413 beyond, nothing left behind)."""
+    limit = settings.max_upload_bytes if limit is None else limit
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=settings.artifacts_dir)
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(stream, out, 1 << 20)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            written = 0
+            while chunk := stream.read(1 << 20):
+                written += len(chunk)
+                if written > limit:
+                    raise CatalogueError(413, "too-large", f"bundle exceeds {limit} bytes (fleet max_upload_bytes)")
+                out.write(chunk)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return Path(tmp)
+
+
+def check_model(model: dict[str, Any]) -> None:
+    """The one name grammar (agent.names): a model name or class like `../../x` never reaches a
+    path; the version fits its INTEGER column (32-bit on PostgreSQL)."""
+    from agent.names import InvalidName, validate_name
+
+    try:
+        validate_name("model name", model.get("name"))
+        validate_name("device class", model.get("device_class"))
+    except InvalidName as exc:
+        raise CatalogueError(400, "bad-name", str(exc)) from exc
+    v = model.get("version")
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 2**31 - 1:
+        raise CatalogueError(400, "bad-version", f"model.version must be an integer 0..{2**31 - 1}, got {v!r:.40}")
 
 
 def add_bundle(db: Session, settings: FleetSettings, bundle_file: Path, keyring: Keyring, actor: str) -> Uploaded:
@@ -59,8 +84,10 @@ def add_bundle(db: Session, settings: FleetSettings, bundle_file: Path, keyring:
         try:
             vb = verify_bundle(bundle_file, keyring)
         except BundleError as exc:
-            raise CatalogueError(422, f"bundle-{exc.reason}", str(exc)) from exc
+            status = 400 if exc.reason == "bad-name" else 422
+            raise CatalogueError(status, f"bundle-{exc.reason}", str(exc)) from exc
         m = vb.manifest["model"]
+        check_model(m)
         existing = db.exec(select(ModelVersion).where(ModelVersion.name == m["name"],
                                                       ModelVersion.version == m["version"],
                                                       ModelVersion.device_class == m["device_class"])).first()
@@ -69,10 +96,10 @@ def add_bundle(db: Session, settings: FleetSettings, bundle_file: Path, keyring:
                 return Uploaded(existing, False)
             raise CatalogueError(409, "version-exists",
                                  f"{m['name']} v{m['version']} for {m['device_class']} exists with other content")
-        from fleet.artifact_store import seal_into_store
+        from fleet.artifacts import store_artifact
 
         size = bundle_file.stat().st_size
-        dest = seal_into_store(settings, vb.bundle_sha256, bundle_file, artifact_path(settings, vb.bundle_sha256))
+        dest = store_artifact(settings, vb.bundle_sha256, bundle_file)
         mv = ModelVersion(name=m["name"], version=m["version"], device_class=m["device_class"], format=m["format"],
                           precision=m["precision"], manifest_sha256=vb.manifest_sha256,
                           bundle_sha256=vb.bundle_sha256, size=size, artifact_path=str(dest),

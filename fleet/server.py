@@ -75,7 +75,8 @@ class FleetServer:
         if self.production:
             from waitress import create_server
 
-            self._http = create_server(self.app, host=self.host, port=self.port, threads=8)
+            self._http = create_server(self.app, host=self.host, port=self.port, threads=8,
+                                       max_request_body_size=self.settings.max_upload_bytes)
             server = self._http
 
             def run() -> None:

@@ -73,6 +73,7 @@ class FleetSettings:
     api_tokens: dict[str, str] = field(default_factory=dict)      # bootstrap: token -> role
     secret_key: str = ""                  # cookie sessions; random per start when empty
     public_url: str = "http://127.0.0.1:8080"  # how agents reach /artifacts
+    max_upload_bytes: int = 2 * 1024**3   # largest bundle POST /api/models accepts (413 beyond); streamed to disk
     host: str = "127.0.0.1"
     port: int = 8080
     start_ingest: bool = True             # `serve` runs the ingest subscriber in-process

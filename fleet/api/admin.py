@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from sqlalchemy import func
 from sqlmodel import select
 
 from fleet import audit
+from fleet.api import responses as r
+from fleet.api import schemas as sc
+from fleet.api.validation import api, body, query
 from fleet.app import fleet_context
-from fleet.auth import ROLES, actor, create_api_token, require_role
-from fleet.errors import ApiError, json_body, page, paginate_args
+from fleet.auth import actor, create_api_token, require_role
+from fleet.errors import ApiError, page
 from fleet.models import ApiToken, AuditEntry, now
 
 bp = Blueprint("api_admin", __name__, url_prefix="/api")
@@ -22,17 +25,18 @@ def token_view(t: ApiToken) -> dict:  # type: ignore[type-arg]
 
 @bp.post("/tokens")
 @require_role("admin")
+@api(body=sc.TokenCreate, responses={201: r.TokenCreated})
 def create():  # type: ignore[no-untyped-def]
-    body = json_body()
-    if body.get("role") not in ROLES or not isinstance(body.get("name"), str) or not body["name"]:
-        raise ApiError(400, "bad-request", f"name and role ({', '.join(ROLES)}) are required")
+    """Create an API token; the token is shown once."""
+    b = body()
     with fleet_context().session() as db:
-        token, row = create_api_token(db, body["name"], body["role"], actor())
+        token, row = create_api_token(db, b.name, b.role, actor())
         return jsonify({"token": token, **token_view(row)}), 201
 
 
 @bp.get("/tokens")
 @require_role("admin")
+@api(responses={200: r.Items[r.TokenView]})
 def index():  # type: ignore[no-untyped-def]
     with fleet_context().session() as db:
         return jsonify({"items": [token_view(t) for t in db.exec(select(ApiToken).order_by(ApiToken.id))]})
@@ -40,6 +44,7 @@ def index():  # type: ignore[no-untyped-def]
 
 @bp.delete("/tokens/<int:token_id>")
 @require_role("admin")
+@api(responses={200: r.TokenView})
 def revoke(token_id: int):  # type: ignore[no-untyped-def]
     with fleet_context().session() as db:
         t = db.get(ApiToken, token_id)
@@ -59,13 +64,15 @@ def audit_view(e: AuditEntry) -> dict:  # type: ignore[type-arg]
 
 @bp.get("/audit")
 @require_role("operator")
+@api(query=sc.AuditQuery, responses={200: r.Page[r.AuditView]})
 def audit_log():  # type: ignore[no-untyped-def]
-    limit, offset = paginate_args()
+    """The audit log, newest first; filter by actor, action and target (exact match)."""
+    a = query()
+    limit, offset = a.limit, a.offset
     q = select(AuditEntry)
-    for arg, column in (("actor", AuditEntry.actor), ("action", AuditEntry.action),
-                        ("target", AuditEntry.target)):
-        if request.args.get(arg):
-            q = q.where(column == request.args[arg])
+    for value, column in ((a.actor, AuditEntry.actor), (a.action, AuditEntry.action), (a.target, AuditEntry.target)):
+        if value:
+            q = q.where(column == value)
     with fleet_context().session() as db:
         total = db.exec(select(func.count()).select_from(q.subquery())).one()
         rows = db.exec(q.order_by(AuditEntry.id.desc()).offset(offset).limit(limit))

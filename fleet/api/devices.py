@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from sqlalchemy import func, or_, text
 from sqlmodel import Session, col, select
 
 from fleet import enrolment
+from fleet.api import responses as r
+from fleet.api import schemas as sc
+from fleet.api.validation import api, body, query
 from fleet.app import fleet_context
 from fleet.auth import actor, require_role
-from fleet.errors import ApiError, json_body, page, paginate_args
+from fleet.errors import ApiError, page
 from fleet.models import Device, DeviceEvent, TelemetryWindow
 
 bp = Blueprint("api_devices", __name__, url_prefix="/api/devices")
@@ -29,9 +32,12 @@ def device_query(args: Any, dialect: str):  # type: ignore[no-untyped-def]
         q = q.where(Device.installed_name == args["model"])
     if args.get("version"):
         try:
-            q = q.where(Device.installed_version == int(args["version"]))
+            version = int(args["version"])
         except ValueError as exc:
             raise ApiError(400, "bad-request", "version must be an integer") from exc
+        if not 0 <= version <= sc.INT32_MAX:
+            raise ApiError(400, "bad-request", "version is out of range")
+        q = q.where(Device.installed_version == version)
     if args.get("q"):
         q = q.where(col(Device.id).contains(args["q"], autoescape=True))
     for key, value in args.items():
@@ -54,10 +60,14 @@ def list_devices(db: Session, args: Any, limit: int, offset: int) -> tuple[list[
 
 @bp.get("")
 @require_role("viewer")
+@api(query=sc.DeviceListQuery, responses={200: r.Page[r.DeviceView]})
 def index():  # type: ignore[no-untyped-def]
-    limit, offset = paginate_args()
+    """Devices, filtered by status, device_class, model, version, q (id contains), tag and
+    attr.<key>=<value> (e.g. attr.region=eu; several attr filters must all hold)."""
+    a = query()
+    limit, offset = a.limit, a.offset
     with fleet_context().session() as db:
-        rows, total = list_devices(db, request.args, limit, offset)
+        rows, total = list_devices(db, a.model_dump(exclude_none=True), limit, offset)
         return jsonify(page([enrolment.device_view(d) for d in rows], total, limit, offset))
 
 
@@ -70,6 +80,7 @@ def _get(db: Session, device_id: str) -> Device:
 
 @bp.get("/<device_id>")
 @require_role("viewer")
+@api(responses={200: r.DeviceDetail})
 def show(device_id: str):  # type: ignore[no-untyped-def]
     with fleet_context().session() as db:
         d = _get(db, device_id)
@@ -78,19 +89,17 @@ def show(device_id: str):  # type: ignore[no-untyped-def]
 
 @bp.patch("/<device_id>")
 @require_role("operator")
+@api(body=sc.DevicePatch, responses={200: r.DeviceView})
 def patch(device_id: str):  # type: ignore[no-untyped-def]
-    body = json_body()
-    tags, attrs = body.get("tags"), body.get("attributes")
-    if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
-        raise ApiError(400, "bad-request", "tags must be a list of strings")
-    if attrs is not None and not isinstance(attrs, dict):
-        raise ApiError(400, "bad-request", "attributes must be an object")
+    """Replace the device's tags and/or attributes (a field left out is kept)."""
+    tags, attrs = body().tags, body().attributes
     return _change_device(device_id, lambda db: enrolment.update_device(db, device_id, actor(), tags=tags,
                                                                         attributes=attrs))
 
 
 @bp.post("/<device_id>/decommission")
 @require_role("operator")
+@api(responses={200: r.DeviceView})
 def decommission(device_id: str):  # type: ignore[no-untyped-def]
     return _change_device(device_id, lambda db: enrolment.decommission(db, device_id, actor()))
 
@@ -109,8 +118,10 @@ def _change_device(device_id: str, change: Any) -> Any:
 
 @bp.get("/<device_id>/events")
 @require_role("viewer")
+@api(query=sc.PageQuery, responses={200: r.Page[r.DeviceEventView]})
 def events(device_id: str):  # type: ignore[no-untyped-def]
-    limit, offset = paginate_args()
+    """The device's events (installs, rollbacks, errors), newest first."""
+    limit, offset = query().limit, query().offset
     with fleet_context().session() as db:
         _get(db, device_id)
         base = select(DeviceEvent).where(DeviceEvent.device_id == device_id)
@@ -123,17 +134,20 @@ def events(device_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/<device_id>/telemetry")
 @require_role("viewer")
+@api(query=sc.TelemetryQuery, responses={200: r.Page[r.TelemetryView]})
 def telemetry(device_id: str):  # type: ignore[no-untyped-def]
-    limit, offset = paginate_args()
+    """The device's telemetry windows, newest first; `model` filters, `payload=true` adds the raw window."""
+    a = query()
+    limit, offset = a.limit, a.offset
     with fleet_context().session() as db:
         _get(db, device_id)
         base = select(TelemetryWindow).where(TelemetryWindow.device_id == device_id)
-        if request.args.get("model"):
-            base = base.where(or_(TelemetryWindow.model_name == request.args["model"]))
+        if a.model:
+            base = base.where(or_(TelemetryWindow.model_name == a.model))
         total = db.exec(select(func.count()).select_from(base.subquery())).one()
         rows = db.exec(base.order_by(TelemetryWindow.seq.desc()).offset(offset).limit(limit))
         items = [{"seq": w.seq, "window_start": w.window_start, "window_end": w.window_end, "model": w.model_name,
                   "version": w.model_version, "role": w.role, "requests": w.requests, "errors": w.errors,
-                  "cohort": w.cohort, "payload": w.payload if request.args.get("payload") else None}
+                  "cohort": w.cohort, "payload": w.payload if a.payload else None}
                  for w in rows]
         return jsonify(page(items, int(total), limit, offset))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
 from fleet import enrolment
+from fleet.api import responses as r
+from fleet.api import schemas as sc
+from fleet.api.validation import api, body
 from fleet.app import fleet_context
 from fleet.auth import actor, require_role
 from fleet.broker import DEFAULT_URL
-from fleet.errors import ApiError, json_body
+from fleet.errors import ApiError
 from fleet.fleet_keys import device_trust
 
 bp = Blueprint("api_enrol", __name__, url_prefix="/api")
@@ -24,33 +27,29 @@ def _host_port(url: str) -> tuple[str, int]:
 
 @bp.post("/enrolment-tokens")
 @require_role("operator")
+@api(body=sc.EnrolmentTokenCreate, body_required=False, responses={201: r.EnrolmentTokenCreated})
 def create_token():  # type: ignore[no-untyped-def]
-    body = request.get_json(silent=True) or {}
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad-request", "expected a JSON object body")
-    ttl = body.get("ttl_s", 24 * 3600)
-    if not isinstance(ttl, (int, float)) or ttl <= 0:
-        raise ApiError(400, "bad-request", "ttl_s must be a positive number")
+    """A one-time enrolment token; its class, tags and attributes are preset on the device that uses it."""
+    b = body()
     with fleet_context().session() as db:
         token, row = enrolment.create_enrolment_token(
-            db, actor(), ttl_s=float(ttl), device_class=body.get("device_class"), tags=body.get("tags"),
-            attributes=body.get("attributes"))
+            db, actor(), ttl_s=float(b.ttl_s), device_class=b.device_class, tags=b.tags, attributes=b.attributes)
         return jsonify({"token": token, "id": row.id, "expires_at": row.expires_at}), 201
 
 
 @bp.post("/enrol")
+@api(body=sc.EnrolRequest, responses={201: r.Enrolled})
 def enrol():  # type: ignore[no-untyped-def]
-    """Public: the enrolment token is the credential."""
-    body = json_body()
-    if not isinstance(body.get("token"), str) or not isinstance(body.get("public_key"), str):
-        raise ApiError(400, "bad-request", "token and public_key (base64 raw Ed25519) are required")
+    """Trade a one-time enrolment token and the device's public key for an identity.
+
+    Public: the enrolment token is the credential."""
+    b = body()
     ctx = fleet_context()
     s = ctx.settings
     try:
         with ctx.session() as db:
-            res = enrolment.enrol(db, s, body["token"], body["public_key"], device_id=body.get("device_id"),
-                                  device_class=body.get("device_class"), tags=body.get("tags"),
-                                  attributes=body.get("attributes"))
+            res = enrolment.enrol(db, s, b.token, b.public_key, device_id=b.device_id,
+                                  device_class=b.device_class, tags=b.tags, attributes=b.attributes)
             device = enrolment.device_view(res.device)
     except enrolment.EnrolmentError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from exc

@@ -8,26 +8,54 @@ from flask import Blueprint, jsonify, request
 from sqlmodel import select
 
 from fleet import catalogue, ops_metrics
+from fleet.api import responses as r
+from fleet.api import schemas as sc
+from fleet.api.validation import api, query
 from fleet.app import fleet_context
 from fleet.auth import actor, require_role
-from fleet.errors import ApiError, page, paginate_args
+from fleet.errors import ApiError, page
 from fleet.fleet_keys import build_keyring
 from fleet.models import Aggregate, ModelVersion
 
 bp = Blueprint("api_models", __name__, url_prefix="/api/models")
 
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+UPLOAD_CONTENT = {"application/octet-stream": _BINARY,
+                  "multipart/form-data": {"schema": {"type": "object", "required": ["bundle"],
+                                                     "properties": {"bundle": {"type": "string", "format": "binary"}}}}}
+
+
 @bp.post("")
 @require_role("operator")
+@api(body_content=UPLOAD_CONTENT, responses={201: r.VersionView, 200: r.VersionView})
 def upload():  # type: ignore[no-untyped-def]
-    """Body: the bundle bytes (application/octet-stream) or a multipart field named `bundle`."""
+    """Upload a signed bundle: the raw bytes as the body, or a multipart file field named `bundle`.
+
+    Any other Content-Type (or none, as `curl --data-binary @x.bundle` sends) is read as the raw
+    bundle. The body is streamed to disk, at most the fleet's `max_upload_bytes` (413 beyond).
+    201 for a new version, 200 when the same bytes are already registered."""
     ctx = fleet_context()
-    f = request.files.get("bundle")
-    stream = f.stream if f is not None else request.stream
-    tmp = catalogue.store_upload(ctx.settings, stream)
+    cap = ctx.settings.max_upload_bytes
+    if request.content_length is not None and request.content_length > cap:
+        raise ApiError(413, "too-large", f"bundle is {request.content_length} bytes; this fleet accepts at most "
+                                         f"{cap} (max_upload_bytes)")
+    request.max_content_length = cap
+    if request.mimetype == "multipart/form-data":
+        f = request.files.get("bundle")
+        if f is None:
+            raise ApiError(400, "bad-request", "a multipart upload needs a file field named 'bundle'")
+        stream = f.stream
+    else:  # never touch request.form here: it would swallow an x-www-form-urlencoded bundle
+        stream = request.stream
+    try:
+        tmp = catalogue.store_upload(ctx.settings, stream, cap)
+    except catalogue.CatalogueError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from exc
     if tmp.stat().st_size == 0:
         tmp.unlink()
-        raise ApiError(400, "bad-request", "empty upload; send the bundle as the body or as multipart 'bundle'")
+        raise ApiError(400, "bad-request", "empty upload; send the bundle as the body "
+                                           "(curl --data-binary @x.bundle) or as multipart field 'bundle'")
     try:
         with ctx.session() as db:
             res = catalogue.add_bundle(db, ctx.settings, tmp, build_keyring(ctx.settings), actor())
@@ -39,6 +67,7 @@ def upload():  # type: ignore[no-untyped-def]
 
 @bp.get("")
 @require_role("viewer")
+@api(responses={200: r.ModelList})
 def index():  # type: ignore[no-untyped-def]
     with fleet_context().session() as db:
         by_name: dict[str, list[ModelVersion]] = defaultdict(list)
@@ -52,8 +81,10 @@ def index():  # type: ignore[no-untyped-def]
 
 @bp.get("/<name>/versions")
 @require_role("viewer")
+@api(query=sc.PageQuery, responses={200: r.Page[r.VersionView]})
 def versions(name: str):  # type: ignore[no-untyped-def]
-    limit, offset = paginate_args()
+    """A model's versions (one row per device-class build), newest first."""
+    limit, offset = query().limit, query().offset
     ctx = fleet_context()
     with ctx.session() as db:
         rows = list(db.exec(select(ModelVersion).where(ModelVersion.name == name)
@@ -66,12 +97,14 @@ def versions(name: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/<name>/versions/<int:version>")
 @require_role("viewer")
+@api(query=sc.VersionQuery, responses={200: r.Items[r.VersionView]})
 def version(name: str, version: int):  # type: ignore[no-untyped-def]
+    """One version's builds with their manifests; `device_class` picks one build."""
     ctx = fleet_context()
     with ctx.session() as db:
         q = select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
-        if request.args.get("device_class"):
-            q = q.where(ModelVersion.device_class == request.args["device_class"])
+        if query().device_class:
+            q = q.where(ModelVersion.device_class == query().device_class)
         rows = list(db.exec(q))
         if not rows:
             raise ApiError(404, "not-found", f"no {name} v{version}")
@@ -81,14 +114,16 @@ def version(name: str, version: int):  # type: ignore[no-untyped-def]
 
 @bp.get("/<name>/versions/<int:version>/performance")
 @require_role("viewer")
+@api(query=sc.PerformanceQuery, responses={200: r.Performance})
 def performance(name: str, version: int):  # type: ignore[no-untyped-def]
     """History per window and cohort: requests, error rate, latency p50/p99, resources."""
+    a = query()
     with fleet_context().session() as db:
         q = select(Aggregate).where(Aggregate.model_name == name, Aggregate.model_version == version)
-        if request.args.get("role"):
-            q = q.where(Aggregate.role == request.args["role"])
-        if request.args.get("cohort"):
-            q = q.where(Aggregate.cohort == request.args["cohort"])
+        if a.role:
+            q = q.where(Aggregate.role == a.role)
+        if a.cohort:
+            q = q.where(Aggregate.cohort == a.cohort)
         rows = list(db.exec(q.order_by(Aggregate.window_start, Aggregate.cohort)))
         items = [{"window_start": a.window_start, "window_seconds": a.window_seconds, "cohort": a.cohort,
                   "device_class": a.device_class, "role": a.role, **ops_metrics.summarise([a])} for a in rows]

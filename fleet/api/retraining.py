@@ -6,6 +6,9 @@ from flask import Blueprint, jsonify, request
 from sqlmodel import select
 
 from fleet import retraining
+from fleet.api import responses as r
+from fleet.api import schemas as sc
+from fleet.api.validation import api, body, query
 from fleet.app import fleet_context
 from fleet.auth import actor, require_role
 from fleet.errors import ApiError
@@ -16,8 +19,10 @@ bp = Blueprint("api_retraining", __name__, url_prefix="/api/retraining")
 
 @bp.get("")
 @require_role("viewer")
+@api(query=sc.StatusQuery, responses={200: r.RetrainingList})
 def list_requests():  # type: ignore[no-untyped-def]
-    status = request.args.get("status")
+    """The latest 200 retraining requests, newest first; `status` filters."""
+    status = query().status
     with fleet_context().session() as db:
         q = select(RetrainingRequest).order_by(RetrainingRequest.id.desc())  # type: ignore[union-attr]
         if status:
@@ -26,8 +31,11 @@ def list_requests():  # type: ignore[no-untyped-def]
 
 
 def decide_from_request(request_id: int, approve: bool) -> dict:  # type: ignore[type-arg]
-    body = request.get_json(silent=True) or {}
-    note = request.form.get("note", "") or (body.get("note", "") if isinstance(body, dict) else "")
+    """The console's form post."""
+    return decide(request_id, approve, request.form.get("note", ""))
+
+
+def decide(request_id: int, approve: bool, note: str) -> dict:  # type: ignore[type-arg]
     ctx = fleet_context()
     try:
         with ctx.session() as db:
@@ -39,11 +47,15 @@ def decide_from_request(request_id: int, approve: bool) -> dict:  # type: ignore
 
 @bp.post("/<int:request_id>/approve")
 @require_role("operator")
+@api(body=sc.DecisionBody, body_required=False, responses={200: r.RetrainingView})
 def approve(request_id: int):  # type: ignore[no-untyped-def]
-    return jsonify(decide_from_request(request_id, True))
+    """Approve a retraining request (fires the configured webhook)."""
+    return jsonify(decide(request_id, True, body().note))
 
 
 @bp.post("/<int:request_id>/dismiss")
 @require_role("operator")
+@api(body=sc.DecisionBody, body_required=False, responses={200: r.RetrainingView})
 def dismiss(request_id: int):  # type: ignore[no-untyped-def]
-    return jsonify(decide_from_request(request_id, False))
+    """Dismiss a retraining request."""
+    return jsonify(decide(request_id, False, body().note))

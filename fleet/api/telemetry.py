@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections import Counter
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from sqlalchemy import func
 from sqlmodel import select
 
 from fleet import ops_metrics
+from fleet.api import responses as r
+from fleet.api import schemas as sc
+from fleet.api.validation import api, query
 from fleet.app import fleet_context
 from fleet.auth import require_role
-from fleet.errors import ApiError, page, paginate_args
+from fleet.errors import page
 from fleet.models import Aggregate, Device, DriftAlert, ModelVersion, now
 
 
@@ -39,6 +42,7 @@ bp = Blueprint("api_telemetry", __name__, url_prefix="/api")
 
 @bp.get("/overview")
 @require_role("viewer")
+@api(responses={200: r.Overview})
 def overview():  # type: ignore[no-untyped-def]
     with fleet_context().session() as db:
         return jsonify(overview_data(db))
@@ -46,33 +50,35 @@ def overview():  # type: ignore[no-untyped-def]
 
 @bp.get("/aggregates")
 @require_role("viewer")
+@api(query=sc.AggregatesQuery, responses={200: r.Page[r.AggregateView]})
 def aggregates():  # type: ignore[no-untyped-def]
-    limit, offset = paginate_args()
+    """Aggregated telemetry windows, newest first; filter by model, version, cohort, role,
+    device_class and since (unix time); `payload=true` adds the raw aggregate."""
+    a = query()
+    limit, offset = a.limit, a.offset
     q = select(Aggregate)
-    for arg, column in (("model", Aggregate.model_name), ("cohort", Aggregate.cohort), ("role", Aggregate.role),
-                        ("device_class", Aggregate.device_class)):
-        if request.args.get(arg):
-            q = q.where(column == request.args[arg])
-    try:
-        if request.args.get("version"):
-            q = q.where(Aggregate.model_version == int(request.args["version"]))
-        if request.args.get("since"):
-            q = q.where(Aggregate.window_start >= float(request.args["since"]))
-    except ValueError as exc:
-        raise ApiError(400, "bad-request", "version and since must be numbers") from exc
+    for value, column in ((a.model, Aggregate.model_name), (a.cohort, Aggregate.cohort), (a.role, Aggregate.role),
+                          (a.device_class, Aggregate.device_class)):
+        if value:
+            q = q.where(column == value)
+    if a.version is not None:
+        q = q.where(Aggregate.model_version == a.version)
+    if a.since is not None:
+        q = q.where(Aggregate.window_start >= a.since)
     with fleet_context().session() as db:
         total = db.exec(select(func.count()).select_from(q.subquery())).one()
         rows = db.exec(q.order_by(Aggregate.window_start.desc(), Aggregate.id).offset(offset).limit(limit))
-        items = [{"model": a.model_name, "version": a.model_version, "role": a.role, "device_class": a.device_class,
-                  "cohort": a.cohort, "window_start": a.window_start, "window_seconds": a.window_seconds,
-                  "n_windows": a.n_windows, "requests": a.requests, "errors": a.errors,
-                  "metrics": ops_metrics.summarise([a]),
-                  "payload": a.payload if request.args.get("payload") else None} for a in rows]
+        items = [{"model": g.model_name, "version": g.model_version, "role": g.role, "device_class": g.device_class,
+                  "cohort": g.cohort, "window_start": g.window_start, "window_seconds": g.window_seconds,
+                  "n_windows": g.n_windows, "requests": g.requests, "errors": g.errors,
+                  "metrics": ops_metrics.summarise([g]),
+                  "payload": g.payload if a.payload else None} for g in rows]
         return jsonify(page(items, int(total), limit, offset))
 
 
 @bp.get("/ingest/stats")
 @require_role("viewer")
+@api(responses={200: r.IngestStats})
 def ingest_stats():  # type: ignore[no-untyped-def]
     ing = fleet_context().ingest
     if ing is None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, jsonify, redirect, render_template, url_for
 from sqlmodel import Session, select
 
+from fleet.api import responses as r
+from fleet.api import schemas as sc
+from fleet.api.validation import api, body, query
 from fleet.app import fleet_context
 from fleet.auth import actor, current_principal, require_role
-from fleet.errors import ApiError, json_body
+from fleet.errors import ApiError
 from fleet.rollouts import commands, keyrotation, service
 from fleet.rollouts.evaluator import EvaluatorConfig
 from fleet.rollouts.models import GateEvaluation, Rollout
@@ -72,8 +75,10 @@ def _rollout(db: Session, rollout_id: int) -> Rollout:
 
 @bp.get(API)
 @require_role("viewer")
+@api(query=sc.RolloutListQuery, responses={200: r.RolloutList})
 def list_rollouts():  # type: ignore[no-untyped-def]
-    status = request.args.get("status")
+    """The latest 200 rollouts, newest first; `status` filters (running, paused, completed, ...)."""
+    status = query().status
     with fleet_context().session() as db:
         q = select(Rollout).order_by(Rollout.id.desc())
         if status:
@@ -83,17 +88,20 @@ def list_rollouts():  # type: ignore[no-untyped-def]
 
 @bp.post(API)
 @require_role("operator")
+@api(body=sc.RolloutCreate, responses={201: r.RolloutDetail}, invalid=(422, "invalid-spec"))
 def create():  # type: ignore[no-untyped-def]
-    body = json_body()
+    """Create a staged rollout: model version, target filter, cumulative waves and their gates."""
+    spec = body().model_dump(exclude_unset=True, exclude_none=True)
     with fleet_context().session() as db:
-        r = _guard(service.create_rollout, db, body, actor())
+        ro = _guard(service.create_rollout, db, spec, actor())
         db.flush()
-        out = service.rollout_detail(db, r)
+        out = service.rollout_detail(db, ro)
     return jsonify(out), 201
 
 
 @bp.get(f"{API}/<int:rollout_id>")
 @require_role("viewer")
+@api(responses={200: r.RolloutDetail})
 def detail(rollout_id: int):  # type: ignore[no-untyped-def]
     with fleet_context().session() as db:
         return jsonify(service.rollout_detail(db, _rollout(db, rollout_id)))
@@ -101,14 +109,17 @@ def detail(rollout_id: int):  # type: ignore[no-untyped-def]
 
 @bp.get(f"{API}/<int:rollout_id>/targets")
 @require_role("viewer")
+@api(query=sc.TargetsQuery, responses={200: r.TargetList})
 def targets(rollout_id: int):  # type: ignore[no-untyped-def]
-    wave = request.args.get("wave", type=int)
+    """The rollout's devices with their wave and status; `wave` (0-based index) filters."""
+    wave = query().wave
     with fleet_context().session() as db:
         return jsonify({"targets": service.rollout_targets(db, _rollout(db, rollout_id), wave)})
 
 
 @bp.get(f"{API}/<int:rollout_id>/targets/<device_id>/history")
 @require_role("viewer")
+@api(responses={200: r.TargetHistory})
 def history(rollout_id: int, device_id: str):  # type: ignore[no-untyped-def]
     with fleet_context().session() as db:
         return jsonify({"history": service.target_history(db, _rollout(db, rollout_id), device_id)})
@@ -116,6 +127,7 @@ def history(rollout_id: int, device_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get(f"{API}/<int:rollout_id>/gates")
 @require_role("viewer")
+@api(responses={200: r.GateEvaluations})
 def gate_values(rollout_id: int):  # type: ignore[no-untyped-def]
     """Gate values over time (every stored evaluation, oldest first)."""
     with fleet_context().session() as db:
@@ -126,13 +138,12 @@ def gate_values(rollout_id: int):  # type: ignore[no-untyped-def]
                                          "devices": e.devices, "results": e.results} for e in rows]})
 
 
-def _operation(rollout_id: int, op: str) -> Any:
-    body = request.get_json(silent=True) or {}
+def _operation(rollout_id: int, op: str, reason: str = "") -> Any:
     with fleet_context().session() as db:
         if op == "approve":
             _guard(service.approve, db, rollout_id, actor())
         elif op == "pause":
-            _guard(service.pause, db, rollout_id, actor(), str(body.get("reason") or "operator pause"))
+            _guard(service.pause, db, rollout_id, actor(), reason or "operator pause")
         elif op == "resume":
             _guard(service.resume, db, rollout_id, actor())
         elif op == "abort":
@@ -147,26 +158,23 @@ def _operation(rollout_id: int, op: str) -> Any:
 
 for _op in ("approve", "pause", "resume", "abort", "rollback"):
     def _view(rollout_id: int, _op: str = _op):  # type: ignore[no-untyped-def]
-        return jsonify(_operation(rollout_id, _op))
+        return jsonify(_operation(rollout_id, _op, body().reason))
 
-    bp.add_url_rule(f"{API}/<int:rollout_id>/{_op}", f"op_{_op}", require_role("operator")(_view),
-                    methods=["POST"])
+    _view.__doc__ = f"{_op.capitalize()} the rollout" + (" (optional `reason`)." if _op == "pause" else ".")
+    bp.add_url_rule(f"{API}/<int:rollout_id>/{_op}", f"op_{_op}", require_role("operator")(
+        api(body=sc.PauseBody, body_required=False, responses={200: r.RolloutDetail})(_view)), methods=["POST"])
 
 
 @bp.post(f"{API}/rollback-version")
 @require_role("operator")
+@api(body=sc.RollbackVersion, responses={200: r.JsonObject})
 def rollback_version():  # type: ignore[no-untyped-def]
     """Roll back a version fleet-wide, or for a cohort (`target` filter), with one call."""
-    body = json_body()
-    try:
-        name, version = str(body["model_name"]), int(body["version"])
-        t = dict(body.get("target") or {})
-        flt = TargetFilter(fleet=str(t.get("fleet", fleet_context().settings.fleet_id)),
-                           device_classes=tuple(t.get("device_classes") or ()), tags=tuple(t.get("tags") or ()),
-                           attributes=dict(t.get("attributes") or {}), device_ids=tuple(t.get("device_ids") or ()))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ApiError(400, "bad-request", f"model_name, version and an optional target are required ({exc})") \
-            from exc
+    b = body()
+    name, version = b.model_name, b.version
+    t = b.target or sc.TargetSpec()
+    flt = TargetFilter(fleet=t.fleet or fleet_context().settings.fleet_id, device_classes=tuple(t.device_classes),
+                       tags=tuple(t.tags), attributes=dict(t.attributes), device_ids=tuple(t.device_ids))
     with fleet_context().session() as db:
         out = service.rollback_version(db, name, version, actor(), _signer(db), flt, _cfg())
     _publish()
@@ -175,6 +183,7 @@ def rollback_version():  # type: ignore[no-untyped-def]
 
 @bp.get(f"{API}/keys")
 @require_role("viewer")
+@api(responses={200: r.JsonObject})
 def key_status():  # type: ignore[no-untyped-def]
     with fleet_context().session() as db:
         _signer(db)
@@ -183,21 +192,23 @@ def key_status():  # type: ignore[no-untyped-def]
 
 @bp.post(f"{API}/keys/rotate")
 @require_role("admin")
+@api(body=sc.KeyRotate, body_required=False, responses={200: r.JsonObject})
 def key_rotate():  # type: ignore[no-untyped-def]
     """Start a rotation: `new_key_path` names the new fleet key on the fleet host and `keylist` is
     a root-signed key list trusting it and the active key; every device gets the list in a
     rotate-key command signed with the active key."""
-    body = request.get_json(silent=True) or {}
     ctx = fleet_context()
+    b = body()
     with ctx.session() as db:
-        out = _guard(keyrotation.begin_rotation, db, _signer(db), str(body.get("new_key_path") or ""), actor(),
-                     settings=ctx.settings, keylist=body.get("keylist"), fleet=ctx.settings.fleet_id)
+        out = _guard(keyrotation.begin_rotation, db, _signer(db), b.new_key_path or "", actor(),
+                     settings=ctx.settings, keylist=b.keylist, fleet=ctx.settings.fleet_id)
     _publish()
     return jsonify(out)
 
 
 @bp.get(f"{API}/keys/keylist")
 @require_role("viewer")
+@api(responses={200: r.JsonObject})
 def keylist_get():  # type: ignore[no-untyped-def]
     """The signed key list devices are given (version 0 and a hint before one was uploaded)."""
     return jsonify(keyrotation.keylist_status(fleet_context().settings))
@@ -205,13 +216,13 @@ def keylist_get():  # type: ignore[no-untyped-def]
 
 @bp.post(f"{API}/keys/keylist")
 @require_role("admin")
+@api(body=sc.KeyListUpload, responses={200: r.JsonObject})
 def keylist_publish():  # type: ignore[no-untyped-def]
     """Upload a signed key list (root-signed offline, or by a threshold of fleet keys, higher
     version); every active device gets it in a rotate-key command."""
-    body = request.get_json(silent=True) or {}
     ctx = fleet_context()
     with ctx.session() as db:
-        out = _guard(keyrotation.publish_keylist, db, _signer(db), ctx.settings, body.get("keylist"), actor(),
+        out = _guard(keyrotation.publish_keylist, db, _signer(db), ctx.settings, body().keylist, actor(),
                      fleet=ctx.settings.fleet_id)
     _publish()
     return jsonify(out)
@@ -219,11 +230,12 @@ def keylist_publish():  # type: ignore[no-untyped-def]
 
 @bp.post(f"{API}/keys/finish")
 @require_role("admin")
+@api(body=sc.KeyFinish, body_required=False, responses={200: r.JsonObject})
 def key_finish():  # type: ignore[no-untyped-def]
-    body = request.get_json(silent=True) or {}
+    """Finish a rotation: the new key becomes the only one (`force` even if devices have not acknowledged)."""
     ctx = fleet_context()
     with ctx.session() as db:
-        out = _guard(keyrotation.finish_rotation, db, actor(), force=bool(body.get("force")))
+        out = _guard(keyrotation.finish_rotation, db, actor(), force=body().force)
     ev = ctx.extras.get("rollout_evaluator")
     if ev is not None:
         with ctx.session() as db:
