@@ -139,7 +139,10 @@ class CommandHandler:
         for field in ("url", "bundle_sha256"):
             if not isinstance(model.get(field), str):
                 raise InstallError("malformed", f"command model lacks '{field}'")
-        dest = self.downloads / f"{model['bundle_sha256']}.bundle"
+        sha = model["bundle_sha256"]
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):  # it names a file: no paths
+            raise InstallError("malformed", "command model bundle_sha256 is not a lower-case SHA-256 hex digest")
+        dest = self.downloads / f"{sha}.bundle"
         size = model.get("size")
         url = model["url"]
         if not url.startswith(("http://", "https://")):
