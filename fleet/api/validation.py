@@ -190,3 +190,9 @@ def body() -> Any:
 
 def query() -> Any:
     return g.query
+
+
+def offset_arg() -> int:
+    """The console's `?offset=` (the API validates it with PageQuery): clamped to 0..int64 so a
+    huge value cannot overflow the database's OFFSET."""
+    return min(max(0, request.args.get("offset", 0, type=int) or 0), INT64_MAX)

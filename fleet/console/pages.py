@@ -11,6 +11,7 @@ from sqlmodel import select
 from fleet import alerts, catalogue, enrolment, ops_metrics
 from fleet.api.devices import list_devices
 from fleet.api.telemetry import overview_data
+from fleet.api.validation import offset_arg
 from fleet.app import fleet_context
 from fleet.auth import actor, current_principal, require_role
 from fleet.console import charts
@@ -64,7 +65,7 @@ def overview():  # type: ignore[no-untyped-def]
 @bp.get("/devices")
 @require_role("viewer", html=True)
 def devices():  # type: ignore[no-untyped-def]
-    offset = max(0, request.args.get("offset", 0, type=int))
+    offset = offset_arg()
     with fleet_context().session() as db:
         rows, total = list_devices(db, request.args, PAGE, offset)
         classes = sorted({c for c in db.exec(select(Device.device_class).distinct()) if c})
@@ -175,7 +176,7 @@ def alert_ack(alert_id: int):  # type: ignore[no-untyped-def]
 @bp.get("/audit")
 @require_role("operator", html=True)
 def audit():  # type: ignore[no-untyped-def]
-    offset = max(0, request.args.get("offset", 0, type=int))
+    offset = offset_arg()
     with fleet_context().session() as db:
         rows = list(db.exec(select(AuditEntry).order_by(AuditEntry.id.desc()).offset(offset).limit(PAGE)))
         return render_template("console/audit.html", entries=rows, offset=offset, page=PAGE)
