@@ -211,10 +211,6 @@ class Lifecycle:
         if inst.name != name:  # the file changed between the two reads
             raise InstallError("malformed", f"bundle name changed while installing ({name!r} -> {inst.name!r})")
         fault_point("after-unpack")
-        built_for = self.store.manifest_of(inst)["model"].get("device_class")
-        if built_for != self.device_class.name:
-            log.warning("event=device-class-mismatch bundle=%s device=%s: loading anyway, the health check decides",
-                        built_for, self.device_class.name)
         model = self._load(inst)
         health_check(model, self.policy)
         fault_point("after-load")
@@ -344,5 +340,6 @@ class Lifecycle:
 
 
 _BUNDLE_REASONS = {"no-signature", "unknown-key", "bad-signature", "hash-mismatch", "size-mismatch", "extra-file",
-                   "missing-file", "unsafe-path", "too-large", "downgrade", "malformed", "new-name"}
+                   "missing-file", "unsafe-path", "too-large", "downgrade", "malformed", "new-name", "bad-name",
+                   "bad-tensor-spec", "wrong-device-class", "format-mismatch"}
 

@@ -5,6 +5,7 @@ against the file's magic before load; the device keeps serving its model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ def test_wrong_device_class_refused_before_unpacking(tmp_path, agent_factory, bu
                        _fields(device_class="arm64-cortex-a"), load_private_key(fleet_keys["build"]))
     err = _install_refused(a, tmp_path / "arm.bundle", "wrong-device-class", digits)
     assert "arm64-cortex-a" in str(err) and "x86-64-generic" in str(err)
+    events = [json.loads(m.payload)["payload"] for m in a.outbox.pending(0, 1000) if m.kind == "event"]
+    assert events[-1]["kind"] == "bundle-refused" and events[-1]["details"]["code"] == "wrong-device-class"
     assert arm.name == "digits"
     keyring = Keyring.from_public_keys([load_public_key(fleet_keys["build_pub"])])
     with pytest.raises(BundleError) as berr:
