@@ -46,6 +46,10 @@ EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
 @click.option("--max-size-mb", type=float, show_default="the device class's budget", help="Gate: artifact size.")
 @click.option("--max-latency-ms", type=float, show_default="the device class's budget",
               help="Gate: p99 latency measured in the target runtime.")
+@click.option("--min-cosine", type=float, show_default="0.98", help="Gate (embedding): worst sample's cosine.")
+@click.option("--min-p1-cosine", type=float, show_default="0.99", help="Gate (embedding): 1st-percentile cosine.")
+@click.option("--max-p99-error", type=float, show_default="0.25",
+              help="Gate (regression): 99th-percentile per-sample RMS error, in reference standard deviations.")
 @click.option("--accuracy-control/--no-accuracy-control", default=None,
               help="OpenVINO INT8 with nncf.quantize_with_accuracy_control (default on, classification).")
 @click.option("--latency-iterations", type=int, show_default="50", help="Timed runs for the latency gate.")

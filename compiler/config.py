@@ -39,6 +39,9 @@ class CompileConfig:
     max_slice_gap_increase: float | None = None
     max_size_mb: float | None = None
     max_latency_ms: float | None = None
+    min_cosine: float | None = None  # embedding: worst sample's cosine to FP32 (default in compiler.gates)
+    min_p1_cosine: float | None = None  # embedding: 1st-percentile cosine
+    max_p99_error: float | None = None  # regression: 99th-percentile per-sample RMS error / reference std
     task: str = "classification"
     name: str = "model"
     version: int = 1
@@ -48,7 +51,9 @@ class CompileConfig:
     report_json: Path | None = None
     latency_iterations: int = 50
     min_slice_size: int = 5
-    accuracy_control: bool = True  # OpenVINO INT8: nncf.quantize_with_accuracy_control within the drop budget
+    # INT8 within the quality budgets: NNCF accuracy control (OpenVINO, classification) and the
+    # per-layer sensitivity fallback that returns the worst layers to float (compiler/candidates.py).
+    accuracy_control: bool = True
     devices_dir: Path | None = None
     progress: bool = True
 
@@ -80,7 +85,8 @@ class CompileConfig:
         """The knobs that change the artifact (recorded in provenance and in the cache key)."""
         keys = ("example_input", "format", "precision", "calibrate_method", "calibration_samples", "exporter",
                 "distill", "temperature", "alpha", "epochs", "seed", "max_accuracy_drop",
-                "max_slice_gap_increase", "max_size_mb", "max_latency_ms", "task", "name", "version",
+                "max_slice_gap_increase", "max_size_mb", "max_latency_ms", "min_cosine", "min_p1_cosine",
+                "max_p99_error", "task", "name", "version",
                 "min_slice_size", "accuracy_control")
         d = asdict(self)
         out = {k: d[k] for k in keys}

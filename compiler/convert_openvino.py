@@ -26,6 +26,8 @@ class OpenVINOConfig:
     transformer: bool = False
     max_drop: float | None = None  # set: nncf.quantize_with_accuracy_control (classification)
     fast_bias_correction: bool = True
+    scheme: Any = None  # compiler.schemes.OpenVINOScheme; None: NNCF defaults (or TRANSFORMER if set above)
+    ignored_nodes: tuple[str, ...] = ()  # returned to float by the accuracy fallback
 
 
 def _calib_items(ds: Dataset) -> list[dict[str, np.ndarray]]:
@@ -54,8 +56,14 @@ def convert_openvino(src_onnx: Path, dst_xml: Path, cfg: OpenVINOConfig, calib: 
         assert calib is not None, "INT8 needs calibration data"
         items = _calib_items(calib.take(cfg.calibration_samples))
         kwargs: dict[str, Any] = {"subset_size": len(items), "fast_bias_correction": cfg.fast_bias_correction}
-        if cfg.transformer:
+        if cfg.scheme is not None:
+            kwargs.update(cfg.scheme.nncf_kwargs())
+        elif cfg.transformer:
             kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+        if cfg.ignored_nodes:
+            # validate=False: a node the ONNX frontend fused away is simply not there to ignore.
+            kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(cfg.ignored_nodes), validate=False)
+            info["ignored_nodes"] = len(cfg.ignored_nodes)
         if cfg.max_drop is not None and validation is not None and validation.labels is not None:
             model = nncf.quantize_with_accuracy_control(
                 model, nncf.Dataset(items), nncf.Dataset(_calib_items(validation)),

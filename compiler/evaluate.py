@@ -32,6 +32,12 @@ class QualityMetrics:
     reference_slice_gap: float = 0.0
     slice_gap_increase: float = 0.0
     n_samples: int = 0
+    # Worst case beside the mean (a mean hides the one sentence the model ruins): the lowest and
+    # 1st-percentile per-sample score (cosine for embeddings), and for regression the 99th
+    # percentile over samples of each sample's RMS error to the reference, in reference std units.
+    min_score: float = 1.0
+    p1_score: float = 1.0
+    p99_error: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,4 +96,17 @@ def quality(task: str, outputs: np.ndarray, reference: np.ndarray, labels: np.nd
         drop=_r(ref_scores.mean() - scores.mean()), agreement=_r(agreement(task, outputs, reference)),
         slices={k: _r(v) for k, v in sl.items()}, reference_slices={k: _r(v) for k, v in ref_sl.items()},
         worst_slice=min(sl, key=lambda k: sl[k]) if sl else None, slice_gap=_r(gap),
-        reference_slice_gap=_r(ref_gap), slice_gap_increase=_r(gap - ref_gap), n_samples=int(outputs.shape[0]))
+        reference_slice_gap=_r(ref_gap), slice_gap_increase=_r(gap - ref_gap), n_samples=int(outputs.shape[0]),
+        **_worst_case(task, outputs, reference))
+
+
+def _worst_case(task: str, outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Fidelity to the reference per sample: the tail the mean-based gates cannot see."""
+    fidelity = (outputs.argmax(axis=-1) == reference.argmax(axis=-1)).astype(np.float64) \
+        if task == "classification" else _cosine(outputs, reference)
+    out = np.asarray(outputs, np.float64).reshape(outputs.shape[0], -1)
+    ref = np.asarray(reference, np.float64).reshape(reference.shape[0], -1)
+    scale = float(ref.std()) or 1.0
+    err = np.sqrt(((out - ref) ** 2).mean(axis=1)) / scale
+    return {"min_score": _r(fidelity.min()), "p1_score": _r(np.percentile(fidelity, 1)),
+            "p99_error": _r(np.percentile(err, 99))}

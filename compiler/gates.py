@@ -1,12 +1,27 @@
-"""Quality gates: budgets (from the device class, overridden by flags) checked against a build."""
+"""Quality gates: budgets (from the device class, overridden by flags) checked against a build.
+
+Gates are a table: each row names the budget (the same name as its CLI flag / config key), the
+tasks it applies to, how to read the measured value and which way is better. A failure names
+the row, so a report says "min-cosine failed", not just "quality".
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from agent.device_classes import DeviceClass
 from compiler.evaluate import QualityMetrics
+
+# Worst-case budgets no device-class file sets: the embedding cosine of the worst sample and of the
+# 1st percentile, and the regression 99th-percentile error (in reference standard deviations).
+DEFAULT_MIN_COSINE = 0.98
+DEFAULT_MIN_P1_COSINE = 0.99
+DEFAULT_MAX_P99_ERROR = 0.25
+# Off the target, a reduced-precision candidate must be at least this fast as FP32 ONNX Runtime
+# measured side by side on the build host (10% is the measurement noise the chooser allows too).
+DEFAULT_MIN_SPEEDUP = 0.9
 
 
 @dataclass(frozen=True)
@@ -15,17 +30,29 @@ class Budgets:
     max_slice_gap_increase: float
     max_size_mb: float
     max_latency_ms: float
+    min_cosine: float = DEFAULT_MIN_COSINE
+    min_p1_cosine: float = DEFAULT_MIN_P1_COSINE
+    max_p99_error: float = DEFAULT_MAX_P99_ERROR
+    min_speedup: float = DEFAULT_MIN_SPEEDUP
 
     @classmethod
     def for_device(cls, dc: DeviceClass, *, max_accuracy_drop: float | None = None,
                    max_slice_gap_increase: float | None = None, max_size_mb: float | None = None,
-                   max_latency_ms: float | None = None) -> Budgets:
+                   max_latency_ms: float | None = None, min_cosine: float | None = None,
+                   min_p1_cosine: float | None = None, max_p99_error: float | None = None,
+                   min_speedup: float | None = None) -> Budgets:
+        def pick(flag: float | None, default: float) -> float:
+            return default if flag is None else float(flag)
+
         return cls(
-            max_accuracy_drop=dc.max_accuracy_drop if max_accuracy_drop is None else float(max_accuracy_drop),
-            max_slice_gap_increase=(dc.max_slice_gap_increase if max_slice_gap_increase is None
-                                    else float(max_slice_gap_increase)),
-            max_size_mb=dc.max_model_bytes / 2**20 if max_size_mb is None else float(max_size_mb),
-            max_latency_ms=dc.latency_budget_ms if max_latency_ms is None else float(max_latency_ms),
+            max_accuracy_drop=pick(max_accuracy_drop, dc.max_accuracy_drop),
+            max_slice_gap_increase=pick(max_slice_gap_increase, dc.max_slice_gap_increase),
+            max_size_mb=pick(max_size_mb, dc.max_model_bytes / 2**20),
+            max_latency_ms=pick(max_latency_ms, dc.latency_budget_ms),
+            min_cosine=pick(min_cosine, float(dc.extra.get("min_cosine", DEFAULT_MIN_COSINE))),
+            min_p1_cosine=pick(min_p1_cosine, float(dc.extra.get("min_p1_cosine", DEFAULT_MIN_P1_COSINE))),
+            max_p99_error=pick(max_p99_error, float(dc.extra.get("max_p99_error", DEFAULT_MAX_P99_ERROR))),
+            min_speedup=pick(min_speedup, DEFAULT_MIN_SPEEDUP),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -44,23 +71,75 @@ class GateResult:
         return asdict(self)
 
 
-def check_gates(q: QualityMetrics, size_bytes: int, latency_p99_ms: float, budgets: Budgets) -> list[GateResult]:
-    """One result per gate; the names match the CLI flags so a failure says which budget to look at."""
+@dataclass(frozen=True)
+class Latency:
+    """What the latency gate knows: p99 on this host, and whether this host stands for the target."""
+
+    p99_ms: float
+    on_target: bool = True
+    speedup: float | None = None  # FP32 ONNX Runtime p50 / candidate p50, measured side by side
+    why_not: str = ""
+
+
+@dataclass(frozen=True)
+class _Gate:
+    name: str
+    tasks: tuple[str, ...]
+    budget: str  # Budgets field
+    value: Callable[[QualityMetrics], float]
+    higher_is_better: bool
+    describe: Callable[[QualityMetrics, float], str]
+
+
+_ALL = ("classification", "embedding", "regression")
+QUALITY_GATES: tuple[_Gate, ...] = (
+    _Gate("max-accuracy-drop", _ALL, "max_accuracy_drop", lambda q: q.drop, False,
+          lambda q, b: f"{'accuracy' if q.task == 'classification' else q.metric_name} {q.metric:.4f} vs reference "
+                       f"{q.reference_metric:.4f} (drop {q.drop:.4f}, budget {b:.4f})"),
+    _Gate("max-slice-gap-increase", _ALL, "max_slice_gap_increase", lambda q: q.slice_gap_increase, False,
+          lambda q, b: f"slice gap {q.slice_gap:.4f} vs reference {q.reference_slice_gap:.4f}"
+                       + (f", worst slice {q.worst_slice!r}" if q.worst_slice is not None else "")),
+    _Gate("min-cosine", ("embedding",), "min_cosine", lambda q: q.min_score, True,
+          lambda q, b: f"worst sample cosine {q.min_score:.4f} (mean {q.metric:.4f}, budget {b:.4f})"),
+    _Gate("min-p1-cosine", ("embedding",), "min_p1_cosine", lambda q: q.p1_score, True,
+          lambda q, b: f"1st-percentile cosine {q.p1_score:.4f} (budget {b:.4f})"),
+    _Gate("max-p99-error", ("regression",), "max_p99_error", lambda q: q.p99_error, False,
+          lambda q, b: f"99th-percentile error {q.p99_error:.4f} reference std (budget {b:.4f})"),
+)
+
+
+def _within(value: float, budget: float, higher_is_better: bool) -> bool:
+    return value >= budget - 1e-12 if higher_is_better else value <= budget + 1e-12
+
+
+def _latency_gate(lat: Latency | float, budgets: Budgets) -> GateResult:
+    if not isinstance(lat, Latency):
+        lat = Latency(float(lat))
+    if lat.on_target:
+        return GateResult("max-latency-ms", lat.p99_ms, budgets.max_latency_ms, lat.p99_ms <= budgets.max_latency_ms,
+                          f"p99 {lat.p99_ms:.3f} ms on this machine (budget {budgets.max_latency_ms:.3f} ms)")
+    if lat.speedup is None:  # nothing on this host stands for the target's speed
+        return GateResult("max-latency-ms", lat.p99_ms, budgets.max_latency_ms, True,
+                          f"not measured on target ({lat.why_not}); p99 {lat.p99_ms:.3f} ms here is not gated")
+    return GateResult("min-speedup", round(lat.speedup, 4), budgets.min_speedup, lat.speedup >= budgets.min_speedup,
+                      f"not measured on target ({lat.why_not}); {lat.speedup:.2f}x FP32 ONNX Runtime side by side "
+                      f"on this host (budget {budgets.min_speedup:.2f}x)")
+
+
+def check_gates(q: QualityMetrics, size_bytes: int, latency: Latency | float, budgets: Budgets) -> list[GateResult]:
+    """One result per gate that applies to the task; names match the CLI flags and config keys."""
+    results = []
+    for g in QUALITY_GATES:
+        if q.task not in g.tasks:
+            continue
+        value, budget = g.value(q), getattr(budgets, g.budget)
+        results.append(GateResult(g.name, value, budget, _within(value, budget, g.higher_is_better),
+                                  g.describe(q, budget)))
     size_mb = size_bytes / 2**20
-    drop_label = "accuracy" if q.task == "classification" else q.metric_name
-    return [
-        GateResult("max-accuracy-drop", q.drop, budgets.max_accuracy_drop, q.drop <= budgets.max_accuracy_drop + 1e-12,
-                   f"{drop_label} {q.metric:.4f} vs reference {q.reference_metric:.4f} (drop {q.drop:.4f}, "
-                   f"budget {budgets.max_accuracy_drop:.4f})"),
-        GateResult("max-slice-gap-increase", q.slice_gap_increase, budgets.max_slice_gap_increase,
-                   q.slice_gap_increase <= budgets.max_slice_gap_increase + 1e-12,
-                   f"slice gap {q.slice_gap:.4f} vs reference {q.reference_slice_gap:.4f}"
-                   + (f", worst slice {q.worst_slice!r}" if q.worst_slice is not None else "")),
-        GateResult("max-size-mb", round(size_mb, 6), budgets.max_size_mb, size_mb <= budgets.max_size_mb,
-                   f"{size_mb:.3f} MB (budget {budgets.max_size_mb:.3f} MB)"),
-        GateResult("max-latency-ms", latency_p99_ms, budgets.max_latency_ms, latency_p99_ms <= budgets.max_latency_ms,
-                   f"p99 {latency_p99_ms:.3f} ms on this machine (budget {budgets.max_latency_ms:.3f} ms)"),
-    ]
+    results.append(GateResult("max-size-mb", round(size_mb, 6), budgets.max_size_mb, size_mb <= budgets.max_size_mb,
+                              f"{size_mb:.3f} MB (budget {budgets.max_size_mb:.3f} MB)"))
+    results.append(_latency_gate(latency, budgets))
+    return results
 
 
 def failed(results: list[GateResult]) -> list[GateResult]:

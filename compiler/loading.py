@@ -70,6 +70,6 @@ def load_torch_model(spec: Any) -> Any:
 def eval_mode(model: Any) -> Any:
     """model.eval(), except for modules unlifted from a .pt2, which refuse it (they are fixed graphs)."""
     try:
-        return eval_mode(model)
+        return model.eval()
     except (NotImplementedError, RuntimeError):
         return model

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from agent.canonical import file_sha256
+from compiler.architecture import Architecture
 from compiler.data import Dataset
 from compiler.errors import CompileInputError
 
@@ -42,13 +43,20 @@ class Artifact:
         return sum(p.stat().st_size for p in self.files.values())
 
 
+# `--precision auto`: most aggressive first; the fastest candidate that passes every gate is kept.
+# Transformers try dynamic INT8 first on ONNX (no activation ranges to calibrate).
+AUTO_CHAINS: dict[tuple[str, bool], tuple[str, ...]] = {
+    ("onnx", True): ("dynamic-int8", "int8", "fp16", "fp32"),
+    ("onnx", False): ("int8", "fp16", "fp32"),
+    ("openvino", True): ("int8", "fp16", "fp32"),
+    ("openvino", False): ("int8", "fp16", "fp32"),
+    ("tflite", True): ("int8", "mixed", "fp32"),
+    ("tflite", False): ("int8", "mixed", "fp32"),
+}
+
+
 def auto_chain(fmt: str, transformer: bool) -> list[str]:
-    """Most aggressive first; `--precision auto` keeps the fastest that passes every gate."""
-    if fmt == "onnx":
-        return ["dynamic-int8", "int8", "fp16", "fp32"] if transformer else ["int8", "fp16", "fp32"]
-    if fmt == "openvino":
-        return ["int8", "fp16", "fp32"]
-    return ["int8", "mixed", "fp32"]
+    return list(AUTO_CHAINS[(fmt, transformer)])
 
 
 def check_precision(fmt: str, precision: str) -> None:
@@ -74,18 +82,23 @@ class PassContext:
     calibrate_method: str = "minmax"
     calibration_samples: int = 128
     accuracy_control_drop: float | None = None
+    arch: Architecture | None = None  # detected from the FP32 graph; picks the quantization scheme
+    float_nodes: tuple[str, ...] = ()  # layers the accuracy fallback returned to float
+    scheme: str | None = None  # a quantization scheme the accuracy fallback chose over the architecture's
+
+    @property
+    def architecture(self) -> Architecture:
+        if self.arch is not None:
+            return self.arch
+        return Architecture("transformer" if self.transformer else "other")
 
 
 def build_artifact(fmt: str, precision: str, ctx: PassContext, work: Path) -> Artifact:
     work.mkdir(parents=True, exist_ok=True)
     check_precision(fmt, precision)
-    if fmt == "onnx":
-        return _build_onnx(precision, ctx, work)
-    if fmt == "openvino":
-        return _build_openvino(precision, ctx, work)
-    if fmt == "tflite":
-        return _build_tflite(precision, ctx, work)
-    raise CompileInputError(f"unknown format {fmt!r}")
+    if fmt not in BUILDERS:
+        raise CompileInputError(f"unknown format {fmt!r}")
+    return BUILDERS[fmt](precision, ctx, work)
 
 
 def _build_onnx(precision: str, ctx: PassContext, work: Path) -> Artifact:
@@ -95,15 +108,23 @@ def _build_onnx(precision: str, ctx: PassContext, work: Path) -> Artifact:
     if precision == "fp32":
         shutil.copyfile(ctx.onnx_fp32, dst)
         return Artifact("onnx", precision, {"model.onnx": dst}, "model.onnx")
-    mode = {"int8": "static", "dynamic-int8": "dynamic", "fp16": "fp16"}[precision]
+    from compiler.schemes import onnx_scheme
+
+    mode = ONNX_MODES[precision]
+    arch = ctx.architecture
+    scheme = onnx_scheme(arch, ctx.scheme)
+    exclude = tuple(dict.fromkeys((arch.float_nodes if scheme.exclude_float_nodes else ()) + ctx.float_nodes))
     cfg = OnnxQuantConfig(mode=mode, calibrate_method=ctx.calibrate_method,
-                          calibration_samples=ctx.calibration_samples)
+                          calibration_samples=ctx.calibration_samples, per_channel=scheme.per_channel,
+                          op_types=scheme.op_types, nodes_to_exclude=exclude, extra_options=scheme.extra_options)
     run_onnx_pass(ctx.onnx_fp32, dst, ctx.calib, cfg)
-    conf = {"tool": "onnxruntime.quantization", "mode": mode}
+    conf: dict[str, Any] = {"tool": "onnxruntime.quantization", "mode": mode}
     if mode == "static":
         conf.update(calibrate_method=cfg.calibrate_method, per_channel=cfg.per_channel, format="QDQ",
                     activation_type=cfg.activation_type, weight_type=cfg.weight_type,
-                    calibration_samples=min(cfg.calibration_samples, ctx.calib.n))
+                    calibration_samples=min(cfg.calibration_samples, ctx.calib.n),
+                    architecture=arch.to_dict(), scheme=scheme.to_dict(),
+                    float_nodes=len(exclude), fallback_float_nodes=list(ctx.float_nodes))
     elif mode == "dynamic":
         conf.update(per_channel=cfg.per_channel, weight_type=cfg.weight_type)
     else:
@@ -112,20 +133,26 @@ def _build_onnx(precision: str, ctx: PassContext, work: Path) -> Artifact:
                     [_record("quantize", conf, ctx.onnx_fp32, dst)])
 
 
+ONNX_MODES = {"int8": "static", "dynamic-int8": "dynamic", "fp16": "fp16"}
+
+
 def _build_openvino(precision: str, ctx: PassContext, work: Path) -> Artifact:
     from compiler.convert_openvino import OpenVINOConfig, convert_openvino
+    from compiler.schemes import openvino_scheme
 
     xml = work / "model.xml"
+    arch = ctx.architecture
+    scheme = openvino_scheme(arch, ctx.scheme)
     cfg = OpenVINOConfig(precision=precision, calibration_samples=ctx.calibration_samples,
-                         # model_type=TRANSFORMER gave cosine 0.58 at batch 64 (0.996 at batch 1) on a
-                         # tiny encoder with openvino 2026.4 / nncf 3.4; the default preset gave 0.998.
-                         transformer=False,
+                         transformer=scheme.model_type == "transformer", scheme=scheme,
+                         ignored_nodes=ctx.float_nodes,
                          max_drop=ctx.accuracy_control_drop if precision == "int8" else None)
     info = convert_openvino(ctx.onnx_fp32, xml, cfg, ctx.calib, ctx.evaluation)
     conf = {"tool": "openvino.convert_model", "precision": precision, **info}
     if precision == "int8":
         conf.update(calibration_samples=min(cfg.calibration_samples, ctx.calib.n), transformer=cfg.transformer,
-                    max_drop=cfg.max_drop)
+                    max_drop=cfg.max_drop, architecture=arch.to_dict(), scheme=scheme.to_dict(),
+                    fallback_float_nodes=list(ctx.float_nodes))
     files = {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}
     rec = _record("convert", conf, ctx.onnx_fp32, xml, output_bin_sha256=file_sha256(files["model.bin"]))
     return Artifact("openvino", precision, files, "model.xml", [rec])
@@ -148,3 +175,6 @@ def _build_tflite(precision: str, ctx: PassContext, work: Path) -> Artifact:
         conf["calibration_samples"] = min(cfg.calibration_samples, ctx.calib.n)
     return Artifact("tflite", precision, {"model.tflite": dst}, "model.tflite",
                     [_record("convert", conf, f"torch:{ctx.torch_sha256}", dst)])
+
+
+BUILDERS = {"onnx": _build_onnx, "openvino": _build_openvino, "tflite": _build_tflite}

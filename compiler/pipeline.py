@@ -9,6 +9,7 @@ run to run, so it lives in the report, never in the manifest (which must be byte
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,46 +22,24 @@ import numpy as np
 from agent.canonical import file_sha256
 from agent.device_classes import CatalogueError, DeviceClass, get_device_class
 from agent.keys import KeyFileError, key_id, load_private_key
-from compiler.config import CompileConfig
-from compiler.data import Dataset, cast_to_spec, load_dataset, validate_dataset
-from compiler.errors import CompileInputError, GateFailure
-from compiler.evaluate import QualityMetrics, quality
-from compiler.gates import Budgets, GateResult, check_gates, failed
-from compiler.manifest import manifest_for
-from compiler.passes import (
-    MANIFEST_PRECISION,
-    Artifact,
-    PassContext,
-    auto_chain,
-    build_artifact,
-    check_precision,
+from compiler.candidates import (
+    LATENCY_GATE_NAMES,
+    CandidateResult,
+    Evaluator,
+    accuracy_fallback,
+    try_candidate,
 )
+from compiler.config import CompileConfig
+from compiler.data import Dataset
+from compiler.errors import CompileInputError, GateFailure
+from compiler.gates import Budgets, failed
+from compiler.inputs import load_inputs, torch_forward
+from compiler.manifest import manifest_for
+from compiler.passes import MANIFEST_PRECISION, Artifact, PassContext, auto_chain, check_precision
 from compiler.provenance import code_version, json_sha256, tool_versions, torch_model_sha256
 
 LATENCY_TOLERANCE = 1.10
-
-
-@dataclass
-class CandidateResult:
-    precision: str
-    quality: QualityMetrics | None
-    size_bytes: int
-    latency_p50_ms: float
-    latency_p99_ms: float
-    gates: list[GateResult]
-    error: str | None = None
-    outputs: np.ndarray | None = field(default=None, repr=False)  # eval-set outputs, for the drift baseline
-
-    @property
-    def passed(self) -> bool:
-        return self.error is None and not failed(self.gates)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "passed": self.passed, "error": self.error,
-                "size_bytes": self.size_bytes, "latency_p50_ms": self.latency_p50_ms,
-                "latency_p99_ms": self.latency_p99_ms,
-                "metrics": None if self.quality is None else self.quality.to_dict(),
-                "gates": [g.to_dict() for g in self.gates]}
+__all__ = ["BuildResult", "CandidateResult", "compile_model", "require_passed"]
 
 
 @dataclass
@@ -138,40 +117,6 @@ def _device_classes(cfg: CompileConfig) -> list[DeviceClass]:
         raise CompileInputError(str(exc)) from exc
 
 
-def _load_onnx_source(path: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise CompileInputError(f"--onnx {p}: no such file")
-    import onnx
-
-    try:
-        model = onnx.load(str(p))
-        onnx.checker.check_model(model)
-    except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
-        raise CompileInputError(f"--onnx {p} is not a valid ONNX model: {str(exc).splitlines()[0][:300]}") from exc
-    return p
-
-
-def _pre_specs(cfg: CompileConfig, ds: Dataset) -> list[dict[str, Any]]:
-    """Input specs of a PyTorch model before export: from --example-input, else from the data."""
-    specs = []
-    for i, (name, arr) in enumerate(ds.inputs.items()):
-        shape = list(cfg.example_input) if (cfg.example_input and i == 0) else list(arr.shape)
-        dtype = "float32" if arr.dtype.kind == "f" else "int64"
-        specs.append({"name": name, "shape": ["batch", *shape[1:]], "dtype": dtype})
-    return specs
-
-
-def _torch_forward(model: Any, ds: Dataset) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        out = model(*(torch.from_numpy(np.ascontiguousarray(v)) for v in ds.inputs.values()))
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out.detach().numpy().astype(np.float32)
-
-
 @dataclass
 class _Prepared:
     ctx: PassContext
@@ -179,61 +124,6 @@ class _Prepared:
     n_classes: int | None
     lineage: list[dict[str, Any]]
     distillation: dict[str, Any] | None
-
-
-@dataclass
-class _Inputs:
-    torch_model: Any
-    onnx_src: Path | None
-    evaluation: Dataset
-    calib: Dataset
-    n_classes: int | None
-    inputs_sha: dict[str, str]
-
-
-def _load_inputs(cfg: CompileConfig, progress: _Progress) -> _Inputs:
-    """Load the model source and the data and validate the data against the model's inputs."""
-    torch_model = None
-    onnx_src: Path | None = None
-    n_out: Any = None
-    if cfg.onnx:
-        from compiler.export import onnx_tensor_specs
-
-        onnx_src = _load_onnx_source(cfg.onnx)
-        specs, out_specs = onnx_tensor_specs(onnx_src)
-        names: list[str] | None = [s["name"] for s in specs]
-        model_sha = file_sha256(onnx_src)
-        n_out = out_specs[0]["shape"][-1] if out_specs and out_specs[0]["shape"] else None
-    else:
-        from compiler.loading import load_torch_model
-
-        with progress.step("loading the PyTorch model"):
-            torch_model = load_torch_model(cfg.torch)
-        names = None
-        model_sha = torch_model_sha256(torch_model)
-    evaluation = load_dataset(cfg.eval, names)
-    calib = load_dataset(cfg.calib, list(evaluation.inputs)) if cfg.calib is not None else evaluation
-    if torch_model is not None:
-        specs = _pre_specs(cfg, evaluation)
-        if _shapes_ok(evaluation, specs):
-            evaluation = cast_to_spec(evaluation, specs)
-            if cfg.task == "classification":
-                n_out = int(_torch_forward(torch_model, evaluation.take(2)).shape[-1])
-    n_classes = n_out if cfg.task == "classification" and isinstance(n_out, int) else None
-    validate_dataset(evaluation, specs, task=cfg.task, n_classes=n_classes,
-                     need_labels=cfg.task == "classification", min_slice_size=cfg.min_slice_size, role="--eval")
-    validate_dataset(calib, specs, task=cfg.task, n_classes=n_classes, min_slice_size=1, role="--calib")
-    evaluation, calib = cast_to_spec(evaluation, specs), cast_to_spec(calib, specs)
-    # File sources are named by base name: the same file elsewhere must give the same manifest.
-    spec = cfg.onnx or cfg.torch
-    if isinstance(spec, (str, Path)):
-        source = Path(spec).name if Path(spec).is_file() else str(spec)
-    else:
-        source = type(spec).__qualname__
-    inputs_sha = {"model": model_sha, "model_source": source, "calib": calib.sha256(), "eval": evaluation.sha256()}
-    if cfg.distill:
-        inputs_sha["student"] = cfg.distill
-    return _Inputs(torch_model, onnx_src, evaluation, calib, n_classes, inputs_sha)
 
 
 def compile_model(cfg: CompileConfig) -> list[BuildResult]:
@@ -252,7 +142,7 @@ def compile_model(cfg: CompileConfig) -> list[BuildResult]:
 
             raise CompileInputError(f"{dc.name}: {ONNX_ONLY_MESSAGE}")
 
-    src = _load_inputs(cfg, progress)
+    src = load_inputs(cfg, progress)
     common = {"inputs": src.inputs_sha, "code_version": code_version(), "tools": tool_versions(),
               "hyperparameters": cfg.hyperparameters(), "signing_key_id": key_id(signing_key)}
 
@@ -297,19 +187,11 @@ def compile_model(cfg: CompileConfig) -> list[BuildResult]:
     return ordered
 
 
-def _shapes_ok(ds: Dataset, specs: list[dict[str, Any]]) -> bool:
-    try:
-        validate_dataset(ds, specs, task="embedding", min_slice_size=1)
-        return True
-    except CompileInputError:
-        return False
-
-
 def _prepare(cfg: CompileConfig, progress: _Progress, work: Path, torch_model: Any, onnx_src: Path | None,
              calib: Dataset, evaluation: Dataset, n_classes: int | None) -> _Prepared:
     """Distil (optional), export to the FP32 ONNX reference, compute reference outputs."""
+    from compiler.architecture import detect
     from compiler.export import ExportConfig, export_torch, onnx_tensor_specs, save_onnx
-    from compiler.quantize_onnx import looks_like_transformer
     from compiler.runtimes import OnnxRunner, predict
 
     lineage: list[dict[str, Any]] = []
@@ -323,7 +205,7 @@ def _prepare(cfg: CompileConfig, progress: _Progress, work: Path, torch_model: A
         teacher_sha = torch_model_sha256(torch_model)
         with progress.step(f"distilling into {cfg.distill}"):
             dres = distill(torch_model, calib, dcfg, evaluation, progress=cfg.progress)
-        teacher_ref = _torch_forward(torch_model, evaluation)
+        teacher_ref = torch_forward(torch_model, evaluation)
         torch_model = dres.student
         torch_sha = torch_model_sha256(torch_model)
         distillation = dres.to_dict()
@@ -342,8 +224,15 @@ def _prepare(cfg: CompileConfig, progress: _Progress, work: Path, torch_model: A
     else:
         import onnx
 
+        from compiler.opset import upgrade_opset
+
         assert onnx_src is not None
-        save_onnx(onnx.load(str(onnx_src)), fp32)
+        source = onnx.load(str(onnx_src))
+        upgraded, record = upgrade_opset(source)
+        save_onnx(upgraded, fp32)
+        if record is not None:
+            lineage.append({"pass": "upgrade-opset", "config": record, "input_sha256": file_sha256(onnx_src),
+                            "output_sha256": file_sha256(fp32)})
     specs, _ = onnx_tensor_specs(fp32)
     if [s["name"] for s in specs] != list(evaluation.inputs):
         rename = dict(zip(evaluation.inputs, [s["name"] for s in specs], strict=False))
@@ -354,29 +243,17 @@ def _prepare(cfg: CompileConfig, progress: _Progress, work: Path, torch_model: A
         reference = predict(OnnxRunner(fp32), evaluation.inputs)
     if teacher_ref is not None:
         reference = teacher_ref  # the promised quality is the teacher's
-    transformer = looks_like_transformer(fp32)
-    ctx = PassContext(fp32, torch_model, torch_sha, evaluation.take(2).inputs, calib, evaluation, transformer,
-                      cfg.calibrate_method, cfg.calibration_samples)
+    arch = detect(fp32)
+    ctx = PassContext(fp32, torch_model, torch_sha, evaluation.take(2).inputs, calib, evaluation, arch.transformer,
+                      cfg.calibrate_method, cfg.calibration_samples, arch=arch)
     return _Prepared(ctx, reference, n_classes, lineage, distillation)
 
 
-def _evaluate(cfg: CompileConfig, art: Artifact, prep: _Prepared, budgets: Budgets) -> CandidateResult:
-    from compiler.runtimes import measure_latency, open_runner, predict
-
-    ev = prep.ctx.evaluation
-    runner = open_runner(art.fmt, art.entry_path, threads=1)
-    outputs = predict(runner, ev.inputs)
-    q = quality(cfg.task, outputs, prep.reference, ev.labels, ev.slices)
-    lat = measure_latency(runner, ev.inputs, iterations=cfg.latency_iterations)
-    if lat.p99_ms > budgets.max_latency_ms:
-        # One scheduler hiccup on a shared build machine must not fail a build: confirm once.
-        again = measure_latency(runner, ev.inputs, iterations=cfg.latency_iterations)
-        lat = min(lat, again, key=lambda m: m.p99_ms)
-    gates = check_gates(q, art.size_bytes, lat.p99_ms, budgets)
-    art.lineage.append({"pass": "evaluate", "config": {"runtime": art.fmt, "samples": ev.n, "task": cfg.task},
-                        "input_sha256": file_sha256(art.entry_path), "output_sha256": None,
-                        "metrics": q.to_dict()})
-    return CandidateResult(art.precision, q, art.size_bytes, lat.p50_ms, lat.p99_ms, gates, outputs=outputs)
+def _latency(c: CandidateResult) -> dict[str, Any]:
+    out: dict[str, Any] = {"p50_ms": c.latency_p50_ms, "p99_ms": c.latency_p99_ms, "on_target": c.on_target}
+    if not c.on_target:
+        out.update(fp32_p50_ms=c.fp32_p50_ms, note=c.latency_note)
+    return out
 
 
 def _build_device_class(cfg: CompileConfig, progress: _Progress, dc: DeviceClass, prep: _Prepared, work: Path,
@@ -386,32 +263,33 @@ def _build_device_class(cfg: CompileConfig, progress: _Progress, dc: DeviceClass
     chain = auto_chain(fmt, prep.ctx.transformer) if requested == "auto" else [requested]
     budgets = Budgets.for_device(dc, max_accuracy_drop=cfg.max_accuracy_drop,
                                  max_slice_gap_increase=cfg.max_slice_gap_increase, max_size_mb=cfg.max_size_mb,
-                                 max_latency_ms=cfg.max_latency_ms)
+                                 max_latency_ms=cfg.max_latency_ms, min_cosine=cfg.min_cosine,
+                                 min_p1_cosine=cfg.min_p1_cosine, max_p99_error=cfg.max_p99_error)
     # NNCF accuracy control keeps the OpenVINO INT8 model within the drop budget (classification).
     use_ac = cfg.accuracy_control is not False and cfg.task == "classification"
     ctx = replace(prep.ctx, accuracy_control_drop=budgets.max_accuracy_drop if use_ac else None)
+    from compiler.target import fp32_runner, match_host
+
+    evaluate = Evaluator(cfg.task, prep.reference, budgets, match_host(dc),
+                         functools.cache(lambda: fp32_runner(ctx.onnx_fp32)), cfg.latency_iterations,
+                         threads=dc.threads)
     tried: list[tuple[CandidateResult, Artifact | None]] = []
     for precision in chain:
-        with progress.step(f"{dc.name}: building {fmt} {precision}"):
-            try:
-                art = build_artifact(fmt, precision, ctx, work / precision)
-            except CompileInputError:
-                raise
-            except Exception as exc:  # a converter gap fails this build (exit 1), not the whole run
-                tried.append((CandidateResult(precision, None, 0, 0.0, 0.0, [],
-                                              f"{type(exc).__name__}: {str(exc)[:200]}"), None))
-                continue
-        with progress.step(f"{dc.name}: evaluating {fmt} {precision} in its runtime"):
-            tried.append((_evaluate(cfg, art, prep, budgets), art))
+        with progress.step(f"{dc.name}: building and evaluating {fmt} {precision}"):
+            cand = try_candidate(fmt, precision, ctx, work / precision, evaluate)
+            if cand[1] is not None and not cand[0].passed and cfg.accuracy_control is not False:
+                cand = accuracy_fallback(fmt, ctx, work / precision, (cand[0], cand[1]), evaluate)
+        tried.append(cand)
     passing = [(c, a) for c, a in tried if c.passed and a is not None]
     summaries = [c.to_dict() for c, _ in tried]
     if not passing:
         last = next((c for c, a in reversed(tried) if a is not None), tried[-1][0])
-        names = sorted({g.gate for c, _ in tried for g in failed(c.gates)} or {"build-error"})
+        names = sorted({g.gate for c, _ in tried for g in failed(c.gates)}
+                       | ({"build-error"} if any(c.error for c, _ in tried) else set()))
         return BuildResult(dc.name, fmt, last.precision, False, None,
                            {} if last.quality is None else last.quality.to_dict(),
                            [g.to_dict() for g in last.gates],
-                           {"p50_ms": last.latency_p50_ms, "p99_ms": last.latency_p99_ms}, last.size_bytes,
+                           _latency(last), last.size_bytes,
                            summaries, names, distillation=prep.distillation)
     # The fastest, where "fast" allows 10% measurement noise: among candidates that close to the
     # best p50, the earliest in the chain (lowest precision, smallest file) wins.
@@ -420,14 +298,15 @@ def _build_device_class(cfg: CompileConfig, progress: _Progress, dc: DeviceClass
     assert art is not None and chosen.quality is not None and chosen.outputs is not None
     metrics = {"task": cfg.task, **chosen.quality.to_dict(), "size_bytes": chosen.size_bytes,
                "budgets": budgets.to_dict(),
-               "gates": {g.gate: g.passed for g in chosen.gates if g.gate != "max-latency-ms"}}
+               "gates": {g.gate: g.passed for g in chosen.gates if g.gate not in LATENCY_GATE_NAMES}}
     if prep.distillation:
         metrics["distillation"] = prep.distillation
     manifest_fields = manifest_for(
         art, name=cfg.name, version=cfg.version, device_class=dc.name, precision=MANIFEST_PRECISION[chosen.precision],
         metrics=metrics, provenance={**provenance, "precision_requested": requested,
                                      "precision_built": chosen.precision, "lineage": prep.lineage + art.lineage},
-        evaluation=prep.ctx.evaluation, predictions=chosen.outputs, task=cfg.task, n_classes=prep.n_classes)
+        evaluation=prep.ctx.evaluation, predictions=chosen.outputs, task=cfg.task, n_classes=prep.n_classes,
+        threads=dc.threads, source_onnx=prep.ctx.onnx_fp32)
     from agent.bundle import build_bundle
 
     bundle_path = out_dir / f"{cfg.name}-v{cfg.version}-{dc.name}.bundle"
@@ -435,5 +314,5 @@ def _build_device_class(cfg: CompileConfig, progress: _Progress, dc: DeviceClass
         build_bundle(bundle_path, art.files, manifest_fields, signing_key)
     return BuildResult(dc.name, fmt, chosen.precision, True, bundle_path, metrics,
                        [g.to_dict() for g in chosen.gates],
-                       {"p50_ms": chosen.latency_p50_ms, "p99_ms": chosen.latency_p99_ms}, chosen.size_bytes,
+                       _latency(chosen), chosen.size_bytes,
                        summaries, [], False, "", prep.distillation)

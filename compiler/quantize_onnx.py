@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from compiler.data import Dataset
 from compiler.export import save_onnx
@@ -28,6 +29,9 @@ class OnnxQuantConfig:
     percentile: float = 99.999
     activation_type: str = "quint8"
     weight_type: str = "qint8"
+    op_types: tuple[str, ...] | None = None  # None: every operator ORT quantizes
+    nodes_to_exclude: tuple[str, ...] = ()  # kept in float (architecture scheme, accuracy fallback)
+    extra_options: dict[str, Any] = field(default_factory=dict)
 
 
 def _reader(ds: Dataset):
@@ -73,7 +77,7 @@ def quantize_static_int8(src: Path, dst: Path, calib: Dataset, cfg: OnnxQuantCon
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibrate_method]
-    extra = {"CalibPercentile": cfg.percentile} if cfg.calibrate_method == "percentile" else {}
+    extra = {**cfg.extra_options, **({"CalibPercentile": cfg.percentile} if cfg.calibrate_method == "percentile" else {})}
     with tempfile.TemporaryDirectory() as tmpdir:
         work = Path(tmpdir)
         pre = _prepare(src, work)
@@ -82,6 +86,8 @@ def quantize_static_int8(src: Path, dst: Path, calib: Dataset, cfg: OnnxQuantCon
                         quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, reduce_range=False,
                         activation_type=_qtype(cfg.activation_type), weight_type=_qtype(cfg.weight_type),
                         calibrate_method=method, extra_options=extra,
+                        op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
+                        nodes_to_exclude=list(cfg.nodes_to_exclude) or None,
                         calibration_cache_path=str(work / "calib_cache"))
         return _resave(out, dst)
 
@@ -93,7 +99,8 @@ def quantize_dynamic_int8(src: Path, dst: Path, cfg: OnnxQuantConfig) -> Path:
         work = Path(tmpdir)
         pre = _prepare(src, work)
         out = work / "q.onnx"
-        quantize_dynamic(str(pre), str(out), per_channel=cfg.per_channel, weight_type=_qtype(cfg.weight_type))
+        quantize_dynamic(str(pre), str(out), per_channel=cfg.per_channel, weight_type=_qtype(cfg.weight_type),
+                         nodes_to_exclude=list(cfg.nodes_to_exclude) or None)
         return _resave(out, dst)
 
 
@@ -107,22 +114,24 @@ def convert_fp16(src: Path, dst: Path) -> Path:
 
 
 def looks_like_transformer(path: Path) -> bool:
-    """MatMul-heavy graphs with softmax/layer-norm and no convolutions: dynamic INT8 candidates."""
-    import onnx
+    """Attention (MatMul-Softmax-MatMul) with layer norms or GELU: see compiler.architecture."""
+    from compiler.architecture import detect
 
-    ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
-    has_attn = any(o in ("Softmax", "LayerNormalization") for o in ops)
-    return has_attn and "Conv" not in ops and ops.count("MatMul") + ops.count("Gemm") >= 2
+    return detect(path).transformer
+
+
+MODES = {
+    "static": lambda src, dst, calib, cfg: quantize_static_int8(src, dst, calib, cfg),
+    "dynamic": lambda src, dst, calib, cfg: quantize_dynamic_int8(src, dst, cfg),
+    "fp16": lambda src, dst, calib, cfg: convert_fp16(src, dst),
+}
 
 
 def run_onnx_pass(src: Path, dst: Path, calib: Dataset | None, cfg: OnnxQuantConfig) -> Path:
-    if cfg.mode == "static":
-        assert calib is not None
-        return quantize_static_int8(src, dst, calib, cfg)
-    if cfg.mode == "dynamic":
-        return quantize_dynamic_int8(src, dst, cfg)
-    if cfg.mode == "fp16":
-        return convert_fp16(src, dst)
-    raise ValueError(f"unknown ONNX quantization mode {cfg.mode!r}")
+    if cfg.mode not in MODES:
+        raise ValueError(f"unknown ONNX quantization mode {cfg.mode!r}")
+    if cfg.mode == "static" and calib is None:
+        raise ValueError("static INT8 needs calibration data")
+    return MODES[cfg.mode](src, dst, calib, cfg)
 
 

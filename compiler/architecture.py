@@ -1,0 +1,107 @@
+"""What kind of network an ONNX graph is, read from its operators, so quantization can fit it.
+
+Transformer blocks are recognised by their parts: attention (a Softmax fed by a MatMul whose output
+feeds another MatMul), layer norms (LayerNormalization, or the ReduceMean-Sub-Pow-ReduceMean-Sqrt-Div
+decomposition older exporters write), and GELU (Gelu, or the Erf form). Those parts are where static
+INT8 wrecks a trained encoder (one outlier channel sets a LayerNorm's range), so the transformer
+schemes keep them and the residual Adds in float and quantize only the MatMul/Gemm weights' inputs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Operators a transformer scheme keeps in float: normalisation, attention probabilities, the
+# activation and the residual stream, whose outliers a per-tensor INT8 scale cannot hold.
+FLOAT_OPS = ("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "Softmax", "Gelu",
+             "FastGelu", "BiasGelu", "Erf", "Add", "Pow", "Sqrt", "Div", "ReduceMean", "Sub")
+QUANTIZED_OPS = ("MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    kind: str  # "transformer" | "cnn" | "mlp" | "other"
+    attention_blocks: int = 0
+    layer_norms: int = 0
+    gelus: int = 0
+    convolutions: int = 0
+    matmuls: int = 0
+    float_nodes: tuple[str, ...] = field(default=(), repr=False)  # node names a transformer scheme keeps in float
+
+    @property
+    def transformer(self) -> bool:
+        return self.kind == "transformer"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "attention_blocks": self.attention_blocks, "layer_norms": self.layer_norms,
+                "gelus": self.gelus, "convolutions": self.convolutions, "matmuls": self.matmuls}
+
+
+def _walk(graph: Any) -> list[Any]:
+    """Every node, including those inside If/Loop bodies."""
+    nodes = []
+    for n in graph.node:
+        nodes.append(n)
+        for attr in n.attribute:
+            if attr.g is not None and attr.g.node:
+                nodes.extend(_walk(attr.g))
+            for g in attr.graphs:
+                nodes.extend(_walk(g))
+    return nodes
+
+
+def detect(path: Path) -> Architecture:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    nodes = _walk(model.graph)
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for n in nodes:
+        for i in n.input:
+            consumers[i].append(n)
+
+    def upstream_op(tensor: str, wanted: str, depth: int = 4) -> bool:
+        n = producer.get(tensor)
+        while n is not None and depth > 0:
+            if n.op_type == wanted:
+                return True
+            n = producer.get(n.input[0]) if n.input else None
+            depth -= 1
+        return False
+
+    def downstream_op(tensor: str, wanted: str, depth: int = 3) -> bool:
+        frontier = [tensor]
+        for _ in range(depth):
+            nxt = []
+            for t in frontier:
+                for c in consumers.get(t, []):
+                    if c.op_type == wanted:
+                        return True
+                    nxt.extend(c.output)
+            frontier = nxt
+        return False
+
+    ops = [n.op_type for n in nodes]
+    attention = sum(1 for n in nodes if n.op_type == "Softmax" and upstream_op(n.input[0], "MatMul")
+                    and downstream_op(n.output[0], "MatMul"))
+    decomposed_ln = sum(1 for n in nodes if n.op_type == "ReduceMean" and producer.get(n.input[0]) is not None
+                        and producer[n.input[0]].op_type == "Pow")
+    layer_norms = sum(ops.count(o) for o in ("LayerNormalization", "SimplifiedLayerNormalization",
+                                             "SkipLayerNormalization")) + decomposed_ln
+    gelus = sum(ops.count(o) for o in ("Gelu", "FastGelu", "BiasGelu", "Erf"))
+    convs = ops.count("Conv") + ops.count("ConvTranspose")
+    matmuls = ops.count("MatMul") + ops.count("Gemm")
+    if attention and (layer_norms or gelus):
+        kind = "transformer"
+    elif convs:
+        kind = "cnn"
+    elif matmuls:
+        kind = "mlp"
+    else:
+        kind = "other"
+    float_nodes = tuple(n.name for n in nodes if n.op_type in FLOAT_OPS and n.name) if kind == "transformer" else ()
+    return Architecture(kind, attention, layer_norms, gelus, convs, matmuls, float_nodes)

@@ -1,0 +1,89 @@
+"""Is this build host a stand-in for the device class? Only then is an absolute latency budget checked.
+
+A 20 ms budget for an AVX-512 VNNI box means nothing when measured on a laptop without VNNI, and a
+Jetson GPU budget means nothing measured on any CPU. Off target the report says "not measured on
+target" and, where the class runs on a CPU of this host's instruction set (lacking some of the class's
+features, say VNNI), gates on the candidate's speedup over FP32 ONNX Runtime measured side by side on
+this host (interleaved calls, so both see the same load). Another ISA or an accelerator: not gated.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.device_classes import DeviceClass, cpu_flags
+
+# Execution providers that are not the CPU: a class that lists one first runs on an accelerator.
+ACCELERATOR_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "QNNExecutionProvider",
+                         "CoreMLExecutionProvider", "OpenVINOExecutionProvider:GPU", "ROCMExecutionProvider")
+
+
+@dataclass(frozen=True)
+class TargetMatch:
+    on_target: bool
+    cpu_proxy: bool  # the class runs on a CPU, so relative speed here says something about it
+    why_not: str = ""
+
+
+def match_host(dc: DeviceClass, *, arch: str | None = None, flags: set[str] | None = None,
+               exists: Any = None) -> TargetMatch:
+    """Compare the class's arch, CPU features, marker files and accelerator with this machine."""
+    import os
+
+    arch = arch or platform.machine()
+    flags = cpu_flags() if flags is None else flags
+    exists = exists or os.path.exists
+    accel = next((p for p in dc.execution_providers if p in ACCELERATOR_PROVIDERS), None)
+    if accel:
+        return TargetMatch(False, False, f"{dc.name} runs on {accel}; this build host measures on its CPU")
+    if dc.arch != arch:  # another instruction set: relative speed here says nothing about it either
+        return TargetMatch(False, False, f"{dc.name} is {dc.arch}, this build host is {arch}")
+    missing = sorted(set(dc.cpu_features) - flags)
+    if missing:
+        return TargetMatch(False, True, f"this build host lacks CPU features {', '.join(missing)} of {dc.name}")
+    absent = [p for p in dc.detect_paths if not exists(p)]
+    if absent:
+        return TargetMatch(False, True, f"this build host has no {', '.join(absent)} ({dc.name} marker)")
+    return TargetMatch(True, True)
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    p50_ms: float
+    p99_ms: float
+    fp32_p50_ms: float
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_p50_ms / self.p50_ms if self.p50_ms > 0 else 0.0
+
+
+def side_by_side(candidate: Any, fp32: Any, sample: dict[str, np.ndarray], iterations: int = 50,
+                 warmup: int = 5) -> SideBySide:
+    """Batch-1 latency of the candidate and of FP32 ONNX Runtime, alternating call by call."""
+    one = {k: v[:1] for k, v in sample.items()}
+    for _ in range(warmup):
+        candidate.run(one)
+        fp32.run(one)
+    a, b = np.empty(iterations), np.empty(iterations)
+    for i in range(iterations):
+        t0 = time.perf_counter()
+        candidate.run(one)
+        t1 = time.perf_counter()
+        fp32.run(one)
+        t2 = time.perf_counter()
+        a[i], b[i] = t1 - t0, t2 - t1
+    return SideBySide(round(float(np.percentile(a, 50)) * 1e3, 4), round(float(np.percentile(a, 99)) * 1e3, 4),
+                      round(float(np.percentile(b, 50)) * 1e3, 4))
+
+
+def fp32_runner(path: Path) -> Any:
+    from compiler.runtimes import OnnxRunner
+
+    return OnnxRunner(path, threads=1)
