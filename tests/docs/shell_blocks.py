@@ -63,7 +63,7 @@ def session_script(blocks: list[ShellBlock], subst: dict[str, str], workdir: Pat
     parts = ["set -euo pipefail", f"cd {workdir}"]
     for n, b in enumerate(blocks, 1):
         text = substitute(b.text, subst)
-        parts.append(f"echo '== {b.doc}:{b.line}' >&2")
+        parts.append(f"echo \"== {b.doc}:{b.line} ($SECONDS s)\" >&2")
         if b.background:
             script = workdir / f"background-{n}.sh"
             script.write_text(text)
