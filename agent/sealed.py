@@ -56,6 +56,7 @@ _TAG = 16
 _RECORD_HEADER = len(RECORD_MAGIC) + _KID + _NONCE
 _FILE_HEADER = struct.Struct(">4s8sIQ16s7s")
 SEGMENT_BYTES = 1 << 20
+MAX_SEGMENT_BYTES = 1 << 26
 
 
 class SealError(Exception):
@@ -144,6 +145,8 @@ class Sealer:
                 out.write(header)
                 for i in range(n):
                     chunk = fh.read(segment)
+                    if len(chunk) != (size - i * segment if i == n - 1 else segment):
+                        raise SealError(f"{src} changed while it was sealed")
                     out.write(aead.encrypt(prefix + struct.pack(">IB", i, i == n - 1), chunk, aad))
                 if fh.read(1):
                     raise SealError(f"{src} grew while it was sealed")
@@ -184,8 +187,8 @@ class SealedFile(io.RawIOBase):
                 raise SealError(f"{path} is not a sealed file")
             _, kid, self._seg, self.size, salt, self._prefix = _FILE_HEADER.unpack(header)
             sealer._check_kid(kid, str(path))
-            if self._seg < 1:
-                raise SealError(f"{path} has a bad segment size")
+            if not 1 <= self._seg <= MAX_SEGMENT_BYTES:  # bounded: a read never holds more than this
+                raise SealError(f"{path} has a bad segment size {self._seg}")
             self._n = _segments(self.size, self._seg)
             expected = _FILE_HEADER.size + self.size + self._n * _TAG
             actual = os.fstat(self._fh.fileno()).st_size
