@@ -132,6 +132,19 @@ def test_legacy_plaintext_rows_are_read_and_sealed_in_place(tmp_path) -> None:
     assert _mode(db) == 0o600
 
 
+def test_a_damaged_sealed_row_is_dropped_not_blocking_the_queue(tmp_path) -> None:
+    sealer = Sealer(os.urandom(32))
+    ob = Outbox(tmp_path / "o.sqlite", sealer=sealer)
+    ob.put("t/a", lambda s: b"first")
+    ob.put("t/b", lambda s: b"second")
+    first_id, blob = ob._db.execute("SELECT id, payload FROM outbox ORDER BY id LIMIT 1").fetchone()
+    damaged = bytearray(blob)
+    damaged[30] ^= 0xFF  # one flipped bit on disk
+    ob._db.execute("UPDATE outbox SET payload = ? WHERE id = ?", (bytes(damaged), first_id))
+    assert [(m.topic, m.payload) for m in ob.pending()] == [("t/b", b"second")]
+    assert len(ob) == 1 and ob._meta("unreadable") == 1
+
+
 def test_wrong_storage_key_is_refused_in_one_line(tmp_path, fleet_keys) -> None:
     cfg = make_config(tmp_path / "state", fleet_keys["pub"], device_id="wrong-key")
     sealer = cfg.storage_sealer()
