@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -11,12 +10,11 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from agent.keys import key_id, public_key_from_b64, public_key_to_b64
+from agent.names import NAME_PATTERN, is_valid_name
 from fleet import audit
 from fleet.auth import hash_token, new_token
 from fleet.models import Device, EnrolmentToken, now
 from fleet.settings import FleetSettings
-
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class EnrolmentError(Exception):
@@ -54,8 +52,8 @@ def enrol(db: Session, settings: FleetSettings, token: str, public_key_b64: str,
         pub = public_key_from_b64(public_key_b64)
     except (ValueError, TypeError) as exc:
         raise EnrolmentError(400, "bad-public-key", "public_key must be a base64 raw Ed25519 key") from exc
-    if device_id is not None and not DEVICE_ID_RE.match(device_id):
-        raise EnrolmentError(400, "bad-device-id", "device_id must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+    if device_id is not None and not is_valid_name(device_id):  # the agent's one name grammar
+        raise EnrolmentError(400, "bad-device-id", f"device_id must match {NAME_PATTERN} (no '..')")
     th = hash_token(token)
     row = db.exec(select(EnrolmentToken).where(EnrolmentToken.token_hash == th)).first()
     if row is None or row.used_at is not None or row.expires_at < now():
