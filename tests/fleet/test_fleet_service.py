@@ -76,9 +76,9 @@ def test_cli_commands(tmp_path, build_keys, baseline, monkeypatch) -> None:  # t
     out = r.invoke(fleet_cli, d + ["db", "upgrade"])
     assert out.exit_code == 0 and "0003" in out.output
     tok = r.invoke(fleet_cli, d + ["token", "create", "--role", "operator"])
-    assert tok.exit_code == 0 and tok.output.strip().startswith("eft_")
+    assert tok.exit_code == 0 and tok.stdout.strip().startswith("eft_")  # stderr says which database
     enr = r.invoke(fleet_cli, d + ["enrol-token", "create", "--attr", "region=eu"])
-    assert enr.exit_code == 0 and enr.output.strip().startswith("enr_")
+    assert enr.exit_code == 0 and enr.stdout.strip().startswith("enr_")
     make_bundle(tmp_path / "b.tar", build_keys[0], version=4, baseline=baseline)
     up = r.invoke(fleet_cli, d + ["models", "upload", str(tmp_path / "b.tar")])
     assert up.exit_code == 0 and "added: digits v4" in up.output
@@ -86,7 +86,7 @@ def test_cli_commands(tmp_path, build_keys, baseline, monkeypatch) -> None:  # t
     bad = r.invoke(fleet_cli, d + ["models", "upload", str(tmp_path / "bad.tar")])
     assert bad.exit_code == 1
     ls = r.invoke(fleet_cli, d + ["devices", "list", "--json"])
-    assert ls.exit_code == 0 and ls.output.strip() == "[]"
+    assert ls.exit_code == 0 and ls.stdout.strip() == "[]"
 
 
 @pytest.mark.slow
