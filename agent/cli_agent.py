@@ -57,14 +57,16 @@ def agent_cli() -> None:
 @common
 @click.option("--fleet-id", default=None, help="overrides fleet_id")
 @click.option("--device-class", default=None, help="overrides device_class")
+@click.option("--production", is_flag=True, default=None,
+              help="refuse plaintext mqtt:// and http:// to remote hosts (or production = true in agent.toml)")
 def run(config: str | None, state_dir: str | None, device_id: str | None, mqtt_url: str | None,
-        fleet_id: str | None, device_class: str | None) -> None:
+        fleet_id: str | None, device_class: str | None, production: bool | None) -> None:
     """Run the agent until SIGTERM."""
     from agent.daemon import Agent
     from agent.logs import setup_logging
 
     cfg = _config(config, {"state_dir": state_dir, "device_id": device_id, "mqtt_url": mqtt_url,
-                           "fleet_id": fleet_id, "device_class": device_class})
+                           "fleet_id": fleet_id, "device_class": device_class, "production": production})
     setup_logging(cfg.log_level, cfg.device_id)
     try:
         agent = Agent(cfg).start()

@@ -253,3 +253,9 @@ def test_production_refusal_is_one_line_exit_2(tmp_path) -> None:
                          text=True, timeout=60)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "mqtt.url = mqtt://broker.example:1883" in res.stderr and "s3cr3tpass" not in res.stderr
+    # the same with the flag instead of the config field
+    AgentConfig(device_id="p-2", state_dir=str(tmp_path / "s"),
+                mqtt=MqttConfig(url="mqtt://broker.example:1883")).write(toml)
+    res = subprocess.run([PYTHON, "-m", "agent", "run", "--production", "--config", str(toml)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "production mode refuses mqtt.url" in res.stderr, res.stderr
