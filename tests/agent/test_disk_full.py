@@ -121,6 +121,8 @@ def test_agent_process_survives_a_full_disk(small_disk: Path, tmp_path: Path, fl
         filler.unlink()
         wait_for(lambda: proc.status().get("disk_full") is False, 20, what="status.json written again")
         assert proc.status()["ready"] is True and len(predict()) == 2
+        wait_for(lambda: "event=disk-recovered" in proc.log(), 20, what="the recovery logged")
+        assert "Logging error" not in proc.log() and "Traceback" not in proc.log()  # log writes failed softly
     finally:
         rc = proc.stop()
     assert rc == 0, proc.log()
