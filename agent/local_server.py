@@ -458,6 +458,8 @@ class _HttpEndpoint:
                 return 200, wire.CONTENT_TYPE, wire.encode_parts(self.predict(arrays), ok=True)
             try:
                 doc = json.loads(body if isinstance(body, bytes) else body.tobytes())
+            except RecursionError:
+                raise InputError("body is JSON nested too deeply") from None
             except ValueError as exc:
                 raise InputError(f"body is not JSON: {exc}") from None
             inputs = doc.get("inputs") if isinstance(doc, dict) else doc

@@ -36,7 +36,11 @@ class TensorSpec:
         axis = d.get("batch_axis")
         if isinstance(axis, int) and 0 <= axis < len(shape):
             shape[axis] = "batch"
-        return cls(str(d["name"]), tuple(shape), np.dtype(d.get("dtype", "float32")), bool(d.get("quantization")))
+        try:
+            dtype = np.dtype(d.get("dtype", "float32"))
+        except TypeError:  # a manifest installed before dtypes were checked at verify
+            raise ValueError(f"tensor {d.get('name')!r} has an unknown dtype {d.get('dtype')!r}") from None
+        return cls(str(d["name"]), tuple(shape), dtype, bool(d.get("quantization")))
 
     def describe(self) -> str:
         return f"{self.name}{list(self.shape)} {self.dtype.name}"

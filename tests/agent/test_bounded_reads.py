@@ -121,3 +121,26 @@ def test_a_good_bundle_still_inspects(bundles) -> None:
     manifest = read_manifest_unverified(bundles["v1"])
     assert manifest["model"]["name"] == "digits" and canonical_json(manifest)
     assert json.loads(canonical_json(manifest)) == manifest
+
+
+def test_local_server_answers_deep_json_with_a_400(agent_factory, bundles) -> None:
+    import urllib.error
+    import urllib.request
+
+    from tests.agent.conftest import free_port
+
+    a = agent_factory(http_port=free_port())
+    a.install(bundles["v1"])
+    body = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    req = urllib.request.Request(f"http://127.0.0.1:{a.server.http_port}/v1/predict", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)  # noqa: S310 - local test server
+    assert err.value.code == 400 and "nested too deeply" in err.value.read().decode()
+
+
+def test_an_unknown_dtype_in_an_installed_manifest_is_a_value_error() -> None:
+    from agent.spec_check import TensorSpec
+
+    with pytest.raises(ValueError, match="unknown dtype"):
+        TensorSpec.from_dict({"name": "x", "shape": [1], "dtype": "float128x"})
