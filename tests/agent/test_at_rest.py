@@ -68,6 +68,7 @@ def test_systemd_credential_is_preferred_to_the_default_file(tmp_path) -> None:
 
 
 # -- the outbox ---------------------------------------------------------------------------------
+@pytest.mark.mqtt
 def test_outbox_on_disk_has_no_plaintext_and_delivers_through_mosquitto(tmp_path, fleet_keys, bundles,
                                                                        digits) -> None:
     """Windows with raw samples are stored while the agent is offline, then delivered."""
