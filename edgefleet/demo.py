@@ -25,7 +25,7 @@ import click
 
 from edgefleet.demo_client import ApiCallError, FleetClient
 from edgefleet.demo_devices import DemoAgent, DeviceSpec, Traffic
-from edgefleet.demo_report import explain_stop, failure_cause
+from edgefleet.demo_report import build_failure, explain_stop, failure_cause
 from edgefleet.demo_view import DemoView
 
 T = TypeVar("T")
@@ -139,12 +139,14 @@ def _fleet_server(work: Path, port: int, view: DemoView) -> Iterator[DemoFleet]:
     """The fleet manager on embedded defaults, with a build key it trusts."""
     from agent.keys import generate_keypair
     from fleet.broker import free_port, reachable, start_embedded_broker
+    from fleet.fleet_keys import sign_first_keylist
     from fleet.server import FleetServer
     from fleet.settings import FleetSettings
 
     keys = work / "keys"
     build_priv, build_pub = generate_keypair(keys, "build")
     fleet_priv, _ = generate_keypair(keys, "fleet")
+    root_priv, _ = generate_keypair(keys, "root")  # offline in production: it only signs the key list
     broker = None
     mqtt_url = os.environ.get("MQTT_URL")
     if mqtt_url:
@@ -160,6 +162,7 @@ def _fleet_server(work: Path, port: int, view: DemoView) -> Iterator[DemoFleet]:
     settings = FleetSettings(data_dir=work / "fleet", mqtt_url=mqtt_url, fleet_id=FLEET_ID,
                              signing_key_path=fleet_priv, embedded_broker=False, trusted_build_keys=[build_pub],
                              api_tokens={token: "admin"}, rollout_interval_s=0.5, drift_interval_s=5.0)
+    sign_first_keylist(settings, root_priv)  # devices pin this root at enrolment
     srv = FleetServer(settings, port=port or free_port()).start()
     try:
         yield DemoFleet(srv, token, build_priv)
@@ -172,7 +175,7 @@ def _fleet_server(work: Path, port: int, view: DemoView) -> Iterator[DemoFleet]:
 def build_models(work: Path, build_key: Path, view: DemoView) -> dict[int, list[Any]]:
     """Train v1 and the skewed v2, compile both for every demo device class; gates must pass."""
     from compiler.config import CompileConfig
-    from compiler.pipeline import compile_model, require_passed
+    from compiler.pipeline import compile_model
     from edgefleet import demo_model as dm
 
     data = dm.load_digits_data()
@@ -197,7 +200,8 @@ def build_models(work: Path, build_key: Path, view: DemoView) -> dict[int, list[
             view.say(f"  {r.device_class:16} {r.format:8} {r.precision:5} {m.get('metric_name', 'metric')} "
                      f"{m.get('metric', float('nan')):.3f} (reference {m.get('reference_metric', float('nan')):.3f}), "
                      f"slice gap {m.get('slice_gap', float('nan')):.3f}, {r.size_bytes / 1024:.0f} KiB, gates {gates}")
-        require_passed(results)
+        if not all(r.passed for r in results):
+            raise DemoFailed(f"compiling v{version}: {build_failure(results)} (details: {work / 'compile.log'})")
         out[version] = results
     return out
 

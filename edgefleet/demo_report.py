@@ -53,6 +53,21 @@ def _rollout_cause(client: FleetClient, rollout: dict[str, Any]) -> str:
     return f"rollout {rollout['id']} ended {rollout.get('status')}" + (f": {summary}" if summary else "")
 
 
+def build_failure(results: list[Any]) -> str:
+    """One line for failed compiler builds (compiler.pipeline.BuildResult): which, and the first
+    reason in the compiler's words (a candidate's error, else the first failed gate's detail)."""
+    bad = [r for r in results if not r.passed]
+    if not bad:
+        return ""
+    first = bad[0]
+    why = next((c["error"] for c in first.candidates if c.get("error")), None)
+    if why is None:
+        why = next((f"{g.get('gate')}: {g.get('detail')}" for g in first.gates if not g.get("passed")), "")
+    names = sorted({g for r in bad for g in r.failed_gates})
+    return (f"{len(bad)} of {len(results)} builds failed ({', '.join(names)}); first: {first.device_class} "
+            f"{first.format} {first.precision}: {_short(why, 300)}")
+
+
 def _short(reason: str, limit: int = 160) -> str:
     text = " ".join(str(reason).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -53,3 +53,20 @@ def test_waves_are_numbered_from_one() -> None:
                          "reason": {"summary": "drift", "gates": [{"gate": "feature_drift", "value": 0.4,
                                                                     "threshold": 0.2}]}}, ["d1"])
     assert "stopped at wave 1" in text and "gate feature_drift: 0.4 (limit 0.2)" in text
+
+
+def test_a_failed_build_says_the_compilers_reason() -> None:
+    from compiler.pipeline import BuildResult
+    from edgefleet.demo_report import build_failure
+
+    err = "running onnx int8 failed: ImportError: cannot import name 'x' from 'compiler.manifest'"
+    ok = BuildResult("arm64-cortex-a", "tflite", "int8", True, None, {}, [], {}, 1)
+    broken = BuildResult("x86-64-generic", "onnx", "int8", False, None, {}, [], {}, 0,
+                         candidates=[{"precision": "int8", "passed": False, "error": err}], failed_gates=["build-error"])
+    slow = BuildResult("x86-avx512-vnni", "openvino", "int8", False, None, {},
+                       [{"gate": "min-speedup", "passed": False, "detail": "0.7x FP32 ONNX Runtime"}], {}, 1,
+                       failed_gates=["min-speedup"])
+    line = build_failure([ok, broken, slow])
+    assert line == (f"2 of 3 builds failed (build-error, min-speedup); first: x86-64-generic onnx int8: {err}")
+    assert build_failure([slow]).endswith("openvino int8: min-speedup: 0.7x FP32 ONNX Runtime")
+    assert build_failure([ok]) == ""
