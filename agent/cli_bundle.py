@@ -154,20 +154,32 @@ def bundle_build(model_files: tuple[Path, ...], name: str, version: int, device_
                  provenance: Path | None, baseline: Path | None, key_path: Path, out_path: Path) -> None:
     """Sign model file(s) into a bundle."""
     entry = model_files[0]
-    suffix_fmt = {".onnx": "onnx", ".xml": "openvino", ".tflite": "tflite"}.get(entry.suffix)
-    fmt = fmt or suffix_fmt
+    from agent.runtime_specs import FORMAT_NAMES, SpecError, detect_format, io_specs
+
+    found = detect_format(entry)
+    fmt = fmt or found
     if fmt is None:
         raise UsageFailure(f"cannot tell the format of {entry}; pass --format")
+    if found is not None and found != fmt:
+        raise UsageFailure(f"{entry} is {FORMAT_NAMES[found]}, not {fmt}; pass --format {found}")
     files = {p.name: p for p in model_files}
     if fmt == "openvino" and entry.with_suffix(".bin").exists():
         files.setdefault(entry.with_suffix(".bin").name, entry.with_suffix(".bin"))
     in_specs = [_spec(s) for s in inputs]
     out_specs = [_spec(s) for s in outputs]
-    if fmt == "onnx" and not (in_specs and out_specs):
-        from agent.runtime_specs import onnx_io_specs
-
-        auto_in, auto_out = onnx_io_specs(entry)
+    runtime_config: dict[str, Any] = {}
+    if not (in_specs and out_specs) or fmt == "tflite":
+        try:  # the model file carries its specs (and, for TFLite, the tensors they bind to)
+            auto_in, auto_out, tflite = io_specs(fmt, entry)
+        except SpecError as exc:
+            raise UsageFailure(f"{entry}: {exc}") from exc
         in_specs, out_specs = in_specs or auto_in, out_specs or auto_out
+        if not in_specs or not out_specs:
+            raise UsageFailure(f"{entry} declares no {'inputs' if not in_specs else 'outputs'}; a bundle needs "
+                               "named input and output tensors (pass --input/--output)")
+        if tflite is not None:
+            _rename_bindings(tflite, in_specs, out_specs)
+            runtime_config = {"tflite": tflite}
     try:
         key = load_private_key(key_path)
         result = build_bundle(out_path, files, {
@@ -176,11 +188,21 @@ def bundle_build(model_files: tuple[Path, ...], name: str, version: int, device_
             "entrypoint": entry.name, "inputs": in_specs, "outputs": out_specs,
             "metrics": _load_json(metrics), "provenance": _load_json(provenance),
             "drift_baseline": _load_json(baseline),
+            **({"runtime_config": runtime_config} if runtime_config else {}),
         }, key)
     except (KeyFileError, BundleError) as exc:
         raise UsageFailure(str(exc)) from exc
     click.echo(f"built {out_path}\n  model {name} v{version} ({fmt}, {precision}) for {device_class}"
                f"\n  signed by {result.key_id}\n  sha256 {result.bundle_sha256}")
+
+
+def _rename_bindings(tflite: dict[str, Any], ins: list[dict[str, Any]], outs: list[dict[str, Any]]) -> None:
+    """--input/--output names bind to the TFLite tensors by position."""
+    for key, specs in (("inputs", ins), ("outputs", outs)):
+        if len(specs) != len(tflite[key]):
+            raise UsageFailure(f"the model has {len(tflite[key])} {key}, {len(specs)} given")
+        for binding, spec in zip(tflite[key], specs, strict=True):
+            binding["name"] = spec["name"]
 
 
 @bundle.command("inspect")

@@ -110,6 +110,10 @@ class Predictor:
         m.attempts += 1
         try:
             outs = m.runtime.run(x)
+        except InputError:  # a check only the runtime can make (e.g. int64 ids into an int32 tensor)
+            if m.stats is not None:
+                m.stats.error("invalid_input")
+            raise
         except Exception as exc:
             m.runtime_errors += 1
             if m.stats is not None:

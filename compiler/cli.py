@@ -24,6 +24,7 @@ EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
 @click.command("compile")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="compile.toml with the same keys.")
 @click.option("--onnx", help="Source ONNX model file.")
+@click.option("--tflite", help="Source TFLite model file (TFLite device classes; re-quantized if float and INT8 wanted).")
 @click.option("--torch", "torch_src", help="PyTorch model: module:function returning nn.Module, or a .pt2 file.")
 @click.option("--example-input", help="Example input shape for --torch, e.g. 1,64 (default: from the data).")
 @click.option("--calib", help="Calibration data (.npz or module:function); default: the eval data.")

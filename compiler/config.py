@@ -20,6 +20,7 @@ class CompileConfig:
     """Everything one `edgefleet compile` run needs; see docs/compiler.md for each field."""
 
     onnx: str | None = None
+    tflite: str | None = None  # a .tflite source, bundled for TFLite classes (compiler/tflite_source.py)
     torch: Any = None  # "module:function", a .pt2 path, or an nn.Module (Python API)
     example_input: tuple[int, ...] | None = None
     calib: Any = None  # .npz path, "module:function", Dataset or mapping
@@ -60,8 +61,9 @@ class CompileConfig:
     def validate(self) -> None:
         if isinstance(self.device_classes, str):
             self.device_classes = [self.device_classes]
-        if bool(self.onnx) == bool(self.torch is not None):
-            raise CompileInputError("give exactly one model source: --onnx PATH or --torch module:function")
+        if [bool(self.onnx), self.torch is not None, bool(self.tflite)].count(True) != 1:
+            raise CompileInputError("give exactly one model source: --onnx PATH, --tflite PATH or --torch "
+                                    "module:function")
         if self.eval is None:
             raise CompileInputError("--eval data is required: every build is checked against it")
         if self.task not in TASKS:
@@ -74,7 +76,7 @@ class CompileConfig:
             raise CompileInputError(f"--calibrate-method must be one of {', '.join(CALIBRATION_METHODS)}")
         if not self.device_classes:
             raise CompileInputError("name at least one --device-class")
-        if self.distill and self.onnx:
+        if self.distill and (self.onnx or self.tflite):
             raise CompileInputError("--distill needs a PyTorch teacher (--torch); an ONNX file cannot be trained")
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
             raise CompileInputError("--version must be a non-negative integer")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.runtime_specs import natural_key
 from compiler.data import Dataset
 from compiler.errors import CompileInputError
 from compiler.loading import eval_mode
@@ -58,52 +59,41 @@ def convert_tflite(model: Any, example: dict[str, np.ndarray], dst: Path, cfg: T
         fp32 = Path(tmpdir) / "fp32.tflite"
         with _quiet():
             litert_torch.convert(eval_mode(model), sample).export(str(fp32))
-        if cfg.precision == "fp32":
-            dst.write_bytes(fp32.read_bytes())
-            return dst
-        from ai_edge_quantizer import quantizer, recipe
+        quantize_tflite(fp32, dst, cfg, calib)
+    return dst
 
-        rec = recipe.static_wi8_ai8() if cfg.precision == "int8" else recipe.dynamic_wi8_afp32()
-        q = quantizer.Quantizer(str(fp32), rec)
-        calibration = None
-        if q.need_calibration:
-            if calib is None:
-                raise CompileInputError("full-integer TFLite INT8 needs calibration data (--calib)")
-            calibration = q.calibrate(_calibration_data(fp32, calib.take(cfg.calibration_samples)), num_threads=1)
-        with _quiet():
-            result = q.quantize(calibration, enable_progress_report=False)
-        dst.write_bytes(bytes(result.quantized_model))
+
+def quantize_tflite(fp32: Path, dst: Path, cfg: TFLiteConfig, calib: Dataset | None) -> Path:
+    """A float .tflite to `dst` at cfg.precision with ai-edge-quantizer (fp32: copied as is)."""
+    if cfg.precision == "fp32":
+        dst.write_bytes(Path(fp32).read_bytes())
+        return dst
+    from ai_edge_quantizer import quantizer, recipe
+
+    rec = recipe.static_wi8_ai8() if cfg.precision == "int8" else recipe.dynamic_wi8_afp32()
+    q = quantizer.Quantizer(str(fp32), rec)
+    calibration = None
+    if q.need_calibration:
+        if calib is None:
+            raise CompileInputError("full-integer TFLite INT8 needs calibration data (--calib)")
+        calibration = q.calibrate(_calibration_data(fp32, calib.take(cfg.calibration_samples)), num_threads=1)
+    with _quiet():
+        result = q.quantize(calibration, enable_progress_report=False)
+    dst.write_bytes(bytes(result.quantized_model))
     return dst
 
 
 def _calibration_data(fp32: Path, ds: Dataset) -> dict[str, list[dict[str, np.ndarray]]]:
+    """One batch-1 feed per sample, in the signature's own dtypes: int64 token ids become the int32
+    the converter made of them, range-checked (agent.runtimes.litert_runtime.to_tensor) as on the device."""
     from ai_edge_litert.interpreter import Interpreter
 
-    signatures = Interpreter(model_path=str(fp32)).get_signature_list()
-    key = next(iter(signatures))
-    names = signatures[key]["inputs"]
+    from agent.runtimes.litert_runtime import to_tensor
+
+    it = Interpreter(model_path=str(fp32))
+    key = next(iter(it.get_signature_list()))
+    details = it.get_signature_runner(key).get_input_details()
+    names = sorted(details, key=natural_key)
     arrays = list(ds.inputs.values())
-    return {key: [{n: a[i:i + 1] for n, a in zip(names, arrays, strict=True)} for i in range(ds.n)]}
-
-
-def tflite_tensor_specs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Specs with the real dtypes; quantized tensors carry {"scale", "zero_point"} for the agent."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(path))
-    sig = it.get_signature_list()
-    key = next(iter(sig))
-
-    def spec(d: dict[str, Any], sig_name: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": d["name"], "signature_name": sig_name, "signature_key": key,
-                               "shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
-        if out["shape"] and out["shape"][0] == 1:
-            out["batch_axis"] = 0  # fixed batch 1: the agent's LiteRT runtime runs a batch row by row
-        scale, zp = d["quantization"]
-        if scale:
-            out["quantization"] = {"scale": float(scale), "zero_point": int(zp)}
-        return out
-
-    ins = [spec(d, n) for d, n in zip(it.get_input_details(), sig[key]["inputs"], strict=False)]
-    outs = [spec(d, n) for d, n in zip(it.get_output_details(), sig[key]["outputs"], strict=False)]
-    return ins, outs
+    return {key: [{n: to_tensor(n, a[i:i + 1], np.dtype(details[n]["dtype"]), (0.0, 0))
+                   for n, a in zip(names, arrays, strict=True)} for i in range(ds.n)]}

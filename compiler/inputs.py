@@ -19,6 +19,12 @@ def _load_onnx_source(path: str) -> Path:
     p = Path(path)
     if not p.is_file():
         raise CompileInputError(f"--onnx {p}: no such file")
+    from agent.runtime_specs import FORMAT_NAMES, detect_format
+
+    found = detect_format(p)
+    if found in ("tflite", "openvino"):
+        use = "use --tflite" if found == "tflite" else "compile from its ONNX or PyTorch source"
+        raise CompileInputError(f"--onnx {p}: this is {FORMAT_NAMES[found]}, not ONNX; {use}")
     import onnx
 
     try:
@@ -72,6 +78,17 @@ def load_inputs(cfg: CompileConfig, progress: Any) -> Inputs:
         names: list[str] | None = [s["name"] for s in specs]
         model_sha = file_sha256(onnx_src)
         n_out = out_specs[0]["shape"][-1] if out_specs and out_specs[0]["shape"] else None
+    elif cfg.tflite:
+        from agent.runtime_specs import tflite_io_specs
+        from compiler.tflite_source import check_source
+
+        tflite_src = check_source(cfg.tflite)
+        specs, out_specs, _ = tflite_io_specs(tflite_src)
+        # A fixed batch of 1 is served row by row: the data may hold any number of samples.
+        specs = [{**s, "shape": ["batch", *s["shape"][1:]]} if s.get("batch_axis") == 0 else s for s in specs]
+        names = [s["name"] for s in specs]
+        model_sha = file_sha256(tflite_src)
+        n_out = out_specs[0]["shape"][-1] if out_specs and out_specs[0]["shape"] else None
     else:
         from compiler.loading import load_torch_model
 
@@ -93,7 +110,7 @@ def load_inputs(cfg: CompileConfig, progress: Any) -> Inputs:
     validate_dataset(calib, specs, task=cfg.task, n_classes=n_classes, min_slice_size=1, role="--calib")
     evaluation, calib = cast_to_spec(evaluation, specs), cast_to_spec(calib, specs)
     # File sources are named by base name: the same file elsewhere must give the same manifest.
-    spec = cfg.onnx or cfg.torch
+    spec = cfg.onnx or cfg.tflite or cfg.torch
     if isinstance(spec, (str, Path)):
         source = Path(spec).name if Path(spec).is_file() else str(spec)
     else:

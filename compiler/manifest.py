@@ -1,11 +1,14 @@
 """The manifest fields of one bundle: tensor specs read back from the artifact, drift baseline.
 
-Specs come from the compiled file itself (not from the source model), because that is what the
-agent's runtime will load: TFLite names, fixed batch and int8 quantization differ from ONNX.
+Specs come from the compiled file itself, because that is what the agent's runtime will load;
+TFLite tensors keep the source model's names and dtypes through runtime_config.tflite (the agent
+binds them), so one request works on every device class. `runtime_manifest` is also what the
+gate runs the candidate with (compiler.runtimes), so the bundle carries the config that was gated.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +16,7 @@ import numpy as np
 from agent.sketches import build_drift_baseline
 from compiler.data import Dataset
 from compiler.passes import Artifact
-from compiler.runtimes import OPENVINO_CONFIG
+from compiler.runtimes import runtime_fields
 
 
 def _drift_baseline(art_inputs: list[dict[str, Any]], ds: Dataset, predictions: np.ndarray, task: str,
@@ -34,25 +37,23 @@ def _drift_baseline(art_inputs: list[dict[str, Any]], ds: Dataset, predictions: 
                                 prediction_kind="value")
 
 
-def _artifact_specs(art: Artifact) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    if art.fmt == "onnx":
+def runtime_manifest(art: Artifact, source_onnx: Path | None, threads: int) -> dict[str, Any]:
+    """Format, tensor specs and runtime_config of the artifact; TFLite named as the source ONNX."""
+    source = None
+    if art.fmt == "tflite" and source_onnx is not None and source_onnx.suffix == ".onnx":
         from compiler.export import onnx_tensor_specs
 
-        return onnx_tensor_specs(art.entry_path)
-    if art.fmt == "openvino":
-        from compiler.convert_openvino import openvino_tensor_specs
-
-        return openvino_tensor_specs(art.entry_path)
-    from compiler.convert_tflite import tflite_tensor_specs
-
-    return tflite_tensor_specs(art.entry_path)
+        source = onnx_tensor_specs(source_onnx)
+    return runtime_fields(art.fmt, art.entry_path, threads, source)
 
 
 def manifest_for(art: Artifact, *, name: str, version: int, device_class: str, precision: str,
                  metrics: dict[str, Any], provenance: dict[str, Any], evaluation: Dataset, predictions: np.ndarray,
-                 task: str, n_classes: int | None) -> dict[str, Any]:
+                 task: str, n_classes: int | None, threads: int = 1,
+                 source_onnx: Path | None = None) -> dict[str, Any]:
     """Everything build_bundle needs except the file list (it hashes the files itself)."""
-    inputs, outputs = _artifact_specs(art)
+    rt = runtime_manifest(art, source_onnx, threads)
+    inputs, outputs = rt["inputs"], rt["outputs"]
     fields: dict[str, Any] = {
         "model": {"name": name, "version": int(version), "device_class": device_class, "format": art.fmt,
                   "precision": precision},
@@ -60,6 +61,5 @@ def manifest_for(art: Artifact, *, name: str, version: int, device_class: str, p
         "provenance": provenance,
         "drift_baseline": _drift_baseline(inputs, evaluation, predictions, task, n_classes),
     }
-    if art.fmt == "openvino":
-        fields["runtime_config"] = {"openvino": dict(OPENVINO_CONFIG)}
+    fields["runtime_config"] = rt["runtime_config"]
     return fields

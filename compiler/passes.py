@@ -85,6 +85,7 @@ class PassContext:
     arch: Architecture | None = None  # detected from the FP32 graph; picks the quantization scheme
     float_nodes: tuple[str, ...] = ()  # layers the accuracy fallback returned to float
     scheme: str | None = None  # a quantization scheme the accuracy fallback chose over the architecture's
+    tflite_src: Path | None = None  # --tflite: the source model (compiler.tflite_source builds from it)
 
     @property
     def architecture(self) -> Architecture:
@@ -161,6 +162,10 @@ def _build_openvino(precision: str, ctx: PassContext, work: Path) -> Artifact:
 def _build_tflite(precision: str, ctx: PassContext, work: Path) -> Artifact:
     from compiler.convert_tflite import ONNX_ONLY_MESSAGE, TFLiteConfig, convert_tflite
 
+    if ctx.tflite_src is not None:
+        from compiler.tflite_source import build_from_tflite
+
+        return build_from_tflite(precision, ctx, work)
     if ctx.torch_model is None:
         raise CompileInputError(ONNX_ONLY_MESSAGE)
     dst = work / "model.tflite"

@@ -137,6 +137,9 @@ def compile_model(cfg: CompileConfig) -> list[BuildResult]:
         precision = cfg.precision or dc.precision
         if precision != "auto":
             check_precision(fmt, precision)
+        if cfg.tflite and fmt != "tflite":
+            raise CompileInputError(f"{dc.name} takes {fmt} models; a --tflite source is bundled for TFLite "
+                                    "device classes only (or pass --format tflite)")
         if fmt == "tflite" and cfg.onnx:
             from compiler.convert_tflite import ONNX_ONLY_MESSAGE
 
@@ -190,6 +193,11 @@ def compile_model(cfg: CompileConfig) -> list[BuildResult]:
 def _prepare(cfg: CompileConfig, progress: _Progress, work: Path, torch_model: Any, onnx_src: Path | None,
              calib: Dataset, evaluation: Dataset, n_classes: int | None) -> _Prepared:
     """Distil (optional), export to the FP32 ONNX reference, compute reference outputs."""
+    if cfg.tflite:  # the TFLite source is its own reference, run in LiteRT
+        from compiler.tflite_source import prepare_context
+
+        ctx, reference = prepare_context(cfg, Path(cfg.tflite), calib, evaluation)
+        return _Prepared(ctx, reference, n_classes, [], None)
     from compiler.architecture import detect
     from compiler.export import ExportConfig, export_torch, onnx_tensor_specs, save_onnx
     from compiler.runtimes import OnnxRunner, predict

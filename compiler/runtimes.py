@@ -1,8 +1,13 @@
-"""Run a compiled artifact in its own runtime (onnxruntime, OpenVINO, LiteRT) and time it.
+"""Run a compiled artifact the way a device will, and time it.
 
-Every runner takes float inputs by name and returns the first output as float32, so metrics
-compare formats on equal terms; full-integer TFLite inputs are quantized here exactly as the
-agent must do it (q = round(x / scale) + zero_point, clipped to int8).
+There is no build-time copy of the runtimes: a Runner is the agent's own runtime adapter
+(agent.runtimes: onnxruntime, OpenVINO, LiteRT) behind the agent's own input check
+(agent.spec_check), loaded with the manifest fields the bundle will carry (tensor specs and
+runtime_config: OpenVINO precision hint, threads, TFLite tensor binding and quantized I/O).
+So the outputs a gate judges are the outputs the agent serves.
+
+Runners take inputs by name (or, when the names differ, by position) and return the first
+output as float32, so metrics compare formats on equal terms.
 """
 
 from __future__ import annotations
@@ -10,111 +15,65 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-
-class Runner(Protocol):
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray: ...
-
-
-class OnnxRunner:
-    def __init__(self, path: Path, threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        avail = set(ort.get_available_providers())
-        use = [p for p in providers if p in avail] or ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), so, providers=use)
-        self.input_types = {i.name: i.type for i in self.session.get_inputs()}
-
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {k: (v.astype(np.float16) if self.input_types.get(k) == "tensor(float16)" else v)
-                for k, v in inputs.items()}
-        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
+from agent.runtimes.base import RuntimeOptions, load_runtime
+from agent.runtimes.config import runtime_config
+from agent.spec_check import check_inputs, specs_from_manifest
 
 
-# OpenVINO's CPU plugin defaults to bf16 inference on CPUs with AVX512-BF16/AMX, which wrecked a
-# small INT8 transformer here (cosine 0.65 vs 0.999 with f32). Bundles record this hint for the agent.
-OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+def runtime_fields(fmt: str, path: Path, threads: int = 1,
+                   source: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The manifest fields a runtime reads: format, tensor specs and runtime_config, from the file.
 
+    `source` (the source model's input and output specs) names TFLite tensors as the source did."""
+    from agent.runtime_specs import io_specs, tflite_io_specs
 
-class OpenVINORunner:
-    def __init__(self, xml: Path, threads: int = 1) -> None:
-        import openvino as ov
-
-        core = ov.Core()
-        self.compiled = core.compile_model(str(xml), "CPU", {**OPENVINO_CONFIG, "INFERENCE_NUM_THREADS": threads})
-        self.request = self.compiled.create_infer_request()
-
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        result = self.request.infer(inputs)
-        return np.asarray(result[self.compiled.output(0)], dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class QuantParams:
-    scale: float
-    zero_point: int
-    dtype: str
-
-
-class LiteRTRunner:
-    """One sample per invoke: the converted graph has a fixed batch of 1."""
-
-    def __init__(self, path: Path, threads: int = 1) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-        self.interpreter.allocate_tensors()
-        self.inputs = self.interpreter.get_input_details()
-        self.output = self.interpreter.get_output_details()[0]
-
-    def _set(self, detail: dict[str, Any], x: np.ndarray) -> None:
-        dtype = detail["dtype"]
-        scale, zp = detail["quantization"]
-        if np.issubdtype(dtype, np.integer) and scale:
-            info = np.iinfo(dtype)
-            x = np.clip(np.round(x / scale) + zp, info.min, info.max)
-        self.interpreter.set_tensor(detail["index"], np.ascontiguousarray(x, dtype=dtype))
-
-    def _get(self) -> np.ndarray:
-        y = self.interpreter.get_tensor(self.output["index"])
-        scale, zp = self.output["quantization"]
-        if np.issubdtype(y.dtype, np.integer) and scale:
-            return ((y.astype(np.float32) - zp) * scale).astype(np.float32)
-        return y.astype(np.float32)
-
-    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        arrays = list(inputs.values())
-        outs = []
-        for i in range(arrays[0].shape[0]):
-            for detail, arr in zip(self.inputs, arrays, strict=True):
-                self._set(detail, arr[i:i + 1])
-            self.interpreter.invoke()
-            outs.append(self._get())
-        return np.concatenate(outs)
-
-    def input_quantization(self) -> list[QuantParams | None]:
-        out: list[QuantParams | None] = []
-        for d in self.inputs:
-            scale, zp = d["quantization"]
-            out.append(QuantParams(float(scale), int(zp), np.dtype(d["dtype"]).name) if scale else None)
-        return out
-
-
-def open_runner(fmt: str, path: Path, threads: int = 1) -> Runner:
-    if fmt == "onnx":
-        return OnnxRunner(path, threads)
-    if fmt == "openvino":
-        return OpenVINORunner(path, threads)
+    tflite = None
     if fmt == "tflite":
-        return LiteRTRunner(path, threads)
-    raise ValueError(f"unknown format {fmt!r}")
+        inputs, outputs, tflite = tflite_io_specs(Path(path), source)
+    elif fmt == "onnx":
+        from compiler.export import onnx_tensor_specs
+
+        inputs, outputs = onnx_tensor_specs(Path(path))
+    else:
+        inputs, outputs, _ = io_specs(fmt, Path(path))
+    return {"model": {"format": fmt}, "inputs": inputs, "outputs": outputs,
+            "runtime_config": runtime_config(fmt, threads=threads, tflite=tflite)}
+
+
+class Runner:
+    """An agent runtime plus the agent's input check, configured by `manifest` (see runtime_fields)."""
+
+    def __init__(self, fmt: str, path: Path, manifest: dict[str, Any] | None = None, threads: int = 1,
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+        self.manifest = manifest or runtime_fields(fmt, path, threads)
+        self.specs = specs_from_manifest(self.manifest)
+        self.input_names = [s.name for s in self.specs]
+        self.runtime = load_runtime(fmt, Path(path), RuntimeOptions(threads=threads, execution_providers=providers),
+                                    self.manifest)
+
+    def _feed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if set(inputs) == set(self.input_names) or len(inputs) != len(self.input_names):
+            return inputs
+        return dict(zip(self.input_names, inputs.values(), strict=True))
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.runtime.run(check_inputs(self._feed(inputs), self.specs))[0], dtype=np.float32)
+
+
+class OnnxRunner(Runner):
+    """FP32 ONNX Runtime (the reference and the side-by-side latency peer)."""
+
+    def __init__(self, path: Path, threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+        super().__init__("onnx", path, None, threads, providers)
+
+
+def open_runner(fmt: str, path: Path, threads: int = 1, manifest: dict[str, Any] | None = None) -> Runner:
+    """A Runner for `path`; pass the bundle's manifest fields to run exactly as the device will."""
+    return Runner(fmt, path, manifest, threads)
 
 
 def predict(runner: Runner, inputs: dict[str, np.ndarray], batch: int = 64) -> np.ndarray:
@@ -141,3 +100,11 @@ def measure_latency(runner: Runner, sample: dict[str, np.ndarray], iterations: i
         times[i] = time.perf_counter() - t0
     return Latency(round(float(np.percentile(times, 50)) * 1e3, 4), round(float(np.percentile(times, 99)) * 1e3, 4),
                    iterations)
+
+
+def timing_runner(fmt: str, path: Path, manifest: dict[str, Any]) -> Runner:
+    """The same runtime config on one thread: build-host latency stays comparable on a shared machine."""
+    rc = dict(manifest.get("runtime_config") or {})
+    if rc.get("threads", 1) == 1:
+        return Runner(fmt, path, manifest, 1)
+    return Runner(fmt, path, {**manifest, "runtime_config": {**rc, "threads": 1}}, 1)

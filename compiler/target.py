@@ -84,6 +84,8 @@ def side_by_side(candidate: Any, fp32: Any, sample: dict[str, np.ndarray], itera
 
 
 def fp32_runner(path: Path) -> Any:
-    from compiler.runtimes import OnnxRunner
+    from compiler.runtimes import OnnxRunner, open_runner
 
+    if Path(path).suffix == ".tflite":  # a --tflite source: its own float peer
+        return open_runner("tflite", path)
     return OnnxRunner(path, threads=1)

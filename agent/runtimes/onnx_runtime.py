@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: threads and execution providers from the device class, graph opt on."""
+"""ONNX Runtime backend: threads from the manifest's runtime_config (else the device class),
+execution providers from the device class, graph optimisation on."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from agent.runtimes.base import RuntimeLoadError, RuntimeOptions, output_names
+from agent.runtimes.config import threads
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +22,7 @@ class OnnxRuntime:
     def __init__(self, model_path: Path, options: RuntimeOptions, manifest: dict[str, Any] | None = None) -> None:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = max(1, options.threads)
+        so.intra_op_num_threads = threads(manifest, options)
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         if not options.allow_spinning:

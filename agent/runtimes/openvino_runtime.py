@@ -1,5 +1,6 @@
-"""OpenVINO backend: a compiled model on CPU with the LATENCY performance hint, f32 inference
-precision unless the bundle is fp16.
+"""OpenVINO backend: a compiled model on CPU with the properties of the manifest's runtime_config
+(agent.runtimes.config: LATENCY hint and f32 inference precision unless the bundle says otherwise,
+also for FP16 IRs, whose gate ran in f32).
 
 openvino is imported here only, when a bundle of format "openvino" is loaded.
 """
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from agent.runtimes.base import RuntimeLoadError, RuntimeOptions, missing_backend, output_names
+from agent.runtimes.config import openvino_config
 
 
 class OpenVinoRuntime:
@@ -23,15 +25,11 @@ class OpenVinoRuntime:
             import openvino as ov
         except ImportError as exc:
             raise missing_backend("openvino", "openvino", exc) from exc
+        self.config = openvino_config(manifest, options)
         try:
             core = ov.Core()
             model = core.read_model(str(model_path))
-            config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": max(1, options.threads)}
-            precision = ((manifest or {}).get("model") or {}).get("precision", "fp32")
-            if precision != "fp16":
-                # CPUs with AMX/AVX512-BF16 otherwise run fp32 graphs in bf16 (about 1e-2 error).
-                config["INFERENCE_PRECISION_HINT"] = "f32"
-            self.compiled = core.compile_model(model, "CPU", config)
+            self.compiled = core.compile_model(model, "CPU", self.config)
         except Exception as exc:
             raise RuntimeLoadError(f"OpenVINO cannot load {Path(model_path).name}: {exc}") from exc
         graph_outputs = [o.get_any_name() for o in self.compiled.outputs]
