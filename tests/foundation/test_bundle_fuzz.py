@@ -333,6 +333,7 @@ def _outside(box: Path, state: Path) -> list[Path]:
     return [p for p in box.rglob("*") if p not in allowed and state != p and state not in p.parents]
 
 
+@pytest.mark.slow
 def test_mutation_campaign_refuses_everything(campaign_agent: Any) -> None:
     from agent.lifecycle import InstallError
 
