@@ -20,8 +20,6 @@ def test_artifact_download_works_with_a_relative_data_dir(tmp_path: Path, monkey
     priv, pub = generate_keypair(Path("keys"), "build")  # relative too, as a user types it
     settings = FleetSettings(data_dir=Path(".edgefleet/fleet"), api_tokens={"t": "admin"}, trusted_build_keys=[pub],
                              start_rollouts=False, start_ingest=False, drift_interval_s=0)
-    assert settings.data_dir == tmp_path / ".edgefleet/fleet"
-    assert settings.trusted_build_keys == [tmp_path / "keys/build.pub"]
     app = create_app(settings)
     try:
         c = app.test_client()
@@ -33,6 +31,8 @@ def test_artifact_download_works_with_a_relative_data_dir(tmp_path: Path, monkey
         got = c.get(f"/artifacts/{meta.bundle_sha256}")
         assert got.status_code == 200 and got.data == data
         assert (tmp_path / ".edgefleet/fleet/fleet.db").is_file()
+        assert settings.data_dir == tmp_path / ".edgefleet/fleet"
+        assert settings.trusted_build_keys == [tmp_path / "keys/build.pub"]
     finally:
         fleet_context(app).engine.dispose()
 
