@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from agent.names import NAME_PATTERN, validate_name
 from fleet.auth import ROLES
@@ -176,24 +176,33 @@ class TargetSpec(Strict):
     device_ids: Annotated[list[Name], Field(max_length=100_000)] = []
 
 
-class GatesSpec(Strict):
-    """Every gate is optional; see docs for defaults and meaning."""
+# Bounds of the gates whose range is known; every other field of fleet.rollouts.spec.Gates is
+# still accepted (finite float, int64 or bool by its type), so a new gate needs no edit here.
+_GATE_BOUNDS: dict[str, Any] = {
+    "min_reporting": Fraction, "success_threshold": Fraction, "max_failure_fraction": Fraction,
+    "min_shadow_agreement": Fraction,
+    "report_timeout_s": Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)],
+    "min_windows": Annotated[int, Field(ge=1, le=INT64_MAX)],
+}
+_BY_TYPE: dict[Any, Any] = {float: NonNeg, int: Count, bool: bool}
 
-    min_reporting: Fraction | None = None
-    report_timeout_s: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] | None = None
-    success_threshold: Fraction | None = None
-    max_failure_fraction: Fraction | None = None
-    max_error_rate_delta: NonNeg | None = None
-    max_latency_p99_ratio: NonNeg | None = None
-    latency_slack_us: NonNeg | None = None
-    max_prediction_psi: NonNeg | None = None
-    max_feature_psi: NonNeg | None = None
-    min_drift_samples: Count | None = None
-    min_shadow_agreement: Fraction | None = None
-    min_requests: Count | None = None
-    min_windows: Annotated[int, Field(ge=1, le=INT64_MAX)] | None = None
-    soak_s: NonNeg | None = None
-    require_approval: bool | None = None
+
+def _gates_model() -> type[BaseModel]:
+    """GatesSpec from the Gates dataclass itself: one list of gates, every one optional here
+    (unset gates take the top-level `gates` or the dataclass default)."""
+    import dataclasses
+    import typing
+
+    from fleet.rollouts.spec import Gates
+
+    hints = typing.get_type_hints(Gates)
+    fields: dict[str, Any] = {f.name: (_GATE_BOUNDS.get(f.name, _BY_TYPE.get(hints[f.name], Any)) | None, None)
+                              for f in dataclasses.fields(Gates)}
+    return create_model("GatesSpec", __base__=Strict, __doc__="Every gate is optional; see docs/rollouts.md.",
+                        **fields)
+
+
+GatesSpec = _gates_model()
 
 
 class WaveSpecBody(Strict):

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 from fleet.devsim import SimDevice, make_bundle
 from tests.fleet.conftest import make_settings
 
-EXAMPLES = 5  # per operation, mode and database: ~50 operations x 2 modes x 2 databases in about a minute
+EXAMPLES = 4  # per operation, mode and database: ~50 operations x 2 modes x 2 databases in about a minute
 
 
 def _spec(fleet) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -172,3 +172,19 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(live_fleet) 
     print(f"schemathesis: {operations} operations, {calls[0]} requests, {len(failures)} failing")
     assert operations >= 40 and calls[0] >= operations * EXAMPLES
     assert not failures, "\n\n".join(failures)
+
+
+def test_rollout_schemas_follow_the_spec_dataclasses() -> None:
+    """The API's rollout models and fleet.rollouts.spec name the same fields (no second list drifts)."""
+    import dataclasses
+
+    from fleet.api import schemas as sc
+    from fleet.rollouts.spec import Gates, RolloutSpec, TargetFilter, WaveSpec
+
+    def names(dc: type) -> set[str]:
+        return {f.name for f in dataclasses.fields(dc)}
+
+    assert set(sc.GatesSpec.model_fields) == names(Gates)
+    assert set(sc.WaveSpecBody.model_fields) == names(WaveSpec)
+    assert set(sc.TargetSpec.model_fields) == names(TargetFilter)
+    assert set(sc.RolloutCreate.model_fields) == names(RolloutSpec) | {"gates"}
