@@ -64,7 +64,8 @@ def _pubs(paths: tuple[Path, ...]) -> list[Any]:
               help="Fleet public key (repeatable): signs commands and rollback approvals.")
 @click.option("--build", "builds", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Build public key (repeatable): signs bundles.")
-@click.option("--root-threshold", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--root-threshold", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Root keys that must sign the next key list (the offline root path).")
 @click.option("--fleet-threshold", type=click.IntRange(min=2), default=2, show_default=True,
               help="Fleet keys that together may change fleet and build keys (never root).")
 @click.option("--from", "from_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -72,7 +73,8 @@ def _pubs(paths: tuple[Path, ...]) -> list[Any]:
 @click.option("--key", "signers", multiple=True, required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Private key that signs (repeatable): the root key, new roots too when rotating root.")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write the signed key list to.")
 def keys_sign_keylist(version: int | None, roots: tuple[Path, ...], fleets: tuple[Path, ...],
                       builds: tuple[Path, ...], root_threshold: int, fleet_threshold: int, from_path: Path | None,
                       signers: tuple[Path, ...], out_path: Path) -> None:
@@ -140,7 +142,8 @@ def _spec(text: str) -> dict[str, Any]:
 @click.option("--device-class", required=True, help="Target device class.")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "tflite"]), default=None,
               help="Model format (default: from the file suffix).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "mixed"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "mixed"]), default="fp32", show_default=True,
+              help="Numeric precision of the model, recorded in the manifest.")
 @click.option("--input", "inputs", multiple=True, help="Input spec name:dtype:dims (default: read from ONNX).")
 @click.option("--output", "outputs", multiple=True, help="Output spec name:dtype:dims (default: read from ONNX).")
 @click.option("--metrics", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="metrics JSON.")
@@ -148,7 +151,8 @@ def _spec(text: str) -> dict[str, Any]:
 @click.option("--baseline", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="drift baseline JSON.")
 @click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Private signing key.")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Bundle file to write.")
 def bundle_build(model_files: tuple[Path, ...], name: str, version: int, device_class: str, fmt: str | None,
                  precision: str, inputs: tuple[str, ...], outputs: tuple[str, ...], metrics: Path | None,
                  provenance: Path | None, baseline: Path | None, key_path: Path, out_path: Path) -> None:
