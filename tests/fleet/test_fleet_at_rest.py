@@ -139,6 +139,9 @@ def test_enrol_writes_the_mqtt_password_sealed(server, tmp_path) -> None:
 
 # -- production transport -----------------------------------------------------------------------
 def _serve(tmp_path: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
+    conf = tmp_path / "fleet.toml"  # no background MQTT work: these tests are about the start-up check
+    conf.write_text("[fleet]\nstart_rollouts = false\ndrift_interval_s = 0\n")
+    env = {"EDGEFLEET_FLEET_CONFIG": str(conf), **env}
     return subprocess.Popen([sys.executable, "-m", "fleet", "--data-dir", str(tmp_path / "fd"), "serve", "--production",
                              "--no-ingest", "--port", str(free_port()), *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
