@@ -219,6 +219,11 @@ def test_upload_takes_any_content_type_and_caps_size(fleet, baseline, tmp_path) 
     wrong = c.post("/api/models", headers=op, data={"file": (io.BytesIO(data), "m.bundle")},
                    content_type="multipart/form-data")
     assert wrong.status_code == 400 and "'bundle'" in wrong.json["error"]["message"]
+    make_bundle(tmp_path / "big.tar", fleet.build_key, version=4, baseline=baseline, payload_bytes=b"\x01" * (5 << 20))
+    big = (tmp_path / "big.tar").read_bytes()  # over the 2 MiB JSON cap: uploads have their own
+    r = c.post("/api/models", headers=op, data={"bundle": (io.BytesIO(big), "big.bundle")},
+               content_type="multipart/form-data")
+    assert r.status_code == 201 and r.json["size"] == len(big), r.json
     empty = c.post("/api/models", headers=op, data=b"")
     assert empty.status_code == 400 and "--data-binary" in empty.json["error"]["message"]
     fleet.settings.max_upload_bytes = len(data) - 1
