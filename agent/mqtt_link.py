@@ -58,6 +58,7 @@ class MqttLink:
         self.connected = threading.Event()
         self.protocol = mqtt.MQTTv5 if settings.mqtt.protocol in ("auto", "5") else mqtt.MQTTv311
         self._inflight: dict[int, tuple[int, Any]] = {}  # mid -> (outbox row id, MQTTMessageInfo)
+        self._ack_retry: list[int] = []  # delivered rows whose delete failed (a full disk): retried
         self._last_sent = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -182,8 +183,17 @@ class MqttLink:
             done = [(mid, row) for mid, (row, info) in self._inflight.items() if info.is_published()]
             for mid, _ in done:
                 del self._inflight[mid]
-        for _, row in done:
-            self.outbox.ack(row)
+            rows, self._ack_retry = self._ack_retry + [row for _, row in done], []
+        for i, row in enumerate(rows):
+            try:
+                self.outbox.ack(row)
+            except Exception as exc:  # e.g. a full disk: the send loop must live on; retry next sweep
+                with self._lock:
+                    first = not self._ack_retry
+                    self._ack_retry = rows[i:] + self._ack_retry
+                if first:
+                    log.warning("event=outbox-ack-failed rows=%d error=%s", len(rows) - i, exc)
+                return
             self.published_acks += 1
 
     def _pump_loop(self) -> None:

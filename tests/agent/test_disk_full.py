@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -145,3 +146,33 @@ def test_sqlite_full_is_recognised() -> None:
 
     assert is_disk_full(sqlite3.OperationalError("database or disk is full"))
     assert not is_disk_full(sqlite3.OperationalError("no such table: outbox"))
+
+
+def test_uplink_survives_outbox_acks_failing_on_a_full_disk(small_disk: Path, tmp_path: Path, fleet_keys) -> None:
+    """Queued events reach a broker that comes up while the disk is full (their acks cannot be
+    written), and once space returns new events still flow: the send loop did not die."""
+    from tests.agent.conftest import PrivateBroker, Subscriber
+
+    broker = PrivateBroker(tmp_path)
+    a = Agent(make_config(small_disk / "state", fleet_keys["pub"], device_id="disk-3", mqtt_url=broker.url)).start()
+    sub = None
+    try:
+        for i in range(30):
+            a.emit_event("queued-before-full", details={"i": i})
+        filler = fill(small_disk)
+        broker.start()
+        sub = Subscriber(broker.url, "edgefleet/#")
+
+        def kinds() -> list[str]:
+            return [p["payload"]["kind"] for p in sub.payloads("/events")]  # type: ignore[union-attr]
+        wait_for(lambda: kinds().count("queued-before-full") >= 30, 30, what="queued events delivered")
+        time.sleep(1.0)  # the send loop has tried to delete the acknowledged rows on the full disk
+        filler.unlink()
+        a.emit_event("after-space-returned")
+        wait_for(lambda: "after-space-returned" in kinds(), 30, what="an event sent after the disk recovered")
+        wait_for(lambda: len(a.outbox) == 0, 30, what="the delivered rows deleted once space returned")
+    finally:
+        if sub is not None:
+            sub.close()
+        a.stop()
+        broker.stop()
