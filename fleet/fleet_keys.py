@@ -75,3 +75,18 @@ def device_trust(settings: FleetSettings) -> dict[str, Any]:
                 "root_keys": [], "keylist": None}
     return {role + "_keys": [public_key_to_b64(k) for _, k in sorted(kl.keys.role(role).keys.items())]
             for role in ("fleet", "build", "root")} | {"keylist": kl.document}
+
+
+def sign_first_keylist(settings: FleetSettings, root_key_path: Path) -> KeyList:
+    """Key list v1 (root, this fleet's key, its trusted build keys) signed with a root key file
+    and stored. For demos and tests: in production the root key stays offline and the operator
+    uploads the list signed with `edgefleet keys sign-keylist`."""
+    from agent.keylist import make_keylist, sign_keylist
+
+    root = load_private_key(root_key_path)
+    fleet = load_fleet_key(settings)
+    doc = sign_keylist(make_keylist(1, {"root": [root.public_key()], "fleet": [fleet.public_key()],
+                                        "build": [load_public_key(p) for p in settings.trusted_build_keys]}), [root])
+    from agent.keys import key_id
+
+    return store_keylist(settings, doc, must_trust=[key_id(fleet)])
