@@ -19,6 +19,7 @@ from typing import Any
 
 from flask import g, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import BadRequest
 from werkzeug.routing import IntegerConverter
 
 from fleet.errors import ApiError
@@ -30,12 +31,15 @@ INT32_MAX = 2**31 - 1  # ids and versions are INTEGER columns (PostgreSQL: 32-bi
 
 
 class IdConverter(IntegerConverter):
-    """`<int:...>` path parts (ids, versions: INTEGER columns) bounded to what the column holds:
-    a larger one matches no route (404) instead of failing in SQLite/PostgreSQL."""
+    """`<int:...>` path parts (ids, versions: INTEGER columns, 32-bit on PostgreSQL): a larger
+    one is a 400 naming the limit, instead of an overflow in SQLite/PostgreSQL (a 500)."""
 
-    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:  # noqa: A002 - werkzeug's name
-        kwargs.setdefault("max", INT32_MAX)
-        super().__init__(map, *args, **kwargs)
+    def to_python(self, value: str) -> int:
+        number = int(value) if len(value) <= 20 else INT32_MAX + 1
+        if number > INT32_MAX:
+            # an HTTPException raised while routing becomes the request's answer (Flask routing_exception)
+            raise BadRequest(f"path number {value[:24]} is beyond {INT32_MAX}")
+        return number
 
 
 @dataclass
