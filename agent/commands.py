@@ -133,7 +133,10 @@ class CommandHandler:
                 self.execute(payload)
             except Exception as exc:  # a bug in one command must not stop the worker
                 log.exception("event=command-crashed id=%s", payload.get("id"))
-                self._result(payload, "failed", f"internal error: {exc}")
+                try:
+                    self._result(payload, "failed", f"internal error: {exc}")
+                except OSError as again:  # e.g. a full disk: the answer is lost, the worker lives on
+                    log.error("event=command-result-not-saved id=%s error=%s", payload.get("id"), again)
 
     def _fetch(self, model: dict[str, Any]) -> Path:
         for field in ("url", "bundle_sha256"):

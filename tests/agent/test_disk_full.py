@@ -148,6 +148,7 @@ def test_sqlite_full_is_recognised() -> None:
     assert not is_disk_full(sqlite3.OperationalError("no such table: outbox"))
 
 
+@pytest.mark.slow
 def test_uplink_survives_outbox_acks_failing_on_a_full_disk(small_disk: Path, tmp_path: Path, fleet_keys) -> None:
     """Queued events reach a broker that comes up while the disk is full (their acks cannot be
     written), and once space returns new events still flow: the send loop did not die."""
@@ -176,3 +177,21 @@ def test_uplink_survives_outbox_acks_failing_on_a_full_disk(small_disk: Path, tm
             sub.close()
         a.stop()
         broker.stop()
+
+
+def test_command_worker_survives_a_full_disk(small_disk: Path, fleet_keys) -> None:
+    """A command whose answer cannot be saved on the full disk must not stop the command worker."""
+    a = Agent(make_config(small_disk / "state", fleet_keys["pub"], device_id="disk-4")).start()
+    try:
+        filler = fill(small_disk)
+        a.commands._queue.put({"kind": "stop-candidate", "id": "while-full", "seq": 1})
+        wait_for(lambda: (a.commands.last_command or {}).get("id") == "while-full", 10,
+                 what="the command run on the full disk")
+        time.sleep(0.3)  # its answer could not be saved
+        filler.unlink()
+        a.commands._queue.put({"kind": "stop-candidate", "id": "after-space-returned", "seq": 2})
+        wait_for(lambda: (a.commands.last_command or {}).get("id") == "after-space-returned", 10,
+                 what="a command executed after the disk recovered")
+        assert a.commands._thread.is_alive()
+    finally:
+        a.stop()
