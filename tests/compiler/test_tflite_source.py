@@ -89,6 +89,17 @@ def test_compile_tflite_source_requantizes_a_float_model(float_tflite, digits, k
     assert m["runtime_config"]["tflite"]["inputs"][0]["dtype"] == "int8"
     served = _serve(r.bundle_path, keys, tmp_path, "arm64-cortex-a", {"args_0": ev["inputs"][:50]})
     assert (next(iter(served.values())).argmax(1) == ev["labels"][:50]).mean() > 0.85
+    # An INT8 TFLite source is bundled as is: same bytes, never quantized twice.
+    vb = verify_bundle(r.bundle_path, Keyring.from_files([keys[1]]), unpack_to=tmp_path / "unpacked")
+    int8_src = vb.path / "model.tflite"
+    (again,) = compile_model(CompileConfig(tflite=str(int8_src), calib=calib_set(digits), eval=ev,
+                                           device_classes=["mcu-class-int8"], signing_key=keys[0],
+                                           out=tmp_path / "o2", progress=False, latency_iterations=5))
+    assert again.passed and again.precision == "int8", again.to_dict()
+    vb2 = verify_bundle(again.bundle_path, Keyring.from_files([keys[1]]), unpack_to=tmp_path / "unpacked2")
+    assert (vb2.path / "model.tflite").read_bytes() == int8_src.read_bytes()
+    assert vb2.manifest["provenance"]["lineage"][0]["config"] == {"tool": "copy", "source_precision": "int8"}
+    assert vb2.manifest["metrics"]["drop"] == 0.0  # the source is its own reference
 
 
 def test_compile_tflite_source_for_a_non_tflite_class_is_refused(float_tflite, data_files, keys, tmp_path) -> None:
