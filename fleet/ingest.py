@@ -57,7 +57,8 @@ class IngestService:
                  slot: str = "") -> None:
         self.settings = settings
         self.processor = Processor(settings, engine)
-        self.queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=settings.ingest.queue_size)
+        # (topic, payload, mid, connection generation): mid is acked once stored (persistent sessions)
+        self.queue: queue.Queue[tuple[str, bytes, int, int]] = queue.Queue(maxsize=settings.ingest.queue_size)
         self.client_id = client_id or ingest_client_id(settings, slot)
         self.mqtt5 = False
         self.connected = threading.Event()
@@ -66,7 +67,9 @@ class IngestService:
         self.subscribed = threading.Event()
         self._stop = threading.Event()
         # parsed batches waiting for the store thread: two at most, then the writer waits too
-        self._verified: queue.Queue[tuple[list[Any], int] | None] = queue.Queue(maxsize=2)
+        self._verified: queue.Queue[tuple[list[Any], int, list[tuple[int, int]]] | None] = queue.Queue(maxsize=2)
+        self._generation = 0        # bumped per connection: acks never cross into a new connection
+        self.manual_ack = False
         self._writer: threading.Thread | None = None
         self._storer: threading.Thread | None = None
         self._client: Any = None
@@ -92,7 +95,11 @@ class IngestService:
         self.mqtt5 = speaks_mqtt5(host, port, address=addr)
         proto = mqtt.MQTTv5 if self.mqtt5 else mqtt.MQTTv311
         persistent = self.settings.ingest.session_expiry_s > 0
+        # with a persistent MQTT 5 session a message is acknowledged once stored, so a crash loses
+        # nothing the broker handed over (Receive Maximum keeps the pipe full meanwhile)
+        self.manual_ack = persistent and self.mqtt5
         kwargs: dict[str, Any] = {} if self.mqtt5 else {"clean_session": not persistent}
+        kwargs["manual_ack"] = self.manual_ack
         client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto, **kwargs)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
@@ -140,6 +147,7 @@ class IngestService:
             log.error("ingest connect refused: %s", rc)
             return
         self.connected_since = time.time()
+        self._generation += 1
         self.connected.set()
         client.subscribe([(t, 1) for t in self.topics()])
         if getattr(flags, "session_present", False):
@@ -166,7 +174,7 @@ class IngestService:
         # Blocks when the writer falls behind: back-pressure reaches the broker via TCP.
         while not self._stop.is_set():
             try:
-                self.queue.put((msg.topic, msg.payload), timeout=0.5)
+                self.queue.put((msg.topic, msg.payload, msg.mid, self._generation), timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -195,21 +203,23 @@ class IngestService:
                             break
                         time.sleep(0.002)
                 try:
-                    parsed = self.processor.parse_many(batch)
+                    parsed = self.processor.parse_many([(t, p) for t, p, _, _ in batch])
                 except Exception:  # noqa: BLE001
                     log.exception("ingest batch failed")
                     parsed = []
-                self._verified.put((parsed, len(batch)))
+                self._verified.put((parsed, len(batch), [(m, g) for _, _, m, g in batch]))
         finally:
             self._verified.put(None)
 
     def _store_loop(self) -> None:
         while (item := self._verified.get()) is not None:
-            parsed, n = item
+            parsed, n, acks = item
             try:
                 self.processor.store(parsed)
             except Exception:  # noqa: BLE001
                 log.exception("ingest batch failed")
+            if self.manual_ack and self._client is not None:
+                self._client.ack_many([m for m, g in acks if g == self._generation and m])
             with self.queue.all_tasks_done:  # queue.task_done() n times, under one lock
                 self.queue.unfinished_tasks -= n
                 if self.queue.unfinished_tasks <= 0:

@@ -6,7 +6,9 @@ system calls per message, which at thousands of messages a second costs more CPU
 messages' JSON. This subclass reads up to READ_CHUNK bytes per recv(), handles every packet
 those bytes hold, and sends the PUBACKs of one chunk as one write; a QoS 1 PUBLISH without MQTT 5
 properties (what agents send) is decoded without building a Properties object. The MQTT
-behaviour (QoS 1, ack after on_message returns, reconnects, keepalive) is paho's own.
+behaviour (QoS 1, reconnects, keepalive) is paho's own. With manual acks (`manual_ack=True`) a
+message is acknowledged only when the caller says it is stored (`ack_many`), so a process killed
+with messages in memory gets them again from its persistent session instead of losing them.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class BufferedClient(mqtt.Client):
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         cmd, pkt = self._in_packet["command"], self._in_packet["packet"]
-        if cmd & 0x06 != 0x02 or self._manual_ack:  # QoS 0 and 2: paho's own path
+        if cmd & 0x06 != 0x02:  # QoS 0 and 2: paho's own path
             return super()._handle_publish()
         try:
             n = (pkt[0] << 8) | pkt[1]
@@ -82,7 +84,14 @@ class BufferedClient(mqtt.Client):
         if n == 0 and self._protocol != mqtt.MQTTv5:
             return super()._handle_publish()
         self._handle_on_message(_Received(mid, bytes(pkt[2:2 + n]), bytes(pkt[start:]), cmd))
+        if self._manual_ack:
+            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS   # acked by ack_many once stored
         return self._send_puback(mid)
+
+    def ack_many(self, mids: list[int]) -> None:
+        """PUBACK these QoS 1 messages in one write; safe from any thread (manual_ack mode)."""
+        if mids and self._sock is not None:
+            self._packet_queue(mqtt.PUBACK, b"".join(_PUBACK.pack(mqtt.PUBACK, 2, m) for m in mids), 0, 0)
 
     def _send_puback(self, mid: int) -> mqtt.MQTTErrorCode:
         if not self._in_read:

@@ -12,10 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from prometheus_client import Gauge
+
 from fleet.ingest_health import Blindness
 from fleet.rollouts.models import RolloutWave
 
 MAX_INTERVALS = 50
+# /metrics: alert on `edgefleet_rollout_waves_blind > 0` for longer than an outage you tolerate
+WAVES_BLIND = Gauge("edgefleet_rollout_waves_blind", "Live rollout waves waiting because ingest cannot see the "
+                    "devices (gates and clocks stopped)", ["kind"])
+
+
+_counted: dict[tuple[int, int], str] = {}   # waves this process counts in WAVES_BLIND
 
 
 def intervals(wave: RolloutWave) -> list[list[float]]:
@@ -50,6 +58,9 @@ def enter(wave: RolloutWave, why: Blindness, at: float) -> bool:
     v["waiting"] = why.to_dict()
     v["status"] = "wait"
     wave.last_verdict = v
+    if started:
+        WAVES_BLIND.labels(why.kind).inc()
+        _counted[(wave.rollout_id, wave.index)] = why.kind
     return started
 
 
@@ -60,6 +71,9 @@ def leave(wave: RolloutWave, at: float) -> float:
         return 0.0
     periods[-1][1] = at
     length = at - periods[-1][0]
+    kind = _counted.pop((wave.rollout_id, wave.index), None)
+    if kind is not None:
+        WAVES_BLIND.labels(kind).dec()
     if wave.gates_passed_at is not None:
         wave.gates_passed_at += length
     v = dict(wave.last_verdict or {})

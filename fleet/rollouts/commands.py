@@ -176,6 +176,20 @@ def queue_command(session: Session, device: Device, kind: str, body: Mapping[str
     return row
 
 
+def requeue(session: Session, command_ids: Iterable[str], at: float | None = None) -> int:
+    """Mark delivered commands unsent so the outbox publishes the same signed documents again
+    (a broker restart can lose what it had queued for a device). Safe by construction: a device
+    that already has one answers the copy with its original result (duplicate)."""
+    ids = [c for c in command_ids if c]
+    if not ids:
+        return 0
+    at = now() if at is None else at
+    res = session.execute(update(RolloutCommand).where(RolloutCommand.command_id.in_(ids),
+                                                       RolloutCommand.sent_at.is_not(None),
+                                                       RolloutCommand.expires_at > at).values(sent_at=None))
+    return int(res.rowcount or 0)
+
+
 class Publisher(Protocol):
     def publish(self, topic: str, payload: bytes) -> bool: ...
 

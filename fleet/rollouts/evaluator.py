@@ -377,7 +377,8 @@ def _evaluate(c: TickContext, wave: RolloutWave) -> None:
             audit.record(s, ACTOR, "rollout.waiting", f"rollout:{r.id}", None, {"wave": wave.index, **why.to_dict()})
         return
     if blind.leave(wave, c.at):
-        c.act(f"wave {wave.index}: ingest sees the devices again; gates resume")
+        again = _republish_unanswered(c, wave_targets)
+        c.act(f"wave {wave.index}: ingest sees the devices again; gates resume ({again} commands re-sent)")
     others = [t for t in c.targets if t.wave_index > wave.index and t.status == "pending"]
     builds = {mv.device_class: mv.manifest_sha256 for mv in s.exec(
         select(ModelVersion).where(ModelVersion.name == r.model_name, ModelVersion.version == r.version)).all()}
@@ -414,6 +415,20 @@ def _evaluate(c: TickContext, wave: RolloutWave) -> None:
         c.act(f"wave {wave.index} passed its gates; waiting for approval")
         return
     _finish_wave(c, wave)
+
+
+def _republish_unanswered(c: TickContext, targets: Sequence[RolloutTarget]) -> int:
+    """After a blind period, send again the commands no device has answered yet: the outage may
+    have been a broker restart that lost what it queued. Their clocks restart at the new PUBACK."""
+    waiting = [t for t in targets if t.status == "commanded" and t.command_id]
+    devices = load_devices(c.session, [t.device_id for t in waiting])
+    unanswered = []
+    for t in waiting:
+        d = devices.get(t.device_id)
+        last = ((d.state or {}) if d is not None and isinstance(d.state, dict) else {}).get("last_command") or {}
+        if d is not None and last.get("id") != t.command_id:
+            unanswered.append(t.command_id or "")
+    return commands.requeue(c.session, unanswered, c.at)
 
 
 def _baseline(s: Session, r: Rollout) -> dict[str, Any] | None:
