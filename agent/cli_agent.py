@@ -135,9 +135,11 @@ def enrol(fleet_url: str, token: str, state_dir: str, config_out: str, device_id
             _fail(f"--attr {a!r}: expected KEY=VALUE")
         attributes[k] = v
     try:
-        cfg = do_enrol(EnrolRequest(fleet_url, token, Path(state_dir), device_id=device_id,
-                                    device_class=device_class, attributes=attributes or None,
-                                    http_port=http_port, ca_file=ca_file, root_key_ids=root_key_ids))
+        # absolute here, once: agent.toml is read later from wherever the service starts
+        cfg = do_enrol(EnrolRequest(fleet_url, token, Path(state_dir).expanduser().absolute(), device_id=device_id,
+                                    device_class=device_class, attributes=attributes or None, http_port=http_port,
+                                    ca_file=str(Path(ca_file).expanduser().absolute()) if ca_file else "",
+                                    root_key_ids=root_key_ids))
     except EnrolError as exc:
         _fail(str(exc), 1)
     write_config(cfg, Path(config_out))

@@ -53,3 +53,37 @@ def test_agent_state_dir_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, {"device_id": "d1", "state_dir": "state"}, environ={})
     assert cfg.state_dir == str(tmp_path / "state")
+
+
+def test_agent_enrol_writes_an_absolute_state_dir(tmp_path: Path) -> None:
+    """`agent enrol --state-dir state` then `agent run --config ...` from the service's own working
+    directory must find the same state (the keys the enrolment pinned)."""
+    import os
+    import subprocess
+    import sys
+
+    import requests
+
+    from agent.config import load_config
+    from fleet.server import FleetServer
+
+    _, pub = generate_keypair(tmp_path / "keys", "build")
+    settings = FleetSettings(data_dir=tmp_path / "fleet", mqtt_url="mqtt://127.0.0.1:1883", trusted_build_keys=[pub],
+                             api_tokens={"op": "operator"}, start_rollouts=False, embedded_broker=False)
+    srv = FleetServer(settings, port=0, start_ingest=False, drift_evaluator=False).start()
+    try:
+        tok = requests.post(f"{srv.url}/api/enrolment-tokens", headers={"Authorization": "Bearer op"}, json={},
+                            timeout=10).json()["token"]
+        home = tmp_path / "home"
+        home.mkdir()
+        repo = Path(__file__).resolve().parents[2]
+        res = subprocess.run([sys.executable, "-m", "edgefleet", "agent", "enrol", "--fleet-url", srv.url,
+                              "--token", tok, "--state-dir", "state", "--config-out", "agent.toml"],
+                             cwd=home, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(repo)})
+        assert res.returncode == 0, res.stderr
+    finally:
+        srv.stop()
+    cfg = load_config(home / "agent.toml", environ={})   # read from another directory (the test's cwd)
+    assert cfg.state_dir == str(home / "state") and (home / "state").is_dir()
+    assert 'state_dir = "/' in (home / "agent.toml").read_text()
