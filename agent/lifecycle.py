@@ -136,7 +136,10 @@ class Lifecycle:
             except InstallError as exc:
                 log.error("event=start-load-failed version=%s role=%s reason=%s", inst.version, role, exc)
                 continue
-            self.floors.record(inst.name, inst.version)  # devices from before per-name floors
+            try:
+                self.floors.record(inst.name, inst.version)  # devices from before per-name floors
+            except OSError as exc:  # e.g. a full disk: the next activation records it
+                log.warning("event=version-floor-not-saved name=%s reason=%s", inst.name, exc)
             if role == "previous":
                 self.store.set_pointer(inst, None)
                 self.emit("local-rollback", reason="active model failed to load at start",
@@ -241,7 +244,10 @@ class Lifecycle:
             current = self.predictor.active
             if current is not None and current.installed.manifest_sha256 == model.installed.manifest_sha256:
                 return current.installed  # already active: nothing to do
-            self.floors.record(model.installed.name, model.version)  # before the switch: a crash keeps the floor
+            try:
+                self.floors.record(model.installed.name, model.version)  # before the switch: a crash keeps it
+            except OSError as exc:
+                raise InstallError("state-write-failed", f"cannot record the version floor: {exc}") from exc
             self.store.set_pointer(model.installed, current.installed if current else None)
             fault_point("after-pointer")
             model.probation = self.policy.probation_requests

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from agent.canonical import canonical_json
+from agent.config import ConfigError
 from agent.model_store import write_atomic
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ class VersionFloors:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             # Never silently forget floors: refusing to start is safer than allowing downgrades.
-            raise OSError(f"{self.path} is damaged ({exc}); restore it or remove it knowingly") from None
+            raise ConfigError(f"{self.path} is damaged ({exc}); restore it, or remove it knowing that the"
+                              " device then forgets which model versions it ran") from None
 
     def floor(self, name: str) -> int | None:
         return self.floors.get(name)

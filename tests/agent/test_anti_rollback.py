@@ -90,3 +90,16 @@ def test_cli_install_new_name_needs_the_flag(tmp_path, fleet_keys, bundles, othe
                        text=True)
     assert r.returncode == 0, r.stderr
     assert "local-override" in r.stderr  # the override is in the agent's log
+
+
+def test_damaged_floors_refuse_to_start_clearly(config_factory) -> None:
+    """Forgetting the floors would allow downgrades: a damaged versions.json stops the agent with
+    one clear line instead of starting without them."""
+    from agent.config import ConfigError
+    from agent.daemon import Agent
+
+    cfg = config_factory("ar-dmg")
+    (cfg.state_path / "models").mkdir(parents=True)
+    (cfg.state_path / "models" / "versions.json").write_text('{"floors": {"digits": "x"')
+    with pytest.raises(ConfigError, match="versions.json is damaged"):
+        Agent(cfg)
