@@ -42,27 +42,6 @@ def register_error_handlers(app: Flask) -> None:
         return jsonify(error_body("internal", "internal server error")), 500
 
 
-def json_body() -> dict[str, Any]:
-    """A JSON object body, read bounded and strictly (fleet.api.validation); prefer @api(body=Model)."""
-    from fleet.api.validation import read_json
-
-    data = read_json()
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad-request", "expected a JSON object body")
-    return data
-
-
-def paginate_args(default: int = 50, maximum: int = 500) -> tuple[int, int]:
-    try:
-        limit = int(request.args.get("limit", default))
-        offset = int(request.args.get("offset", 0))
-    except ValueError as exc:
-        raise ApiError(400, "bad-request", "limit and offset must be integers") from exc
-    if limit < 1 or limit > maximum or offset < 0 or offset > 2**63 - 1:
-        raise ApiError(400, "bad-request", f"limit must be 1..{maximum} and offset >= 0")
-    return limit, offset
-
-
 def page(items: list[Any], total: int, limit: int, offset: int) -> dict[str, Any]:
     nxt = offset + limit if offset + limit < total else None
     return {"items": items, "total": total, "limit": limit, "offset": offset, "next_offset": nxt}
