@@ -284,3 +284,21 @@ def test_console_pages_never_5xx_on_hostile_queries(fleet, caplog) -> None:  # t
                     bad.append((r.status_code, path, q, v[:20]))
     assert not bad, bad[:10]
     assert not [rec for rec in caplog.records if rec.exc_info]
+
+
+def test_production_server_refuses_oversize_bodies_unread(tmp_path, build_keys) -> None:  # type: ignore[no-untyped-def]
+    """`serve --production` (waitress) refuses a Content-Length over max_upload_bytes itself, before
+    reading; smaller bodies are spooled to disk by waitress, never held in memory."""
+    from fleet.server import FleetServer
+    from tests.fleet.conftest import make_settings
+
+    s = make_settings(tmp_path, f"sqlite:///{tmp_path / 'fleet.db'}", build_keys[1], max_upload_bytes=4 << 20)
+    srv = FleetServer(s, production=True, port=0, start_ingest=False, drift_evaluator=False).start()
+    try:
+        status, _ = _early_answer(srv.port, "/api/enrol", 768 * 1024 * 1024, "Content-Type: application/json\r\n")
+        assert status == 413
+        status, body = _early_answer(srv.port, "/api/enrol", 3 << 20, "Content-Type: application/json\r\n",
+                                     send=3 << 20)
+        assert status == 413 and body["error"]["code"] == "request-entity-too-large"  # the app's JSON cap
+    finally:
+        srv.stop()
