@@ -120,7 +120,7 @@ class CountingSimFleet(MqttSimFleet):
 class FaultWorld(RolloutQueries):
     def __init__(self, tmp: Path, database_url: str, *, n_devices: int = 8,
                  behaviours: Mapping[int, Behaviour] | None = None, window_s: float = 0.5,
-                 fleet_evaluator: bool = True) -> None:
+                 fleet_evaluator: bool = True, build_keys: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.fleet_id = f"ft{uuid.uuid4().hex[:10]}"
         self.database_url = database_url
@@ -130,11 +130,15 @@ class FaultWorld(RolloutQueries):
         self.key_path = tmp / "keys" / "fleet.key"
         generate_keypair(self.key_path.parent, "fleet")
         self.settings_path = tmp / "fleet-settings.json"
-        self.settings_path.write_text(json.dumps({
+        self.port = free_port()       # fixed across restarts: command URLs name it
+        self.settings_dict: dict[str, Any] = {
             "data_dir": str(tmp / "fleet"), "database_url": database_url, "mqtt_url": self.broker.url,
+            "public_url": f"http://127.0.0.1:{self.port}", "port": self.port,
+            "trusted_build_keys": list(build_keys),
             "fleet_id": self.fleet_id, "signing_key_path": str(self.key_path), "embedded_broker": False,
             "api_tokens": {"op": "operator"}, "start_rollouts": fleet_evaluator, "rollout_interval_s": 0.2,
-            "ingest": {"session_expiry_s": 120}}))
+            "ingest": {"session_expiry_s": 120}}
+        self.settings_path.write_text(json.dumps(self.settings_dict))
         self.fleet: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.evaluators: dict[str, subprocess.Popen[bytes]] = {}
@@ -142,8 +146,8 @@ class FaultWorld(RolloutQueries):
         fleet_key = load_private_key(self.key_path)
         sims = []
         with Session(self.engine) as s:
-            v1 = add_build(s, 1)
-            for v in (2, 3):
+            v1 = add_build(s, 1) if n_devices else None
+            for v in (2, 3) if n_devices else ():
                 add_build(s, v)
             for i in range(n_devices):
                 dev_id = f"{self.fleet_id}-d{i:03d}"
@@ -159,7 +163,12 @@ class FaultWorld(RolloutQueries):
         self.sims = {x.device_id: x for x in sims}
         self.start_fleet()
         self.devices = CountingSimFleet(sims, self.fleet_id, port=self.broker.port, window_s=window_s).start()
-        wait_for(lambda: self.count(lambda d: d.installed_version == 1) == n_devices, 30, "initial signed states")
+        if n_devices:
+            wait_for(lambda: self.count(lambda d: d.installed_version == 1) == n_devices, 30, "initial signed states")
+
+    def fleet_settings(self) -> Any:
+        """The child's FleetSettings, for uploads from the test process (same data_dir)."""
+        return _settings(dict(self.settings_dict))
 
     # -- processes -------------------------------------------------------------------------
     def start_fleet(self) -> None:
@@ -247,19 +256,25 @@ class FaultWorld(RolloutQueries):
         return lost
 
 
+def _settings(cfg: dict[str, Any]) -> Any:
+    from fleet.settings import FleetSettings, IngestSettings
+
+    ingest = IngestSettings(**cfg.pop("ingest", {}))
+    for k in ("data_dir", "signing_key_path"):
+        cfg[k] = Path(cfg[k])
+    cfg["trusted_build_keys"] = [Path(p) for p in cfg.get("trusted_build_keys", [])]
+    return FleetSettings(**cfg, ingest=ingest)
+
+
 def _main(argv: list[str]) -> int:
     """The fleet child process: FleetServer until SIGTERM (graceful stop) or SIGKILL."""
     import logging
 
     from fleet.server import FleetServer
-    from fleet.settings import FleetSettings, IngestSettings
 
     logging.basicConfig(level=os.environ.get("EDGEFLEET_LOG_LEVEL", "WARNING"))
-    cfg = json.loads(Path(argv[0]).read_text())
-    ingest = IngestSettings(**cfg.pop("ingest", {}))
-    for k in ("data_dir", "signing_key_path"):
-        cfg[k] = Path(cfg[k])
-    srv = FleetServer(FleetSettings(**cfg, ingest=ingest), port=0, drift_evaluator=False).start()
+    settings = _settings(json.loads(Path(argv[0]).read_text()))
+    srv = FleetServer(settings, port=settings.port, drift_evaluator=False).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     tmp = Path(argv[1] + ".tmp")
