@@ -265,8 +265,9 @@ def _console_text(outcome: DemoOutcome, work: Path, once: bool) -> str:
         return (f"the console stays up: open {outcome.url}/console and sign in with the token\n  {outcome.token}\n"
                 "Ctrl-C stops the demo.")
     return (f"console (stopped with the demo): {outcome.url}/console, token {outcome.token}\n"
-            f"to look again: EDGEFLEET_API_TOKENS=admin:{outcome.token} "
-            f"edgefleet fleet --data-dir {work / 'fleet'} serve --port 0\n"
+            f"to look again: EDGEFLEET_API_TOKENS=admin:{outcome.token} EDGEFLEET_FLEET_ID={FLEET_ID} "
+            f"EDGEFLEET_SIGNING_KEY={work / 'keys' / 'fleet.key'} edgefleet fleet --data-dir {work / 'fleet'} "
+            "serve --port 0\n"
             f"logs: {work / 'demo.log'}, {work / 'agents'}/*.log")
 
 
