@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import click
 
-from edgefleet.demo_client import ApiCallError, FleetClient
+from edgefleet.demo_client import FleetClient
 from edgefleet.demo_devices import DemoAgent, DeviceSpec, Traffic
-from edgefleet.demo_report import build_failure, explain_stop, failure_cause
+from edgefleet.demo_report import build_failure, console_text, explain_stop, with_cause
 from edgefleet.demo_view import DemoView
 
 T = TypeVar("T")
@@ -238,37 +238,15 @@ def run_demo(opts: DemoOptions, view: DemoView) -> DemoOutcome:
             _scenario(opts, view, work, fleet, client, stack, outcome)
         except Exception as exc:  # any failure: say its first cause and keep the console reachable
             said = str(exc) if isinstance(exc, DemoFailed) else f"{type(exc).__name__}: {exc}"
-            message = _with_cause(said, client, view.rollout_id, work)
-            view.panel("demo failed", f"{message}\n\n{_console_text(outcome, work, opts.once)}", "red")
+            message = with_cause(said, client, view.rollout_id, work)
+            where = console_text(outcome.url, outcome.token, work, opts.once, FLEET_ID)
+            view.panel("demo failed", f"{message}\n\n{where}", "red")
             if not opts.once:
                 _serve_until_interrupted(view, outcome, announce=False)
             raise DemoFailed(message) from None
         if not opts.once:
             _serve_until_interrupted(view, outcome)
         return outcome
-
-
-def _with_cause(message: str, client: FleetClient, rollout_id: int | None, work: Path) -> str:
-    """The failure plus its first cause, read back from the fleet and the agents' logs."""
-    rollout = None
-    if rollout_id is not None:
-        try:
-            rollout = client.get(f"/api/rollouts/{rollout_id}")
-        except (ApiCallError, OSError):
-            rollout = None
-    cause = failure_cause(client, rollout, work / "agents")
-    return f"{message}: {cause}" if cause else message
-
-
-def _console_text(outcome: DemoOutcome, work: Path, once: bool) -> str:
-    if not once:
-        return (f"the console stays up: open {outcome.url}/console and sign in with the token\n  {outcome.token}\n"
-                "Ctrl-C stops the demo.")
-    return (f"console (stopped with the demo): {outcome.url}/console, token {outcome.token}\n"
-            f"to look again: EDGEFLEET_API_TOKENS=admin:{outcome.token} EDGEFLEET_FLEET_ID={FLEET_ID} "
-            f"EDGEFLEET_SIGNING_KEY={work / 'keys' / 'fleet.key'} edgefleet fleet --data-dir {work / 'fleet'} "
-            "serve --port 0\n"
-            f"logs: {work / 'demo.log'}, {work / 'agents'}/*.log")
 
 
 def _scenario(opts: DemoOptions, view: DemoView, work: Path, fleet: DemoFleet, client: FleetClient,

@@ -73,6 +73,29 @@ def _short(reason: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def with_cause(message: str, client: FleetClient, rollout_id: int | None, work: Path) -> str:
+    """The failure plus its first cause, read back from the fleet and the agents' logs."""
+    rollout = None
+    if rollout_id is not None:
+        try:
+            rollout = client.get(f"/api/rollouts/{rollout_id}")
+        except (ApiCallError, OSError):
+            rollout = None
+    cause = failure_cause(client, rollout, work / "agents")
+    return f"{message}: {cause}" if cause else message
+
+
+def console_text(url: str, token: str, work: Path, once: bool, fleet_id: str = "demo") -> str:
+    """Where to look after a failure: the live console, or how to serve the demo's fleet again."""
+    if not once:
+        return f"the console stays up: open {url}/console and sign in with the token\n  {token}\nCtrl-C stops the demo."
+    return (f"console (stopped with the demo): {url}/console, token {token}\n"
+            f"to look again: EDGEFLEET_API_TOKENS=admin:{token} EDGEFLEET_FLEET_ID={fleet_id} "
+            f"EDGEFLEET_SIGNING_KEY={work / 'keys' / 'fleet.key'} edgefleet fleet --data-dir {work / 'fleet'} "
+            "serve --port 0\n"
+            f"logs: {work / 'demo.log'}, {work / 'agents'}/*.log")
+
+
 def first_log_problem(agents_dir: Path) -> str:
     """`<log file>: <line>` for the earliest error line in any agent log (by the log's own order)."""
     for log in sorted(Path(agents_dir).glob("*.log")):

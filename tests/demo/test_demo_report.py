@@ -70,3 +70,17 @@ def test_a_failed_build_says_the_compilers_reason() -> None:
     assert line == (f"2 of 3 builds failed (build-error, min-speedup); first: x86-64-generic onnx int8: {err}")
     assert build_failure([slow]).endswith("openvino int8: min-speedup: 0.7x FP32 ONNX Runtime")
     assert build_failure([ok]) == ""
+
+
+def test_the_failure_message_keeps_the_console_reachable(tmp_path: Path) -> None:
+    from edgefleet.demo_report import console_text, with_cause
+
+    reason = "download-failed: HTTP Error 500"
+    client = Answers({"/api/rollouts/1": {"id": 1, "status": "rolled-back", "current_wave": 0, "reason": None},
+                      "/api/rollouts/1/targets": {"targets": [{"device_id": "d0", "wave": 0, "status": "failed",
+                                                               "reason": reason}]}})
+    msg = with_cause("v1 rollout 1 ended rolled-back", client, 1, tmp_path)
+    assert msg == f"v1 rollout 1 ended rolled-back: 1 install failed: {reason} (first: d0, wave 1)"
+    once = console_text("http://127.0.0.1:8080", "demo_tok", tmp_path, once=True, fleet_id="demo")
+    assert "http://127.0.0.1:8080/console" in once and "demo_tok" in once and "EDGEFLEET_FLEET_ID=demo" in once
+    assert "Ctrl-C" in console_text("http://127.0.0.1:8080", "demo_tok", tmp_path, once=False)
