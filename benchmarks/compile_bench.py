@@ -6,7 +6,11 @@ and evaluated in its own runtime. Latency is single-thread, batch 1, measured in
 rounds so every artifact sees the same machine load. Prints a table (targets beside measured
 values) and writes benchmarks/out/compile_bench.json.
 
-    .venv/bin/python benchmarks/compile_bench.py [--quick]
+Then the real third-party models (benchmarks/compile_real.py): all-MiniLM-L6-v2 and YOLOv8n, with
+ORT FP32, ORT dynamic INT8 and OpenVINO+NNCF defaults as peers beside EdgeFleet's choice, and every
+device class compiled with default budgets.
+
+    .venv/bin/python benchmarks/compile_bench.py [--quick] [--real-only | --no-real]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 TARGET_SPEEDUP = 2.0
 TARGET_SIZE_RATIO = 3.5
@@ -233,11 +238,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs and iterations (smoke run)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "compile_bench.json")
+    parser.add_argument("--real-only", action="store_true", help="only the real third-party models")
+    parser.add_argument("--no-real", action="store_true", help="skip the real third-party models")
     args = parser.parse_args()
-    doc = bench(args.quick)
+    doc = {"schema": "edgefleet.compile-bench/v1", "machine": {"cpu": _cpu_name(), "flags": _flags()}, "rows": []}
+    if not args.real_only:
+        doc = bench(args.quick)
+    if not args.no_real:
+        from compile_real import bench_real
+
+        doc["real"] = bench_real(args.quick)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print_table(doc)
+    args.out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    if doc["rows"]:
+        print_table(doc)
+    if "real" in doc:
+        from compile_real import print_real
+
+        print(f"machine: {doc['machine']['cpu']} ({', '.join(doc['machine']['flags'])})")
+        print_real(doc["real"])
     print(f"written {args.out}")
 
 

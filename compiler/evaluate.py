@@ -4,7 +4,10 @@ Every task reduces to a per-sample score whose mean is the task metric, so the a
 per-slice metrics and the slice gap (the fairness check) are computed the same way:
 classification: 1 if the argmax equals the label (mean = accuracy);
 embedding: cosine similarity to the reference embedding (reference scores 1.0);
-regression: 1 - squared error / label variance (mean = R^2).
+regression: 1 - squared error / label variance (mean = R^2);
+detection (YOLO-style head: batch x (4 box + classes) x anchors, boxes as cx, cy, w, h): the mean
+IoU of the candidate's box with the reference's at the reference's most confident anchors (the
+same anchors, so a small score change cannot swap which boxes are compared); 1 point = 0.01.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-TASKS = ("classification", "embedding", "regression")
+TASKS = ("classification", "embedding", "regression", "detection")
+DETECTION_TOP_ANCHORS = 50
 
 
 @dataclass
@@ -56,6 +60,8 @@ def per_sample_scores(task: str, outputs: np.ndarray, reference: np.ndarray, lab
         return (outputs.argmax(axis=-1) == target).astype(np.float64)
     if task == "embedding":
         return _cosine(outputs, reference)
+    if task == "detection":
+        return _box_iou(outputs, reference)
     if task == "regression":
         target = (labels if labels is not None else reference).reshape(outputs.shape[0], -1).astype(np.float64)
         out = outputs.reshape(outputs.shape[0], -1).astype(np.float64)
@@ -64,10 +70,29 @@ def per_sample_scores(task: str, outputs: np.ndarray, reference: np.ndarray, lab
     raise ValueError(f"unknown task {task!r}")
 
 
+def _xyxy(o: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    cx, cy, w, h = (o[i, idx].astype(np.float64) for i in range(4))
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+
+
+def _box_iou(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    scores = []
+    for o, r in zip(outputs, reference, strict=True):
+        idx = np.argsort(-r[4:].max(axis=0), kind="stable")[:DETECTION_TOP_ANCHORS]
+        a, b = _xyxy(r, idx), _xyxy(o, idx)
+        inter = np.clip(np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2]), 0, None).prod(axis=1)
+        area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
+        area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
+        scores.append(float(np.mean(inter / np.maximum(area_a + area_b - inter, 1e-9))))
+    return np.asarray(scores)
+
+
 def agreement(task: str, outputs: np.ndarray, reference: np.ndarray) -> float:
     """Fidelity to the reference: same class, or cosine similarity of the raw outputs."""
     if task == "classification":
         return float(np.mean(outputs.argmax(axis=-1) == reference.argmax(axis=-1)))
+    if task == "detection":
+        return float(np.mean(_box_iou(outputs, reference)))
     return float(np.mean(_cosine(outputs, reference)))
 
 
@@ -90,7 +115,7 @@ def quality(task: str, outputs: np.ndarray, reference: np.ndarray, labels: np.nd
     sl, ref_sl = _by_slice(scores, slices), _by_slice(ref_scores, slices)
     gap = (max(sl.values()) - min(sl.values())) if sl else 0.0
     ref_gap = (max(ref_sl.values()) - min(ref_sl.values())) if ref_sl else 0.0
-    name = {"classification": "accuracy", "embedding": "cosine", "regression": "r2"}[task]
+    name = {"classification": "accuracy", "embedding": "cosine", "regression": "r2", "detection": "box_iou"}[task]
     return QualityMetrics(
         task=task, metric_name=name, metric=_r(scores.mean()), reference_metric=_r(ref_scores.mean()),
         drop=_r(ref_scores.mean() - scores.mean()), agreement=_r(agreement(task, outputs, reference)),
@@ -102,8 +127,8 @@ def quality(task: str, outputs: np.ndarray, reference: np.ndarray, labels: np.nd
 
 def _worst_case(task: str, outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Fidelity to the reference per sample: the tail the mean-based gates cannot see."""
-    fidelity = (outputs.argmax(axis=-1) == reference.argmax(axis=-1)).astype(np.float64) \
-        if task == "classification" else _cosine(outputs, reference)
+    fidelity = {"classification": lambda: (outputs.argmax(axis=-1) == reference.argmax(axis=-1)).astype(np.float64),
+                "detection": lambda: _box_iou(outputs, reference)}.get(task, lambda: _cosine(outputs, reference))()
     out = np.asarray(outputs, np.float64).reshape(outputs.shape[0], -1)
     ref = np.asarray(reference, np.float64).reshape(reference.shape[0], -1)
     scale = float(ref.std()) or 1.0

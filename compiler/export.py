@@ -7,6 +7,7 @@ model and example input give the same bytes (the exporter's own save adds a side
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from compiler.loading import eval_mode
 
 log = logging.getLogger(__name__)
 BATCH = "batch"
+_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,9 @@ def onnx_tensor_specs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, 
             if d.HasField("dim_value"):
                 dims.append(int(d.dim_value))
             else:
-                dims.append(BATCH if i == 0 else (d.dim_param or f"dim{i}"))
+                # Exporters may write an expression ("floor(height/2 - 1/2) + 1"): not a name a manifest takes.
+                name = d.dim_param if _SYMBOL.match(d.dim_param or "") else f"dim{i}"
+                dims.append(BATCH if i == 0 else name)
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
         return {"name": vi.name, "shape": dims, "dtype": dtype}
 

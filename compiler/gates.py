@@ -91,7 +91,7 @@ class _Gate:
     describe: Callable[[QualityMetrics, float], str]
 
 
-_ALL = ("classification", "embedding", "regression")
+_ALL = ("classification", "embedding", "regression", "detection")
 QUALITY_GATES: tuple[_Gate, ...] = (
     _Gate("max-accuracy-drop", _ALL, "max_accuracy_drop", lambda q: q.drop, False,
           lambda q, b: f"{'accuracy' if q.task == 'classification' else q.metric_name} {q.metric:.4f} vs reference "

