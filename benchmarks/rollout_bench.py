@@ -15,6 +15,9 @@ Measured:
 
 Usage: .venv/bin/python benchmarks/rollout_bench.py [--devices 1000] [--window 2] [--procs 4] [--sqlite]
 Writes benchmarks/out/rollout_bench.json and prints a table with targets beside measured values.
+
+With --faults it measures rollouts under injected faults instead (fleet kill -9, graceful
+restart, broker down 20 s, evaluator holder killed; benchmarks/rollout_faults.py).
 """
 
 from __future__ import annotations
@@ -104,6 +107,10 @@ def wait_for(pred: Any, timeout: float, what: str, interval: float = 0.1) -> Any
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--faults" in (sys.argv[1:] if argv is None else argv):
+        from benchmarks.rollout_faults import main as faults_main
+
+        return faults_main(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--window", type=float, default=2.0, help="telemetry window, seconds")

@@ -36,7 +36,7 @@ from fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 __all__ = ["IngestService", "IngestStats", "Processor", "ingest_client_id", "run_forever"]
-RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 5   # paho's default backoff grows to 120 s: minutes of blindness
+RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 2   # paho's default backoff grows to 120 s: minutes of blindness
 
 
 def ingest_client_id(settings: FleetSettings, slot: str = "") -> str:

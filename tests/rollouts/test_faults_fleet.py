@@ -115,7 +115,7 @@ def test_a_broker_outage_makes_rollouts_wait_not_fail(world_factory):
     w.broker.start()
     _assert_good_run(w, rid, 2)
     # Not asserted: mosquitto 2.0 restores neither MQTT 5 sessions nor shared subscriptions after a
-    # restart, so windows devices flush before ingest resubscribes (<= its 5 s reconnect) are
+    # restart, so windows devices flush before ingest resubscribes (<= its 2 s reconnect) are
     # dropped by the broker; benchmarks/rollout_bench.py reports them.
 
 
