@@ -116,6 +116,23 @@ def evaluate(db: Session, settings: FleetSettings, *, since: float | None = None
     return new
 
 
+def raise_rollout_alert(db: Session, rollout: Any, reason: dict[str, Any], actor: str = "rollout-evaluator") -> DriftAlert:
+    """A paused rollout is something wrong: store it as an open alert (reference "rollout:<id>")
+    beside the drift alerts, so the overview, /api/alerts and acknowledgement treat it alike."""
+    at = float(reason.get("at") or now())
+    alert = DriftAlert(model_name=rollout.model_name, model_version=rollout.version,
+                       cohort=f"wave:{reason.get('wave_name', reason.get('wave', ''))}", window_start=at,
+                       window_end=at, reference=f"rollout:{rollout.id}", level="alert",
+                       summary=f"rollout {rollout.id} paused: {reason.get('summary') or reason.get('kind', '')}",
+                       evidence={"rollout": rollout.id, "gates": reason.get("gates", []),
+                                 "failed_devices": reason.get("failed_devices", [])})
+    db.add(alert)
+    db.flush()
+    audit.record(db, actor, "alert.raise", f"alert:{alert.id}", None,
+                 {"model": rollout.model_name, "version": rollout.version, "rollout": rollout.id, "level": "alert"})
+    return alert
+
+
 def acknowledge(db: Session, alert_id: int, actor: str) -> DriftAlert | None:
     alert = db.get(DriftAlert, alert_id)
     if alert is None:

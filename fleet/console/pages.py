@@ -14,7 +14,7 @@ from fleet.api.telemetry import overview_data
 from fleet.api.validation import offset_arg
 from fleet.app import fleet_context
 from fleet.auth import actor, current_principal, require_role
-from fleet.console import charts
+from fleet.console import charts, status
 from fleet.console.views import bp
 from fleet.models import (
     Aggregate,
@@ -59,7 +59,7 @@ def overview():  # type: ignore[no-untyped-def]
         recent_audit = list(db.exec(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(8)))
         parts = [(f"{i['model']} v{i['version']}", i["devices"]) for i in data["installed"]]
         return render_template("console/overview.html", data=data, alerts=recent_alerts, audit=recent_audit,
-                               installed_parts=parts)
+                               installed_parts=parts, wrong=status.whats_wrong(db))
 
 
 @bp.get("/devices")

@@ -35,4 +35,8 @@ def logout():  # type: ignore[no-untyped-def]
     return redirect(url_for("console.login"))
 
 
-from fleet.console import pages  # noqa: E402,F401  (registers the page routes on bp)
+from fleet.console import rollout_view  # noqa: E402
+
+bp.add_app_template_global(rollout_view, "rollout_view")   # also used by fleet/rollouts/templates
+
+from fleet.console import pages, series  # noqa: E402,F401  (registers the page routes on bp)

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from fleet import audit
+from fleet import alerts, audit
 from fleet.ingest_health import blindness
 from fleet.models import Device, ModelVersion
 from fleet.rollouts import blind, commands
@@ -338,6 +338,7 @@ def _breach(c: TickContext, wave: RolloutWave, verdict: Verdict, devices: dict[s
                 rolled += 1
     reason["rolled_back_devices"] = rolled
     audit.record(s, ACTOR, "rollout.breach", f"rollout:{r.id}", before, reason)
+    alerts.raise_rollout_alert(s, r, reason, ACTOR)  # the pause shows as an open alert (issue 18)
     c.act(f"wave {wave.index} breached ({summary}); {rolled} devices rolled back; rollout paused")
 
 

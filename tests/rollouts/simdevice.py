@@ -48,6 +48,7 @@ class Behaviour:
     drift: bool = False          # predictions collapse onto one class
     install_fails: bool = False
     shadow_agreement: float = 0.98
+    feature_shift: float = 0.0   # input features move away from the baseline (drifted inputs)
 
 
 @dataclass
@@ -191,7 +192,7 @@ class SimDevice:
             p[0], p[1] = 0.8, 0.2
         pred = self.rng.multinomial(n, p / p.sum())
         feat = FixedBinHistogram(FEATURE_EDGES)
-        feat.add(self.rng.normal(0.0, 0.7, n))
+        feat.add(self.rng.normal(b.feature_shift, 0.7, n))
         payload: dict[str, Any] = {
             "schema": TELEMETRY_SCHEMA, "fleet": self.fleet, "device": self.device_id, "seq": self._next_seq(),
             "sent_at": end, "window": {"start": start, "end": end, "seconds": end - start},

@@ -1,0 +1,52 @@
+/* Time-series panels for /console/series: fetch series.json, draw each panel with uPlot. */
+(function () {
+  "use strict";
+  var STYLE = {
+    requests: { label: "requests", stroke: "#3b5bdb", width: 2 },
+    errors: { label: "errors", stroke: "#e03131", width: 2, dash: [6, 4] },
+    p50_ms: { label: "p50 ms", stroke: "#3b5bdb", width: 2 },
+    p99_ms: { label: "p99 ms", stroke: "#f08c00", width: 2, dash: [6, 4] },
+    error_rate: { label: "error rate", stroke: "#e03131", width: 2 },
+    max_psi: { label: "max PSI", stroke: "#862e9c", width: 2 }
+  };
+  var form = document.getElementById("series-form");
+  function toLocal(unix) { return new Date(unix * 1000).toISOString().slice(0, 16); }
+  function toUnix(v) { return v ? Math.floor(Date.parse(v + ":00Z") / 1000) : ""; }
+  ["since", "until"].forEach(function (k) {
+    var el = document.getElementById("f-" + k);
+    if (el.dataset.unix) { el.value = toLocal(+el.dataset.unix); }
+  });
+  form.addEventListener("submit", function () {
+    document.getElementById("h-since").value = toUnix(document.getElementById("f-since").value);
+    document.getElementById("h-until").value = toUnix(document.getElementById("f-until").value);
+    var mv = form.elements.mv.value.split(":");
+    form.elements.model.value = mv[0] || "";
+    form.elements.version.value = mv[1] || "";
+    form.elements.mv.disabled = true;
+    Array.prototype.forEach.call(form.elements, function (e) { if (e.name && !e.value) { e.disabled = true; } });
+  });
+  var params = new URLSearchParams(window.location.search);
+  params.delete("mv");
+  fetch(window.EF_SERIES_URL + "?" + params.toString(), { credentials: "same-origin" })
+    .then(function (r) { return r.json(); })
+    .then(function (doc) {
+      var s = doc.series;
+      document.getElementById("series-summary").textContent = doc.windows + " telemetry windows from " +
+        new Date(doc.since * 1000).toISOString().slice(0, 16).replace("T", " ") + " to " +
+        new Date(doc.until * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC";
+      document.querySelectorAll(".plot").forEach(function (el) {
+        var keys = el.dataset.series.split(",");
+        if (!s.t.length) { el.innerHTML = '<p class="empty">No telemetry in this range.</p>'; return; }
+        var opts = {
+          width: Math.max(320, el.clientWidth || 520), height: 220,
+          series: [{}].concat(keys.map(function (k) { return STYLE[k]; })),
+          axes: [{}, { size: 60 }],
+          scales: { x: { time: true } },
+          legend: { live: true }
+        };
+        el.uplot = new uPlot(opts, [s.t].concat(keys.map(function (k) { return s[k]; })), el);
+        el.dataset.points = String(s.t.length);
+      });
+    })
+    .catch(function (e) { document.getElementById("series-summary").textContent = "Could not load: " + e; });
+})();

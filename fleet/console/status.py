@@ -1,0 +1,64 @@
+"""The overview's answer to "is anything wrong?": live and paused rollouts (with why), open
+alerts, and devices that stopped reporting. Bounded queries only, so the page stays fast at
+10,000 devices and 1,000 rollouts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import Session, func, select
+
+from fleet.console import rollout_view
+from fleet.models import Device, DriftAlert, now
+from fleet.rollouts import service
+from fleet.rollouts.models import Rollout
+
+SILENT_AFTER_S = 15 * 60   # an active device unheard of for this long is "not reporting"
+LIST_MAX = 10
+
+
+@dataclass
+class Wrong:
+    paused: list[dict[str, Any]] = field(default_factory=list)
+    in_progress: list[dict[str, Any]] = field(default_factory=list)
+    open_alerts: list[DriftAlert] = field(default_factory=list)
+    open_alert_count: int = 0
+    silent: list[Device] = field(default_factory=list)
+    silent_count: int = 0
+    silent_after_s: int = SILENT_AFTER_S
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.paused or self.open_alert_count or self.silent_count)
+
+
+def _rollouts(db: Session, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = db.exec(select(Rollout).where(Rollout.status.in_(statuses)).order_by(Rollout.updated_at.desc())
+                   .limit(LIST_MAX)).all()
+    out = []
+    for r in rows:
+        s = service.rollout_summary(db, r)
+        s["why"] = rollout_view.why(r.reason) if r.status == "paused" else ""
+        s["waiting_message"] = (s.get("waiting") or {}).get("message", "")
+        out.append(s)
+    return out
+
+
+def whats_wrong(db: Session, at: float | None = None) -> Wrong:
+    at = now() if at is None else at
+    cutoff = at - SILENT_AFTER_S
+    silent_q = select(Device).where(Device.status == "active").where(
+        (Device.last_seen.is_(None)) | (Device.last_seen < cutoff))
+    count_q = select(func.count()).select_from(Device).where(Device.status == "active").where(
+        (Device.last_seen.is_(None)) | (Device.last_seen < cutoff))
+    return Wrong(
+        paused=_rollouts(db, ("paused",)),
+        in_progress=_rollouts(db, ("running", "awaiting-approval")),
+        open_alerts=list(db.exec(select(DriftAlert).where(DriftAlert.status == "open")
+                                 .order_by(DriftAlert.id.desc()).limit(LIST_MAX))),
+        open_alert_count=int(db.exec(select(func.count()).select_from(DriftAlert)
+                                     .where(DriftAlert.status == "open")).one()),
+        silent=list(db.exec(silent_q.order_by(Device.last_seen).limit(LIST_MAX))),
+        silent_count=int(db.exec(count_q).one()),
+    )
