@@ -49,15 +49,30 @@ class KeyList:
     keys: RoleKeys
     thresholds: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     document: dict[str, Any] | None = None
+    revoked: tuple[dict[str, Any], ...] = ()  # retired versions: {model, version} or {bundle_sha256}
+
+    def revocation(self, model: Any, version: Any, bundle_sha256: str | None = None) -> str | None:
+        """Why this bundle is revoked (a retired model version or bundle digest), or None."""
+        for r in self.revoked:
+            if "bundle_sha256" in r and r["bundle_sha256"] == bundle_sha256:
+                return f"bundle {bundle_sha256} is revoked by key list v{self.version}"
+            if r.get("model") == model and r.get("version") == version:
+                return f"{model} v{version} is retired (revoked by key list v{self.version})"
+        return None
 
 
 def make_keylist(version: int, keys: Mapping[str, Iterable[Ed25519PublicKey]],
-                 thresholds: Mapping[str, int] | None = None, *, issued_at: float | None = None) -> dict[str, Any]:
-    """An unsigned key list payload; sign it with sign_keylist (offline, with the root key)."""
+                 thresholds: Mapping[str, int] | None = None, *, issued_at: float | None = None,
+                 revoked: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """An unsigned key list payload; sign it with sign_keylist (offline, with the root key).
+    `revoked`: retired model versions ({model, version}) or bundles ({bundle_sha256}) that
+    devices must refuse to install (the fleet lists them at /api/lifecycle/revocations)."""
     roles = RoleKeys.from_keys(keys)
     payload = {"schema": KEYLIST_SCHEMA, "version": int(version),
                "issued_at": round(time.time() if issued_at is None else issued_at, 3),
                "keys": roles.to_dict(), "thresholds": dict(thresholds or DEFAULT_THRESHOLDS)}
+    if revoked:
+        payload["revoked"] = [dict(r) for r in revoked]
     parse_payload(payload)  # refuse what a device would refuse, at signing time
     return payload
 
@@ -97,7 +112,24 @@ def parse_payload(payload: Any) -> KeyList:
         raise KeyListError("malformed", f"fleet threshold must be at least {MIN_FLEET_THRESHOLD}")
     if not len(keys.role("fleet")):
         raise KeyListError("malformed", "a key list needs at least one fleet key")
-    return KeyList(version, keys, dict(th))
+    return KeyList(version, keys, dict(th), revoked=_parse_revoked(payload.get("revoked", [])))
+
+
+def _parse_revoked(items: Any) -> tuple[dict[str, Any], ...]:
+    """The optional `revoked` section: a list of {model, version} or {bundle_sha256}."""
+    if not isinstance(items, list):
+        raise KeyListError("malformed", "revoked must be a list")
+    out = []
+    for i, r in enumerate(items):
+        if isinstance(r, Mapping) and set(r) == {"model", "version"} and isinstance(r["model"], str) \
+                and isinstance(r["version"], int) and not isinstance(r["version"], bool):
+            out.append({"model": r["model"], "version": r["version"]})
+        elif isinstance(r, Mapping) and set(r) == {"bundle_sha256"} and isinstance(r["bundle_sha256"], str) \
+                and len(r["bundle_sha256"]) == 64:
+            out.append({"bundle_sha256": r["bundle_sha256"].lower()})
+        else:
+            raise KeyListError("malformed", f"revoked[{i}] must be {{model, version}} or {{bundle_sha256}}")
+    return tuple(out)
 
 
 def parse_keylist(doc: Any) -> KeyList:

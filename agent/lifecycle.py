@@ -200,11 +200,15 @@ class Lifecycle:
         from agent.bundle import read_manifest_unverified
 
         try:
-            name = read_manifest_unverified(bundle_path).get("model", {}).get("name")
+            mm = read_manifest_unverified(bundle_path).get("model", {})
+            name, version = mm.get("name"), mm.get("version")
         except (BundleError, AttributeError):
-            name = None
+            name = version = None
         floor = self._floor_for(name, allow_new_name)
         trust = self.trust_fn()
+        revoked = _revocation(trust, name, version, bundle_path)
+        if revoked:  # a retired version, listed by the signed key list (issue 16)
+            raise InstallError("revoked", revoked)
         if approval is not None:
             approval = FleetApproval(approval.document, trust.fleet)
         try:
@@ -345,7 +349,19 @@ class Lifecycle:
                 self.on_change()
 
 
-_BUNDLE_REASONS = {"no-signature", "unknown-key", "bad-signature", "hash-mismatch", "size-mismatch", "extra-file",
+def _revocation(trust: Any, name: Any, version: Any, bundle_path: Path) -> str | None:
+    """Why the signed key list revokes this bundle (retired model version or digest), or None."""
+    current = getattr(trust, "current", None)
+    if current is None or not getattr(current, "revoked", ()):
+        return None
+    import hashlib
+
+    with open(bundle_path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return current.revocation(name, version, digest)
+
+
+_BUNDLE_REASONS = {"revoked", "no-signature", "unknown-key", "bad-signature", "hash-mismatch", "size-mismatch", "extra-file",
                    "missing-file", "unsafe-path", "too-large", "downgrade", "malformed", "new-name", "bad-name",
                    "bad-tensor-spec", "wrong-device-class", "format-mismatch"}
 

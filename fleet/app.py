@@ -52,6 +52,7 @@ BLUEPRINTS = (
     "fleet.api.mqtt_auth:bp",
     "fleet.api.retraining:bp",
     "fleet.api.models:bp",
+    "fleet.api.lifecycle:bp",
     "fleet.api.telemetry:bp",
     "fleet.api.drift:bp",
     "fleet.api.admin:bp",

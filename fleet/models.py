@@ -190,3 +190,45 @@ class RetrainingRequest(SQLModel, table=True):
     decided_at: float | None = None
     note: str = ""
     trigger_result: dict[str, Any] = _json(dict)
+
+
+class ModelOwner(SQLModel, table=True):
+    """Who answers for a model (issue 16): team, contact, on-call reference and review cadence."""
+
+    __tablename__ = "model_owner"
+    name: str = Field(primary_key=True, max_length=128)
+    team: str = ""
+    contact: str = ""
+    oncall: str = ""
+    review_interval_days: int = 90
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+    updated_by: str = ""
+
+
+class ModelVersionStatus(SQLModel, table=True):
+    """Lifecycle status of a model version (all its device-class builds): active (no row),
+    deprecated or retired, with who changed it, when and why."""
+
+    __tablename__ = "model_version_status"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_version_status_nv"),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    version: int
+    status: str = "active"  # active | deprecated | retired
+    reason: str = ""
+    changed_by: str = ""
+    changed_at: float = Field(default_factory=now)
+
+
+class ModelReview(SQLModel, table=True):
+    """A scheduled review of a model: who, when, the decision (keep, retrain, retire) and notes."""
+
+    __tablename__ = "model_review"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    version: int | None = None
+    reviewer: str = ""
+    at: float = Field(default_factory=now, index=True)
+    decision: str = "keep"
+    notes: str = ""

@@ -64,6 +64,7 @@ class FleetServer:
         if self.start_ingest:
             self._resolve_broker()
         self.app = create_app(self.settings)
+        fleet_context(self.app).extras["production"] = self.production  # owners required (fleet.lifecycle)
         ctx = fleet_context(self.app)
         if self.start_ingest:
             from fleet.ingest import IngestService

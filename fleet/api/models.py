@@ -7,7 +7,7 @@ from collections import defaultdict
 from flask import Blueprint, jsonify, request
 from sqlmodel import select
 
-from fleet import catalogue, ops_metrics
+from fleet import catalogue, lifecycle, ops_metrics
 from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.validation import api, query
@@ -58,11 +58,35 @@ def upload():  # type: ignore[no-untyped-def]
                                            "(curl --data-binary @x.bundle) or as multipart field 'bundle'")
     try:
         with ctx.session() as db:
+            owner = _owner_check(db, ctx, tmp)  # issue 16: before anything is stored
             res = catalogue.add_bundle(db, ctx.settings, tmp, build_keyring(ctx.settings), actor())
+            if res.created:
+                lifecycle.owner_at_upload(db, res.version.name, owner, actor())
             view = catalogue.version_view(res.version, base_url=ctx.settings.public_url)
-    except catalogue.CatalogueError as exc:
+    except (catalogue.CatalogueError, lifecycle.LifecycleError) as exc:
+        tmp.unlink(missing_ok=True)
         raise ApiError(exc.status, exc.code, exc.message) from exc
     return jsonify(view), 201 if res.created else 200
+
+
+def _owner_check(db, ctx, tmp):  # type: ignore[no-untyped-def]
+    """Owner query parameters (owner_team, owner_contact, oncall, review_interval_days) of a
+    first upload; required for a new model when the fleet serves in production mode."""
+    from agent.bundle import BundleError, read_manifest_unverified
+
+    a = request.args
+    days = a.get("review_interval_days")
+    if days is not None and not days.isdigit():
+        raise lifecycle.LifecycleError(400, "bad-owner", "review_interval_days must be a whole number of days")
+    owner = lifecycle.OwnerFields(a.get("owner_team", ""), a.get("owner_contact", ""), a.get("oncall", ""),
+                                  int(days) if days else None)
+    try:
+        name = read_manifest_unverified(tmp).get("model", {}).get("name")
+    except (BundleError, AttributeError):
+        name = None  # add_bundle refuses it with the precise reason
+    if isinstance(name, str):
+        lifecycle.check_first_owner(db, name, owner, bool(ctx.extras.get("production")))
+    return owner
 
 
 @bp.get("")

@@ -222,6 +222,7 @@ class RolloutCreate(Strict):
     gates: GatesSpec | None = None
     name: Annotated[str, Field(max_length=128)] = ""
     seed: Annotated[str, Field(max_length=128)] = ""
+    allow_deprecated: bool = Field(False, description="roll out a deprecated version anyway (never a retired one)")
 
 
 class RolloutListQuery(Query):

@@ -92,11 +92,16 @@ def list_rollouts():  # type: ignore[no-untyped-def]
 def create():  # type: ignore[no-untyped-def]
     """Create a staged rollout: model version, target filter, cumulative waves and their gates."""
     spec = body().model_dump(exclude_unset=True, exclude_none=True)
+    allow_deprecated = bool(spec.pop("allow_deprecated", False))
     with fleet_context().session() as db:
+        from fleet.api.lifecycle import guard
+        from fleet.lifecycle import rollout_check
+
+        warnings = guard(rollout_check, db, spec["model_name"], spec["version"], allow_deprecated)  # issue 16
         ro = _guard(service.create_rollout, db, spec, actor())
         db.flush()
         out = service.rollout_detail(db, ro)
-    return jsonify(out), 201
+    return jsonify({**out, "warnings": warnings} if warnings else out), 201
 
 
 @bp.get(f"{API}/<int:rollout_id>")

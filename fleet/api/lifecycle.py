@@ -1,0 +1,120 @@
+"""Model lifecycle API (issue 16): owner, version status with audited reasons, the rollout that
+moves devices off a retired version, and the revocation list for the next signed key list."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from flask import Blueprint, jsonify
+from pydantic import Field
+
+from fleet import lifecycle
+from fleet.api import responses as r
+from fleet.api.schemas import Strict, Text
+from fleet.api.validation import api, body
+from fleet.app import fleet_context
+from fleet.auth import actor, require_role
+from fleet.errors import ApiError
+
+bp = Blueprint("api_lifecycle", __name__)
+Reason = Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class OwnerBody(Strict):
+    team: Annotated[str, Field(max_length=500)] = ""
+    contact: Annotated[str, Field(max_length=500)] = ""
+    oncall: Annotated[str, Field(max_length=500)] = ""
+    review_interval_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    reason: Reason
+
+
+class StatusBody(Strict):
+    status: Literal["active", "deprecated", "retired"]
+    reason: Reason
+
+
+class MoveOffBody(Strict):
+    fleet: Text | None = None
+
+
+def guard(fn: Any, *args: Any, **kw: Any) -> Any:
+    try:
+        return fn(*args, **kw)
+    except lifecycle.LifecycleError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from exc
+
+
+@bp.get("/api/models/<name>/owner")
+@require_role("viewer")
+@api(responses={200: r.Open})
+def get_owner(name: str):  # type: ignore[no-untyped-def]
+    from fleet.models import ModelOwner
+
+    with fleet_context().session() as db:
+        return jsonify(lifecycle.owner_view(db.get(ModelOwner, name), name))
+
+
+@bp.put("/api/models/<name>/owner")
+@require_role("operator")
+@api(body=OwnerBody, responses={200: r.Open})
+def put_owner(name: str):  # type: ignore[no-untyped-def]
+    """Change the owner (team, contact, on-call, review interval); audited with the reason."""
+    b = body()
+    fields = lifecycle.OwnerFields(b.team, b.contact, b.oncall, b.review_interval_days)
+    with fleet_context().session() as db:
+        o = guard(lifecycle.set_owner, db, name, fields, actor(), b.reason)
+        return jsonify(lifecycle.owner_view(o, name))
+
+
+@bp.get("/api/models/<name>/versions/<int:version>/status")
+@require_role("viewer")
+@api(responses={200: r.Open})
+def get_status(name: str, version: int):  # type: ignore[no-untyped-def]
+    with fleet_context().session() as db:
+        return jsonify(lifecycle.status_view(name, version, lifecycle.status_of(db, name, version)))
+
+
+@bp.post("/api/models/<name>/versions/<int:version>/status")
+@require_role("operator")
+@api(body=StatusBody, responses={200: r.Open})
+def post_status(name: str, version: int):  # type: ignore[no-untyped-def]
+    """Deprecate (new rollouts need allow_deprecated), retire (no rollout; devices refuse it once
+    the next signed key list carries the revocation) or reactivate a deprecated version."""
+    b = body()
+    with fleet_context().session() as db:
+        row = guard(lifecycle.set_status, db, name, version, b.status, b.reason, actor())
+        out = lifecycle.status_view(name, version, row)
+        if b.status == "retired":
+            out["revocations"] = lifecycle.revocations(db)
+            out["hint"] = ("sign the next key list with these revocations (edgefleet keys sign-keylist --revoked"
+                           " FILE) and upload it, so devices refuse the version")
+        return jsonify(out)
+
+
+@bp.post("/api/models/<name>/versions/<int:version>/move-off")
+@require_role("operator")
+@api(body=MoveOffBody, body_required=False, responses={201: r.Open})
+def move_off(name: str, version: int):  # type: ignore[no-untyped-def]
+    """One click: a rollout of the newest active version to every device still running this one."""
+    from fleet.rollouts import api as rollouts_api
+    from fleet.rollouts import service
+
+    ctx = fleet_context()
+    b = body()
+    fleet = (b.fleet if b is not None else None) or ctx.settings.fleet_id
+    with ctx.session() as db:
+        spec = guard(lifecycle.move_off_spec, db, name, version, fleet)
+        ro = rollouts_api._guard(service.create_rollout, db, spec, actor())
+        db.flush()
+        out = service.rollout_detail(db, ro)
+    rollouts_api._publish()
+    return jsonify(out), 201
+
+
+@bp.get("/api/lifecycle/revocations")
+@require_role("viewer")
+@api(responses={200: r.Open})
+def get_revocations():  # type: ignore[no-untyped-def]
+    """Retired versions, the `revoked` section for `edgefleet keys sign-keylist --revoked`."""
+    with fleet_context().session() as db:
+        return jsonify({"revoked": lifecycle.revocations(db)})
