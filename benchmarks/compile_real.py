@@ -49,9 +49,9 @@ class _OV:
     def __init__(self, model: Any) -> None:
         import openvino as ov
 
-        from compiler.runtimes import OPENVINO_CONFIG
-
-        self.compiled = ov.Core().compile_model(model, "CPU", {**OPENVINO_CONFIG, "INFERENCE_NUM_THREADS": 1})
+        # The same f32 hint EdgeFleet's bundles carry: bf16 on AVX512-BF16 hosts would blur the comparison.
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}
+        self.compiled = ov.Core().compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
