@@ -75,9 +75,11 @@ def _pubs(paths: tuple[Path, ...]) -> list[Any]:
               help="Private key that signs (repeatable): the root key, new roots too when rotating root.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="File to write the signed key list to.")
+@click.option("--revoked", "revoked_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Retired versions devices must refuse (JSON from `edgefleet models revocations --out`).")
 def keys_sign_keylist(version: int | None, roots: tuple[Path, ...], fleets: tuple[Path, ...],
                       builds: tuple[Path, ...], root_threshold: int, fleet_threshold: int, from_path: Path | None,
-                      signers: tuple[Path, ...], out_path: Path) -> None:
+                      signers: tuple[Path, ...], out_path: Path, revoked_path: Path | None) -> None:
     """Sign the list of trusted keys by role (offline, with the root key). Devices accept it only
     with a higher version than theirs; the fleet hands it to devices (upload it to the fleet)."""
     from agent.keylist import KeyListError, make_keylist, parse_keylist, sign_keylist
@@ -93,9 +95,11 @@ def keys_sign_keylist(version: int | None, roots: tuple[Path, ...], fleets: tupl
         else:
             if version is None or not roots or not fleets:
                 raise UsageFailure("a new key list needs --version, at least one --root and one --fleet")
+            revoked = _load_json(revoked_path).get("revoked", [])
             doc = sign_keylist(make_keylist(version, {"root": _pubs(roots), "fleet": _pubs(fleets),
                                                       "build": _pubs(builds)},
-                                            {"root": root_threshold, "fleet": fleet_threshold}), priv)
+                                            {"root": root_threshold, "fleet": fleet_threshold},
+                                            revoked=revoked), priv)
         kl = parse_keylist(doc)
     except (KeyListError, RoleError) as exc:
         raise UsageFailure(str(exc)) from exc
@@ -103,7 +107,8 @@ def keys_sign_keylist(version: int | None, roots: tuple[Path, ...], fleets: tupl
     signed_by = [s.get("key_id") for s in doc["signatures"]]
     click.echo(f"key list v{kl.version} -> {out_path}\n  root  {' '.join(kl.keys.ids('root'))}"
                f"\n  fleet {' '.join(kl.keys.ids('fleet'))}\n  build {' '.join(kl.keys.ids('build')) or '-'}"
-               f"\n  signed by {' '.join(signed_by)}")
+               f"\n  signed by {' '.join(signed_by)}"
+               + (f"\n  revoked {len(kl.revoked)} version(s)" if kl.revoked else ""))
 
 
 @click.group()

@@ -72,7 +72,7 @@ def make_keylist(version: int, keys: Mapping[str, Iterable[Ed25519PublicKey]],
                "issued_at": round(time.time() if issued_at is None else issued_at, 3),
                "keys": roles.to_dict(), "thresholds": dict(thresholds or DEFAULT_THRESHOLDS)}
     if revoked:
-        payload["revoked"] = [dict(r) for r in revoked]
+        payload["revoked"] = revoked if isinstance(revoked, list) else list(revoked)  # checked below
     parse_payload(payload)  # refuse what a device would refuse, at signing time
     return payload
 

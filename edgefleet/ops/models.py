@@ -4,6 +4,7 @@ signature against its trusted build keys before anything is stored."""
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,15 @@ def _mb(n: int | None) -> str:
 
 
 def render_versions(items: list[dict[str, Any]]) -> str:
-    rows = [(v["version"], v["device_class"], v["format"], v["precision"], _mb(v.get("size")),
-             (v.get("bundle_sha256") or "")[:12], v.get("signed_by"), when(v.get("created_at")))
+    rows = [(v["version"], v.get("status", "active"), v["device_class"], v["format"], v["precision"],
+             _mb(v.get("size")), (v.get("bundle_sha256") or "")[:12], v.get("signed_by"), when(v.get("created_at")))
             for v in items]
-    return empty_or(rows, ["version", "device class", "format", "precision", "MB", "bundle", "signed by",
-                           "uploaded"], "versions", right=["version", "MB"])
+    out = empty_or(rows, ["version", "status", "device class", "format", "precision", "MB", "bundle", "signed by",
+                          "uploaded"], "versions", right=["version", "MB"])
+    flagged = sorted({(v["version"], v["status"]) for v in items if v.get("status", "active") != "active"})
+    return "\n".join([out] + [f"warning: v{ver} is {st}" + (" (rollouts need --allow-deprecated)"
+                                                            if st == "deprecated" else " (no rollouts)")
+                              for ver, st in flagged])
 
 
 def render_version(body: dict[str, Any]) -> str:
@@ -79,17 +84,26 @@ def show(ops: Ops, name: str, version: int | None, device_class: str | None, lim
 
 @models.command("upload", context_settings=CONTEXT)
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--owner-team", default=None, help="Owning team, set at a model's first upload.")
+@click.option("--owner-contact", default=None, help="Owner contact (mail, chat channel), first upload.")
+@click.option("--oncall", default=None, help="On-call reference, first upload.")
+@click.option("--review-days", type=click.IntRange(1, 3650), default=None, help="Review interval, first upload.")
 @api_command
-def upload(ops: Ops, bundles: tuple[Path, ...]) -> None:
+def upload(ops: Ops, bundles: tuple[Path, ...], owner_team: str | None, owner_contact: str | None,
+           oncall: str | None, review_days: int | None) -> None:
     """Upload signed bundles.
 
-    The fleet verifies each of BUNDLES against its trusted build keys before storing it.
+    The fleet verifies each of BUNDLES against its trusted build keys before storing it. A
+    production fleet needs --owner-team, --owner-contact and --oncall for a new model.
 
     --json prints a list with one catalogue entry per bundle (`created` false: already present)."""
     results = []
     for b in bundles:
         try:
-            res = ops.api.upload("/api/models", b)
+            owner = {"owner_team": owner_team, "owner_contact": owner_contact, "oncall": oncall,
+                     "review_interval_days": review_days}
+            qs = urllib.parse.urlencode({k: v for k, v in owner.items() if v is not None})
+            res = ops.api.upload("/api/models" + (f"?{qs}" if qs else ""), b)
         except OpsError as exc:
             done = f" ({len(results)} uploaded before it)" if results else ""
             raise OpsError(f"{b}: {exc.message}{done}", exc.exit_code, exc.status, exc.code) from None
@@ -100,3 +114,8 @@ def upload(ops: Ops, bundles: tuple[Path, ...]) -> None:
                          f"({v['device_class']}) sha256 {v['bundle_sha256']}" for v in results)
 
     ops.emit(results, render)
+
+
+from edgefleet.ops.lifecycle import register  # noqa: E402  (owner, status, deprecate, retire, ...)
+
+register(models)

@@ -138,8 +138,10 @@ def show(ops: Ops, rollout_id: int, with_targets: bool, wave: int | None) -> Non
 @click.option("--shadow-first", is_flag=True, default=False,
               help="Run the first wave in shadow mode beside the current model.")
 @click.option("--dry-run", is_flag=True, default=False, help="Print the spec that would be sent and exit.")
+@click.option("--allow-deprecated", is_flag=True, default=False,
+              help="Roll out a deprecated version anyway (a retired one is always refused).")
 @api_command
-def create(ops: Ops, spec_file: Path | None, dry_run: bool, **flags: Any) -> None:
+def create(ops: Ops, spec_file: Path | None, dry_run: bool, allow_deprecated: bool, **flags: Any) -> None:
     """Start a rollout from a spec file and/or flags.
 
     SPEC_FILE is TOML or JSON, the body POST /api/rollouts takes; flags override it.
@@ -149,10 +151,14 @@ def create(ops: Ops, spec_file: Path | None, dry_run: bool, **flags: Any) -> Non
     edgefleet rollout create rollout.toml --version 3
     """
     spec = build_spec(spec_file, SpecFlags(**flags))
+    if allow_deprecated:
+        spec["allow_deprecated"] = True
     if dry_run:
         ops.emit(spec, lambda s: json.dumps(s, indent=2, sort_keys=True))
         return
     r = ops.api.post("/api/rollouts", spec)
+    for w in r.get("warnings") or []:
+        click.echo(f"warning: {w}", err=True)
     ops.emit(r, lambda d: f"created rollout {d['id']} ({d['model_name']} v{d['version']}, "
                           f"{sum((d.get('targets') or {}).values())} devices in {len(d['waves'])} waves)\n\n"
                           + render_detail(d))

@@ -115,7 +115,8 @@ def versions(name: str):  # type: ignore[no-untyped-def]
                             .order_by(ModelVersion.version.desc(), ModelVersion.device_class)))
         if not rows:
             raise ApiError(404, "not-found", f"no model {name!r}")
-        items = [catalogue.version_view(r, base_url=ctx.settings.public_url) for r in rows[offset:offset + limit]]
+        items = [{**catalogue.version_view(r, base_url=ctx.settings.public_url),
+                  "status": lifecycle.status_name(db, name, r.version)} for r in rows[offset:offset + limit]]
         return jsonify(page(items, len(rows), limit, offset))
 
 
@@ -132,8 +133,9 @@ def version(name: str, version: int):  # type: ignore[no-untyped-def]
         rows = list(db.exec(q))
         if not rows:
             raise ApiError(404, "not-found", f"no {name} v{version}")
-        return jsonify({"items": [catalogue.version_view(r, with_manifest=True, base_url=ctx.settings.public_url)
-                                  for r in rows]})
+        status = lifecycle.status_name(db, name, version)
+        return jsonify({"items": [{**catalogue.version_view(r, with_manifest=True, base_url=ctx.settings.public_url),
+                                   "status": status} for r in rows]})
 
 
 @bp.get("/<name>/versions/<int:version>/performance")

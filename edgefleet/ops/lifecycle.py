@@ -1,0 +1,110 @@
+"""`edgefleet models owner|status|deprecate|retire|reactivate|move-off|revocations`: the model
+lifecycle (issue 16) through /api/models/<name>/owner, .../versions/<v>/status and
+/api/lifecycle/revocations. Every change needs a reason; the fleet audits it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgefleet.ops.command import CONTEXT, Ops, api_command
+from edgefleet.ops.output import when
+
+_REASON = click.option("--reason", required=True, help="Why; kept in the audit log with your name.")
+
+
+def render_owner(o: dict[str, Any]) -> str:
+    if not o.get("set"):
+        return f"{o['name']}: no owner set (edgefleet models owner {o['name']} --team ... --reason ...)"
+    return (f"Model:    {o['name']}\nTeam:     {o['team'] or '-'}\nContact:  {o['contact'] or '-'}\n"
+            f"On-call:  {o['oncall'] or '-'}\nReview:   every {o['review_interval_days']} days\n"
+            f"Changed:  {when(o.get('updated_at'))} by {o.get('updated_by') or '-'}")
+
+
+def render_status(s: dict[str, Any]) -> str:
+    line = f"{s['name']} v{s['version']}: {s['status']}"
+    if s.get("reason"):
+        line += f" ({s['reason']}; {s.get('changed_by') or '-'}, {when(s.get('changed_at'))})"
+    if s["status"] == "deprecated":
+        line += "\nwarning: new rollouts of this version need `edgefleet rollout create --allow-deprecated`"
+    if s["status"] == "retired":
+        line += ("\nretired: rollouts are refused. Move devices off it with `edgefleet models move-off"
+                 f" {s['name']} {s['version']}`; revoke it on devices with the next signed key list"
+                 " (`edgefleet models revocations --out revoked.json`, then"
+                 " `edgefleet keys sign-keylist ... --revoked revoked.json`)")
+    return line
+
+
+def register(models: click.Group) -> None:
+    """Add the lifecycle commands to the `edgefleet models` group."""
+
+    @models.command("owner", context_settings=CONTEXT)
+    @click.argument("name")
+    @click.option("--team", default=None, help="Owning team.")
+    @click.option("--contact", default=None, help="Contact (mail, chat channel).")
+    @click.option("--oncall", default=None, help="On-call reference (rota, pager service).")
+    @click.option("--review-days", type=click.IntRange(1, 3650), default=None, help="Review interval in days.")
+    @click.option("--reason", default=None, help="Why the owner changes (required with a change).")
+    @api_command
+    def owner(ops: Ops, name: str, team: str | None, contact: str | None, oncall: str | None,
+              review_days: int | None, reason: str | None) -> None:
+        """Show NAME's owner, or change it (any of --team/--contact/--oncall/--review-days)."""
+        change = {k: v for k, v in (("team", team), ("contact", contact), ("oncall", oncall),
+                                    ("review_interval_days", review_days)) if v is not None}
+        if not change:
+            ops.emit(ops.api.get(f"/api/models/{name}/owner"), render_owner)
+            return
+        if not reason:
+            raise click.UsageError("changing the owner needs --reason (it is kept in the audit log)")
+        body = ops.api.call("PUT", f"/api/models/{name}/owner", json_body={**change, "reason": reason}).body
+        ops.emit(body, render_owner)
+
+    @models.command("status", context_settings=CONTEXT)
+    @click.argument("name")
+    @click.argument("version", type=click.IntRange(min=0))
+    @api_command
+    def status(ops: Ops, name: str, version: int) -> None:
+        """Lifecycle status of NAME VERSION: active, deprecated or retired, and why."""
+        ops.emit(ops.api.get(f"/api/models/{name}/versions/{version}/status"), render_status)
+
+    def _transition(cmd_name: str, new: str, doc: str) -> None:
+        @models.command(cmd_name, context_settings=CONTEXT, help=doc)
+        @click.argument("name")
+        @click.argument("version", type=click.IntRange(min=0))
+        @_REASON
+        @api_command
+        def cmd(ops: Ops, name: str, version: int, reason: str) -> None:
+            body = ops.api.post(f"/api/models/{name}/versions/{version}/status", {"status": new, "reason": reason})
+            ops.emit(body, render_status)
+
+    _transition("deprecate", "deprecated", "Deprecate NAME VERSION: new rollouts of it need --allow-deprecated.")
+    _transition("retire", "retired", "Retire NAME VERSION for good: rollouts of it are refused (409).")
+    _transition("reactivate", "active", "Make a deprecated NAME VERSION active again (never a retired one).")
+
+    @models.command("move-off", context_settings=CONTEXT)
+    @click.argument("name")
+    @click.argument("version", type=click.IntRange(min=0))
+    @click.option("--fleet", default=None, show_default="the fleet manager's fleet", help="Fleet id.")
+    @api_command
+    def move_off(ops: Ops, name: str, version: int, fleet: str | None) -> None:
+        """Roll the newest active version out to every device still running NAME VERSION."""
+        body = ops.api.post(f"/api/models/{name}/versions/{version}/move-off", {"fleet": fleet} if fleet else {})
+        ops.emit(body, lambda d: f"created rollout {d['id']}: {d['model_name']} v{d['version']} to "
+                                 f"{sum((d.get('targets') or {}).values())} devices still on v{version}")
+
+    @models.command("revocations", context_settings=CONTEXT)
+    @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Write the list here, for `edgefleet keys sign-keylist --revoked FILE`.")
+    @api_command
+    def revocations(ops: Ops, out_path: Path | None) -> None:
+        """Retired versions that the next signed key list must revoke on devices."""
+        body = ops.api.get("/api/lifecycle/revocations")
+        if out_path is not None:
+            out_path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        ops.emit(body, lambda b: "\n".join([f"{r['model']} v{r['version']}" if "model" in r
+                                            else f"bundle {r['bundle_sha256']}" for r in b["revoked"]]
+                                           or ["no retired versions"])
+                 + (f"\n-> {out_path}" if out_path else ""))

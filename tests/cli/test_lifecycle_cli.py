@@ -1,0 +1,62 @@
+"""Issue 16 through the CLI against a live fleet server: owner at upload and changed with a
+reason; deprecate (rollouts refused without --allow-deprecated, warned with it), retire (refused
+always, 409), move-off, and the revocation list signed into the next key list."""
+
+from __future__ import annotations
+
+import json
+
+from sqlmodel import Session
+
+from agent.keylist import parse_keylist
+from agent.keys import generate_keypair
+from fleet.models import Device
+from tests.cli.conftest import run_ok
+
+
+def test_lifecycle_cli(live_fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = live_fleet
+    out = run_ok(f.cli("models", "upload", str(f.bundles[1]), str(f.bundles[2]), str(f.bundles[3]),
+                       "--owner-team", "vision", "--owner-contact", "vision@example.com", "--oncall", "pd:vision"))
+    assert out.count("added:") == 3
+    assert "Team:     vision" in run_ok(f.cli("models", "owner", "digits"))
+    res = f.cli("models", "owner", "digits", "--team", "edge-ml")
+    assert res.exit_code == 2 and "--reason" in res.output
+    out = run_ok(f.cli("models", "owner", "digits", "--team", "edge-ml", "--reason", "reorg", "--json"))
+    assert json.loads(out)["team"] == "edge-ml" and json.loads(out)["oncall"] == "pd:vision"
+    with Session(f.server.engine) as db:
+        for i in range(2):
+            db.add(Device(id=f"{f.fleet_id}-lc{i}", fleet=f.fleet_id, device_class="x86-64-generic",
+                          installed_name="digits", installed_version=2))
+        db.commit()
+
+    assert "warning" in run_ok(f.cli("models", "deprecate", "digits", "2", "--reason", "slow on arm"))
+    rollout = ("rollout", "create", "--model", "digits", "--version", "2", "--fleet", f.fleet_id, "--waves", "100")
+    res = f.cli(*rollout)
+    assert res.exit_code == 1 and "HTTP 409" in res.stderr and "deprecated" in res.stderr
+    res = f.cli(*rollout, "--allow-deprecated")
+    assert res.exit_code == 0, res.output
+    assert "warning: digits v2 is deprecated: slow on arm" in res.stderr
+    rid = res.stdout.split()[2]
+    run_ok(f.cli("rollout", "abort", rid))
+    show = run_ok(f.cli("models", "show", "digits"))
+    assert "deprecated" in show and "warning: v2 is deprecated" in show
+
+    out = run_ok(f.cli("models", "retire", "digits", "2", "--reason", "CVE-2026-1"))
+    assert "retired" in out and "move-off" in out
+    res = f.cli(*rollout, "--allow-deprecated")
+    assert res.exit_code == 1 and "HTTP 409" in res.stderr and "retired" in res.stderr
+    res = f.cli("models", "reactivate", "digits", "2", "--reason", "oops")
+    assert res.exit_code == 1 and "retired is final" in res.stderr
+    assert "retired" in run_ok(f.cli("models", "status", "digits", "2"))
+    out = run_ok(f.cli("models", "move-off", "digits", "2", "--fleet", f.fleet_id))
+    assert "digits v3 to 2 devices still on v2" in out
+
+    # the revocation travels in the next root-signed key list
+    run_ok(f.cli("models", "revocations", "--out", str(tmp_path / "revoked.json")))
+    keys = {r: generate_keypair(tmp_path / "kl", r) for r in ("root", "fleet")}
+    run_ok(f.cli("keys", "sign-keylist", "--version", "2", "--root", str(keys["root"][1]),
+                 "--fleet", str(keys["fleet"][1]), "--key", str(keys["root"][0]),
+                 "--revoked", str(tmp_path / "revoked.json"), "--out", str(tmp_path / "kl.json")))
+    kl = parse_keylist(json.loads((tmp_path / "kl.json").read_text()))
+    assert kl.revoked == ({"model": "digits", "version": 2},) and kl.revocation("digits", 2)
