@@ -205,13 +205,32 @@ def test_rollouts_with_real_agents(built, tmp_path):
         last = cmds[-1].document
         forged = sign_document({**last["payload"], "seq": last["payload"]["seq"] + 10, "kind": "stop-candidate"},
                                Ed25519PrivateKey.generate())
+        # an old sequence number under a new id, genuinely signed: refused as stale
+        stale = sign_document({**last["payload"], "id": "stale-" + last["payload"]["id"]},
+                              load_private_key(fleet_priv))
         import paho.mqtt.client as mqtt
 
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         c.connect(*BROKER)
         c.loop_start()
         t = f"edgefleet/v1/{fleet_id}/{target.cfg.device_id}/cmd"
-        c.publish(t, json.dumps(last), qos=1).wait_for_publish(5)
+        c.publish(t, json.dumps(last), qos=1).wait_for_publish(5)     # a copy of the rollback it ran
+
+        def duplicates() -> list[Any]:
+            from fleet.models import DeviceEvent
+
+            with Session(srv.engine) as db:
+                return db.exec(select(DeviceEvent).where(DeviceEvent.device_id == target.cfg.device_id,
+                                                         DeviceEvent.kind == "command-duplicate")).all()
+        dup = wait_for(duplicates, 30, "the duplicate's answer")
+        # answered with the original result; the signed state still says the rollback ran
+        assert [(e.command_id, e.details.get("result")) for e in dup] == [(last["payload"]["id"], "rolled-back")]
+        time.sleep(1.0)
+        with Session(srv.engine) as db:
+            dev = db.get(Device, target.cfg.device_id)
+            assert dev.state["last_command"]["id"] == last["payload"]["id"]
+            assert dev.state["last_command"]["result"] == "rolled-back", dev.state["last_command"]
+        c.publish(t, json.dumps(stale), qos=1).wait_for_publish(5)
         c.publish(t, json.dumps(forged), qos=1).wait_for_publish(5)
         c.loop_stop()
         c.disconnect()
