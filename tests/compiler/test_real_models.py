@@ -119,10 +119,10 @@ def test_yolov8n_detector_int8_keeps_its_boxes_or_falls_back_honestly(build, key
     src = rm.nudenet_onnx()
     if not src.is_file():
         pytest.skip("nudenet is not installed (make install adds it with --no-deps)")
-    ev = {"inputs": rm.images(12, 2)}
+    ev = {"inputs": rm.images(8, 2)}
     # accuracy_control=False: the per-layer fallback's rounds on 64 convolutions take minutes on a
     # shared CI host (the encoder test above covers it); auto then falls back to FP16 honestly.
-    results = build(onnx=str(src), calib={"inputs": rm.images(12, 1)}, eval=ev, task="detection",
+    results = build(onnx=str(src), calib={"inputs": rm.images(8, 1)}, eval=ev, task="detection",
                     device_classes=["x86-64-generic", "x86-avx512-vnni"], max_latency_ms=NO_LATENCY_GATE,
                     precision="auto", accuracy_control=False)
     reference = predict(OnnxRunner(src), {"images": ev["inputs"]}, batch=4)
