@@ -201,6 +201,12 @@ class CommandHandler:
             elif kind == "stop-candidate":
                 lc.stop_candidate()
                 self._result(p, "ok", None)
+            elif kind == "uninstall":  # decommission (issue 16): agent.uninstall
+                from agent.uninstall import uninstall
+
+                model = p.get("model") or {}
+                uninstall(lc, model.get("name"), model.get("version"), command_id=cid)
+                self._result(p, "ok", None)
             elif kind == "rotate-key":
                 self._apply_keylist(p)
             elif kind == "telemetry-config":

@@ -29,7 +29,8 @@ EVENT_SCHEMA = "edgefleet.event/v1"
 COMMAND_SCHEMA = "edgefleet.command/v1"
 MAX_MESSAGE_BYTES = 256 * 1024
 CLOCK_SKEW_S = 300
-COMMAND_KINDS = ("install", "rollback", "shadow", "ab", "stop-candidate", "rotate-key", "telemetry-config")
+COMMAND_KINDS = ("install", "rollback", "shadow", "ab", "stop-candidate", "rotate-key", "telemetry-config",
+                 "uninstall")
 MODEL_ROLES = ("active", "shadow", "ab")
 
 

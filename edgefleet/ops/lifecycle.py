@@ -95,6 +95,27 @@ def register(models: click.Group) -> None:
         ops.emit(body, lambda d: f"created rollout {d['id']}: {d['model_name']} v{d['version']} to "
                                  f"{sum((d.get('targets') or {}).values())} devices still on v{version}")
 
+    @models.command("decommission", context_settings=CONTEXT)
+    @click.argument("name")
+    @_REASON
+    @click.option("--device-class", default=None, show_default="every class", help="Only devices of this class.")
+    @click.option("--version", "version", type=click.IntRange(min=0), default=None, show_default="every version",
+                  help="Only this version.")
+    @click.option("--fleet", default=None, show_default="the fleet manager's fleet", help="Fleet id.")
+    @click.option("--purge-artifacts", is_flag=True, default=False,
+                  help="Also delete the stored bundles (the catalogue keeps the records).")
+    @api_command
+    def decommission(ops: Ops, name: str, reason: str, device_class: str | None, version: int | None,
+                     fleet: str | None, purge_artifacts: bool) -> None:
+        """Remove NAME from devices: a signed uninstall to the fleet (or one device class)."""
+        body = {"reason": reason, "device_class": device_class, "version": version, "fleet": fleet,
+                "purge_artifacts": purge_artifacts}
+        out = ops.api.call("POST", f"/api/models/{name}/decommission",
+                           json_body={k: v for k, v in body.items() if v is not None}).body
+        ops.emit(out, lambda d: f"uninstall sent to {len(d['devices'])} devices; artifacts "
+                                + (f"purged: {len(d['purged_artifacts'])}" if purge_artifacts
+                                   else f"kept: {len(d['kept_artifacts'])}"))
+
     @models.command("revocations", context_settings=CONTEXT)
     @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="Write the list here, for `edgefleet keys sign-keylist --revoked FILE`.")

@@ -118,3 +118,30 @@ def get_revocations():  # type: ignore[no-untyped-def]
     """Retired versions, the `revoked` section for `edgefleet keys sign-keylist --revoked`."""
     with fleet_context().session() as db:
         return jsonify({"revoked": lifecycle.revocations(db)})
+
+
+class DecommissionBody(Strict):
+    reason: Reason
+    fleet: Text | None = None
+    device_class: Text | None = None
+    version: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    purge_artifacts: bool = False
+
+
+@bp.post("/api/models/<name>/decommission")
+@require_role("operator")
+@api(body=DecommissionBody, responses={202: r.Open})
+def decommission(name: str):  # type: ignore[no-untyped-def]
+    """Send a signed `uninstall` to every active device of the fleet (or one device class): the
+    agents unload the model, delete its files and report `uninstalled`. The catalogue keeps the
+    record; `purge_artifacts` deletes the stored bundles too."""
+    from fleet.decommission import Decommission
+    from fleet.decommission import decommission as run
+    from fleet.rollouts import api as rollouts_api
+
+    ctx, b = fleet_context(), body()
+    d = Decommission(name, b.fleet or ctx.settings.fleet_id, b.reason, b.device_class, b.version, b.purge_artifacts)
+    with ctx.session() as db:
+        out = guard(run, db, ctx.settings, d, rollouts_api._signer(db), actor())
+    rollouts_api._publish()
+    return jsonify(out), 202

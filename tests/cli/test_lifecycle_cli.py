@@ -52,6 +52,13 @@ def test_lifecycle_cli(live_fleet, tmp_path) -> None:  # type: ignore[no-untyped
     out = run_ok(f.cli("models", "move-off", "digits", "2", "--fleet", f.fleet_id))
     assert "digits v3 to 2 devices still on v2" in out
 
+    out = run_ok(f.cli("models", "decommission", "digits", "--version", "2", "--device-class", "x86-64-generic",
+                       "--reason", "end of life", "--fleet", f.fleet_id, "--json"))
+    body = json.loads(out)
+    assert sorted(body["devices"]) == [f"{f.fleet_id}-lc0", f"{f.fleet_id}-lc1"] and len(body["commands"]) == 2
+    assert body["kept_artifacts"] and body["purged_artifacts"] == []
+    assert f.cli("models", "decommission", "digits").exit_code == 2  # --reason is required
+
     # the revocation travels in the next root-signed key list
     run_ok(f.cli("models", "revocations", "--out", str(tmp_path / "revoked.json")))
     keys = {r: generate_keypair(tmp_path / "kl", r) for r in ("root", "fleet")}
