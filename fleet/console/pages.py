@@ -8,13 +8,13 @@ from collections import defaultdict
 from flask import abort, redirect, render_template, request, url_for
 from sqlmodel import select
 
-from fleet import alerts, catalogue, enrolment, ops_metrics
+from fleet import alerts, catalogue, enrolment
 from fleet.api.devices import list_devices
 from fleet.api.telemetry import overview_data
 from fleet.api.validation import offset_arg
 from fleet.app import fleet_context
 from fleet.auth import actor, current_principal, require_role
-from fleet.console import charts, status
+from fleet.console import charts, device_view, model_view, status
 from fleet.console.views import bp
 from fleet.models import (
     Aggregate,
@@ -82,7 +82,10 @@ def device(device_id: str):  # type: ignore[no-untyped-def]
             abort(404)
         events = list(db.exec(select(DeviceEvent).where(DeviceEvent.device_id == device_id)
                               .order_by(DeviceEvent.seq.desc()).limit(20)))
-        return render_template("console/device.html", d=d, view=enrolment.device_view(d), events=events)
+        return render_template("console/device.html", d=d, view=enrolment.device_view(d), events=events,
+                               changes=device_view.changes(db, device_id),
+                               labels=device_view.event_labels(db, events),
+                               alerts=device_view.device_alerts(db, d, fleet_context().settings.cohort_keys))
 
 
 @bp.post("/devices/<device_id>/decommission")
@@ -114,13 +117,11 @@ def model(name: str):  # type: ignore[no-untyped-def]
                                 .order_by(ModelVersion.version.desc())))
         if not versions:
             abort(404)
-        perf = {}
-        for v in sorted({mv.version for mv in versions}):
-            rows = list(db.exec(select(Aggregate).where(Aggregate.model_name == name, Aggregate.model_version == v,
-                                                        Aggregate.role == "active")))
-            perf[v] = ops_metrics.summarise(rows)
+        cols = model_view.compare(db, name, versions)
+        perf = {(c["version"], cls): p for c in cols for cls, p in c["perf"].items()}
         views = [catalogue.version_view(mv) for mv in versions]
-        return render_template("console/model.html", name=name, versions=views, perf=perf)
+        return render_template("console/model.html", name=name, versions=views, perf=perf, cols=cols,
+                               human_bytes=model_view.human_bytes)
 
 
 @bp.get("/models/<name>/<int:version>/drift")
@@ -171,12 +172,3 @@ def alert_ack(alert_id: int):  # type: ignore[no-untyped-def]
     with fleet_context().session() as db:
         alerts.acknowledge(db, alert_id, actor())
     return redirect(url_for("console.alert_list"))
-
-
-@bp.get("/audit")
-@require_role("operator", html=True)
-def audit():  # type: ignore[no-untyped-def]
-    offset = offset_arg()
-    with fleet_context().session() as db:
-        rows = list(db.exec(select(AuditEntry).order_by(AuditEntry.id.desc()).offset(offset).limit(PAGE)))
-        return render_template("console/audit.html", entries=rows, offset=offset, page=PAGE)

@@ -39,4 +39,4 @@ from fleet.console import rollout_view  # noqa: E402
 
 bp.add_app_template_global(rollout_view, "rollout_view")   # also used by fleet/rollouts/templates
 
-from fleet.console import pages, series  # noqa: E402,F401  (registers the page routes on bp)
+from fleet.console import audit_page, pages, series  # noqa: E402,F401  (registers the page routes on bp)

@@ -116,3 +116,34 @@ def test_time_series_panels_draw_with_uplot(world, page, tmp_path):  # type: ign
     page.wait_for_function("document.querySelectorAll('.plot canvas').length == 4")
     assert "device dev-0001" in page.locator("h1").inner_text()
     page.screenshot(path=str(out / "console_series.png"), full_page=True)
+
+
+def test_device_models_and_audit_pages(world, page, tmp_path):  # type: ignore[no-untyped-def]
+    out = shots(tmp_path)
+    rid = world.rollout_id
+    canary = next(t.device_id for t in world.harness.targets(rid) if t.status == "rolled-back")
+    page.goto(f"{world.url}/console/devices/{canary}")
+    page.wait_for_function("document.querySelectorAll('#device-telemetry .plot canvas').length == 3")
+    kinds = page.locator("#device-changes tr[data-kind]").evaluate_all("rs => rs.map(r => r.dataset.kind)")
+    assert "install" in kinds and "rollback" in kinds
+    assert f"rollout {rid}" in page.locator("#device-changes").inner_text()
+    assert f"rollout {rid} paused" in page.locator("#device-alerts").inner_text()
+    page.screenshot(path=str(out / "console_device.png"), full_page=True)
+
+    page.goto(f"{world.url}/console/models/digits")
+    marked = page.locator("#version-compare th.marked")
+    assert marked.count() == 1 and "v2" in marked.inner_text().lower() and "paused" in marked.inner_text().lower()
+    assert page.locator("#version-compare .size").first.inner_text().endswith(" B")
+    page.screenshot(path=str(out / "console_model.png"), full_page=True)
+
+    page.goto(f"{world.url}/console/audit")
+    page.select_option("#a-action", "rollout.")
+    page.fill("#a-q", "breach")
+    page.click("#audit-filters button")
+    page.wait_for_url("**action=rollout.**")
+    assert page.locator("#audit-table tbody tr").count() == 1
+    with page.expect_download() as dl:
+        page.click("#export-csv")
+    body = Path(dl.value.path()).read_text()
+    assert body.splitlines()[0].startswith("id,at,at_utc,actor,action") and "rollout.breach" in body
+    page.screenshot(path=str(out / "console_audit.png"), full_page=True)

@@ -9,10 +9,10 @@
     error_rate: { label: "error rate", stroke: "#e03131", width: 2 },
     max_psi: { label: "max PSI", stroke: "#862e9c", width: 2 }
   };
-  var form = document.getElementById("series-form");
+  var form = document.getElementById("series-form");   // absent on the device page
   function toLocal(unix) { return new Date(unix * 1000).toISOString().slice(0, 16); }
   function toUnix(v) { return v ? Math.floor(Date.parse(v + ":00Z") / 1000) : ""; }
-  ["since", "until"].forEach(function (k) {
+  if (form) { ["since", "until"].forEach(function (k) {
     var el = document.getElementById("f-" + k);
     if (el.dataset.unix) { el.value = toLocal(+el.dataset.unix); }
   });
@@ -24,8 +24,8 @@
     form.elements.version.value = mv[1] || "";
     form.elements.mv.disabled = true;
     Array.prototype.forEach.call(form.elements, function (e) { if (e.name && !e.value) { e.disabled = true; } });
-  });
-  var params = new URLSearchParams(window.location.search);
+  }); }
+  var params = new URLSearchParams(window.EF_SERIES_QUERY || window.location.search);
   params.delete("mv");
   fetch(window.EF_SERIES_URL + "?" + params.toString(), { credentials: "same-origin" })
     .then(function (r) { return r.json(); })
@@ -42,6 +42,7 @@
           series: [{}].concat(keys.map(function (k) { return STYLE[k]; })),
           axes: [{}, { size: 60 }],
           scales: { x: { time: true } },
+          tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
           legend: { live: true }
         };
         el.uplot = new uPlot(opts, [s.t].concat(keys.map(function (k) { return s[k]; })), el);
