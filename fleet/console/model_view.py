@@ -13,7 +13,7 @@ from fleet import lifecycle, ops_metrics
 from fleet.models import Aggregate, Device, ModelVersion
 from fleet.rollouts.models import Rollout
 
-MARKS = {"paused": ("alert", "⏸ paused rollout"), "rolled-back": ("alert", "↩ rolled back"),
+MARKS = {"paused": ("alert", "‖ paused rollout"), "rolled-back": ("alert", "↩ rolled back"),
          "aborted": ("warn", "■ rollout aborted"), "running": ("ok", "▶ rolling out"),
          "awaiting-approval": ("warn", "… awaiting approval"), "completed": ("ok", "✓ rolled out")}
 

@@ -10,7 +10,7 @@ from typing import Any
 from sqlmodel import Session, func, select
 
 from fleet.console import rollout_view
-from fleet.models import Device, DriftAlert, now
+from fleet.models import Device, DriftAlert, ModelOwner, now
 from fleet.rollouts import service
 from fleet.rollouts.models import Rollout
 
@@ -27,10 +27,11 @@ class Wrong:
     silent: list[Device] = field(default_factory=list)
     silent_count: int = 0
     silent_after_s: int = SILENT_AFTER_S
+    review_overdue: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def anything(self) -> bool:
-        return bool(self.paused or self.open_alert_count or self.silent_count)
+        return bool(self.paused or self.open_alert_count or self.silent_count or self.review_overdue)
 
 
 def _rollouts(db: Session, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -43,6 +44,17 @@ def _rollouts(db: Session, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
         s["waiting_message"] = (s.get("waiting") or {}).get("message", "")
         out.append(s)
     return out
+
+
+def review_overdue(db: Session, at: float) -> list[dict[str, Any]]:
+    """Models whose owner record (team, contact, cadence) was last confirmed longer ago than its
+    review interval: someone should look at the model again (issue 16's review cadence)."""
+    out = []
+    for o in db.exec(select(ModelOwner).limit(1000)).all():
+        due = float(o.updated_at) + 86400 * int(o.review_interval_days)
+        if due < at:
+            out.append({"name": o.name, "team": o.team, "due": due, "days": int((at - due) // 86400)})
+    return sorted(out, key=lambda x: x["due"])[:LIST_MAX]
 
 
 def whats_wrong(db: Session, at: float | None = None) -> Wrong:
@@ -61,4 +73,5 @@ def whats_wrong(db: Session, at: float | None = None) -> Wrong:
                                      .where(DriftAlert.status == "open")).one()),
         silent=list(db.exec(silent_q.order_by(Device.last_seen).limit(LIST_MAX))),
         silent_count=int(db.exec(count_q).one()),
+        review_overdue=review_overdue(db, at),
     )

@@ -9,12 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
 
 import pytest
 from sqlmodel import Session, select
 
 from fleet.console import rollout_view
-from fleet.models import DriftAlert
+from fleet.models import DriftAlert, ModelOwner
 from tests.fleet.console_world import SILENT, build
 
 pytestmark = pytest.mark.slow
@@ -39,7 +40,12 @@ def test_a_breach_raises_an_open_alert_and_the_overview_says_what_is_wrong(world
     assert len(rollout_alerts) == 1 and rollout_alerts[0].status == "open" and rollout_alerts[0].level == "alert"
     assert "prediction_drift" in rollout_alerts[0].summary
     assert c.get("/api/overview", headers=VIEW).get_json()["open_alerts"] >= 1
+    assert "No review is overdue" in text(c.get("/console/", headers=VIEW).data)
+    with Session(world.harness.engine) as s:   # owner last confirmed 40 days ago, reviews every 30
+        s.add(ModelOwner(name="digits", team="vision", review_interval_days=30, updated_at=time.time() - 40 * 86400))
+        s.commit()
     page = text(c.get("/console/", headers=VIEW).data)
+    assert "digits review due 10 day(s) ago · vision" in page
     assert "All quiet" not in page and "Needs attention" in page
     assert f"Rollout {rid} · digits v2" in page and "prediction_drift" in page and "(limit ≤ 0.2)" in page
     assert f"rollout {rid} paused" in page and SILENT in page
@@ -115,7 +121,7 @@ def test_models_side_by_side_mark_the_paused_version_with_sizes_in_units(world) 
     c = world.app.test_client()
     html = c.get("/console/models/digits", headers=VIEW).data.decode()
     head = html.split('id="version-compare"')[1].split("</thead>")[0]
-    assert re.search(r'data-version="2" class="marked">v2<div><span class="badge alert version-mark">⏸ paused', head)
+    assert re.search(r'data-version="2" class="marked">v2<div><span class="badge alert version-mark">‖ paused', head)
     assert "version-mark" not in head.split('data-version="1"')[1]
     assert "1001 B" in html and "KiB" not in html.split("Versions and lineage")[1].split("</table>")[0]
 
