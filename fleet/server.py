@@ -94,6 +94,10 @@ class FleetServer:
         t = threading.Thread(target=run, name="edgefleet-http", daemon=True)
         t.start()
         self._threads.append(t)
+        if self.settings.lifecycle.housekeeping_interval_s > 0:  # reviews and retention (issue 16)
+            from fleet import housekeeping
+
+            self._threads.append(housekeeping.start(ctx, self._stop))
         if self.drift_evaluator and self.settings.drift_interval_s > 0:
             d = threading.Thread(target=self._drift_loop, name="edgefleet-drift", daemon=True)
             d.start()

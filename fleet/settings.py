@@ -59,6 +59,20 @@ class IngestSettings:
 
 
 @dataclass
+class LifecycleSettings:
+    """Model governance and data retention (issue 16, fleet.reviews, fleet.retention); run by
+    `serve` every housekeeping_interval_s. Retention in days by age; 0 keeps forever. Raw
+    per-device windows follow ingest.retention_days."""
+
+    housekeeping_interval_s: float = 3600.0
+    review_interval_days: int = 90       # a model's default review cadence (its owner may change it)
+    aggregate_retention_days: float = 400.0
+    event_retention_days: float = 365.0
+    audit_retention_days: float = 0.0    # the audit log is kept forever unless your policy says otherwise
+    require_owner: bool = False          # a new model needs an owner at upload (always under --production)
+
+
+@dataclass
 class FleetSettings:
     data_dir: Path = Path(".edgefleet/fleet")
     database_url: str | None = None       # None: SQLite file data_dir/fleet.db
@@ -85,6 +99,7 @@ class FleetSettings:
     drift: DriftSettings = field(default_factory=DriftSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
 
     def __post_init__(self) -> None:
         self.data_dir = absolute(self.data_dir)
@@ -187,7 +202,7 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> Any:
         if key not in hints or key not in {f.name for f in fields(obj)}:
             raise SettingsError(f"unknown fleet setting {prefix + key!r}")
         current = getattr(obj, key)
-        if isinstance(current, (DriftSettings, IngestSettings, RetrainSettings)):
+        if isinstance(current, (DriftSettings, IngestSettings, RetrainSettings, LifecycleSettings)):
             updates[key] = _apply(current, value, f"{prefix}{key}.")
             continue
         if not _accepts(hints[key], value):

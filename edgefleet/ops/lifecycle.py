@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from edgefleet.ops.command import CONTEXT, Ops, api_command
-from edgefleet.ops.output import when
+from edgefleet.ops.output import table, when
 
 _REASON = click.option("--reason", required=True, help="Why; kept in the audit log with your name.")
 
@@ -115,6 +115,52 @@ def register(models: click.Group) -> None:
         ops.emit(out, lambda d: f"uninstall sent to {len(d['devices'])} devices; artifacts "
                                 + (f"purged: {len(d['purged_artifacts'])}" if purge_artifacts
                                    else f"kept: {len(d['kept_artifacts'])}"))
+
+    @models.command("review", context_settings=CONTEXT)
+    @click.argument("name")
+    @click.option("--decision", type=click.Choice(["keep", "retrain", "retire"]), required=True,
+                  help="The review's outcome; retire needs --version.")
+    @click.option("--notes", default="", help="What was looked at and why this decision.")
+    @click.option("--version", "version", type=click.IntRange(min=0), default=None, help="The version reviewed.")
+    @api_command
+    def review(ops: Ops, name: str, decision: str, notes: str, version: int | None) -> None:
+        """Record a scheduled review of NAME (you are the reviewer)."""
+        body = {"decision": decision, "notes": notes, **({"version": version} if version is not None else {})}
+        out = ops.api.post(f"/api/models/{name}/reviews", body)
+        ops.emit(out, lambda d: f"review {d['id']} of {name}: {d['decision']}; next due {when(d['next']['due_at'])}")
+
+    @models.command("reviews", context_settings=CONTEXT)
+    @click.argument("name")
+    @api_command
+    def reviews(ops: Ops, name: str) -> None:
+        """NAME's review schedule (OVERDUE when past due) and its reviews."""
+        body = ops.api.get(f"/api/models/{name}/reviews")
+
+        def render(b: dict[str, Any]) -> str:
+            s = b["schedule"]
+            head = (f"{name}: review every {s['interval_days']} days; next due {when(s['due_at'])}"
+                    + ("  OVERDUE" if s["overdue"] else ""))
+            rows = [(when(x["at"]), x["reviewer"], x["decision"], x.get("version") if x.get("version") is not None
+                     else "-", x["notes"]) for x in b["items"]]
+            return head + "\n" + (table(["when", "reviewer", "decision", "version", "notes"], rows) if rows
+                                  else "no reviews yet")
+
+        ops.emit(body, render)
+
+    @models.command("history", context_settings=CONTEXT)
+    @click.argument("name")
+    @api_command
+    def history(ops: Ops, name: str) -> None:
+        """NAME's lifecycle history: uploads, owner and status changes, reviews, decommissions."""
+        body = ops.api.get(f"/api/models/{name}/history")
+
+        def why(h: dict[str, Any]) -> str:
+            after = h.get("after") if isinstance(h.get("after"), dict) else {}
+            return str(after.get("reason") or after.get("decision") or after.get("notes") or "")[:60]
+
+        ops.emit(body, lambda b: table(["when", "who", "action", "target", "why"],
+                                       [(when(h["at"]), h["actor"], h["action"], h["target"], why(h))
+                                        for h in b["items"]]))
 
     @models.command("revocations", context_settings=CONTEXT)
     @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

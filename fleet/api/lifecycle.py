@@ -145,3 +145,68 @@ def decommission(name: str):  # type: ignore[no-untyped-def]
         out = guard(run, db, ctx.settings, d, rollouts_api._signer(db), actor())
     rollouts_api._publish()
     return jsonify(out), 202
+
+
+class ReviewBody(Strict):
+    decision: Literal["keep", "retrain", "retire"]
+    notes: Annotated[str, Field(max_length=4000)] = ""
+    version: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+
+
+@bp.post("/api/models/<name>/reviews")
+@require_role("operator")
+@api(body=ReviewBody, responses={201: r.Open})
+def post_review(name: str):  # type: ignore[no-untyped-def]
+    """Record a scheduled review (you are the reviewer): keep, retrain or retire (with the version)."""
+    from fleet import reviews
+
+    ctx, b = fleet_context(), body()
+    with ctx.session() as db:
+        rv = guard(reviews.record_review, db, name, b.decision, b.notes, actor(), b.version)
+        out = {**reviews.review_view(rv),
+               "next": reviews.state_of(db, name, default_days=ctx.settings.lifecycle.review_interval_days).to_dict()}
+    return jsonify(out), 201
+
+
+@bp.get("/api/models/<name>/reviews")
+@require_role("viewer")
+@api(responses={200: r.Open})
+def get_reviews(name: str):  # type: ignore[no-untyped-def]
+    """The model's review schedule (due date, overdue) and its reviews, newest first."""
+    from sqlmodel import select
+
+    from fleet import reviews
+    from fleet.models import ModelReview
+
+    ctx = fleet_context()
+    with ctx.session() as db:
+        items = [reviews.review_view(x) for x in db.exec(select(ModelReview).where(ModelReview.name == name)
+                                                          .order_by(ModelReview.at.desc()))]
+        state = reviews.state_of(db, name, default_days=ctx.settings.lifecycle.review_interval_days)
+        return jsonify({"schedule": state.to_dict(), "items": items})
+
+
+@bp.get("/api/models/<name>/history")
+@require_role("viewer")
+@api(responses={200: r.Open})
+def get_history(name: str):  # type: ignore[no-untyped-def]
+    """Uploads, owner and status changes, reviews and decommissions of the model, newest first."""
+    from fleet import reviews
+
+    with fleet_context().session() as db:
+        return jsonify({"items": reviews.history(db, name)})
+
+
+@bp.get("/api/lifecycle/reviews")
+@require_role("viewer")
+@api(responses={200: r.Open})
+def review_schedule():  # type: ignore[no-untyped-def]
+    """Every model's next review date; `overdue` counts those past due (as the gauge does)."""
+    from fleet import reviews
+
+    ctx = fleet_context()
+    with ctx.session() as db:
+        items = reviews.states(db, default_days=ctx.settings.lifecycle.review_interval_days)
+    overdue = sum(s.overdue for s in items)
+    reviews.REVIEWS_OVERDUE.set(overdue)
+    return jsonify({"items": [s.to_dict() for s in items], "overdue": overdue})

@@ -85,7 +85,8 @@ def _owner_check(db, ctx, tmp):  # type: ignore[no-untyped-def]
     except (BundleError, AttributeError):
         name = None  # add_bundle refuses it with the precise reason
     if isinstance(name, str):
-        lifecycle.check_first_owner(db, name, owner, bool(ctx.extras.get("production")))
+        required = bool(ctx.extras.get("production")) or ctx.settings.lifecycle.require_owner
+        lifecycle.check_first_owner(db, name, owner, required)
     return owner
 
 

@@ -59,6 +59,15 @@ def test_lifecycle_cli(live_fleet, tmp_path) -> None:  # type: ignore[no-untyped
     assert body["kept_artifacts"] and body["purged_artifacts"] == []
     assert f.cli("models", "decommission", "digits").exit_code == 2  # --reason is required
 
+    out = run_ok(f.cli("models", "review", "digits", "--decision", "keep", "--notes", "field metrics fine"))
+    assert "review" in out and "keep" in out
+    assert "field metrics fine" in run_ok(f.cli("models", "reviews", "digits"))
+    hist = run_ok(f.cli("models", "history", "digits"))
+    for action in ("model.upload", "model.owner", "model.deprecated", "model.retired", "model.decommission",
+                   "model.review"):
+        assert action in hist
+    assert "CVE-2026-1" in hist
+
     # the revocation travels in the next root-signed key list
     run_ok(f.cli("models", "revocations", "--out", str(tmp_path / "revoked.json")))
     keys = {r: generate_keypair(tmp_path / "kl", r) for r in ("root", "fleet")}

@@ -1,0 +1,41 @@
+"""Retention by age (issue 16): the fleet deletes what its policy no longer keeps, on a schedule
+(fleet.housekeeping). Raw per-device telemetry windows follow `ingest.retention_days`;
+aggregates, device events and the audit log follow `lifecycle.*_retention_days` (0 keeps
+forever). Each run that deletes anything leaves an audit entry saying how much and why."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import delete
+from sqlmodel import Session
+
+from fleet import audit
+from fleet.models import Aggregate, AuditEntry, DeviceEvent, TelemetryWindow
+from fleet.settings import FleetSettings
+
+DAY = 86400.0
+
+
+def policy(settings: FleetSettings) -> list[tuple[str, Any, Any, float]]:
+    """(what, table, age column, days) for every kind of data with a retention period."""
+    lc = settings.lifecycle
+    return [("raw telemetry windows", TelemetryWindow, TelemetryWindow.received_at, settings.ingest.retention_days),
+            ("telemetry aggregates", Aggregate, Aggregate.window_start, lc.aggregate_retention_days),
+            ("device events", DeviceEvent, DeviceEvent.received_at, lc.event_retention_days),
+            ("audit entries", AuditEntry, AuditEntry.at, lc.audit_retention_days)]
+
+
+def apply(db: Session, settings: FleetSettings, at: float | None = None) -> dict[str, int]:
+    """Delete rows older than their retention; returns the count per kind (audited when > 0)."""
+    at = time.time() if at is None else at
+    deleted: dict[str, int] = {}
+    for what, table, column, days in policy(settings):
+        if days and days > 0:
+            n = db.execute(delete(table).where(column < at - days * DAY)).rowcount
+            deleted[what] = int(n or 0)
+    if any(deleted.values()):
+        audit.record(db, "retention", "retention.apply", "fleet", None,
+                     {"deleted": deleted, "days": {w: d for w, _, _, d in policy(settings)}})
+    return deleted
