@@ -35,9 +35,9 @@ def compare(db: Session, name: str, versions: list[ModelVersion]) -> list[dict[s
     by_v: dict[int, list[ModelVersion]] = defaultdict(list)
     for mv in versions:
         by_v[mv.version].append(mv)
-    latest: dict[int, Rollout] = {}
-    for r in db.exec(select(Rollout).where(Rollout.model_name == name).order_by(Rollout.id)).all():
-        latest[r.version] = r
+    last_ids = db.exec(select(func.max(Rollout.id)).where(Rollout.model_name == name)
+                       .group_by(Rollout.version)).all()
+    latest: dict[int, Rollout] = {r.version: r for r in db.exec(select(Rollout).where(Rollout.id.in_(last_ids)))}
     installed = dict(db.exec(select(Device.installed_version, func.count()).where(
         Device.installed_name == name, Device.status == "active").group_by(Device.installed_version)).all())
     perf: dict[tuple[int, str], list[Any]] = defaultdict(list)
