@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from calendar import timegm
 from collections.abc import Mapping
 from time import strptime
@@ -32,7 +33,9 @@ def _when(v: str | None, name: str) -> float | None:
     if not v:
         return None
     try:
-        return float(v)
+        t = float(v)
+        if math.isfinite(t) and 0 <= t < 1e11:
+            return t
     except ValueError:
         pass
     for fmt in ("%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):

@@ -9,6 +9,7 @@ and compared by fleet.drift.compare, so a chart and the drift API can never disa
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -35,9 +36,12 @@ def _float_arg(name: str) -> float | None:
     if v in (None, ""):
         return None
     try:
-        return float(v)
+        t = float(v)
     except ValueError:
-        raise ApiError(400, "bad-request", f"{name} must be a unix time in seconds") from None
+        t = math.nan
+    if not math.isfinite(t) or not 0 <= t < 1e11:
+        raise ApiError(400, "bad-request", f"{name} must be a unix time in seconds")
+    return t
 
 
 def _time_range(args: Mapping[str, str]) -> tuple[float, float, str]:
@@ -114,7 +118,7 @@ def _max_psi(db: Session, settings: FleetSettings, model: str | None, group: lis
 def _filter() -> dict[str, Any]:
     a = request.args
     version = a.get("version")
-    if version not in (None, "") and not str(version).isdigit():
+    if version not in (None, "") and not (str(version).isdigit() and int(version) < 2**31):
         raise ApiError(400, "bad-request", "version must be a whole number")
     return {"model": a.get("model") or None, "version": int(version) if version else None,
             "device_class": a.get("device_class") or None, "cohort": a.get("cohort") or None,

@@ -103,7 +103,8 @@ def test_series_json_for_version_class_cohort_and_device(world) -> None:
                      headers=VIEW).get_json()
     assert narrowed["series"]["t"] == v1["series"]["t"][5:7]
     assert c.get("/console/series.json?range=2y", headers=VIEW).status_code == 400
-    assert c.get("/console/series.json?version=x", headers=VIEW).status_code == 400
+    for bad in ("version=x", f"version={2**63}", "since=1e999", "until=nan", "since=-5"):
+        assert c.get(f"/console/series.json?{bad}", headers=VIEW).status_code == 400, bad
     assert c.get("/console/series.json").status_code in (302, 401)
 
 
