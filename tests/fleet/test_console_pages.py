@@ -49,6 +49,9 @@ def test_a_breach_raises_an_open_alert_and_the_overview_says_what_is_wrong(world
     assert "All quiet" not in page and "Needs attention" in page
     assert f"Rollout {rid} · digits v2" in page and "prediction_drift" in page and "(limit ≤ 0.2)" in page
     assert f"rollout {rid} paused" in page and SILENT in page
+    alerts_page = c.get("/console/alerts?status=open", headers=VIEW).data.decode()
+    assert f'href="/console/rollouts/{rid}"' in alerts_page      # a rollout alert leads to its rollout
+    assert "limit ≤ 0.2" in text(c.get("/console/rollouts", headers=VIEW).data)
 
 
 def test_rollout_page_gate_tables_and_actions_by_state(world) -> None:
