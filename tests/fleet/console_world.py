@@ -46,8 +46,8 @@ class ConsoleWorld:
             self._server.shutdown()
 
 
-def build(tmp: Path) -> ConsoleWorld:
-    engine = make_engine(f"sqlite:///{tmp / 'fleet.db'}")
+def build(tmp: Path, url: str | None = None) -> ConsoleWorld:
+    engine = make_engine(url or f"sqlite:///{tmp / 'fleet.db'}")
     init_db(engine)
     h = Harness(engine, tmp, n_devices=10, behaviours={2: Behaviour(drift=True, feature_shift=0.6)})
     start = now0() - 3600

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import time
+import uuid
 
 import pytest
 from sqlmodel import Session, select
@@ -21,11 +23,34 @@ from tests.fleet.console_world import SILENT, build
 pytestmark = pytest.mark.slow
 OP = {"Authorization": "Bearer operator-token"}
 VIEW = {"Authorization": "Bearer viewer-token"}
+PG_ADMIN = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test").replace(
+    "postgresql://", "postgresql+psycopg://", 1)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):  # type: ignore[no-untyped-def]
-    return build(tmp_path_factory.mktemp("console"))
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def world(request, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The same fleet on SQLite and on a PostgreSQL database of its own (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield build(tmp_path_factory.mktemp("console"))
+        return
+    from sqlalchemy import create_engine, text
+
+    from fleet.broker import reachable
+
+    if not reachable("127.0.0.1", 5432):
+        pytest.skip("PostgreSQL is not running at 127.0.0.1:5432")
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    name = f"edgefleet_console_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    w = build(tmp_path_factory.mktemp("console-pg"), PG_ADMIN.rsplit("/", 1)[0] + "/" + name)
+    try:
+        yield w
+    finally:
+        w.harness.engine.dispose()
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def text(html: bytes) -> str:
