@@ -60,6 +60,7 @@ BLUEPRINTS = (
     "fleet.openapi:bp",
     "fleet.ops_metrics:bp",
     "fleet.console.views:bp",
+    "fleet.lifecycle_console:bp",
 )
 
 

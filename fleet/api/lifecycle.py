@@ -10,7 +10,7 @@ from pydantic import Field
 
 from fleet import lifecycle
 from fleet.api import responses as r
-from fleet.api.schemas import Strict, Text
+from fleet.api.schemas import Query, Strict, Text
 from fleet.api.validation import api, body
 from fleet.app import fleet_context
 from fleet.auth import actor, require_role
@@ -210,3 +210,24 @@ def review_schedule():  # type: ignore[no-untyped-def]
     overdue = sum(s.overdue for s in items)
     reviews.REVIEWS_OVERDUE.set(overdue)
     return jsonify({"items": [s.to_dict() for s in items], "overdue": overdue})
+
+
+class CardQuery(Query):
+    format: Literal["json", "markdown"] = "json"
+
+
+@bp.get("/api/models/<name>/versions/<int:version>/card")
+@require_role("viewer")
+@api(query=CardQuery, responses={200: r.Open})
+def card(name: str, version: int):  # type: ignore[no-untyped-def]
+    """The version's model card: JSON, or Markdown with `format=markdown` (text/markdown)."""
+    from flask import Response
+
+    from fleet import model_card
+    from fleet.api.validation import query
+
+    with fleet_context().session() as db:
+        c = guard(model_card.build_card, db, name, version)
+    if query().format == "markdown":
+        return Response(model_card.to_markdown(c), content_type="text/markdown; charset=utf-8")
+    return jsonify(c)

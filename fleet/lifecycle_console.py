@@ -1,0 +1,43 @@
+"""Console pages of the model lifecycle (issue 16): the model card of a version (HTML) and the
+review schedule with an OVERDUE badge per model. Kept beside the console (its base template,
+its login) in their own blueprint so the console's own pages stay untouched."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, abort, render_template, request
+
+from fleet import lifecycle, model_card, reviews
+from fleet.app import fleet_context
+from fleet.auth import current_principal, require_role
+
+bp = Blueprint("lifecycle_console", __name__, url_prefix="/console", template_folder="templates_lifecycle")
+
+
+@bp.context_processor
+def _ctx() -> dict:  # type: ignore[type-arg]
+    """What console/base.html reads (the console's own processor serves only its blueprint)."""
+    return {"principal": current_principal(), "nav": request.endpoint}
+
+
+@bp.get("/models/<name>/<int:version>/card")
+@require_role("viewer", html=True)
+def card(name: str, version: int):  # type: ignore[no-untyped-def]
+    with fleet_context().session() as db:
+        try:
+            c = model_card.build_card(db, name, version)
+        except lifecycle.LifecycleError:
+            abort(404)
+    return render_template("lifecycle/card.html", card=c)
+
+
+@bp.get("/lifecycle")
+@require_role("viewer", html=True)
+def schedule():  # type: ignore[no-untyped-def]
+    ctx = fleet_context()
+    with ctx.session() as db:
+        items = reviews.states(db, default_days=ctx.settings.lifecycle.review_interval_days)
+        rows = [(s, lifecycle.owner_view(db.get(lifecycle.ModelOwner, s.name), s.name)) for s in items]
+    return render_template("lifecycle/schedule.html", rows=rows, now=time.time(),
+                           overdue=sum(s.overdue for s in items))

@@ -1,0 +1,65 @@
+"""Issue 16: a model card per version from the catalogue, owner, status, reviews and field
+telemetry: JSON and Markdown from the API, HTML in the console (with the status and overdue
+badges), and the console's review schedule."""
+
+from __future__ import annotations
+
+import time
+
+from sqlmodel import Session
+
+from fleet.devsim import make_baseline, make_bundle
+from fleet.models import Aggregate
+
+DAY = 86400.0
+
+
+def test_model_card_json_markdown_html(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    c, op, view = fleet.client, fleet.h("operator"), fleet.h("viewer")
+    for v in (1, 2):
+        make_bundle(tmp_path / f"v{v}.tar", fleet.build_key, version=v, baseline=make_baseline(seed=1))
+        assert c.post("/api/models?owner_team=vision&owner_contact=v@example.com&oncall=pd:vision", headers=op,
+                      data=(tmp_path / f"v{v}.tar").read_bytes()).status_code == 201
+    with Session(fleet.ctx.engine) as db:
+        for cohort, req in (("eu", 100), ("us", 50)):
+            db.add(Aggregate(model_name="digits", model_version=2, device_class="x86-64-generic", cohort=cohort,
+                             window_start=time.time() - 600, requests=req,
+                             payload={"requests": req, "errors": {"runtime": 1}, "n_windows": 1}))
+        db.commit()
+    c.post("/api/models/digits/reviews", headers=op, json={"decision": "keep", "notes": "eu accuracy holds"})
+    c.post("/api/models/digits/versions/2/status", headers=op, json={"status": "deprecated", "reason": "v3 soon"})
+
+    card = c.get("/api/models/digits/versions/2/card", headers=view).json
+    assert card["owner"]["team"] == "vision" and card["status"]["status"] == "deprecated"
+    assert card["build_metrics"]["x86-64-generic"]["accuracy"] > 0.9
+    assert card["field_metrics"]["by_cohort"]["eu"]["requests"] == 100
+    assert card["lineage"]["parent"] == "digits v1" and card["reviews"][0]["notes"] == "eu accuracy holds"
+    assert "dataset_sha256=" + "ab" * 32 in card["data_references"]
+    assert card["intended_use"].startswith("not documented")
+    assert c.get("/api/models/digits/versions/9/card", headers=view).status_code == 404
+
+    md = c.get("/api/models/digits/versions/2/card?format=markdown", headers=view)
+    assert md.status_code == 200 and md.content_type.startswith("text/markdown")
+    text = md.get_data(as_text=True)
+    for heading in ("# Model card: digits v2", "## Intended use and owner", "## Data references",
+                    "## Metrics at build", "## Per-slice results", "## Metrics in the field, by cohort",
+                    "## Lineage", "## Review history", "## Known limitations"):
+        assert heading in text
+    assert "**Status:** deprecated — v3 soon" in text and "| eu | 100 |" in text and "pd:vision" in text
+
+    assert c.get("/console/models/digits/2/card").status_code in (302, 401)  # sign in first
+    c.post("/console/login", data={"token": "viewer-token"})
+    page = c.get("/console/models/digits/2/card")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and 'id="status-badge">deprecated<' in html and "eu accuracy holds" in html
+    assert 'id="review-overdue"' not in html
+    fleet.client.put("/api/models/digits/owner", headers=op, json={"review_interval_days": 1, "reason": "t"})
+    with Session(fleet.ctx.engine) as db:  # the last review was two days ago
+        from fleet.models import ModelReview
+
+        for r in db.query(ModelReview).all():
+            r.at -= 2 * DAY
+        db.commit()
+    assert 'id="review-overdue"' in c.get("/console/models/digits/2/card").get_data(as_text=True)
+    sched = c.get("/console/lifecycle").get_data(as_text=True)
+    assert '1 overdue' in sched and 'class="badge alert review-overdue"' in sched
