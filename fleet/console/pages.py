@@ -59,7 +59,8 @@ def overview():  # type: ignore[no-untyped-def]
         recent_audit = list(db.exec(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(8)))
         parts = [(f"{i['model']} v{i['version']}", i["devices"]) for i in data["installed"]]
         return render_template("console/overview.html", data=data, alerts=recent_alerts, audit=recent_audit,
-                               installed_parts=parts, wrong=status.whats_wrong(db))
+                               installed_parts=parts,
+                               wrong=status.whats_wrong(db, review_days=fleet_context().settings.lifecycle.review_interval_days))
 
 
 @bp.get("/devices")

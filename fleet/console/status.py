@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlmodel import Session, func, select
 
+from fleet import reviews
 from fleet.console import rollout_view
 from fleet.models import Device, DriftAlert, ModelOwner, now
 from fleet.rollouts import service
@@ -46,18 +47,19 @@ def _rollouts(db: Session, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
     return out
 
 
-def review_overdue(db: Session, at: float) -> list[dict[str, Any]]:
-    """Models whose owner record (team, contact, cadence) was last confirmed longer ago than its
-    review interval: someone should look at the model again (issue 16's review cadence)."""
+def review_overdue(db: Session, at: float, default_days: int) -> list[dict[str, Any]]:
+    """Models whose scheduled review date has passed (fleet.reviews, the same rule as the
+    edgefleet_model_reviews_overdue gauge and /console/lifecycle)."""
     out = []
-    for o in db.exec(select(ModelOwner).limit(1000)).all():
-        due = float(o.updated_at) + 86400 * int(o.review_interval_days)
-        if due < at:
-            out.append({"name": o.name, "team": o.team, "due": due, "days": int((at - due) // 86400)})
+    for st in reviews.states(db, at, default_days):
+        if st.overdue:
+            o = db.get(ModelOwner, st.name)
+            out.append({"name": st.name, "team": o.team if o is not None else "", "due": st.due_at,
+                        "days": int((at - st.due_at) // 86400)})
     return sorted(out, key=lambda x: x["due"])[:LIST_MAX]
 
 
-def whats_wrong(db: Session, at: float | None = None) -> Wrong:
+def whats_wrong(db: Session, at: float | None = None, review_days: int = reviews.DEFAULT_INTERVAL_DAYS) -> Wrong:
     at = now() if at is None else at
     cutoff = at - SILENT_AFTER_S
     silent_q = select(Device).where(Device.status == "active").where(
@@ -73,5 +75,5 @@ def whats_wrong(db: Session, at: float | None = None) -> Wrong:
                                      .where(DriftAlert.status == "open")).one()),
         silent=list(db.exec(silent_q.order_by(Device.last_seen).limit(LIST_MAX))),
         silent_count=int(db.exec(count_q).one()),
-        review_overdue=review_overdue(db, at),
+        review_overdue=review_overdue(db, at, review_days),
     )

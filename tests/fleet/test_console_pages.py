@@ -17,7 +17,7 @@ import pytest
 from sqlmodel import Session, select
 
 from fleet.console import rollout_view
-from fleet.models import DriftAlert, ModelOwner
+from fleet.models import DriftAlert, ModelOwner, ModelReview
 from tests.fleet.console_world import SILENT, build
 
 pytestmark = pytest.mark.slow
@@ -66,8 +66,9 @@ def test_a_breach_raises_an_open_alert_and_the_overview_says_what_is_wrong(world
     assert "prediction_drift" in rollout_alerts[0].summary
     assert c.get("/api/overview", headers=VIEW).get_json()["open_alerts"] >= 1
     assert "No review is overdue" in text(c.get("/console/", headers=VIEW).data)
-    with Session(world.harness.engine) as s:   # owner last confirmed 40 days ago, reviews every 30
-        s.add(ModelOwner(name="digits", team="vision", review_interval_days=30, updated_at=time.time() - 40 * 86400))
+    with Session(world.harness.engine) as s:   # last reviewed 40 days ago, reviews every 30 days
+        s.add(ModelOwner(name="digits", team="vision", review_interval_days=30))
+        s.add(ModelReview(name="digits", reviewer="ana", decision="keep", at=time.time() - 40 * 86400))
         s.commit()
     page = text(c.get("/console/", headers=VIEW).data)
     assert "digits review due 10 day(s) ago · vision" in page
