@@ -162,6 +162,23 @@ def register(models: click.Group) -> None:
                                        [(when(h["at"]), h["actor"], h["action"], h["target"], why(h))
                                         for h in b["items"]]))
 
+    @models.command("card", context_settings=CONTEXT)
+    @click.argument("name")
+    @click.argument("version", type=click.IntRange(min=0))
+    @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Write the Markdown card to this file instead of printing it.")
+    @api_command
+    def card(ops: Ops, name: str, version: int, out_path: Path | None) -> None:
+        """The model card of NAME VERSION as Markdown (--json: the card's data)."""
+        from fleet.card_markdown import to_markdown
+
+        body = ops.api.get(f"/api/models/{name}/versions/{version}/card")
+        if out_path is not None:
+            out_path.write_text(to_markdown(body))
+            ops.emit(body, lambda _: f"model card -> {out_path}")
+            return
+        ops.emit(body, to_markdown)
+
     @models.command("revocations", context_settings=CONTEXT)
     @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="Write the list here, for `edgefleet keys sign-keylist --revoked FILE`.")

@@ -68,6 +68,11 @@ def test_lifecycle_cli(live_fleet, tmp_path) -> None:  # type: ignore[no-untyped
         assert action in hist
     assert "CVE-2026-1" in hist
 
+    md = run_ok(f.cli("models", "card", "digits", "2"))
+    assert "# Model card: digits v2" in md and "**Status:** retired — CVE-2026-1" in md and "field metrics fine" in md
+    run_ok(f.cli("models", "card", "digits", "3", "--out", str(tmp_path / "card.md")))
+    assert "Owner: edge-ml (vision@example.com)" in (tmp_path / "card.md").read_text()
+
     # the revocation travels in the next root-signed key list
     run_ok(f.cli("models", "revocations", "--out", str(tmp_path / "revoked.json")))
     keys = {r: generate_keypair(tmp_path / "kl", r) for r in ("root", "fleet")}
