@@ -62,6 +62,9 @@ EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Reuse exported/quantized artifacts across runs.")
 @click.option("--report-json", type=click.Path(path_type=Path), help="Also write the report as JSON here.")
 @click.option("--devices-dir", type=click.Path(path_type=Path), help="Device-class catalogue folder.")
+@click.option("--training-run", type=click.Path(path_type=Path),
+              help="TOML/JSON of the training run (git commit, data versions, hyperparameters, run URL).")
+@click.option("--parent", type=click.Path(path_type=Path), help="Bundle this model was distilled or re-quantized from.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
 def compile_command(ctx: click.Context, config_path: Path | None, quiet: bool, **flags: Any) -> None:

@@ -57,6 +57,8 @@ class CompileConfig:
     accuracy_control: bool = True
     devices_dir: Path | None = None
     progress: bool = True
+    training_run: Any = None  # run.toml/run.json (or a mapping): provenance.training (compiler/training_run.py)
+    parent: Any = None  # the bundle this model was distilled or re-quantized from: provenance.parent
 
     def validate(self) -> None:
         if isinstance(self.device_classes, str):

@@ -145,9 +145,12 @@ def compile_model(cfg: CompileConfig) -> list[BuildResult]:
 
             raise CompileInputError(f"{dc.name}: {ONNX_ONLY_MESSAGE}")
 
+    from compiler.training_run import lineage_provenance
+
+    lineage = lineage_provenance(cfg.training_run, cfg.parent)  # training run, parent bundle (issue 16)
     src = load_inputs(cfg, progress)
     common = {"inputs": src.inputs_sha, "code_version": code_version(), "tools": tool_versions(),
-              "hyperparameters": cfg.hyperparameters(), "signing_key_id": key_id(signing_key)}
+              "hyperparameters": cfg.hyperparameters(), "signing_key_id": key_id(signing_key), **lineage}
 
     # 2. Cache look-up per device class.
     from compiler.cache import BuildCache
