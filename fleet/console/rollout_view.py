@@ -112,6 +112,16 @@ def allowed_actions(status: str) -> tuple[str, ...]:
     return ACTIONS.get(status, ())
 
 
+def thresholds(detail: Mapping[str, Any]) -> dict[str, float]:
+    """gate -> threshold, from the latest verdict that names it (for the charts' limit lines)."""
+    out: dict[str, float] = {}
+    for w in detail.get("waves") or []:
+        for g in w.get("gates") or []:
+            if g.get("threshold") is not None:
+                out[str(g["gate"])] = float(g["threshold"])
+    return out
+
+
 def why(reason: Mapping[str, Any] | None) -> str:
     """One line for the overview: the breached gate with measured value vs threshold."""
     if not reason:

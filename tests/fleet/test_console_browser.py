@@ -94,6 +94,9 @@ def test_operator_sees_what_is_wrong_and_only_allowed_actions(world, page, tmp_p
     assert page.locator("#waves-table tr[data-wave='0'] td").nth(6).inner_text().startswith("20")  # start time
     ops = page.locator("#rollout-actions button").evaluate_all("bs => bs.map(b => b.dataset.op)")
     assert ops == ["resume", "abort", "rollback"]
+    n_gates = page.locator("#gate-history .gate-plot").count()
+    assert n_gates >= 5      # gate values over time, drawn by uPlot
+    page.wait_for_function(f"document.querySelectorAll('#gate-history .gate-plot canvas').length == {n_gates}")
     page.screenshot(path=str(out / "console_rollout.png"), full_page=True)
 
     # acting moves the state and the buttons with it

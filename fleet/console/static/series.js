@@ -41,7 +41,7 @@
           width: Math.max(320, el.clientWidth || 520), height: 220,
           series: [{}].concat(keys.map(function (k) { return STYLE[k]; })),
           axes: [{}, { size: 60 }],
-          scales: { x: { time: true } },
+          scales: { x: s.t.length > 1 ? { time: true } : { time: true, auto: false, range: [s.t[0] - 300, s.t[0] + 300] } },
           tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
           legend: { live: true }
         };
