@@ -65,6 +65,7 @@ EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
 @click.option("--training-run", type=click.Path(path_type=Path),
               help="TOML/JSON of the training run (git commit, data versions, hyperparameters, run URL).")
 @click.option("--parent", type=click.Path(path_type=Path), help="Bundle this model was distilled or re-quantized from.")
+@click.option("--mlflow-run", help="MLflow run id (MLFLOW_TRACKING_URI): read the training run, log the build back.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
 def compile_command(ctx: click.Context, config_path: Path | None, quiet: bool, **flags: Any) -> None:

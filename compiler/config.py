@@ -59,6 +59,7 @@ class CompileConfig:
     progress: bool = True
     training_run: Any = None  # run.toml/run.json (or a mapping): provenance.training (compiler/training_run.py)
     parent: Any = None  # the bundle this model was distilled or re-quantized from: provenance.parent
+    mlflow_run: str | None = None  # MLflow run id: read into provenance.training, build metrics logged back
 
     def validate(self) -> None:
         if isinstance(self.device_classes, str):

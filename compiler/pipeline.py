@@ -147,7 +147,7 @@ def compile_model(cfg: CompileConfig) -> list[BuildResult]:
 
     from compiler.training_run import lineage_provenance
 
-    lineage = lineage_provenance(cfg.training_run, cfg.parent)  # training run, parent bundle (issue 16)
+    lineage = lineage_provenance(cfg.training_run, cfg.parent, cfg.mlflow_run)  # training run, parent (issue 16)
     src = load_inputs(cfg, progress)
     common = {"inputs": src.inputs_sha, "code_version": code_version(), "tools": tool_versions(),
               "hyperparameters": cfg.hyperparameters(), "signing_key_id": key_id(signing_key), **lineage}
@@ -190,6 +190,10 @@ def compile_model(cfg: CompileConfig) -> list[BuildResult]:
         from compiler.report import write_json_report
 
         write_json_report(Path(cfg.report_json), ordered)
+    if cfg.mlflow_run:
+        from compiler.mlflow_link import log_build
+
+        log_build(cfg.mlflow_run, ordered)
     return ordered
 
 

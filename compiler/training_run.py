@@ -91,11 +91,19 @@ def parent_from_bundle(path: Any) -> dict[str, Any]:
             "bundle_sha256": digest}
 
 
-def lineage_provenance(training_run: Any, parent: Any) -> dict[str, Any]:
-    """The provenance keys this module adds (empty when neither is given)."""
+def lineage_provenance(training_run: Any, parent: Any, mlflow_run: str | None = None) -> dict[str, Any]:
+    """The provenance keys this module adds (empty when nothing is given). With an MLflow run,
+    its facts come first and the file's override them (compiler.mlflow_link)."""
     out: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    if mlflow_run:
+        from compiler.mlflow_link import training_from_mlflow
+
+        training.update(training_from_mlflow(mlflow_run))
     if training_run is not None:
-        out["training"] = load_training_run(training_run)
+        training.update(load_training_run(training_run))
+    if training:
+        out["training"] = training
     if parent is not None:
         pb = parent_from_bundle(parent)
         out["parent"] = f"{pb['name']} v{pb['version']}"
