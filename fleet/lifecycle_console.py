@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort, redirect, render_template, request, url_for
 
 from fleet import lifecycle, model_card, reviews
 from fleet.app import fleet_context
-from fleet.auth import current_principal, require_role
+from fleet.auth import actor, current_principal, require_role
 
 bp = Blueprint("lifecycle_console", __name__, url_prefix="/console", template_folder="templates_lifecycle")
 
@@ -41,3 +41,47 @@ def schedule():  # type: ignore[no-untyped-def]
         rows = [(s, lifecycle.owner_view(db.get(lifecycle.ModelOwner, s.name), s.name)) for s in items]
     return render_template("lifecycle/schedule.html", rows=rows, now=time.time(),
                            overdue=sum(s.overdue for s in items))
+
+
+@bp.post("/models/<name>/<int:version>/status")
+@require_role("operator", html=True)
+def set_status(name: str, version: int):  # type: ignore[no-untyped-def]
+    """Deprecate, retire or reactivate from the card (a reason is required, as in the API)."""
+    try:
+        with fleet_context().session() as db:
+            lifecycle.set_status(db, name, version, request.form.get("status", ""), request.form.get("reason", ""),
+                                 actor())
+    except lifecycle.LifecycleError as exc:
+        return render_error(name, version, exc)
+    return redirect(url_for("lifecycle_console.card", name=name, version=version))
+
+
+@bp.post("/models/<name>/<int:version>/move-off")
+@require_role("operator", html=True)
+def move_off(name: str, version: int):  # type: ignore[no-untyped-def]
+    """One click: roll the newest active version out to every device still on this one."""
+    from fleet.rollouts import api as rollouts_api
+    from fleet.rollouts import service
+
+    ctx = fleet_context()
+    try:
+        with ctx.session() as db:
+            spec = lifecycle.move_off_spec(db, name, version, ctx.settings.fleet_id)
+            ro = service.create_rollout(db, spec, actor())
+            db.flush()
+            rid = ro.id
+    except lifecycle.LifecycleError as exc:
+        return render_error(name, version, exc)
+    except service.RolloutError as exc:
+        return render_error(name, version, lifecycle.LifecycleError(exc.status, exc.code, str(exc)))
+    rollouts_api._publish()
+    return redirect(url_for("rollouts.console_detail", rollout_id=rid))
+
+
+def render_error(name: str, version: int, exc: lifecycle.LifecycleError):  # type: ignore[no-untyped-def]
+    with fleet_context().session() as db:
+        try:
+            c = model_card.build_card(db, name, version)
+        except lifecycle.LifecycleError:
+            abort(404)
+    return render_template("lifecycle/card.html", card=c, error=exc.message), exc.status

@@ -63,3 +63,31 @@ def test_model_card_json_markdown_html(fleet, tmp_path) -> None:  # type: ignore
     assert 'id="review-overdue"' in c.get("/console/models/digits/2/card").get_data(as_text=True)
     sched = c.get("/console/lifecycle").get_data(as_text=True)
     assert '1 overdue' in sched and 'class="badge alert review-overdue"' in sched
+
+
+def test_console_retire_and_move_off(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fleet.models import Device
+
+    c, op = fleet.client, fleet.h("operator")
+    for v in (1, 2):
+        make_bundle(tmp_path / f"v{v}.tar", fleet.build_key, version=v, baseline=make_baseline(seed=1))
+        c.post("/api/models", headers=op, data=(tmp_path / f"v{v}.tar").read_bytes())
+    with Session(fleet.ctx.engine) as db:
+        db.add(Device(id="con-d1", fleet=fleet.settings.fleet_id, device_class="x86-64-generic",
+                      installed_name="digits", installed_version=1))
+        db.commit()
+    c.post("/console/login", data={"token": "viewer-token"})
+    assert 'id="lifecycle-actions"' not in c.get("/console/models/digits/1/card").get_data(as_text=True)
+    assert c.post("/console/models/digits/1/status", data={"status": "retired", "reason": "x"}).status_code == 403
+    c.post("/console/login", data={"token": "operator-token"})
+    r = c.post("/console/models/digits/1/status", data={"status": "retired", "reason": ""})
+    assert r.status_code == 400 and 'id="error"' in r.get_data(as_text=True)
+    r = c.post("/console/models/digits/1/status", data={"status": "retired", "reason": "CVE"})
+    assert r.status_code == 302
+    html = c.get("/console/models/digits/1/card").get_data(as_text=True)
+    assert 'id="status-badge">retired<' in html and 'id="move-off"' in html
+    r = c.post("/console/models/digits/1/move-off")
+    assert r.status_code == 302 and "/rollouts/" in r.headers["Location"]
+    rid = int(r.headers["Location"].rstrip("/").split("/")[-1])
+    detail = c.get(f"/api/rollouts/{rid}", headers=fleet.h("viewer")).json
+    assert detail["version"] == 2
