@@ -1,8 +1,9 @@
 """Fleet commands received over MQTT: checked by agent.protocol.CommandGuard (signature by a
 key of the FLEET role, addressed to this device, sequence strictly increasing and persisted, not
 expired), then executed one at a time on a worker thread (downloads never block MQTT).
-Refusals are reported as `command-refused` events; every outcome updates `last_command` in
-the retained state.
+Refusals are reported as `command-refused` events; every outcome of a command that verified as
+the fleet's updates `last_command` in the retained state. A message that does not verify (bad or
+missing signature, a non-fleet key) never does: it could carry any real command id.
 
 Key roles: commands and rollback approvals verify only against fleet keys, bundles only against
 build keys (agent.lifecycle). `rotate-key` changes nothing by itself: it carries a signed key
@@ -16,6 +17,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from agent.bundle import RollbackApproval
 from agent.canonical import canonical_json
 from agent.download import DownloadError, download
 from agent.keylist import KeyListError
+from agent.keys import SignatureError
 from agent.lifecycle import InstallError, Lifecycle
 from agent.model_store import write_atomic
 from agent.protocol import CommandGuard, ProtocolError, decode
@@ -55,6 +58,8 @@ class CommandHandler:
         self._answers: dict[str, dict[str, Any]] = {}
         if self.last_command and self.last_command.get("id"):
             self._answers[self.last_command["id"]] = self.last_command
+        self.unverified_count = 0  # refused messages that did not verify (agent._refuse_unverified)
+        self.last_unverified: dict[str, Any] | None = None
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=64)
         self._lock = threading.Lock()
         self._save_lock = threading.Lock()
@@ -92,6 +97,9 @@ class CommandHandler:
         except ProtocolError as exc:
             inner = doc.get("payload") if isinstance(doc, dict) else None
             cid = inner.get("id") if isinstance(inner, dict) and isinstance(inner.get("id"), str) else None
+            if doc is None or isinstance(exc.__cause__, SignatureError):
+                self._refuse_unverified(exc, cid, inner)
+                return
             if exc.reason == "stale" and cid in self._answers:
                 original = self._answers[cid]
                 log.info("event=command-duplicate id=%s result=%s", cid, original.get("result"))
@@ -111,6 +119,29 @@ class CommandHandler:
             self._queue.put_nowait(payload)
         except queue.Full:
             self._result(payload, "failed", "command queue full")
+
+    def _refuse_unverified(self, exc: ProtocolError, cid: str | None, inner: Any) -> None:
+        """A message that did not verify as the fleet's (bad or missing signature, a key outside
+        the fleet role, not even an envelope) says nothing about the command id it claims: anyone
+        who can publish on our topic could reuse a real id. So it never touches the signed
+        `last_command` nor the answers by id; it is logged, counted, kept apart as
+        `refused_unverified` and reported as a `command-refused` event marked unverified, which the
+        fleet treats as an attack or corruption signal, never as our answer to its command."""
+        cause = exc.__cause__
+        signature = "untrusted-key" if isinstance(cause, SignatureError) and cause.reason == "unknown-key" else \
+            (cause.reason if isinstance(cause, SignatureError) else exc.reason)
+        kind = inner.get("kind") if isinstance(inner, dict) and isinstance(inner.get("kind"), str) else None
+        log.warning("event=command-refused reason=%s signature=%s id=%s unverified=true", exc.reason, signature, cid)
+        with self._lock:
+            self.unverified_count += 1
+            self.last_unverified = {"id": cid, "kind": kind, "result": "refused", "reason": exc.reason,
+                                    "signature": signature, "at": round(time.time(), 3)}
+        self.emit("command-refused", command_id=cid, reason=str(exc),
+                  details={"code": exc.reason, "signature": signature, "unverified": True})
+
+    def refused_unverified(self) -> dict[str, Any]:
+        """For state and health: how many unverified commands were refused, and the last one."""
+        return {"count": self.unverified_count, "last": self.last_unverified}
 
     def _remember(self, answer: dict[str, Any]) -> None:
         if answer.get("id"):

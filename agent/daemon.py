@@ -245,6 +245,7 @@ class Agent:
                            "fraction": cand.fraction, "manifest_sha256": cand.model.installed.manifest_sha256}
                           if cand else None),
             "last_command": self.commands.last_command if self.commands else None,
+            "refused_unverified": self.commands.refused_unverified() if self.commands else None,
             "trusted_fleet_keys": self.keys.ids(),
             "keylist_version": self.keys.version,
         }
@@ -288,6 +289,7 @@ class Agent:
             "outbox_pending": len(self.outbox) if not self._stopped.is_set() else None,
             "dropped_windows": self.outbox.dropped_windows if not self._stopped.is_set() else None,
             "last_command": self.commands.last_command if self.commands else None,
+            "refused_unverified": self.commands.refused_unverified() if self.commands else None,
             "last_rollback_reason": self.lifecycle.last_rollback_reason,
             "unix_socket": self.cfg.serving.unix_socket or None,
             "http_port": self.server.http_port if self.server else None,

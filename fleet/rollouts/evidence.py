@@ -1,11 +1,13 @@
 """Reads the evidence a wave is judged on from the fleet database: the devices' verified signed
 state (Device rows, DeviceEvent rows) and their verified telemetry (TelemetryWindow rows), for
 the wave's devices (candidate) and for the rest of the rollout's devices still on the version
-before (control). Only what ingest verified is read; nothing the server assumed.
+before (control). Only what ingest verified is read; nothing the server assumed. The one write:
+a signature refusal under a real command id is audited (note_unverified), never counted.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +16,8 @@ import numpy as np
 from sqlmodel import Session, select
 
 from agent.sketches import LatencyHistogram
-from fleet.models import Device, DeviceEvent, TelemetryWindow
+from fleet import audit
+from fleet.models import AuditEntry, Device, DeviceEvent, TelemetryWindow
 from fleet.rollouts.blind import clock_start
 from fleet.rollouts.gates import CohortStats, DeviceEvidence, WaveEvidence
 from fleet.rollouts.models import RolloutCommand, RolloutTarget
@@ -26,10 +29,16 @@ FAILURE_EVENTS = {"install-failed", "local-rollback", "command-refused", "bundle
 # copy's refusal is a duplicate, never a failure. A command that was superseded and never ran
 # ends by the report timeout instead.
 DUPLICATE_REASONS = ("stale",)
+# A refusal because the copy did not verify as the fleet's (bad/missing signature, a non-fleet key)
+# is never the device's answer to a command the fleet signed: someone else published under its id
+# (or the message was corrupted). It is audited as a security signal, not counted as a failure.
+SIGNATURE_REASONS = ("bad-signature", "no-signature", "unknown-key", "untrusted-key")
+UNVERIFIED_ACTION = "device.command-unverified"
 CONTROL_LOOKBACK_S = 900.0
 MAX_CONTROL_DEVICES = 200
 MAX_CONTROL_WINDOWS = 2000   # newest control/previous-version windows read per evaluation (per 500 devices)
 _CHUNK = 500
+log = logging.getLogger(__name__)
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -155,17 +164,43 @@ def is_duplicate(kind: str, reason: str | None, details: Mapping[str, Any] | Non
     return kind in ("command-refused", "refused") and str(code).startswith(DUPLICATE_REASONS)
 
 
+def is_unverified(kind: str, reason: str | None, details: Mapping[str, Any] | None = None) -> bool:
+    """Is this refusal of a message that did not verify as the fleet's (see SIGNATURE_REASONS)?"""
+    if (details or {}).get("unverified"):
+        return True
+    code = (details or {}).get("code") or (reason or "")
+    return kind in ("command-refused", "refused") and str(code).startswith(SIGNATURE_REASONS)
+
+
+def note_unverified(session: Session, ev: DeviceEvent) -> bool:
+    """Audit (once per device and command id) a signature refusal under the id of a command the
+    fleet really sent: an attack or corruption signal on that device's command topic."""
+    target = f"device:{ev.device_id}/command:{ev.command_id}"
+    if session.exec(select(AuditEntry.id).where(AuditEntry.action == UNVERIFIED_ACTION,
+                                                AuditEntry.target == target).limit(1)).first() is not None:
+        return False
+    details = ev.details if isinstance(ev.details, Mapping) else {}
+    log.warning("event=command-unverified device=%s command=%s signature=%s: a copy of a fleet command that"
+                " did not verify was refused by the device (forgery or corruption); not counted as its answer",
+                ev.device_id, ev.command_id, details.get("signature") or details.get("code"))
+    audit.record(session, "rollout-evaluator", UNVERIFIED_ACTION, target, None,
+                 {"reason": ev.reason, "details": dict(details), "time": ev.time})
+    return True
+
+
 def device_failure(device: Device, target: RolloutTarget, events: Mapping[str, list[DeviceEvent]]) -> str | None:
     """A failure the device itself reported for our command, or a local rollback after install.
     Answers are keyed by command id; the refusal of a duplicate is not a failure."""
     state = device.state if isinstance(device.state, dict) else {}
     last = state.get("last_command") or {}
     if target.command_id and last.get("id") == target.command_id and last.get("result") in FAILED_RESULTS \
-            and not last.get("duplicate") and not is_duplicate(last["result"], last.get("reason")):
+            and not last.get("duplicate") and not is_duplicate(last["result"], last.get("reason")) \
+            and not is_unverified(last["result"], last.get("reason"), last):
         return f"{last.get('kind', 'command')}-{last['result']}"
     for ev in events.get(device.id, ()):
         if ev.kind in FAILURE_EVENTS and (ev.command_id == target.command_id or ev.kind == "local-rollback") \
-                and not is_duplicate(ev.kind, ev.reason, ev.details if isinstance(ev.details, Mapping) else None):
+                and not is_duplicate(ev.kind, ev.reason, ev.details if isinstance(ev.details, Mapping) else None) \
+                and not is_unverified(ev.kind, ev.reason, ev.details if isinstance(ev.details, Mapping) else None):
             return ev.kind
     return None
 
@@ -189,6 +224,9 @@ def collect(session: Session, q: EvidenceQuery, wave_targets: Sequence[RolloutTa
         for ev in session.exec(evq).all():
             if ev.command_id in cmd_ids or ev.kind == "local-rollback":
                 events.setdefault(ev.device_id, []).append(ev)
+                if ev.command_id in cmd_ids and is_unverified(ev.kind, ev.reason, ev.details
+                                                              if isinstance(ev.details, Mapping) else None):
+                    note_unverified(session, ev)
     sent = delivered_at(session, cmd_ids)
     dev_evidence = []
     for t in wave_targets:

@@ -26,9 +26,16 @@ class Sender:
         self.seq += 1
         cmd = make_command(self.agent.cfg.device_id, self.seq, kind, body)
         self.agent.commands.receive(json.dumps(sign_document(cmd, key)).encode())
-        return wait_for(lambda: (self.agent.commands.last_command or {}).get("id") == cmd["id"]
-                        and self.agent.commands.last_command["result"] not in (None, "queued")
-                        and self.agent.commands.last_command, 20, what=f"{kind} handled")
+        return wait_for(lambda: _answer(self.agent.commands, cmd["id"]), 20, what=f"{kind} handled")
+
+
+def _answer(commands, cid: str) -> dict | None:
+    """The signed answer for a verified command, or the unverified refusal kept apart from it."""
+    last = commands.last_command or {}
+    if last.get("id") == cid and last.get("result") not in (None, "queued"):
+        return last
+    unverified = commands.last_unverified or {}
+    return unverified if unverified.get("id") == cid else None
 
 
 @pytest.fixture
