@@ -21,6 +21,22 @@ def _ctx() -> dict:  # type: ignore[type-arg]
     return {"principal": current_principal(), "nav": request.endpoint}
 
 
+@bp.app_context_processor
+def _overdue() -> dict:  # type: ignore[type-arg]
+    """`reviews_overdue()` for the console's nav badge: computed only when a page calls it."""
+
+    def reviews_overdue() -> int:
+        ctx = fleet_context()
+        try:
+            with ctx.session() as db:
+                return sum(s.overdue for s in reviews.states(db, default_days=ctx.settings.lifecycle
+                                                             .review_interval_days))
+        except Exception:  # noqa: BLE001 - a badge never breaks a page
+            return 0
+
+    return {"reviews_overdue": reviews_overdue}
+
+
 @bp.get("/models/<name>/<int:version>/card")
 @require_role("viewer", html=True)
 def card(name: str, version: int):  # type: ignore[no-untyped-def]

@@ -61,6 +61,8 @@ def test_model_card_json_markdown_html(fleet, tmp_path) -> None:  # type: ignore
             r.at -= 2 * DAY
         db.commit()
     assert 'id="review-overdue"' in c.get("/console/models/digits/2/card").get_data(as_text=True)
+    assert 'id="nav-reviews-overdue"' in c.get("/console/").get_data(as_text=True)  # the nav badge, every page
+    assert "/console/models/digits/2/card" in c.get("/console/models/digits").get_data(as_text=True)
     sched = c.get("/console/lifecycle").get_data(as_text=True)
     assert '1 overdue' in sched and 'class="badge alert review-overdue"' in sched
 
