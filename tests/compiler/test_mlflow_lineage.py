@@ -51,5 +51,9 @@ def test_compile_reads_and_writes_the_mlflow_run(build, mlp_onnx, data_files, ke
         db.commit()
         card = build_card(db, "digits", 1)
     assert card["intended_use"] == "line-scanner digits" and card["limitations"] == "printed digits only"
+    slices = card["slices"]["x86-64-generic"]["slices"]
+    assert slices and set(slices) == set(card["slices"]["x86-64-generic"]["reference"])  # per-slice results
     md = to_markdown(card)
+    first = sorted(slices)[0]
+    assert f"| x86-64-generic | {first} |" in md.split("## Per-slice results")[1]
     assert f"mlflow_run_id: {run_id}" in md and "git_commit: 3f2c1a9" in md and "lr=0.001" in md
