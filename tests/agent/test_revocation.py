@@ -47,3 +47,54 @@ def test_revoked_section_is_signed_and_checked(fleet_keys) -> None:  # type: ign
     for bad in ([{"model": "digits"}], [{"bundle_sha256": "zz"}], {"model": "digits", "version": 2}):
         with pytest.raises(KeyListError, match="revoked"):
             parse_keylist({"payload": {**doc["payload"], "revoked": bad}, "signatures": []})
+
+
+@pytest.mark.slow
+def test_retired_version_travels_in_the_fleet_keylist(agent_factory, bundles, fleet_keys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Fleet: retire v2 (API), sign the revocations into the next key list, upload it; the fleet
+    sends it in rotate-key; the real agent accepts it and then refuses to install v2."""
+    import json
+    import urllib.request
+    import uuid
+
+    from sqlmodel import Session
+
+    from agent.keys import public_key_to_b64
+    from fleet.models import Device
+    from fleet.server import FleetServer
+    from fleet.settings import FleetSettings
+    from tests.agent.conftest import BROKER_URL, wait_for
+
+    fleet_id = f"rv{uuid.uuid4().hex[:8]}"
+    s = FleetSettings(data_dir=tmp_path / "fleet", mqtt_url=BROKER_URL, fleet_id=fleet_id,
+                      signing_key_path=fleet_keys["priv"], trusted_build_keys=[fleet_keys["build_pub"]],
+                      api_tokens={"adm": "admin"}, embedded_broker=False, start_rollouts=True,
+                      rollout_interval_s=0.2, drift_interval_s=0)
+    srv = FleetServer(s, port=0, drift_evaluator=False).start()
+    try:
+        a = agent_factory("revoke-2", mqtt_url=BROKER_URL, fleet_id=fleet_id)
+        with Session(srv.engine) as db:
+            db.add(Device(id="revoke-2", fleet=fleet_id, device_class="x86-64-generic",
+                          public_key=public_key_to_b64(a.device_key.public_key())))
+            db.commit()
+        wait_for(a.link.connected.is_set, 15, what="agent connected")
+        a.install(bundles["v1"])
+
+        def call(method: str, path: str, body: bytes, ctype: str = "application/json") -> dict:  # type: ignore[type-arg]
+            req = urllib.request.Request(srv.url + path, data=body, method=method,
+                                         headers={"Authorization": "Bearer adm", "Content-Type": ctype})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read())
+
+        for b in ("v1", "v2"):
+            call("POST", "/api/models", bundles[b].read_bytes(), "application/octet-stream")
+        out = call("POST", "/api/models/digits/versions/2/status",
+                   json.dumps({"status": "retired", "reason": "CVE"}).encode())
+        doc = _keylist(fleet_keys, 1, out["revocations"])
+        assert call("POST", "/api/rollouts/keys/keylist", json.dumps({"keylist": doc}).encode())["devices"] == 1
+        wait_for(lambda: a.keys.version == 1, 20, what="the agent accepted key list v1")
+        with pytest.raises(InstallError) as exc:
+            a.install(bundles["v2"])
+        assert exc.value.reason == "revoked" and a.predictor.active.installed.version == 1
+    finally:
+        srv.stop()
