@@ -59,6 +59,22 @@ def schedule():  # type: ignore[no-untyped-def]
                            overdue=sum(s.overdue for s in items))
 
 
+@bp.get("/models/<name>/compare")
+@require_role("viewer", html=True)
+def compare(name: str):  # type: ignore[no-untyped-def]
+    """Two versions side by side: status, build metrics, per-slice results, field results by
+    cohort, and the lineage and training-run facts with the differences marked."""
+    a, b = request.args.get("a", type=int), request.args.get("b", type=int)
+    if a is None or b is None:
+        abort(400)
+    with fleet_context().session() as db:
+        try:
+            ca, cb = model_card.build_card(db, name, a), model_card.build_card(db, name, b)
+        except lifecycle.LifecycleError:
+            abort(404)
+    return render_template("lifecycle/compare.html", name=name, a=ca, b=cb, rows=model_card.diff_rows(ca, cb))
+
+
 @bp.post("/models/<name>/<int:version>/status")
 @require_role("operator", html=True)
 def set_status(name: str, version: int):  # type: ignore[no-untyped-def]

@@ -85,3 +85,35 @@ def _field(aggs: list[Aggregate]) -> dict[str, Any]:
     s = ops_metrics.summarise(aggs)
     return {"requests": s["requests"], "error_rate": s["error_rate"], "latency_p50_ms": s["latency_p50_us"] / 1000,
             "latency_p99_ms": s["latency_p99_us"] / 1000, "windows": len(aggs)}
+
+
+def _flat(card: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    """(section, key) -> value over the comparable parts of a card (first build's class for
+    build metrics and slices, every cohort for field results)."""
+    out: dict[tuple[str, str], Any] = {("status", "status"): card["status"]["status"]}
+    first = next(iter(card["build_metrics"]), None)
+    for k, v in (card["build_metrics"].get(first) or {}).items():
+        out[("build metrics", k)] = v
+    for k, v in ((card["slices"].get(first) or {}).get("slices") or {}).items():
+        out[("slices", k)] = v
+    for c, f in card["field_metrics"]["by_cohort"].items():
+        out[("field", f"{c} requests")] = f["requests"]
+        out[("field", f"{c} error rate")] = round(f["error_rate"], 6)
+        out[("field", f"{c} p99 ms")] = round(f["latency_p99_ms"], 3)
+    out[("lineage", "parent")] = card["lineage"].get("parent")
+    out[("lineage", "passes")] = " -> ".join(card["lineage"].get("passes") or [])
+    for x in card["lineage"].get("facts") or []:
+        if not x["key"].startswith(("training.", "device_class.", "parent_bundle.")) and x["key"] != "cache_key":
+            out[("lineage", x["key"])] = x["value"]
+    for k, v in (card.get("training_run") or {}).items():
+        out[("training", k)] = v if not isinstance(v, dict) else ", ".join(f"{a}={b}" for a, b in sorted(v.items()))
+    return out
+
+
+def diff_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for a side-by-side comparison; `differs` marks what changed between the versions."""
+    fa, fb = _flat(a), _flat(b)
+    keys = sorted(set(fa) | set(fb), key=lambda k: (["status", "build metrics", "slices", "field", "lineage",
+                                                     "training"].index(k[0]), k[1]))
+    return [{"section": s, "key": k, "a": fa.get((s, k)), "b": fb.get((s, k)),
+             "differs": fa.get((s, k)) != fb.get((s, k))} for s, k in keys]

@@ -93,3 +93,23 @@ def test_console_retire_and_move_off(fleet, tmp_path) -> None:  # type: ignore[n
     rid = int(r.headers["Location"].rstrip("/").split("/")[-1])
     detail = c.get(f"/api/rollouts/{rid}", headers=fleet.h("viewer")).json
     assert detail["version"] == 2
+
+
+def test_console_compares_two_versions(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    c, op = fleet.client, fleet.h("operator")
+    for v in (1, 2):
+        make_bundle(tmp_path / f"v{v}.tar", fleet.build_key, version=v, baseline=make_baseline(seed=1))
+        c.post("/api/models", headers=op, data=(tmp_path / f"v{v}.tar").read_bytes())
+    with Session(fleet.ctx.engine) as db:
+        db.add(Aggregate(model_name="digits", model_version=2, cohort="eu", window_start=time.time() - 60,
+                         requests=7, payload={"requests": 7, "n_windows": 1}))
+        db.commit()
+    c.post("/console/login", data={"token": "viewer-token"})
+    html = c.get("/console/models/digits/compare?a=1&b=2").get_data(as_text=True)
+    # accuracy differs (0.969 vs 0.968), the parent differs (none vs digits v1), tools.onnx is the same
+    assert 'class="differs" data-key="build metrics:accuracy"' in html
+    assert 'class="differs" data-key="lineage:parent"' in html and "digits v1" in html
+    assert 'class="" data-key="lineage:tools.onnx"' in html
+    assert 'class="differs" data-key="field:eu requests"' in html
+    assert c.get("/console/models/digits/compare?a=1").status_code == 400
+    assert c.get("/console/models/digits/compare?a=1&b=9").status_code == 404
