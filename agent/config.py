@@ -40,6 +40,9 @@ class MqttConfig:
     outbox_max_messages: int = 10000
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    # drain the outbox only while an ingest worker's retained status says online (agent.mqtt_link);
+    # `agent enrol` turns it on, plain-broker setups without an EdgeFleet ingest leave it off
+    hold_until_ingest: bool = False
 
 
 @dataclass

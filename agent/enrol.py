@@ -115,7 +115,8 @@ def enrol(req: EnrolRequest) -> AgentConfig:
         trusted_keys=paths["fleet"], build_keys=paths["build"], root_keys=paths["root"],
         device_key=str(key_path), fleet_url=req.fleet_url.rstrip("/"),
         fleet_ca_file=req.ca_file,
-        mqtt=MqttConfig(url=mqtt["url"], username=mqtt.get("username", ""), password=mqtt.get("password", "")),
+        mqtt=MqttConfig(url=mqtt["url"], username=mqtt.get("username", ""), password=mqtt.get("password", ""),
+                        hold_until_ingest=True),  # an EdgeFleet ingest announces itself
         serving=ServingConfig(http_port=req.http_port))
 
 

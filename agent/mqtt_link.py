@@ -6,6 +6,10 @@ speaks it, 3.1.1 otherwise.
 * Persistent session (MQTT 5 session expiry / 3.1.1 clean_session=False) so QoS 1 commands
   sent while the device was offline are delivered when it returns.
 * Last Will: unsigned retained {"status": "offline"} on .../state.
+* With `hold_until_ingest`, it subscribes to its fleet's ingest status topics (retained, Last
+  Will offline) and drains the outbox only while at least one ingest worker is online: after a
+  broker restart (no retained messages, no sessions) windows stay in the outbox until ingest has
+  resubscribed and announced itself, instead of being published to nobody.
 * A pump thread sends the outbox oldest first with QoS 1 and deletes a row only when its PUBACK
   arrives; after a reconnect everything unacknowledged is sent again (consumers de-duplicate on
   (device, seq)).
@@ -28,7 +32,7 @@ from paho.mqtt.properties import Properties
 
 from agent.config import MqttConfig
 from agent.outbox import Outbox
-from agent.protocol import topic
+from agent.protocol import ingest_status_topic, topic
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,8 @@ class MqttLink:
         self.state_topic = topic(settings.fleet, settings.device, "state")
         self.cmd_topic = topic(settings.fleet, settings.device, "cmd")
         self.connected = threading.Event()
+        self.ingest_topics = ingest_status_topic(settings.fleet)
+        self.ingest_online: set[str] = set()   # status topics of ingest workers that said online
         self.protocol = mqtt.MQTTv5 if settings.mqtt.protocol in ("auto", "5") else mqtt.MQTTv311
         self._inflight: dict[int, tuple[int, Any]] = {}  # mid -> (outbox row id, MQTTMessageInfo)
         self._ack_retry: list[int] = []  # delivered rows whose delete failed (a full disk): retried
@@ -144,6 +150,9 @@ class MqttLink:
         with self._lock:
             self._inflight.clear()
             self._last_sent = 0
+            self.ingest_online.clear()   # the broker re-sends what is retained, if it still has it
+        if self.s.mqtt.hold_until_ingest:
+            client.subscribe(self.ingest_topics, qos=1)
         self.connected.set()
         if self.on_connected is not None:
             threading.Thread(target=self.on_connected, name="mqtt-on-connect", daemon=True).start()
@@ -169,6 +178,25 @@ class MqttLink:
                 self.on_command(msg.payload)
             except Exception:
                 log.exception("event=command-dispatch-failed")
+        elif mqtt.topic_matches_sub(self.ingest_topics, msg.topic):
+            self._ingest_status(msg.topic, msg.payload)
+
+    def _ingest_status(self, topic_: str, payload: bytes) -> None:
+        try:
+            online = json.loads(payload).get("status") == "online" if payload else False
+        except (ValueError, AttributeError):
+            online = False
+        with self._lock:
+            before = bool(self.ingest_online)
+            (self.ingest_online.add if online else self.ingest_online.discard)(topic_)
+            now = bool(self.ingest_online)
+        if before != now:
+            log.info("event=ingest-%s topic=%s", "online" if now else "offline-holding-outbox", topic_)
+            self.outbox.new_message.set()
+
+    def may_drain(self) -> bool:
+        """Send the outbox now? Always when connected, unless holding until an ingest is online."""
+        return self.connected.is_set() and (not self.s.mqtt.hold_until_ingest or bool(self.ingest_online))
 
     # -- sending ------------------------------------------------------------------------------
     def publish_now(self, topic_: str, payload: bytes, retain: bool = False) -> bool:
@@ -201,7 +229,7 @@ class MqttLink:
             self.outbox.new_message.wait(timeout=0.2)
             self.outbox.new_message.clear()
             self._sweep_acked()
-            while self.connected.is_set() and not self._stop.is_set():
+            while self.may_drain() and not self._stop.is_set():
                 with self._lock:
                     room = self.s.max_inflight - len(self._inflight)
                     after = self._last_sent

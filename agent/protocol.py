@@ -5,6 +5,7 @@ Topic layout (fleet = fleet id, device = device id):
   edgefleet/v1/{fleet}/{device}/state       device -> fleet, QoS 1, retained, Last Will = offline
   edgefleet/v1/{fleet}/{device}/events      device -> fleet, QoS 1 (install results, refusals, rollbacks)
   edgefleet/v1/{fleet}/{device}/cmd         fleet -> device, QoS 1 (signed commands)
+  edgefleet/ingest/{fleet}/{name}/status    ingest -> devices, retained, Last Will = offline
 
 Every device message is a signed envelope {"payload": {...}, "signature": {...}} (agent.keys
 .sign_document) made with the device's own key, so the fleet trusts what the device itself
@@ -36,6 +37,16 @@ MODEL_ROLES = ("active", "shadow", "ab")
 
 def topic(fleet: str, device: str, kind: str) -> str:
     return f"{TOPIC_ROOT}/{fleet}/{device}/{kind}"
+
+
+INGEST_ROOT = "edgefleet/ingest"
+
+
+def ingest_status_topic(fleet: str, name: str = "+") -> str:
+    """Retained {"status": "online"|"offline"} of one ingest worker (Last Will: offline); "+" is
+    the filter devices with `mqtt.hold_until_ingest` subscribe to. A broker restarted without
+    persistence forgets it, so devices hold their outbox until ingest has resubscribed."""
+    return f"{INGEST_ROOT}/{fleet}/{name}/status"
 
 
 def parse_topic(t: str) -> tuple[str, str, str]:

@@ -11,6 +11,10 @@
   would leave each dead session in the $share group, taking its share of telemetry until it
   expires. Reconnects are fast (RECONNECT_MIN_S..RECONNECT_MAX_S), and a heartbeat row tells
   the rollout evaluator whether ingest sees the devices (fleet.ingest_health).
+* Status for devices: once subscribed, each worker publishes a retained "online" on
+  `edgefleet/ingest/<fleet>/<client id>/status` (Last Will: retained "offline"; a graceful stop
+  clears it). Agents with `mqtt.hold_until_ingest` drain their outbox only while one is online,
+  so windows flushed after a broker restart are not dropped before ingest resubscribes.
 * Malformed, oversized, unknown-device and wrongly signed messages are counted by reason and
   dropped (fleet.ingest_store.Processor); ingest never crashes on them.
 """
@@ -18,6 +22,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import queue
@@ -28,6 +33,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from agent.protocol import ingest_status_topic
 from fleet.broker import broker_address, speaks_mqtt5
 from fleet.ingest_health import Heartbeat
 from fleet.ingest_store import IngestStats, Processor
@@ -36,6 +42,7 @@ from fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 __all__ = ["IngestService", "IngestStats", "Processor", "ingest_client_id", "run_forever"]
+_OFFLINE = json.dumps({"status": "offline"}).encode()
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 2   # paho's default backoff grows to 120 s: minutes of blindness
 
 
@@ -60,6 +67,7 @@ class IngestService:
         # (topic, payload, mid, connection generation): mid is acked once stored (persistent sessions)
         self.queue: queue.Queue[tuple[str, bytes, int, int]] = queue.Queue(maxsize=settings.ingest.queue_size)
         self.client_id = client_id or ingest_client_id(settings, slot)
+        self.status_topic = ingest_status_topic(settings.fleet_id, self.client_id)
         self.mqtt5 = False
         self.connected = threading.Event()
         self.connected_since: float | None = None
@@ -107,6 +115,7 @@ class IngestService:
         client.on_disconnect = self._on_disconnect
         client.max_inflight_messages_set(1000)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.will_set(self.status_topic, _OFFLINE, qos=1, retain=True)
         addr.configure(client)
         self._client = client
         tune_gc()
@@ -154,12 +163,21 @@ class IngestService:
             # A resumed persistent session already holds the subscriptions, and the broker may
             # deliver a long backlog before the SUBACK: do not make start() wait for it.
             self.subscribed.set()
+            self._announce(client)
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: Any, rcs: Any, props: Any = None) -> None:
         failed = [rc for rc in rcs if rc.is_failure]
         if failed:
             log.error("ingest subscription refused: %s", failed)
         self.subscribed.set()
+        if not failed:
+            self._announce(client)
+
+    def _announce(self, client: Any) -> None:
+        """Retained "online" once subscribed (never before: devices holding their outbox for us
+        would flush into a broker with no subscriber); the Last Will says offline."""
+        client.publish(self.status_topic, json.dumps({"status": "online", "client_id": self.client_id,
+                                                      "time": round(time.time(), 3)}).encode(), qos=1, retain=True)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         self.connected.clear()
@@ -238,6 +256,11 @@ class IngestService:
         self._stop.set()
         self.heartbeat.stop()
         if self._client is not None:
+            try:
+                if self.connected.is_set():  # gone for good: clear our retained status
+                    self._client.publish(self.status_topic, b"", qos=1, retain=True).wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass
             try:
                 self._client.disconnect()
             finally:

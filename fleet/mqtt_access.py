@@ -2,7 +2,8 @@
 auth hook (mosquitto-go-auth's HTTP backend, EMQX's HTTP authenticator and authorizer).
 
 A device logs in with the username and password it got at enrolment and may only publish its own
-telemetry, state and events and read its own command topic. The fleet's own processes log in with
+telemetry, state and events, read its own command topic and read its fleet's ingest status
+(`edgefleet/ingest/<fleet>/+/status`, retained, for `mqtt.hold_until_ingest`). The fleet's own processes log in with
 an operator or admin API token as the password. Decommissioned devices are refused.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, select
 
+from agent.protocol import INGEST_ROOT
 from fleet.auth import hash_token, principal_for_hash
 from fleet.models import Device
 
@@ -50,6 +52,9 @@ def authorize(db: Session, username: str, topic: str, acc: int) -> bool:
     if dev.status != "active":
         return False
     parts = topic.split("/")
+    if acc in (READ, SUBSCRIBE) and len(parts) == 5 and "/".join(parts[:3]) == f"{INGEST_ROOT}/{dev.fleet}" \
+            and parts[4] == "status" and (parts[3] == "+" or (parts[3] != "" and not set(parts[3]) & {"+", "#"})):
+        return True  # whether its fleet's ingest is online (mqtt.hold_until_ingest)
     if len(parts) != 5 or parts[:4] != ["edgefleet", "v1", dev.fleet, dev.id]:
         return False
     if acc == WRITE:

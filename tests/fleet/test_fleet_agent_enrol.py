@@ -54,6 +54,8 @@ def test_agent_enrol_writes_a_working_config(server, tmp_path, build_keys) -> No
     cfg = load_config(out)
     assert (cfg.device_id, cfg.fleet_id, cfg.device_class) == ("cam-7", "lab", "arm64-cortex-a")
     assert cfg.mqtt.url == "mqtt://127.0.0.1:1883" and cfg.mqtt.username == "cam-7" and len(cfg.mqtt.password) > 20
+    assert cfg.mqtt.hold_until_ingest is True   # telemetry waits for the fleet's ingest (issue 20)
+    assert "hold_until_ingest = true" in out.read_text()
     assert cfg.serving.http_port == port and cfg.fleet_url == server.url
     # each key in its role: the build key verifies bundles only, the fleet key commands only
     def pinned(paths):  # type: ignore[no-untyped-def]

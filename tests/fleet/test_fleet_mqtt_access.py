@@ -26,6 +26,12 @@ def test_device_credentials_and_topics(fleet) -> None:  # type: ignore[no-untype
     other = f"edgefleet/v1/{fleet.ctx.settings.fleet_id}/cam-2"
     assert acl(f"{other}/telemetry", 2) == 403 and acl(f"{other}/cmd", 4) == 403
     assert acl("edgefleet/v1/+/+/telemetry", 4) == 403
+    # its fleet's ingest status (mqtt.hold_until_ingest): read and subscribe, never publish
+    status = f"edgefleet/ingest/{fleet.ctx.settings.fleet_id}"
+    assert acl(f"{status}/+/status", 4) == 200 and acl(f"{status}/edgefleet-ingest-a/status", 1) == 200
+    assert acl(f"{status}/edgefleet-ingest-a/status", 2) == 403
+    assert acl("edgefleet/ingest/other-fleet/+/status", 4) == 403 and acl(f"{status}/#", 4) == 403
+    assert acl("edgefleet/ingest/+/+/status", 4) == 403
     assert c.post("/api/mqtt/acl", json={"username": user, "topic": f"{base}/events",
                                          "action": "publish"}).status_code == 200
     # decommissioned: neither login nor topics
@@ -41,3 +47,5 @@ def test_service_accounts_use_operator_tokens(fleet) -> None:  # type: ignore[no
     assert c.post("/api/mqtt/auth", data={"username": "ingest-1", "password": "nope"}).status_code == 403
     assert c.post("/api/mqtt/acl", data={"username": "ingest-1", "topic": "$share/g/edgefleet/v1/x/+/telemetry",
                                          "acc": 4}).status_code == 200
+    assert c.post("/api/mqtt/acl", data={"username": "ingest-1", "topic": "edgefleet/ingest/x/ingest-1/status",
+                                         "acc": 2}).status_code == 200   # ingest announces itself
