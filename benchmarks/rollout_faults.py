@@ -8,7 +8,8 @@ of two evaluator processes (the lease holder) killed. A last scenario kills the 
 bad version's canary. Measured: good versions completed (target 100%) with exactly one install
 per device, bad versions stopped at the canary, telemetry windows lost (acknowledged by the
 broker, never stored), and time to resume (fault start, or the broker's return, to the next
-rollout tick by a live process / the end of the blind wait).
+rollout tick by a live process / the end of the blind wait). Devices hold their telemetry until
+an ingest worker is online (mqtt.hold_until_ingest, as enrolled); --no-hold measures without.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def _ticked_by_other(w: Any, rid: int, holder: str) -> float | None:
     return r.last_tick_at if r.last_holder and r.last_holder != holder else None
 
 
-def run_once(scenario: str, devices: int, window_s: float, rng: random.Random, tmp: Path) -> dict[str, Any]:
+def run_once(scenario: str, devices: int, window_s: float, rng: random.Random, tmp: Path,
+             hold: bool = True) -> dict[str, Any]:
     from tests.rollouts.faultworld import FaultWorld
     from tests.rollouts.simdevice import Behaviour
     from tests.waiting import wait_for
@@ -66,7 +68,7 @@ def run_once(scenario: str, devices: int, window_s: float, rng: random.Random, t
     bad = scenario.startswith("bad")
     two_evaluators = scenario == "evaluator-holder-killed"
     w = FaultWorld(tmp, url, n_devices=devices, window_s=window_s, fleet_evaluator=not two_evaluators,
-                   behaviours={3: Behaviour(drift=True)})
+                   behaviours={3: Behaviour(drift=True)}, hold_until_ingest=hold)
     out: dict[str, Any] = {"scenario": scenario}
     try:
         if two_evaluators:
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=1.0, help="telemetry window, seconds")
     ap.add_argument("--repeat", type=int, default=2, help="runs per good-version scenario")
     ap.add_argument("--seed", type=int, default=20)
+    ap.add_argument("--no-hold", action="store_true",
+                    help="devices send without waiting for an online ingest (mqtt.hold_until_ingest = false)")
+    ap.add_argument("--only", default="", help="comma-separated scenarios (default: all)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "rollout_faults.json"))
     args = ap.parse_args(argv)
     from tests.rollouts.faultworld import MOSQUITTO
@@ -138,15 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     runs: list[dict[str, Any]] = []
     base = Path(tempfile.mkdtemp(prefix="rollout-faults-"))
-    for scenario in SCENARIOS:
+    scenarios = [x for x in SCENARIOS if not args.only or x in args.only.split(",")]
+    for scenario in scenarios:
         n = 1 if scenario in ("broker-down-20s", "bad-version-fleet-kill9") else args.repeat
         for i in range(n):
-            res = run_once(scenario, args.devices, args.window, rng, base / f"{scenario}-{i}")
+            res = run_once(scenario, args.devices, args.window, rng, base / f"{scenario}-{i}", hold=not args.no_hold)
             runs.append(res)
             print(f"  {scenario} #{i}: {res['status']} ok={res['ok']} resume {res['resume_s']} s, "
                   f"windows lost {res['windows_lost']}/{res['windows_sent']}", flush=True)
     rows = []
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         rs = [r for r in runs if r["scenario"] == scenario]
         ok = sum(bool(r["ok"]) for r in rs)
         what = "bad version stopped at the canary" if scenario.startswith("bad") else "good completed, 1 install each"
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((scenario, what, f"{ok}/{len(rs)} ({100 * ok / len(rs):.0f}%)",
                      f"{sum(r['windows_lost'] for r in rs)}/{sum(r['windows_sent'] for r in rs)}",
                      f"{max(resume):.1f}" if resume else "-"))
-    report = {"devices": args.devices, "window_s": args.window, "runs": runs,
+    report = {"devices": args.devices, "window_s": args.window, "hold_until_ingest": not args.no_hold, "runs": runs,
               "table": [dict(zip(("fault", "expectation", "runs ok", "windows lost", "max resume s"), r,
                                  strict=True)) for r in rows]}
     print()

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, select
 
 from agent.keys import Keyring, generate_keypair, load_private_key, public_key_to_b64
+from agent.protocol import INGEST_ROOT, ingest_status_topic
 from fleet.broker import free_port, reachable
 from fleet.db import init_db, make_engine
 from fleet.models import Device, TelemetryWindow
@@ -73,9 +74,13 @@ class PrivateBroker:
 
 
 class CountingSimFleet(MqttSimFleet):
-    """MqttSimFleet that reconnects fast and remembers every telemetry window it published."""
+    """MqttSimFleet that reconnects fast and remembers every telemetry window it published.
 
-    def __init__(self, *a: Any, **kw: Any) -> None:
+    With `hold_until_ingest` (what `agent enrol` sets) it behaves like agent.mqtt_link: device
+    messages wait in a list (the outbox) until an ingest worker's retained status says online,
+    and that set is forgotten on every reconnect."""
+
+    def __init__(self, *a: Any, hold_until_ingest: bool = False, **kw: Any) -> None:
         super().__init__(*a, **kw)
         import paho.mqtt.client as mqtt
 
@@ -83,20 +88,55 @@ class CountingSimFleet(MqttSimFleet):
         old = self._client
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"faultsim-{self.fleet}",
                                    clean_session=False)
-        for cb in ("on_connect", "on_subscribe", "on_message"):
+        for cb in ("on_subscribe", "on_message"):
             setattr(self._client, cb, getattr(old, cb))
+        self._client.on_connect = self._on_connect_hold
+        self._client.on_disconnect = lambda *a: self._ingest_online.clear()
         self._client.max_inflight_messages_set(2000)
         self._client.max_queued_messages_set(0)
         self._client.reconnect_delay_set(0.2, 2)
         self.sent: dict[tuple[str, int], Any] = {}   # (device, seq) -> paho MQTTMessageInfo
         self.paused = False
+        self.hold = hold_until_ingest
+        self.held: list[tuple[str, bytes]] = []
+        self._ingest_online: set[str] = set()
+        self._hold_lock = threading.Lock()
+
+    def _on_connect_hold(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        self._ingest_online.clear()
+        self._on_connect(client, userdata, flags, rc, props)
+        if self.hold:
+            client.subscribe(ingest_status_topic(self.fleet), qos=1)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if not msg.topic.startswith(INGEST_ROOT + "/"):
+            super()._on_message(client, userdata, msg)
+            return
+        try:
+            online = bool(msg.payload) and json.loads(msg.payload).get("status") == "online"
+        except ValueError:
+            online = False
+        (self._ingest_online.add if online else self._ingest_online.discard)(msg.topic)
+        if online:
+            self._send([])
 
     def _send(self, messages: list[tuple[str, bytes]]) -> None:
-        for t, raw in messages:
-            info = self._client.publish(t, raw, qos=1, retain=t.endswith("/state"))
-            if t.endswith("/telemetry"):
-                p = json.loads(raw)["payload"]
-                self.sent[(p["device"], int(p["seq"]))] = info
+        with self._hold_lock:
+            if self.hold:
+                self.held.extend(m for m in messages if not m[0].endswith("/state"))  # state: retained, direct
+                messages = [m for m in messages if m[0].endswith("/state")]
+                if self._ingest_online and self._client.is_connected():
+                    messages, self.held = messages + self.held, []
+            for t, raw in messages:
+                info = self._client.publish(t, raw, qos=1, retain=t.endswith("/state"))
+                if t.endswith("/telemetry"):
+                    p = json.loads(raw)["payload"]
+                    self.sent[(p["device"], int(p["seq"]))] = info
+
+    def still_held(self) -> set[tuple[str, int]]:
+        with self._hold_lock:
+            return {(p["device"], int(p["seq"])) for t, raw in self.held if t.endswith("/telemetry")
+                    for p in [json.loads(raw)["payload"]]}
 
     def handed_over(self) -> set[tuple[str, int]]:
         """Windows the broker acknowledged: from there on, losing one is the fleet's fault."""
@@ -120,7 +160,8 @@ class CountingSimFleet(MqttSimFleet):
 class FaultWorld(RolloutQueries):
     def __init__(self, tmp: Path, database_url: str, *, n_devices: int = 8,
                  behaviours: Mapping[int, Behaviour] | None = None, window_s: float = 0.5,
-                 fleet_evaluator: bool = True, build_keys: tuple[str, ...] = ()) -> None:
+                 fleet_evaluator: bool = True, build_keys: tuple[str, ...] = (),
+                 hold_until_ingest: bool = True) -> None:
         self.tmp = tmp
         self.fleet_id = f"ft{uuid.uuid4().hex[:10]}"
         self.database_url = database_url
@@ -162,7 +203,8 @@ class FaultWorld(RolloutQueries):
             s.commit()
         self.sims = {x.device_id: x for x in sims}
         self.start_fleet()
-        self.devices = CountingSimFleet(sims, self.fleet_id, port=self.broker.port, window_s=window_s).start()
+        self.devices = CountingSimFleet(sims, self.fleet_id, port=self.broker.port, window_s=window_s,
+                                        hold_until_ingest=hold_until_ingest).start()
         if n_devices:
             wait_for(lambda: self.count(lambda d: d.installed_version == 1) == n_devices, 30, "initial signed states")
 
@@ -243,7 +285,7 @@ class FaultWorld(RolloutQueries):
             with Session(self.engine) as s:
                 rows = s.exec(select(TelemetryWindow.device_id, TelemetryWindow.seq)
                               .where(TelemetryWindow.device_id.in_(list(self.sims)))).all()
-            return self.devices.handed_over() - {(d, int(q)) for d, q in rows}
+            return (self.devices.handed_over() | self.devices.still_held()) - {(d, int(q)) for d, q in rows}
 
         self.missing = missing
 

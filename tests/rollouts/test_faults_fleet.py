@@ -114,9 +114,10 @@ def test_a_broker_outage_makes_rollouts_wait_not_fail(world_factory):
     time.sleep(max(0.0, 20 - 3))
     w.broker.start()
     _assert_good_run(w, rid, 2)
-    # Not asserted: mosquitto 2.0 restores neither MQTT 5 sessions nor shared subscriptions after a
-    # restart, so windows devices flush before ingest resubscribes (<= its 2 s reconnect) are
-    # dropped by the broker; benchmarks/rollout_bench.py reports them.
+    # mosquitto 2.0 restores neither MQTT 5 sessions nor shared subscriptions after a restart:
+    # devices with mqtt.hold_until_ingest (as enrolled) keep their windows until ingest has
+    # resubscribed and announced itself, so none is lost (880 of 1200 were before).
+    assert w.windows_lost() == 0, sorted(w.missing())[:20]
 
 
 def test_two_evaluators_take_over_from_a_killed_holder(world_factory):
