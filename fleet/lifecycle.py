@@ -67,8 +67,8 @@ def check_first_owner(db: Session, name: str, fields: OwnerFields, required: boo
     fields.check()
     if required and db.get(ModelOwner, name) is None and fields.missing():
         miss = ", ".join(f"owner_{f}" if f != "oncall" else "oncall" for f in fields.missing())
-        raise LifecycleError(422, "owner-required", f"first upload of {name!r} needs an owner in production mode;"
-                                                    f" missing: {miss}")
+        raise LifecycleError(422, "owner-required", f"model {name!r} has no owner yet and this fleet runs in"
+                                                    f" production mode; pass the owner with the upload, missing: {miss}")
 
 
 def owner_at_upload(db: Session, name: str, fields: OwnerFields, actor: str) -> ModelOwner | None:
