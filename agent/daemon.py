@@ -87,6 +87,7 @@ class Agent:
                          config.health.warmup_runs),
             emit=self.emit_event, on_change=self._changed, track=self._track, untrack=self.telemetry.untrack,
             max_bundle_bytes=config.max_bundle_bytes)
+        self.lifecycle.disk = self.disk   # a rollback's pointer write fails soft on a full disk
         self._load_telemetry_config()
         self.predictor.on_runtime_error = self.lifecycle.check_probation
         self.predictor.on_probation_end = self.lifecycle.end_probation
@@ -291,6 +292,7 @@ class Agent:
             "last_command": self.commands.last_command if self.commands else None,
             "refused_unverified": self.commands.refused_unverified() if self.commands else None,
             "last_rollback_reason": self.lifecycle.last_rollback_reason,
+            "pointer_pending": self.lifecycle.pointer_pending,
             "unix_socket": self.cfg.serving.unix_socket or None,
             "http_port": self.server.http_port if self.server else None,
             "device_key_id": key_id(self.device_key),
@@ -300,6 +302,7 @@ class Agent:
         }
 
     def _write_status(self, ready: bool | None = None) -> None:
+        self.lifecycle.save_pointer()   # a rollback's pointer that a full disk held back
         st = self.status()
         if ready is not None:
             st["ready"] = ready

@@ -14,6 +14,7 @@ import logging
 import shutil
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,18 @@ class DiskGuard:
         if first:
             log.error("event=disk-full what=%s error=%s: still serving; status, outbox and log writes are"
                       " dropped and counted until space returns", what, exc)
+        return True
+
+    def attempt(self, what: str, write: Callable[[], Any]) -> bool:
+        """Run `write`; False when the disk is full (counted, the caller retries later), True when
+        it succeeded. Other errors are raised."""
+        try:
+            write()
+        except Exception as exc:
+            if not self.failed(what, exc):
+                raise
+            return False
+        self.ok()
         return True
 
     def ok(self) -> bool:

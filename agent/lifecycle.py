@@ -23,6 +23,7 @@ import numpy as np
 
 from agent.bundle import BundleError, RollbackApproval
 from agent.device_classes import DeviceClass
+from agent.disk_guard import DiskGuard
 from agent.keys import Keyring
 from agent.model_store import InstalledModel, ModelStore
 from agent.runtimes.base import RuntimeLoadError, RuntimeOptions, RuntimeUnavailable
@@ -112,6 +113,8 @@ class Lifecycle:
                                       execution_providers=device_class.execution_providers or ("CPUExecutionProvider",))
         self._lock = threading.RLock()
         self.last_rollback_reason: str | None = None
+        self.disk = DiskGuard()            # the agent's own guard replaces this (agent.daemon)
+        self.pointer_pending = False       # the pointer file lags what is served (a full disk)
 
     # -- loading ------------------------------------------------------------------------------
     def _load(self, inst: InstalledModel) -> LoadedModel:
@@ -281,19 +284,35 @@ class Lifecycle:
             prev, bad = self.predictor.previous, self.predictor.active
             if prev is None or bad is None:
                 return False
-            self.store.set_pointer(prev.installed, None)
+            # serve the good model first: a full disk must not keep the bad one serving
             prev.probation = 0
             self.track(prev, "active")
             self.predictor.active = prev
             self.predictor.previous = None
             self.untrack(bad)
             self.last_rollback_reason = reason
-            log.warning("event=rollback from=%s to=%s reason=%s", bad.version, prev.version, reason)
+            self.pointer_pending = True
+            saved = self.save_pointer()
+            log.warning("event=rollback from=%s to=%s reason=%s pointer_saved=%s", bad.version, prev.version,
+                        reason, saved)
             if local:
                 self.emit("local-rollback", command_id=command_id, reason=reason,
-                          details={"from_version": bad.version, "to_version": prev.version})
+                          details={"from_version": bad.version, "to_version": prev.version, "pointer_saved": saved})
             self.on_change()
             return True
+
+    def save_pointer(self) -> bool:
+        """Write a pending pointer (what is served now); on a full disk it stays pending, counted
+        by the DiskGuard, and is retried at the next status write. True when none is pending."""
+        with self._lock:
+            if not self.pointer_pending:
+                return True
+            active, previous = self.predictor.active, self.predictor.previous
+
+            def write() -> None:
+                self.store.set_pointer(active.installed if active else None, previous.installed if previous else None)
+            self.pointer_pending = not self.disk.attempt("pointer", write)
+            return not self.pointer_pending
 
     def check_probation(self, model: LoadedModel) -> None:
         """Called on a runtime error during probation: roll back when the error rate is too high."""

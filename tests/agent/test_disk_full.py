@@ -89,6 +89,52 @@ def test_in_process_agent_serves_through_a_full_disk(small_disk: Path, fleet_key
         a.stop()
 
 
+def test_probation_rollback_on_a_full_disk_swaps_at_once_and_saves_the_pointer_later(
+        small_disk: Path, fleet_keys, bundles, digits) -> None:
+    """Writing the active pointer raised ENOSPC in the rollback thread, which died: the bad model
+    kept serving until space returned. Now the swap happens in memory first and the pointer write
+    fails soft (counted, reported) and is retried at the next status write."""
+    x = digits[0][:4]
+    state = small_disk / "state"
+    a = Agent(make_config(state, fleet_keys["pub"], device_id="disk-rb")).start()
+    events: list[tuple[str, dict]] = []
+    emit = a.lifecycle.emit
+    a.lifecycle.emit = lambda kind, **kw: (events.append((kind, kw)), emit(kind, **kw))
+    try:
+        a.install(bundles["v1"])
+        a.install(bundles["v2"])
+        bad = a.predictor.active
+        assert bad.version == 2 and a.predictor.previous.version == 1
+        pointer = a.store.pointer_path.read_bytes()
+        filler = fill(small_disk)
+
+        bad.runtime_errors, bad.attempts = 5, 5      # probation sees a failing model ...
+        a.lifecycle.check_probation(bad)             # ... and rolls back on its own thread
+        wait_for(lambda: a.predictor.active.version == 1, 10, what="rolled back in memory")
+        assert a.predict(x)["logits"].shape == (4, 10) and a.predictor.active.version == 1
+        assert a.lifecycle.pointer_pending and a.store.pointer_path.read_bytes() == pointer   # still names v2
+        kind, kw = wait_for(lambda: next((e for e in events if e[0] == "local-rollback"), None), 10,
+                            what="local-rollback reported")
+        assert kw["details"]["pointer_saved"] is False and kw["details"]["to_version"] == 1
+        a._write_status()                            # still full: retried, counted, not raised
+        health = a.status()
+        assert health["pointer_pending"] is True and health["disk_full"] is True
+        assert a.disk.failures["pointer"] >= 2
+
+        filler.unlink()                              # space returns: the next status write saves it
+        a._write_status()
+        assert not a.lifecycle.pointer_pending
+        assert a.store.pointer()["active"].version == 1 and a.store.pointer()["previous"] is None
+        assert json.loads((state / "status.json").read_text())["pointer_pending"] is False
+    finally:
+        a.stop()
+    b = Agent(make_config(state, fleet_keys["pub"], device_id="disk-rb")).start()   # a restart keeps v1
+    try:
+        assert b.predictor.active.version == 1
+    finally:
+        b.stop()
+
+
 @pytest.mark.slow
 def test_agent_process_survives_a_full_disk(small_disk: Path, tmp_path: Path, fleet_keys, bundles, digits) -> None:
     port = free_port()
