@@ -112,7 +112,8 @@ class Agent:
             from agent.local_server import LocalServer
 
             self.server = LocalServer(self.predict, self.status, self.cfg.serving.unix_socket,
-                                      self.cfg.serving.http_port or None, self.cfg.serving.max_request_bytes)
+                                      self.cfg.serving.http_port or None, self.cfg.serving.max_request_bytes,
+                                      explain=self.explain)
             self.server.start()
         if self.cfg.mqtt.url:
             from agent.mqtt_link import LinkSettings, MqttLink
@@ -131,6 +132,16 @@ class Agent:
     def predict(self, inputs: Any) -> dict[str, np.ndarray]:
         """Run the active model. Raises spec_check.InputError, serving.PredictError or NoModelError."""
         return self.predictor.predict(inputs)
+
+    def explain(self, inputs: Any, top_k: int | None = None) -> dict[str, Any]:
+        """Per-feature occlusion attributions from the active model's own runtime (agent/explain.py)."""
+        from agent.explain import explain_model
+        from agent.serving import NoModelError
+
+        m = self.predictor.active
+        if m is None:
+            raise NoModelError("no model is installed")
+        return explain_model(m, inputs, top_k)
 
     def install(self, bundle_path: Path | str, rollback_approval: RollbackApproval | None = None,
                 allow_new_name: bool = False) -> InstalledModel:

@@ -292,8 +292,10 @@ class _HttpError(Exception):
 
 
 class _HttpEndpoint:
-    def __init__(self, predict: PredictFn, status: StatusFn, max_bytes: int) -> None:
+    def __init__(self, predict: PredictFn, status: StatusFn, max_bytes: int,
+                 explain: Callable[..., dict[str, Any]] | None = None) -> None:
         self.predict, self.status, self.max_bytes = predict, status, max_bytes
+        self.explain = explain
 
     def serve(self, sock: socket.socket) -> None:
         try:
@@ -364,6 +366,11 @@ class _HttpEndpoint:
                 code, ctype, parts = self._not_allowed(path, "POST")
             else:
                 code, ctype, parts = self._predict(body, headers.get(b"content-type", b""))
+        elif path == "/v1/explain" and self.explain is not None:  # issue 15: agent/explain.py
+            from agent.explain import http_explain
+
+            code, ctype, parts = (self._not_allowed(path, "POST") if method != b"POST"
+                                  else http_explain(self.explain, body, error_kind))
         elif path in ("/healthz", "/v1/status"):
             if method != b"GET":
                 code, ctype, parts = self._not_allowed(path, "GET")
@@ -481,7 +488,7 @@ class LocalServer:
     """Starts whichever endpoints are configured; `http_port` is the bound port (0 picks one)."""
 
     def __init__(self, predict: PredictFn, status: StatusFn, unix_socket: str = "", http_port: int | None = None,
-                 max_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_bytes: int = 64 * 1024 * 1024, explain: Callable[..., dict[str, Any]] | None = None) -> None:
         self.unix_socket = unix_socket
         self._servers: list[_Server] = []
         self.http_port: int | None = None
@@ -494,7 +501,7 @@ class LocalServer:
             os.chmod(p, 0o660)
             self._servers.append(srv)
         if http_port is not None:
-            hs = _Server(socket.AF_INET, ("127.0.0.1", http_port), _HttpEndpoint(predict, status, max_bytes).serve)
+            hs = _Server(socket.AF_INET, ("127.0.0.1", http_port), _HttpEndpoint(predict, status, max_bytes, explain).serve)
             self.http_port = hs.server_address[1]
             self._servers.append(hs)
 

@@ -322,6 +322,9 @@ def _build_device_class(cfg: CompileConfig, progress: _Progress, dc: DeviceClass
                                      "precision_built": chosen.precision, "lineage": prep.lineage + art.lineage},
         evaluation=prep.ctx.evaluation, predictions=chosen.outputs, task=cfg.task, n_classes=prep.n_classes,
         threads=dc.threads, source_onnx=prep.ctx.onnx_fp32)
+    from compiler.explain import add_explain  # global explanations per version (issue 15)
+
+    add_explain(manifest_fields, art, prep.ctx.evaluation, cfg.task, prep.ctx.torch_model, dc.threads)
     from agent.bundle import build_bundle
 
     bundle_path = out_dir / f"{cfg.name}-v{cfg.version}-{dc.name}.bundle"

@@ -1,0 +1,139 @@
+"""Local explanations on the device: per-feature occlusion attributions with the device's own runtime.
+
+Why occlusion: it needs nothing but the runtime that serves (no gradients, works for ONNX, OpenVINO
+and TFLite alike), it costs exactly n_features + 1 inferences (one batched call when the model takes
+a dynamic batch) and it answers the question an operator asks: "how much did the predicted score
+move when this feature was set to its typical value?". The typical value is the per-feature median
+of the build's eval set, shipped in the manifest (`explain.reference`, compiler/explain.py); bundles
+built before that fall back to the drift baseline's histogram medians (2-D inputs) or zero.
+
+An explanation never contains the raw input, only attributions, so it may travel to the fleet
+(the signed `explain` command) unless raw sampling is enabled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from agent.spec_check import InputError, check_inputs
+
+if TYPE_CHECKING:
+    from agent.serving import LoadedModel
+
+MAX_ELEMENTS = 256  # per-sample tensors up to this size are explained per element, larger ones per channel
+MAX_FEATURES = 1024  # the occlusion budget: never more inferences than this per explained row
+MAX_ROWS = 16
+
+
+def feature_groups(sample_shape: tuple[int, ...]) -> tuple[str, np.ndarray]:
+    """(kind, index map): each element of one flattened sample -> its feature index (shared with
+    the compiler so build-time importance and device attributions name the same features)."""
+    size = int(np.prod(sample_shape)) if sample_shape else 1
+    if len(sample_shape) <= 1 or size <= MAX_ELEMENTS:
+        return "element", np.arange(size)
+    per = size // sample_shape[0]
+    return "channel", np.repeat(np.arange(sample_shape[0]), per)
+
+
+def _baseline_medians(manifest: Mapping[str, Any], n_feat: int) -> tuple[np.ndarray, str]:
+    """Per-feature reference values and where they came from."""
+    ref = (manifest.get("explain") or {}).get("reference")
+    if isinstance(ref, list) and len(ref) == n_feat:
+        return np.asarray(ref, dtype=np.float64), "explain.reference"
+    base = manifest.get("drift_baseline") or {}
+    ext = base.get("extractor") or {}
+    out = np.zeros(n_feat)
+    if not ext.get("reduce_axes") and base.get("features"):
+        idx = ext.get("indices") or list(range(len(base["features"])))
+        for i, feat in zip(idx, base["features"], strict=False):
+            edges = feat.get("edges") or []
+            if 0 <= int(i) < n_feat and edges:
+                out[int(i)] = float(edges[len(edges) // 2])  # quantile edges: the middle one is ~ the median
+        return out, "drift_baseline"
+    return out, "zeros"
+
+
+def _names(manifest: Mapping[str, Any], n_feat: int) -> list[str]:
+    names = (manifest.get("explain") or {}).get("features")
+    if isinstance(names, list) and len(names) == n_feat:
+        return [str(n) for n in names]
+    return [f"f{i}" for i in range(n_feat)]
+
+
+def _score_index(out: np.ndarray) -> tuple[str, np.ndarray]:
+    flat = out.reshape(len(out), -1)
+    if flat.shape[1] > 1:
+        return "class", flat.argmax(axis=1)
+    return "value", np.zeros(len(flat), dtype=np.int64)
+
+
+def explain_model(model: LoadedModel, inputs: Mapping[str, Any] | np.ndarray, top_k: int | None = None
+                  ) -> dict[str, Any]:
+    """Occlusion attributions for each row of `inputs` (single-input models; at most MAX_ROWS rows).
+
+    Raises InputError for a bad input or a model this method cannot explain."""
+    t0 = time.perf_counter()
+    x = check_inputs(inputs, model.inputs)
+    if len(x) != 1:
+        raise InputError("explanations need a model with exactly one input tensor")
+    name, arr = next(iter(x.items()))
+    if arr.ndim < 1 or len(arr) > MAX_ROWS:
+        raise InputError(f"explain at most {MAX_ROWS} rows per request (got {len(arr) if arr.ndim else 0})")
+    kind, groups = feature_groups(tuple(arr.shape[1:]))
+    n_feat = int(groups.max()) + 1
+    if n_feat > MAX_FEATURES:
+        raise InputError(f"{n_feat} features exceed the occlusion budget of {MAX_FEATURES}")
+    ref, ref_source = _baseline_medians(model.manifest, n_feat)
+    names = _names(model.manifest, n_feat)
+    fixed_batch = next((s.shape[0] for s in model.inputs if s.name == name and s.shape
+                        and isinstance(s.shape[0], int) and s.shape[0] > 0), None)
+    rows, evaluations = [], 0
+    for r in range(len(arr)):
+        row = arr[r:r + 1]
+        flat = row.reshape(1, -1)
+        variants = np.repeat(flat, n_feat + 1, axis=0)
+        for f in range(n_feat):
+            variants[f + 1, groups == f] = ref[f]
+        variants = variants.reshape((n_feat + 1, *row.shape[1:])).astype(row.dtype, copy=False)
+        if fixed_batch == 1:
+            out = np.concatenate([np.asarray(model.run({name: variants[i:i + 1]})[0]) for i in range(n_feat + 1)])
+        else:
+            out = np.asarray(model.run({name: variants})[0])
+        evaluations += n_feat + 1
+        out = out.reshape(n_feat + 1, -1).astype(np.float64)
+        score_kind, target = _score_index(out[:1])
+        t = int(target[0])
+        attr = out[0, t] - out[1:, t]
+        order = np.argsort(-np.abs(attr), kind="stable")[: top_k or n_feat]
+        rows.append({"prediction": t if score_kind == "class" else None, "score": round(float(out[0, t]), 6),
+                     "attributions": [{"feature": names[i], "attribution": round(float(attr[i]), 6)}
+                                      for i in order]})
+    return {"model": model.installed.name, "version": model.version, "method": "occlusion",
+            "reference": ref_source, "feature_kind": kind, "n_features": n_feat, "evaluations": evaluations,
+            "rows": rows, "latency_ms": round((time.perf_counter() - t0) * 1000.0, 3)}
+
+
+def http_explain(explain: Any, body: Any, error_kind: Any) -> tuple[int, str, list[bytes]]:
+    """POST /v1/explain {"inputs": ..., "top_k": 5}: the attributions as JSON (or the same error
+    document /v1/predict answers with)."""
+    import json
+
+    try:
+        try:
+            doc = json.loads(body if isinstance(body, bytes) else bytes(body))
+        except (ValueError, RecursionError) as exc:
+            raise InputError(f"body is not JSON: {exc}") from None
+        inputs = doc.get("inputs") if isinstance(doc, dict) else doc
+        if not isinstance(inputs, (dict, list)):
+            raise InputError("JSON body must be {\"inputs\": {name: array}, \"top_k\": n} or an array")
+        top_k = doc.get("top_k") if isinstance(doc, dict) else None
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            raise InputError("top_k must be a positive integer")
+        return 200, "application/json", [json.dumps(explain(inputs, top_k)).encode()]
+    except Exception as exc:
+        code, kind = error_kind(exc)
+        return code, "application/json", [json.dumps({"error": {"kind": kind, "message": str(exc)}}).encode()]
