@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench lint services browser dist clean
+.PHONY: install demo test test-fast bench lint services browser monitoring dist clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; } \
 	  || echo "warning: could not install chromium; browser tests will fail with a clear message"
 
+# Debian's prometheus (prometheus + promtool) for the alert-rule and scrape tests (deploy/prometheus/).
+monitoring:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
+	  { apt-get update -q && apt-get install -y -q prometheus; } \
+	  || echo "warning: could not install prometheus; the Prometheus tests will fail with a clear message"
+
 # Mosquitto at 127.0.0.1:1883 and PostgreSQL at 127.0.0.1:5432, started when they are not running.
 services:
 	bash scripts/services.sh
@@ -34,7 +40,7 @@ services:
 demo: install
 	$(VENV)/bin/edgefleet demo
 
-test: install browser services
+test: install browser monitoring services
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install services

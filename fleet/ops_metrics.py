@@ -3,7 +3,7 @@ device metrics (latency quantiles, error rates, resource use) read from merged a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -29,7 +29,22 @@ def metrics() -> Response:
     # content_type, not mimetype: Flask appends "; charset=utf-8" to a mimetype, the library's type
     # already carries one, and a repeated parameter makes Prometheus (Go's mime.ParseMediaType) refuse it.
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encoder(REGISTRY), content_type=content_type)
+    return Response(encoder(_Scrape()), content_type=content_type)
+
+
+class _Scrape:
+    """The process's registry plus this app's model health (fleet.model_health), read per scrape."""
+
+    def collect(self) -> Iterator[Any]:
+        from fleet.app import fleet_context
+        from fleet.model_health import ModelHealthCollector
+
+        yield from REGISTRY.collect()
+        ctx = fleet_context()
+        collector = ctx.extras.get("model_health")
+        if collector is None:
+            collector = ctx.extras["model_health"] = ModelHealthCollector(ctx)
+        yield from collector.collect()
 
 
 def observe_request(method: str, rule: str, status: int, seconds: float) -> None:
