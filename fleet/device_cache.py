@@ -33,6 +33,7 @@ class DeviceInfo:
     fetched: float
     seen_written: float = 0.0
     broken: bool = False  # the stored public key cannot be loaded: never cached, logged
+    quarantined: bool = False  # a sampled signature check failed: telemetry refused (fleet.ingest_trust)
 
 
 class DeviceCache:
@@ -66,7 +67,8 @@ class DeviceCache:
         return out
 
     def _load(self, ids: list[str], old: dict[str, DeviceInfo | None], t: float) -> dict[str, DeviceInfo]:
-        cols = (Device.id, Device.status, Device.public_key, Device.device_class, Device.attributes)
+        cols = (Device.id, Device.status, Device.public_key, Device.device_class, Device.attributes,
+                Device.quarantined_at)
         rows = {}
         with self.engine.connect() as conn:
             for i in range(0, len(ids), CHUNK):
@@ -87,5 +89,5 @@ class DeviceCache:
                 continue
             out[device_id] = DeviceInfo(keyring, r.device_class, aggregate.cohort_of(r.attributes,
                                                                                      self.settings.cohort_keys),
-                                        t, seen)
+                                        t, seen, quarantined=r.quarantined_at is not None)
         return out

@@ -115,4 +115,5 @@ def device_view(d: Device) -> dict[str, Any]:
                 "name": d.installed_name, "version": d.installed_version,
                 "manifest_sha256": d.installed_manifest_sha256, "bundle_sha256": d.installed_bundle_sha256},
             "previous_version": d.previous_version, "agent_version": d.agent_version, "state_seq": d.state_seq,
-            "command_seq": d.command_seq}
+            "command_seq": d.command_seq,
+            "quarantine": None if d.quarantined_at is None else {"at": d.quarantined_at, "reason": d.quarantine_reason}}

@@ -1,5 +1,6 @@
 """The fleet's scheduled governance jobs (issue 16), run by `serve` every
-`lifecycle.housekeeping_interval_s`: overdue model reviews (gauge + audit) and retention."""
+`lifecycle.housekeeping_interval_s`: overdue model reviews (gauge + audit), retention, and the
+raw-telemetry day partitions created ahead on PostgreSQL (fleet.partitions)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from fleet import retention, reviews
+from fleet import partitions, retention, reviews
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +19,12 @@ def run_once(ctx: Any, at: float | None = None) -> dict[str, Any]:
     with ctx.session() as db:
         overdue = reviews.check_overdue(db, at, ctx.settings.lifecycle.review_interval_days)
     with ctx.session() as db:
+        created = partitions.ensure(db.connection(), at)
+    with ctx.session() as db:
         deleted = retention.apply(db, ctx.settings, at)
     if any(deleted.values()):
         log.info("retention deleted %s", deleted)
-    return {"overdue_reviews": [s.name for s in overdue], "deleted": deleted}
+    return {"overdue_reviews": [s.name for s in overdue], "deleted": deleted, "partitions_created": created}
 
 
 def start(ctx: Any, stop: threading.Event) -> threading.Thread:

@@ -24,9 +24,10 @@ from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, ProtocolError, parse_topi
 from fleet import aggregate, audit, fastjson, ops_metrics
 from fleet.aggregate import Hist
 from fleet.device_cache import DeviceCache, DeviceInfo
+from fleet.ingest_trust import TrustPolicy, quarantine
 from fleet.models import Aggregate, Device, DeviceEvent, TelemetryWindow, now
 from fleet.settings import FleetSettings
-from fleet.verification import MAX_INT, check_telemetry, fast_verify
+from fleet.verification import MAX_INT, check_telemetry, fast_verify, trusted_payload
 from fleet.window_insert import WindowInserter
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class Processor:
         self._windows = WindowInserter(engine)
         self._agg_insert = _insert_ignore(engine, _AGG).on_conflict_do_nothing(index_elements=list(_AGG_KEY))
         self._last_prune = 0.0
+        self.trust = TrustPolicy(settings.ingest.verify, settings.ingest.sample_rate)
 
     def forget_device(self, device_id: str) -> None:
         self.devices.forget(device_id)
@@ -195,7 +197,18 @@ class Processor:
             raise ProtocolError("unknown-device", device)
         if kind == "state" and doc.get("status") == "offline" and "signature" not in doc:
             return _Parsed(kind, device, None, info)
-        payload = fast_verify(raw, doc, info.keyring)
+        if info.quarantined and kind != "state":
+            raise ProtocolError("quarantined", device)
+        if not self.trust.must_verify(kind):
+            payload = trusted_payload(raw, doc, info.keyring)
+        else:
+            try:
+                payload = fast_verify(raw, doc, info.keyring)
+            except ProtocolError as exc:  # sampling trusted this device's other windows: stop that
+                if self.trust.sampling and exc.reason == "bad-signature":
+                    quarantine(self.engine, device, f"{kind}: {exc}")
+                    info.quarantined = True
+                raise
         if payload.get("device") != device:
             raise ProtocolError("device-mismatch", f"payload names {payload.get('device')!r}")
         if kind == "telemetry":

@@ -46,6 +46,8 @@ class Device(SQLModel, table=True):
     command_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     mqtt_username: str = ""
     mqtt_password_hash: str = ""
+    quarantined_at: float | None = None    # ingest refuses its telemetry until an operator releases it
+    quarantine_reason: str | None = None
 
 
 class ModelVersion(SQLModel, table=True):

@@ -1,7 +1,8 @@
 """Retention by age (issue 16): the fleet deletes what its policy no longer keeps, on a schedule
 (fleet.housekeeping). Raw per-device telemetry windows follow `ingest.retention_days`;
 aggregates, device events and the audit log follow `lifecycle.*_retention_days` (0 keeps
-forever). Each run that deletes anything leaves an audit entry saying how much and why."""
+forever). Each run that deletes anything leaves an audit entry saying how much and why.
+On PostgreSQL raw windows are day partitions (fleet.partitions): whole days are dropped."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete
 from sqlmodel import Session
 
-from fleet import audit
+from fleet import audit, partitions
 from fleet.models import Aggregate, AuditEntry, DeviceEvent, TelemetryWindow
 from fleet.settings import FleetSettings
 
@@ -32,7 +33,9 @@ def apply(db: Session, settings: FleetSettings, at: float | None = None) -> dict
     at = time.time() if at is None else at
     deleted: dict[str, int] = {}
     for what, table, column, days in policy(settings):
-        if days and days > 0:
+        if days and days > 0 and table is TelemetryWindow and partitions.is_partitioned(db.connection()):
+            deleted[what] = partitions.drop_older(db.connection(), at - days * DAY)[1]
+        elif days and days > 0:
             n = db.execute(delete(table).where(column < at - days * DAY)).rowcount
             deleted[what] = int(n or 0)
     if any(deleted.values()):

@@ -56,6 +56,14 @@ class IngestSettings:
     retention_days: float = 14.0
     session_expiry_s: int = 0      # >0: persistent MQTT session, the broker queues while ingest restarts
     name: str = ""                 # client id edgefleet-ingest-<name>; one per ingest process ("" = fleet-host)
+    verify: str = "all"            # "all" signatures, or "sample": telemetry sampled, state/events all (docs/security.md)
+    sample_rate: float = 0.05      # share of telemetry windows verified when verify = "sample"
+
+    def __post_init__(self) -> None:
+        if self.verify not in ("all", "sample"):
+            raise SettingsError(f"fleet setting 'ingest.verify' must be \"all\" or \"sample\", not {self.verify!r}")
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise SettingsError(f"fleet setting 'ingest.sample_rate' must be between 0 and 1, not {self.sample_rate}")
 
 
 @dataclass

@@ -103,3 +103,19 @@ def fast_verify(raw: bytes, doc: dict[str, Any], keyring: Keyring) -> dict[str, 
             else:
                 return RawJSON(doc["payload"], body.decode())
     return verify_signed(doc, keyring)
+
+
+def trusted_payload(raw: bytes, doc: dict[str, Any], keyring: Keyring) -> dict[str, Any]:
+    """The payload of a signed envelope whose signature is NOT checked (ingest trust mode,
+    fleet.ingest_trust): the envelope must still name one of the device's keys, and the
+    canonical envelope keeps its payload bytes (RawJSON) as fast_verify does."""
+    sig, payload = doc.get("signature"), doc.get("payload")
+    if not isinstance(sig, dict) or not isinstance(payload, dict) or set(doc) != {"payload", "signature"}:
+        raise ProtocolError("malformed", "not a signed envelope")
+    if sig.get("key_id") not in keyring.keys:
+        raise ProtocolError("bad-signature", "unknown key id")
+    if raw.startswith(_PREFIX):
+        i = raw.rfind(_MARK)
+        if i > 0 and raw[i + len(_MARK):] == _canonical_sig(sig):
+            return RawJSON(payload, raw[len(_PREFIX):i].decode())
+    return payload

@@ -27,7 +27,9 @@ _NAMES = tuple(c for c, _ in PG_COLS)
 # redeliveries then lock in the same order and never deadlock)
 _INSERT = (f"INSERT INTO telemetrywindow ({', '.join(_NAMES)}) "
            f"SELECT * FROM unnest({', '.join(f'%b::{t}[]' for _, t in PG_COLS)}) "
-           "ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq")
+           "ON CONFLICT ({}) DO NOTHING RETURNING device_id, seq")
+# a partitioned table's unique key holds the partition column (fleet.partitions)
+_CONFLICT = {False: "device_id, seq", True: "device_id, seq, window_start"}
 
 
 class WindowInserter:
@@ -35,6 +37,7 @@ class WindowInserter:
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
         self._lz4: bool | None = None  # whether the server compresses with lz4 (PostgreSQL >= 14)
+        self._sql: str | None = None    # _INSERT for this table, partitioned or not
 
     def insert(self, db: Session, rows: list[dict[str, Any]]) -> set[tuple[str, int]]:
         """Insert `rows` (TelemetryWindow columns) in the session's transaction; returns the
@@ -53,6 +56,10 @@ class WindowInserter:
         conn = db.connection().connection.driver_connection
         assert conn is not None
         with conn.cursor() as cur:
+            if self._sql is None:
+                from fleet.partitions import is_partitioned
+
+                self._sql = _INSERT.format(_CONFLICT[is_partitioned(db.connection())])
             if self._lz4 is None:
                 cur.execute("SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'")
                 found = cur.fetchone()
@@ -61,5 +68,5 @@ class WindowInserter:
                 cur.execute("SET LOCAL default_toast_compression = lz4")
             columns = [[r[c] for r in rows] for c in _NAMES]
             columns[_NAMES.index("payload")] = [json_dumps(p) for p in columns[_NAMES.index("payload")]]
-            cur.execute(_INSERT, columns)
+            cur.execute(self._sql, columns)
             return {(r[0], r[1]) for r in cur.fetchall()}

@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify
 from sqlalchemy import func, or_, text
 from sqlmodel import Session, col, select
 
-from fleet import enrolment
+from fleet import enrolment, ingest_trust
 from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.validation import api, body, query
@@ -102,6 +102,14 @@ def patch(device_id: str):  # type: ignore[no-untyped-def]
 @api(responses={200: r.DeviceView})
 def decommission(device_id: str):  # type: ignore[no-untyped-def]
     return _change_device(device_id, lambda db: enrolment.decommission(db, device_id, actor()))
+
+
+@bp.post("/<device_id>/release")
+@require_role("operator")
+@api(responses={200: r.DeviceView})
+def release(device_id: str):  # type: ignore[no-untyped-def]
+    """Clear an ingest quarantine (a failed sampled signature check): its telemetry is accepted again."""
+    return _change_device(device_id, lambda db: ingest_trust.release(db, device_id, actor()))
 
 
 def _change_device(device_id: str, change: Any) -> Any:

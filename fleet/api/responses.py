@@ -53,6 +53,7 @@ class DeviceView(Open):
     agent_version: str | None
     state_seq: int
     command_seq: int
+    quarantine: Obj | None = None
 
 
 class DeviceDetail(DeviceView):
