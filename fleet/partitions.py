@@ -23,6 +23,7 @@ TABLE = "telemetrywindow"
 DEFAULT = f"{TABLE}_default"
 DAY = 86400
 DAYS_AHEAD = 3
+EXACT_COUNT_BELOW = 1_000_000
 _NAME = re.compile(rf"^{TABLE}_p(\d{{8}})$")
 
 
@@ -88,8 +89,8 @@ def ensure(conn: Any, at: float | None = None, days_back: int = 1, days_ahead: i
 
 
 def drop_older(conn: Any, cutoff: float) -> tuple[int, int]:
-    """Drop day partitions that end at or before `cutoff` (their rows are counted by the
-    planner's estimate: counting exactly would read the data being dropped) and delete the
+    """Drop day partitions that end at or before `cutoff` (rows counted exactly in small ones,
+    by the planner's estimate in big ones: counting would read all the data being dropped) and delete the
     default partition's older rows; returns (partitions dropped, rows removed)."""
     if not is_partitioned(conn):
         return 0, 0
@@ -99,6 +100,8 @@ def drop_older(conn: Any, cutoff: float) -> tuple[int, int]:
             break
         est = conn.execute(text("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(:n)"),
                            {"n": p.name}).scalar()
+        if (est or 0) < EXACT_COUNT_BELOW:
+            est = conn.execute(text(f"SELECT count(*) FROM {p.name}")).scalar()
         conn.execute(text(f"DROP TABLE {p.name}"))
         dropped, rows = dropped + 1, rows + int(est or 0)
     n = conn.execute(text(f"DELETE FROM {DEFAULT} WHERE window_start < :c AND received_at < :c"), {"c": cutoff})
