@@ -213,3 +213,27 @@ def add_explain(manifest_fields: dict[str, Any], art: Any, evaluation: Any, task
         section = {"version": 1, "error": f"{type(exc).__name__}: {exc}"[:300]}
     if section is not None:
         manifest_fields["explain"] = section
+        base = manifest_fields.get("drift_baseline")
+        weights = baseline_importance(section, base) if isinstance(base, dict) else None
+        if weights is not None:
+            base["importance"] = weights  # drift reports and rollout gates weight by it (fleet/importance.py)
+
+
+def baseline_importance(explain: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float] | None:
+    """{drift feature name: share of the importance mass}, matched by position (the drift extractor's
+    indices) so it holds whatever the features are called; None when the two views differ."""
+    if "importance" not in explain:
+        return None
+    ext = baseline.get("extractor") or {}
+    feats = baseline.get("features") or []
+    reduce = list(ext.get("reduce_axes") or [])
+    kind = explain.get("feature_kind")
+    if not ((kind == "element" and not reduce) or (kind == "channel" and reduce == [1, 2])):
+        return None
+    position = {n: i for i, n in enumerate(explain["features"])}
+    by_index = {position[r["feature"]]: max(0.0, float(r["importance"])) for r in explain["importance"]}
+    total = sum(by_index.values())
+    if total <= 0:
+        return None
+    idx = ext.get("indices") or list(range(len(feats)))
+    return {f["name"]: round(by_index.get(int(i), 0.0) / total, 6) for i, f in zip(idx, feats, strict=False)}

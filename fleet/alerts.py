@@ -71,7 +71,8 @@ def fleet_drift(db: Session, settings: FleetSettings, name: str, version: int, *
     if not control:
         raise NoReference(f"v{ctrl_v} has no telemetry in the same windows")
     return compare([a.payload for a in current], [a.payload for a in control], settings,
-                   reference_label=f"control:v{ctrl_v}")
+                   reference_label=f"control:v{ctrl_v}",
+                   importance=(baseline_for(db, name, version) or {}).get("importance"))  # issue 15
 
 
 def evaluate(db: Session, settings: FleetSettings, *, since: float | None = None,

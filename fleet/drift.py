@@ -19,6 +19,7 @@ import numpy as np
 
 from agent.sketches import edges_hash as _edges_hash
 from agent.sketches import js_distance, psi
+from fleet.importance import importance_weights, weighted_share
 from fleet.settings import DriftSettings, FleetSettings
 
 LEVELS = ("insufficient", "ok", "warn", "alert")
@@ -72,6 +73,11 @@ class DriftReport:
     dataset_drift: bool
     n_payloads: int = 0
     skipped_payloads: int = 0
+    # issue 15: with the version's importance, drifted_share is the drifted importance mass
+    importance_weighted: bool = False
+    drifted_count_share: float | None = None
+    ignored_drift: list[str] = field(default_factory=list)  # drifted, but the model ignores them
+    importance: dict[str, float] = field(default_factory=dict)
 
     @property
     def alert(self) -> bool:
@@ -218,8 +224,10 @@ def _feature_drift(name: str, ref: np.ndarray, cur: np.ndarray, ds: DriftSetting
 
 
 def compare(current: Any, reference: Any, settings: FleetSettings | DriftSettings | None = None,
-            *, reference_label: str | None = None) -> DriftReport:
-    """Drift of `current` against `reference` (a drift_baseline or control payloads)."""
+            *, reference_label: str | None = None, importance: Mapping[str, float] | None = None) -> DriftReport:
+    """Drift of `current` against `reference` (a drift_baseline or control payloads). Importance
+    (`importance`, else the baseline's own) weights the drifted share (fleet/importance.py)."""
+    weights = importance_weights(reference if isinstance(reference, Mapping) else None, importance)
     ds = _drift_settings(settings)
     ref, kind = _as_histograms(reference)
     cur, _ = _as_histograms(current, layout=ref)
@@ -235,19 +243,22 @@ def compare(current: Any, reference: Any, settings: FleetSettings | DriftSetting
         prediction = _feature_drift("prediction", ref.prediction, cur.prediction, ds, sufficient)
     top = features[: ds.top_features] if ds.top_features else features
     drifted = [f.name for f in top if f.level in ("warn", "alert")]
-    share = len(drifted) / len(top) if top else 0.0
+    ws = weighted_share(drifted, [f.name for f in top], weights)
+    share = ws.share
+    ignored = set(ws.ignored) | ({f.name for f in top if ws.weights.get(f.name, 0.0) <= 0} if ws.weighted else set())
     dataset_drift = sufficient and bool(top) and share >= ds.dataset_drift_share
     if not sufficient:
         level = "insufficient"
     elif dataset_drift or (prediction is not None and prediction.level == "alert"):
         level = "alert"
-    elif drifted or (prediction is not None and prediction.level == "warn") or any(
-            f.level == "alert" for f in features):
+    elif ws.counted or (prediction is not None and prediction.level == "warn") or any(
+            f.level == "alert" and f.name not in ignored for f in features):
         level = "warn"
     else:
         level = "ok"
     return DriftReport(reference_label or kind, level, sufficient, n_cur, n_ref, features, prediction, drifted,
-                       round(share, 4), dataset_drift, cur.n_payloads, cur.skipped)
+                       round(share, 4), dataset_drift, cur.n_payloads, cur.skipped, ws.weighted,
+                       ws.count_share, ws.ignored, ws.weights)
 
 
 def worst(levels: Iterable[str]) -> str:

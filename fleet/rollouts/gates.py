@@ -257,6 +257,7 @@ def gate_feature_drift(cand: CohortStats, control: CohortStats, baseline: Mappin
                        g: Gates) -> GateResult:
     base = {f["name"]: f for f in (baseline or {}).get("features", [])}
     drifted: list[str] = []
+    judged_names: list[str] = []
     worst = 0.0
     judged = 0
     need = max(1, g.min_requests, g.min_drift_samples)
@@ -277,14 +278,20 @@ def gate_feature_drift(cand: CohortStats, control: CohortStats, baseline: Mappin
             if value > limit and name not in drifted:
                 drifted.append(name)
         judged += 1 if refs else 0
+        if refs:
+            judged_names.append(name)
     if judged == 0:
         status = WAIT if cand.features and not any(sum(f["counts"]) >= need
                                                    for f in cand.features.values()) else PASS
         return GateResult("feature_drift", status, None, g.max_feature_psi, {"features": 0})
-    share = len(drifted) / judged
-    status = FAIL if share >= FEATURE_DRIFT_SHARE else PASS
-    return GateResult("feature_drift", status, round(worst, 5), g.max_feature_psi,
-                      {"drifted": drifted, "judged": judged, "share": round(share, 4)})
+    from fleet.importance import importance_weights, weighted_share  # issue 15: importance mass, not count
+
+    ws = weighted_share(drifted, judged_names, importance_weights(baseline))
+    status = FAIL if ws.share >= FEATURE_DRIFT_SHARE else PASS
+    detail: dict[str, Any] = {"drifted": drifted, "judged": judged, "share": round(ws.share, 4)}
+    if ws.weighted:
+        detail.update(weighted_by="importance", count_share=ws.count_share, ignored=ws.ignored)
+    return GateResult("feature_drift", status, round(worst, 5), g.max_feature_psi, detail)
 
 
 def gate_shadow(cand: CohortStats, g: Gates) -> GateResult:

@@ -76,3 +76,5 @@ def test_build_stores_permutation_and_integrated_gradients_in_the_manifest(build
     assert {r["feature"] for r in ex["importance"][:3]} == INFORMATIVE
     assert {r["feature"] for r in ex["integrated_gradients"][:3]} == INFORMATIVE
     assert set(ex["slices"]) == {"a", "b"}
+    weights = manifest["drift_baseline"]["importance"]  # what drift reports and rollout gates weight by
+    assert sum(weights[f] for f in INFORMATIVE) > 0.9 and sum(weights.values()) <= 1.0 + 1e-6
