@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.features import RawPipeline, load_raw_pipeline
 from agent.model_store import InstalledModel
 from agent.runtimes.base import Runtime, RuntimeOptions, load_runtime
 from agent.spec_check import InputError, TensorSpec, check_inputs, specs_from_manifest
@@ -52,6 +53,7 @@ class LoadedModel:
     probation: int = 0  # requests left under post-swap health watch
     probation_latencies_us: list[float] = field(default_factory=list)
     loaded_at: float = field(default_factory=time.time)
+    features: RawPipeline | None = None  # the bundle's raw-input contract (agent/features.py)
 
     @property
     def version(self) -> int:
@@ -67,7 +69,8 @@ def load_model(installed: InstalledModel, manifest: dict[str, Any], model_dir: P
     runtime = load_runtime(fmt, model_dir / manifest["entrypoint"], options, manifest)
     outputs = [o["name"] for o in manifest.get("outputs", [])] or list(getattr(runtime, "output_names", []))
     return LoadedModel(installed, manifest, runtime, specs_from_manifest(manifest), outputs,
-                       DriftSketcher(manifest.get("drift_baseline")))
+                       DriftSketcher(manifest.get("drift_baseline")),
+                       features=load_raw_pipeline(manifest, model_dir, getattr(options, "threads", 1)))
 
 
 @dataclass
@@ -102,6 +105,10 @@ class Predictor:
             m = cand.model
         t0 = time.perf_counter_ns()
         try:
+            if m.features is not None and m.features.accepts(inputs):  # raw features by name
+                inputs, violations = m.features.transform(inputs)
+                if violations and m.stats is not None:
+                    m.stats.data_quality_add(violations)
             x = check_inputs(inputs, m.inputs)
         except InputError:
             if m.stats is not None:

@@ -49,9 +49,15 @@ class WindowStats:
     features: list[FixedBinHistogram] | None = None
     prediction: Any = None
     raw: list[dict[str, Any]] = field(default_factory=list)
+    data_quality: dict[str, dict[str, int]] = field(default_factory=dict)  # feature -> violation -> count
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def data_quality_add(self, violations: dict[str, dict[str, int]]) -> None:
+        from agent.features import merge_violations
+
+        merge_violations(self.data_quality, violations)
 
     def fold(self) -> None:
         """Move recorded latencies into the histogram so memory stays bounded in long windows.
@@ -348,4 +354,6 @@ class Telemetry:
                            "active_version": t.extra.get("active_version")}
         if st.raw:
             p["raw_samples"] = st.raw
+        if st.data_quality:  # raw-input schema violations per feature (agent/features.py)
+            p["data_quality"] = {k: dict(v) for k, v in sorted(st.data_quality.items())}
         return p

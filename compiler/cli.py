@@ -66,6 +66,15 @@ EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
               help="TOML/JSON of the training run (git commit, data versions, hyperparameters, run URL).")
 @click.option("--parent", type=click.Path(path_type=Path), help="Bundle this model was distilled or re-quantized from.")
 @click.option("--mlflow-run", help="MLflow run id (MLFLOW_TRACKING_URI): read the training run, log the build back.")
+@click.option("--sklearn-pipeline", help="Fitted scikit-learn pipeline (.joblib/.pkl, trusted: a pickle runs code) "
+              "shipped in the bundle so devices take raw features.")
+@click.option("--preprocess", help="module:function returning a torch preprocess nn.Module shipped in the bundle.")
+@click.option("--raw-eval", help="Raw eval rows (CSV with header, or .npz) for the parity gate; derives --eval if unset.")
+@click.option("--training-transform", help="module:function, raw columns -> model input: the parity gate's "
+              "reference (default: the pipeline itself).")
+@click.option("--feature-schema", help="TOML [features.<name>] overrides: unit, min, max, categories, nullable.")
+@click.option("--parity-atol", type=float, show_default="1e-4", help="Parity gate: absolute feature tolerance.")
+@click.option("--parity-rtol", type=float, show_default="1e-4", help="Parity gate: relative feature tolerance.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
 def compile_command(ctx: click.Context, config_path: Path | None, quiet: bool, **flags: Any) -> None:

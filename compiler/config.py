@@ -60,6 +60,14 @@ class CompileConfig:
     training_run: Any = None  # run.toml/run.json (or a mapping): provenance.training (compiler/training_run.py)
     parent: Any = None  # the bundle this model was distilled or re-quantized from: provenance.parent
     mlflow_run: str | None = None  # MLflow run id: read into provenance.training, build metrics logged back
+    # The raw-input contract (compiler/raw_inputs.py): the training pipeline shipped in the bundle.
+    sklearn_pipeline: str | None = None  # fitted scikit-learn pipeline (.joblib/.pkl; trusted: a pickle is code)
+    preprocess: Any = None  # "module:function" returning a torch preprocess nn.Module (or the module)
+    training_transform: str | None = None  # "module:function": raw columns -> model input (parity reference)
+    raw_eval: str | None = None  # raw eval rows (CSV with header, or .npz of named columns)
+    feature_schema: str | None = None  # TOML [features.<name>] overrides (unit, min, max, categories)
+    parity_atol: float = 1e-4
+    parity_rtol: float = 1e-4
 
     def validate(self) -> None:
         if isinstance(self.device_classes, str):
@@ -67,7 +75,7 @@ class CompileConfig:
         if [bool(self.onnx), self.torch is not None, bool(self.tflite)].count(True) != 1:
             raise CompileInputError("give exactly one model source: --onnx PATH, --tflite PATH or --torch "
                                     "module:function")
-        if self.eval is None:
+        if self.eval is None and not self.raw_eval:
             raise CompileInputError("--eval data is required: every build is checked against it")
         if self.task not in TASKS:
             raise CompileInputError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
@@ -92,7 +100,7 @@ class CompileConfig:
                 "distill", "temperature", "alpha", "epochs", "seed", "max_accuracy_drop",
                 "max_slice_gap_increase", "max_size_mb", "max_latency_ms", "min_cosine", "min_p1_cosine",
                 "max_p99_error", "task", "name", "version",
-                "min_slice_size", "accuracy_control")
+                "min_slice_size", "accuracy_control", "parity_atol", "parity_rtol")
         d = asdict(self)
         out = {k: d[k] for k in keys}
         if out["example_input"] is not None:

@@ -124,6 +124,7 @@ class _Prepared:
     n_classes: int | None
     lineage: list[dict[str, Any]]
     distillation: dict[str, Any] | None
+    raw: Any = None  # compiler.raw_inputs.RawContract: the training pipeline shipped in the bundle
 
 
 def compile_model(cfg: CompileConfig) -> list[BuildResult]:
@@ -148,7 +149,12 @@ def compile_model(cfg: CompileConfig) -> list[BuildResult]:
     from compiler.training_run import lineage_provenance
 
     lineage = lineage_provenance(cfg.training_run, cfg.parent, cfg.mlflow_run)  # training run, parent (issue 16)
+    from compiler.raw_inputs import prepare as prepare_raw
+
+    raw = prepare_raw(cfg)  # before load_inputs: may derive the eval tensors from the raw rows (issue 15)
     src = load_inputs(cfg, progress)
+    if raw is not None:
+        lineage["preprocess_sha256"] = raw.pre.sha256
     common = {"inputs": src.inputs_sha, "code_version": code_version(), "tools": tool_versions(),
               "hyperparameters": cfg.hyperparameters(), "signing_key_id": key_id(signing_key), **lineage}
 
@@ -177,6 +183,7 @@ def compile_model(cfg: CompileConfig) -> list[BuildResult]:
         with tempfile.TemporaryDirectory(prefix="edgefleet-compile-") as tmp:
             prepared = _prepare(cfg, progress, Path(tmp), src.torch_model, src.onnx_src, src.calib, src.evaluation,
                                 src.n_classes)
+            prepared.raw = raw
             for dc in todo:
                 res = _build_device_class(cfg, progress, dc, prepared, Path(tmp) / dc.name, signing_key,
                                           {**common, "device_class": dc.to_dict(), "cache_key": keys[dc.name]},
@@ -325,6 +332,15 @@ def _build_device_class(cfg: CompileConfig, progress: _Progress, dc: DeviceClass
     from compiler.explain import add_explain  # global explanations per version (issue 15)
 
     add_explain(manifest_fields, art, prep.ctx.evaluation, cfg.task, prep.ctx.torch_model, dc.threads)
+    if prep.raw is not None:  # the parity gate (issue 15): the bundle and the training pipeline on raw rows
+        from compiler.raw_inputs import attach
+
+        parity = attach(prep.raw, art, manifest_fields, prep.ctx.onnx_fp32, dc.threads, work / "preprocess")
+        if not parity.passed:
+            return BuildResult(dc.name, fmt, chosen.precision, False, None, metrics,
+                               [g.to_dict() for g in chosen.gates] + [parity.to_dict()], _latency(chosen),
+                               chosen.size_bytes, summaries, ["parity"], distillation=prep.distillation)
+        metrics["parity"] = manifest_fields["preprocess"]["parity"]
     from agent.bundle import build_bundle
 
     bundle_path = out_dir / f"{cfg.name}-v{cfg.version}-{dc.name}.bundle"
