@@ -143,3 +143,15 @@ def merge_violations(into: Violations, new: Violations) -> None:
         slot = into.setdefault(name, {})
         for kind, count in kinds.items():
             slot[kind] = slot.get(kind, 0) + count
+
+
+def binary_request(arrays: dict[str, np.ndarray], header: Mapping[str, Any]) -> Any:
+    """An EFT1 message carries numeric features as tensors; string features (and whole rows) ride
+    in its JSON header: {"rows": [{...}, ...]} or {"features": {name: [values]}} next to the tensors."""
+    rows = header.get("rows")
+    if isinstance(rows, list):
+        return rows
+    extra = header.get("features")
+    if isinstance(extra, dict):
+        return {**extra, **arrays}
+    return arrays

@@ -254,3 +254,45 @@ def test_torch_normalisation_ships_in_the_bundle(image_case, keys, tmp_path) -> 
     diff = float(np.abs(served - image_case["expected"]).max())
     _record("image_torch_fp32_max_abs_diff", diff)
     assert diff < 1e-4
+
+
+def test_local_server_takes_raw_features_as_json_and_binary(tabular, tabular_bundle, keys, tmp_path) -> None:
+    import socket
+    import urllib.request
+
+    from agent import wire
+    from agent.config import ServingConfig
+    from agent.local_server import LocalClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sock = str(tmp_path / "agent.sock")
+    a = Agent(AgentConfig(device_id="raw-srv", state_dir=str(tmp_path / "srv"), build_keys=[str(keys[1])],
+                          device_class="x86-64-generic",
+                          serving=ServingConfig(unix_socket=sock, http_port=port))).start()
+    row = {"mean radius": 14.0, "mean texture": 19.0, "mean smoothness": 0.09, "worst area": 800.0,
+           "clinic": "oslo"}
+    try:
+        a.install(tabular_bundle.bundle_path, allow_new_name=True)
+        out_name = a.predictor.active.manifest["outputs"][0]["name"]
+        direct = a.predict([row, {**row, "clinic": "tromso"}])[out_name]
+        url = f"http://127.0.0.1:{a.server.http_port}/v1/predict"
+        req = urllib.request.Request(url, data=json.dumps({"inputs": [row, {**row, "clinic": "tromso"}]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            via_json = np.asarray(json.loads(resp.read())["outputs"][out_name], dtype=np.float32)
+        numeric = {k: np.array([v, v], dtype=np.float32) for k, v in row.items() if k != "clinic"}
+        body = wire.encode(numeric, features={"clinic": ["oslo", "tromso"]})
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": wire.CONTENT_TYPE})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            via_http_binary = wire.decode(resp.read())[0][out_name]
+        client = LocalClient(sock)
+        try:
+            via_socket = client.call({}, rows=[row, {**row, "clinic": "tromso"}])[0][out_name]
+        finally:
+            client.close()
+    finally:
+        a.stop()
+    for got in (via_json, via_http_binary, via_socket):
+        np.testing.assert_allclose(got, direct, atol=1e-6)
