@@ -53,6 +53,10 @@ class TelemetryConfig:
     raw_samples: bool = False  # data minimisation: raw inputs never leave the device unless enabled
     raw_samples_per_window: int = 0
     enabled: bool = True
+    outcomes: bool = True  # keep request id -> prediction for Agent.feedback (no inputs; docs/telemetry.md)
+    outcome_horizon_s: float = 24 * 3600.0
+    outcome_max_records: int = 1_000_000
+    prediction_records_per_window: int = 100  # sampled (id, prediction, confidence, slice) for the backend join
 
 
 @dataclass
@@ -324,6 +328,10 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("field 'telemetry.sample_rate' must be between 0 and 1")
     if cfg.telemetry.max_samples_per_s < 0:
         raise ConfigError("field 'telemetry.max_samples_per_s' must not be negative")
+    if cfg.telemetry.outcome_horizon_s <= 0 or cfg.telemetry.outcome_max_records < 1:
+        raise ConfigError("fields 'telemetry.outcome_horizon_s' and 'telemetry.outcome_max_records' must be positive")
+    if cfg.telemetry.prediction_records_per_window < 0:
+        raise ConfigError("field 'telemetry.prediction_records_per_window' must not be negative")
     if cfg.telemetry.raw_samples_per_window < 0:
         raise ConfigError("field 'telemetry.raw_samples_per_window' must not be negative")
     if not 0 <= cfg.serving.http_port <= 65535:

@@ -32,6 +32,7 @@ from agent.logs import set_write_error_hook
 from agent.model_store import InstalledModel, ModelStore, write_atomic
 from agent.names import InvalidName, validate_name
 from agent.outbox import open_outbox
+from agent.outcomes import UnknownRequest, open_outcomes
 from agent.private_files import private_dir
 from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, topic
 from agent.resources import ResourceSampler
@@ -76,8 +77,12 @@ class Agent:
             sink=self._store_telemetry, resources=self._resources,
             dropped_windows=lambda: self.outbox.dropped_windows,
             raw_samples_per_window=config.telemetry.raw_samples_per_window if config.telemetry.raw_samples else 0,
-            max_samples_per_s=config.telemetry.max_samples_per_s)
+            max_samples_per_s=config.telemetry.max_samples_per_s,
+            records_per_window=config.telemetry.prediction_records_per_window)
         self.predictor = Predictor(self.telemetry if config.telemetry.enabled else None)
+        self.outcomes = open_outcomes(self.state_dir, config.telemetry, self.disk)
+        self.predictor.outcomes = self.outcomes.store if self.outcomes is not None else None
+        self.telemetry.outcomes = self.outcomes
         self.shadow = ShadowRunner(self.predictor)
         self.predictor.on_shadow = self.shadow.offer
         budget = config.health.latency_budget_ms or self.device_class.latency_budget_ms
@@ -113,7 +118,7 @@ class Agent:
 
             self.server = LocalServer(self.predict, self.status, self.cfg.serving.unix_socket,
                                       self.cfg.serving.http_port or None, self.cfg.serving.max_request_bytes,
-                                      explain=self.explain)
+                                      explain=self.explain, feedback=self.feedback)
             self.server.start()
         if self.cfg.mqtt.url:
             from agent.mqtt_link import LinkSettings, MqttLink
@@ -129,9 +134,18 @@ class Agent:
                  self.device_class.name, os.getpid())
         return self
 
-    def predict(self, inputs: Any) -> dict[str, np.ndarray]:
-        """Run the active model. Raises spec_check.InputError, serving.PredictError or NoModelError."""
-        return self.predictor.predict(inputs)
+    def predict(self, inputs: Any, metadata: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """Run the active model. Raises spec_check.InputError, serving.PredictError or NoModelError.
+        The result is the outputs by name; its `.request_id` is what `feedback` takes later."""
+        return self.predictor.predict(inputs, metadata)
+
+    def feedback(self, request_id: str, label: Any) -> dict[str, Any]:
+        """The true label (or value) of an earlier prediction; counted in the next telemetry window
+        of the version that made it. Raises outcomes.UnknownRequest (expired, already labelled,
+        unknown) or ValueError (a label that does not fit the model)."""
+        if self.outcomes is None:
+            raise UnknownRequest(request_id)
+        return self.outcomes.feedback(request_id, label)
 
     def explain(self, inputs: Any, top_k: int | None = None) -> dict[str, Any]:
         """Per-feature occlusion attributions from the active model's own runtime (agent/explain.py)."""
@@ -193,6 +207,8 @@ class Agent:
                 time.sleep(0.05)  # give queued windows a moment to reach the broker
             self.link.stop(final_state=self._signed(self._state_payload("offline")))
         self._write_status(ready=False)
+        if self.outcomes is not None:
+            self.outcomes.store.close()
         self.outbox.close()
         log.info("event=agent-stopped device=%s", self.cfg.device_id)
 
@@ -279,6 +295,8 @@ class Agent:
         self._write_status()
 
     def _track(self, model: LoadedModel, role: str, **extra: Any) -> None:
+        if self.outcomes is not None and model.monitor is not None:
+            self.outcomes.specs[int(model.version)] = model.monitor
         self.telemetry.track(model, role, **extra)
 
     def _changed(self) -> None:

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 
 from agent import wire
-from agent.features import binary_request
 from agent.serving import NoModelError, PredictError
 from agent.spec_check import InputError
 
@@ -254,7 +253,7 @@ class _UnixEndpoint:
             arrays, header = wire.decode(body)
             if header.get("op") == "status":
                 return [wire.encode({}, ok=True, status=self.status())]
-            return wire.encode_parts(self.predict(binary_request(arrays, header)), ok=True)
+            return wire.encode_parts(self.predict(arrays), ok=True)
         except Exception as exc:
             _, kind = error_kind(exc)
             if kind == "internal":
@@ -294,9 +293,11 @@ class _HttpError(Exception):
 
 class _HttpEndpoint:
     def __init__(self, predict: PredictFn, status: StatusFn, max_bytes: int,
-                 explain: Callable[..., dict[str, Any]] | None = None) -> None:
+                 explain: Callable[..., dict[str, Any]] | None = None,
+                 feedback: Callable[..., dict[str, Any]] | None = None) -> None:
         self.predict, self.status, self.max_bytes = predict, status, max_bytes
         self.explain = explain
+        self.feedback = feedback
 
     def serve(self, sock: socket.socket) -> None:
         try:
@@ -372,6 +373,11 @@ class _HttpEndpoint:
 
             code, ctype, parts = (self._not_allowed(path, "POST") if method != b"POST"
                                   else http_explain(self.explain, body, error_kind))
+        elif path == "/v1/feedback" and self.feedback is not None:  # issue 14: agent/outcomes.py
+            from agent.outcomes import http_feedback
+
+            code, ctype, parts = (self._not_allowed(path, "POST") if method != b"POST"
+                                  else http_feedback(self.feedback, body, error_kind))
         elif path in ("/healthz", "/v1/status"):
             if method != b"GET":
                 code, ctype, parts = self._not_allowed(path, "GET")
@@ -462,8 +468,8 @@ class _HttpEndpoint:
         binary = ctype.startswith(_BINARY)
         try:
             if binary:
-                arrays, header = wire.decode(body)
-                return 200, wire.CONTENT_TYPE, wire.encode_parts(self.predict(binary_request(arrays, header)), ok=True)
+                arrays, _ = wire.decode(body)
+                return 200, wire.CONTENT_TYPE, wire.encode_parts(self.predict(arrays), ok=True)
             try:
                 doc = json.loads(body if isinstance(body, bytes) else body.tobytes())
             except RecursionError:
@@ -473,9 +479,13 @@ class _HttpEndpoint:
             inputs = doc.get("inputs") if isinstance(doc, dict) else doc
             if not isinstance(inputs, (dict, list)):
                 raise InputError("JSON body must be {\"inputs\": {name: array}} or an array")
-            outputs = self.predict(inputs)  # nested lists: the spec check makes (and vets) the arrays
-            return 200, _JSON, [json.dumps({"outputs": {k: np.asarray(v).tolist() for k, v in outputs.items()}})
-                                .encode()]
+            meta = doc.get("metadata") if isinstance(doc, dict) else None
+            outputs = (self.predict(inputs, meta) if isinstance(meta, dict)  # slice keys (issue 14)
+                       else self.predict(inputs))  # nested lists: the spec check makes (and vets) the arrays
+            answer = {"outputs": {k: np.asarray(v).tolist() for k, v in outputs.items()}}
+            if getattr(outputs, "request_id", ""):
+                answer["request_id"] = outputs.request_id  # type: ignore[attr-defined]
+            return 200, _JSON, [json.dumps(answer).encode()]
         except Exception as exc:
             code, kind = error_kind(exc)
             if kind == "internal":
@@ -489,7 +499,8 @@ class LocalServer:
     """Starts whichever endpoints are configured; `http_port` is the bound port (0 picks one)."""
 
     def __init__(self, predict: PredictFn, status: StatusFn, unix_socket: str = "", http_port: int | None = None,
-                 max_bytes: int = 64 * 1024 * 1024, explain: Callable[..., dict[str, Any]] | None = None) -> None:
+                 max_bytes: int = 64 * 1024 * 1024, explain: Callable[..., dict[str, Any]] | None = None,
+                 feedback: Callable[..., dict[str, Any]] | None = None) -> None:
         self.unix_socket = unix_socket
         self._servers: list[_Server] = []
         self.http_port: int | None = None
@@ -502,7 +513,8 @@ class LocalServer:
             os.chmod(p, 0o660)
             self._servers.append(srv)
         if http_port is not None:
-            hs = _Server(socket.AF_INET, ("127.0.0.1", http_port), _HttpEndpoint(predict, status, max_bytes, explain).serve)
+            hs = _Server(socket.AF_INET, ("127.0.0.1", http_port), _HttpEndpoint(predict, status, max_bytes, explain,
+                                                                                feedback).serve)
             self.http_port = hs.server_address[1]
             self._servers.append(hs)
 

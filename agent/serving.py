@@ -8,6 +8,8 @@ always finishes on the model it started with; nothing is closed while a request 
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.confidence import ALL_SLICE, MonitorSpec, Slicer
 from agent.features import RawPipeline, load_raw_pipeline
 from agent.model_store import InstalledModel
 from agent.runtimes.base import Runtime, RuntimeOptions, load_runtime
@@ -24,7 +27,14 @@ from agent.spec_check import InputError, TensorSpec, check_inputs, specs_from_ma
 from agent.telemetry import DriftSketcher, WindowStats
 
 if TYPE_CHECKING:
+    from agent.outcomes import OutcomeStore
     from agent.telemetry import Telemetry
+
+
+class Prediction(dict):  # type: ignore[type-arg]
+    """The outputs by name (a plain dict, as before) plus `request_id` for later feedback."""
+
+    request_id: str = ""
 
 
 class PredictError(Exception):
@@ -54,6 +64,8 @@ class LoadedModel:
     probation_latencies_us: list[float] = field(default_factory=list)
     loaded_at: float = field(default_factory=time.time)
     features: RawPipeline | None = None  # the bundle's raw-input contract (agent/features.py)
+    monitor: MonitorSpec | None = None   # confidence, outcomes and slices (manifest `monitoring`)
+    slicer: Slicer | None = None
 
     @property
     def version(self) -> int:
@@ -68,8 +80,13 @@ def load_model(installed: InstalledModel, manifest: dict[str, Any], model_dir: P
     fmt = manifest["model"]["format"]
     runtime = load_runtime(fmt, model_dir / manifest["entrypoint"], options, manifest)
     outputs = [o["name"] for o in manifest.get("outputs", [])] or list(getattr(runtime, "output_names", []))
+    try:
+        monitor = MonitorSpec.from_manifest(manifest)
+    except (KeyError, TypeError, ValueError, AttributeError):  # an odd `monitoring` never stops serving
+        monitor = None
     return LoadedModel(installed, manifest, runtime, specs_from_manifest(manifest), outputs,
-                       DriftSketcher(manifest.get("drift_baseline")),
+                       DriftSketcher(manifest.get("drift_baseline"), monitor=monitor), monitor=monitor,
+                       slicer=Slicer(monitor) if monitor is not None else None,
                        features=load_raw_pipeline(manifest, model_dir, getattr(options, "threads", 1)))
 
 
@@ -93,10 +110,17 @@ class Predictor:
         self.on_runtime_error = on_runtime_error
         self.on_probation_end: Callable[[LoadedModel], None] | None = None
         self._rand = random.random
+        self.outcomes: OutcomeStore | None = None   # set by the agent: request id -> prediction
+        # Request ids: a random per-process prefix and a counter (unique across restarts, ~0.2 us).
+        self._rid_prefix = os.urandom(6).hex()
+        self._rid_next = itertools.count(1).__next__
 
-    def predict(self, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
+    def predict(self, inputs: Mapping[str, Any] | np.ndarray,
+                metadata: Mapping[str, Any] | None = None) -> Prediction:
         """Run the active model (or the A/B candidate for its share). Raises InputError,
-        PredictError or NoModelError; none of them affects the next request."""
+        PredictError or NoModelError; none of them affects the next request. The result is the
+        outputs by name with `.request_id`; `metadata` (e.g. {"region": "eu"}) feeds the slice
+        keys the manifest declares."""
         m = self.active
         if m is None:
             raise NoModelError("no model is installed")
@@ -131,12 +155,18 @@ class Predictor:
         # Read the window's stats only now, right before recording: the window closer swaps them
         # and then waits a moment, which covers the tiny gap between this read and the append.
         stats = m.stats
+        rid = f"{self._rid_prefix}-{self._rid_next():x}"
+        slicer = m.slicer
+        slice_key = slicer.key(metadata, x) if slicer is not None and slicer.enabled else ALL_SLICE
         if self.telemetry_enabled and stats is not None:
             stats.latencies_us.append((time.perf_counter_ns() - t0) / 1000.0)
             tel = self.telemetry
             if tel is not None and tel.sample_budget > 0 and self._rand() < tel.sample_rate:
                 tel.sample_budget -= 1
-                tel.offer_sample(m, stats, x, outs)
+                tel.offer_sample(m, stats, x, outs, (rid, slice_key))
+        store = self.outcomes
+        if store is not None and m.monitor is not None and m.monitor.output < len(outs):
+            store.record(rid, m, outs[m.monitor.output], slice_key)
         if m.probation:
             m.probation_latencies_us.append((time.perf_counter_ns() - t0) / 1000.0)
             m.probation -= 1
@@ -145,7 +175,9 @@ class Predictor:
         if cand is not None and cand.mode == "shadow" and m is not cand.model and self.on_shadow is not None \
                 and self._rand() < cand.fraction:
             self.on_shadow(m, x, outs)
-        return dict(zip(m.output_names, outs, strict=False))
+        result = Prediction(zip(m.output_names, outs, strict=False))
+        result.request_id = rid
+        return result
 
     def swap(self, new: LoadedModel) -> LoadedModel | None:
         """Make `new` active; the old active becomes previous (still loaded)."""

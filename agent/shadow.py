@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from agent.confidence import observe
 from agent.telemetry import prediction_values
 
 if TYPE_CHECKING:
@@ -92,3 +93,5 @@ class ShadowRunner:
         if tel is not None:
             m.sketcher.add(stats, inputs, outs)
             stats.sampled += compared
+            if m.monitor is not None and m.monitor.output < len(outs):  # the candidate's confidence
+                stats.confidence = observe(m.monitor, outs[m.monitor.output], [None], stats, 0)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.confidence import ConfidenceStats, MonitorSpec, observe, slice_counts
 from agent.protocol import TELEMETRY_SCHEMA
 from agent.sketches import (
     CategoricalHistogram,
@@ -30,6 +31,7 @@ from agent.sketches import (
 )
 
 if TYPE_CHECKING:
+    from agent.outcomes import Outcomes
     from agent.serving import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,9 @@ class WindowStats:
     features: list[FixedBinHistogram] | None = None
     prediction: Any = None
     raw: list[dict[str, Any]] = field(default_factory=list)
+    confidence: ConfidenceStats | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)   # sampled prediction records (no inputs)
+    slices: dict[str, int] = field(default_factory=dict)          # sampled predictions per slice key
     data_quality: dict[str, dict[str, int]] = field(default_factory=dict)  # feature -> violation -> count
 
     def error(self, kind: str) -> None:
@@ -73,7 +78,9 @@ class WindowStats:
 class DriftSketcher:
     """Feature and prediction histograms for one model, on its baseline's edges."""
 
-    def __init__(self, baseline: dict[str, Any] | None, output_index: int = 0) -> None:
+    def __init__(self, baseline: dict[str, Any] | None, output_index: int = 0,
+                 monitor: MonitorSpec | None = None) -> None:
+        self.monitor = monitor
         self.baseline = baseline or None
         self.output_index = output_index
         self.extractor = FeatureExtractor.from_dict(baseline["extractor"]) if self.baseline else None
@@ -130,7 +137,7 @@ class Telemetry:
                  sink: Callable[[dict[str, Any]], None], resources: Callable[[], dict[str, Any]],
                  dropped_windows: Callable[[], int] = lambda: 0, raw_samples_per_window: int = 0,
                  queue_size: int = 1024, batch_wait_s: float = 0.02, max_queued_bytes: int = 16 * 2**20,
-                 max_samples_per_s: int = 200) -> None:
+                 max_samples_per_s: int = 200, records_per_window: int = 100) -> None:
         self.fleet, self.device, self.device_class = fleet, device, device_class
         self.window_s = float(window_s)
         self.sample_rate = float(sample_rate)
@@ -142,6 +149,8 @@ class Telemetry:
         self.max_samples_per_s = max_samples_per_s
         self.sample_budget = max_samples_per_s
         self._queued_bytes = 0
+        self.records_per_window = records_per_window   # sampled prediction records for the backend join
+        self.outcomes: Outcomes | None = None           # labelled outcomes by version (agent.outcomes)
         self.sink = sink
         self.resources = resources
         self.dropped_windows = dropped_windows
@@ -174,13 +183,13 @@ class Telemetry:
 
     # -- hot path helpers ---------------------------------------------------------------------
     def offer_sample(self, model: LoadedModel, stats: WindowStats, inputs: dict[str, np.ndarray],
-                     outputs: list[np.ndarray]) -> None:
+                     outputs: list[np.ndarray], meta: tuple[str, str] | None = None) -> None:
         nbytes = sum(v.nbytes for v in inputs.values())
         if self._queued_bytes + nbytes > self.max_queued_bytes:
             stats.samples_dropped += 1
             return
         try:
-            self._queue.put_nowait((model, stats, inputs, outputs))
+            self._queue.put_nowait((model, stats, inputs, outputs, meta))
             self._queued_bytes += nbytes  # approximate (no lock): only a memory bound
         except queue.Full:
             stats.samples_dropped += 1
@@ -240,14 +249,18 @@ class Telemetry:
                 inputs = {k: np.concatenate([g[2][k] for g in group]) for k in names}
                 outputs = [np.concatenate([g[3][i] for g in group]) for i in range(len(group[0][3]))]
             except ValueError:  # e.g. different symbolic sizes across requests: one at a time
-                for _, _, x, y in group:
-                    self._add(model, stats, x, y)
+                for g in group:
+                    self._add(model, stats, g[2], g[3], [g[4]])
                 continue
-            self._add(model, stats, inputs, outputs)
+            self._add(model, stats, inputs, outputs, [g[4] for g in group])
 
-    def _add(self, model: Any, stats: WindowStats, inputs: dict[str, np.ndarray], outputs: list[np.ndarray]) -> None:
+    def _add(self, model: Any, stats: WindowStats, inputs: dict[str, np.ndarray], outputs: list[np.ndarray],
+             metas: list[tuple[str, str] | None] | None = None) -> None:
         stats.sampled += int(next(iter(inputs.values())).shape[0]) if inputs else 1
         model.sketcher.add(stats, inputs, outputs)
+        spec = model.sketcher.monitor
+        if spec is not None and spec.output < len(outputs) and metas is not None:
+            stats.confidence = observe(spec, outputs[spec.output], metas, stats, self.records_per_window)
         if self.raw_samples_per_window and len(stats.raw) < self.raw_samples_per_window:
             first = next(iter(inputs.values()))
             for i in range(min(first.shape[0], self.raw_samples_per_window - len(stats.raw))):
@@ -266,6 +279,11 @@ class Telemetry:
             if now - self._last_refill >= 1.0:
                 self._last_refill = now
                 self.sample_budget = self.max_samples_per_s
+                if self.outcomes is not None:
+                    try:
+                        self.outcomes.store.flush()
+                    except Exception:
+                        log.exception("event=outcome-flush-failed")
             with self._lock:
                 for t in list(self._tracked.values()):
                     st = t.model.stats
@@ -356,4 +374,21 @@ class Telemetry:
             p["raw_samples"] = st.raw
         if st.data_quality:  # raw-input schema violations per feature (agent/features.py)
             p["data_quality"] = {k: dict(v) for k, v in sorted(st.data_quality.items())}
+        self._field_loop(p, st, m)
         return p
+
+    def _field_loop(self, p: dict[str, Any], st: WindowStats, m: Any) -> None:
+        """Confidence, slices, sampled prediction records and labelled outcomes (docs/telemetry.md)."""
+        spec = m.sketcher.monitor
+        if spec is None:
+            return
+        if spec.classification:
+            p["confidence"] = (st.confidence or ConfidenceStats(spec.low_confidence)).to_dict()
+        if st.slices:
+            p["slices"] = slice_counts(st.slices, spec.min_slice_count)
+        if st.records:
+            p["prediction_records"] = st.records
+        if self.outcomes is not None and p["model"]["role"] != "shadow":
+            out = self.outcomes.take_window(int(m.installed.version))
+            if out is not None:
+                p["outcomes"] = out

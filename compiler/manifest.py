@@ -37,6 +37,23 @@ def _drift_baseline(art_inputs: list[dict[str, Any]], ds: Dataset, predictions: 
                                 prediction_kind="value")
 
 
+def monitoring_for(task: str, predictions: np.ndarray, n_classes: int | None,
+                   slices: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest's `monitoring` (issue 14): which output the agent reads confidence from and
+    whether it holds logits (softmax needed) or probabilities, judged on the eval predictions;
+    slice keys the device keeps outcomes by. None for embeddings (no confidence, no labels)."""
+    if task not in ("classification", "regression"):
+        return None
+    mon: dict[str, Any] = {"version": 1, "task": task, "output": 0}
+    if task == "classification":
+        p = np.asarray(predictions, dtype=np.float64).reshape(len(predictions), -1)
+        is_prob = bool(p.size) and p.min() >= 0.0 and bool(np.allclose(p.sum(axis=1), 1.0, atol=1e-3))
+        mon.update(softmax=not is_prob, n_classes=int(n_classes or p.shape[1]), low_confidence=0.5)
+    if slices:
+        mon["slices"] = slices
+    return mon
+
+
 def runtime_manifest(art: Artifact, source_onnx: Path | None, threads: int) -> dict[str, Any]:
     """Format, tensor specs and runtime_config of the artifact; TFLite named as the source ONNX."""
     source = None
@@ -62,4 +79,7 @@ def manifest_for(art: Artifact, *, name: str, version: int, device_class: str, p
         "drift_baseline": _drift_baseline(inputs, evaluation, predictions, task, n_classes),
     }
     fields["runtime_config"] = rt["runtime_config"]
+    monitoring = monitoring_for(task, predictions, n_classes)
+    if monitoring is not None:
+        fields["monitoring"] = monitoring
     return fields
