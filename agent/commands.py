@@ -240,6 +240,11 @@ class CommandHandler:
                 self._result(p, "ok", None)
             elif kind == "rotate-key":
                 self._apply_keylist(p)
+            elif kind == "explain":  # explain the next sampled requests (issue 15): agent.explain
+                from agent.explain import arm_command
+
+                arm_command(getattr(self, "on_explain", None), p)
+                self._result(p, "ok", None)
             elif kind == "telemetry-config":
                 w, r = p.get("window_s"), p.get("sample_rate")
                 if (w is not None and (not isinstance(w, (int, float)) or w <= 0)) or \

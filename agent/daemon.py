@@ -85,6 +85,9 @@ class Agent:
         self.telemetry.outcomes = self.outcomes
         self.shadow = ShadowRunner(self.predictor)
         self.predictor.on_shadow = self.shadow.offer
+        from agent.explain import ExplainRequests
+
+        self.explain_requests = ExplainRequests(self.explain, self.emit_event, lambda: self.cfg.telemetry.raw_samples)
         budget = config.health.latency_budget_ms or self.device_class.latency_budget_ms
         self.lifecycle = Lifecycle(
             self.store, self.predictor, lambda: self.keys, self.device_class,
@@ -111,6 +114,7 @@ class Agent:
         self.commands = CommandHandler(
             self.cfg.device_id, self.state_dir, self.keys, self.lifecycle, self.emit_event, self._changed,
             self.set_telemetry_config, self.cfg.max_bundle_bytes, self.cfg.fleet_url, self.cfg.fleet_ca_file)
+        self.commands.on_explain = self.explain_requests  # the signed `explain` command (agent.explain)
         if self.cfg.telemetry.enabled:
             self.telemetry.start()
         if self.cfg.serving.unix_socket or self.cfg.serving.http_port:
@@ -137,7 +141,10 @@ class Agent:
     def predict(self, inputs: Any, metadata: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Run the active model. Raises spec_check.InputError, serving.PredictError or NoModelError.
         The result is the outputs by name; its `.request_id` is what `feedback` takes later."""
-        return self.predictor.predict(inputs, metadata)
+        out = self.predictor.predict(inputs, metadata)
+        if self.explain_requests.remaining:  # a signed `explain` command asked for these (issue 15)
+            self.explain_requests.offer(inputs)
+        return out
 
     def feedback(self, request_id: str, label: Any) -> dict[str, Any]:
         """The true label (or value) of an earlier prediction; counted in the next telemetry window
@@ -209,6 +216,7 @@ class Agent:
         self._write_status(ready=False)
         if self.outcomes is not None:
             self.outcomes.store.close()
+        self.explain_requests.stop()
         self.outbox.close()
         log.info("event=agent-stopped device=%s", self.cfg.device_id)
 

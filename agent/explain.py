@@ -137,3 +137,102 @@ def http_explain(explain: Any, body: Any, error_kind: Any) -> tuple[int, str, li
     except Exception as exc:
         code, kind = error_kind(exc)
         return code, "application/json", [json.dumps({"error": {"kind": kind, "message": str(exc)}}).encode()]
+
+
+# -- fleet-requested explanations (the signed `explain` command) ------------------------------
+
+MAX_COUNT = 100
+MAX_RAW_BYTES = 16 * 1024
+
+
+class ExplainRequests:
+    """After a signed `explain` command, explain the next `count` requests that pass the
+    `sample_rate` draw, off the request path (one worker thread, a bounded queue: a busy device
+    drops explanations, never requests). Each result is an `explanation` event carrying the
+    attributions only; the raw input rides along only where raw sampling is enabled."""
+
+    def __init__(self, explain: Any, emit: Any, raw_allowed: Any) -> None:
+        import queue
+        import random
+        import threading
+
+        self._explain, self._emit, self._raw_allowed = explain, emit, raw_allowed
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[str, int, Any] | None] = queue.Queue(maxsize=MAX_ROWS)
+        self._rand = random.random
+        self._thread: threading.Thread | None = None
+        self.command_id: str | None = None
+        self.remaining = 0
+        self.count = 0
+        self.sample_rate = 1.0
+        self.top_k: int | None = None
+        self.dropped = 0
+
+    def arm(self, command_id: str, count: int, sample_rate: float = 1.0, top_k: int | None = None) -> None:
+        import threading
+
+        with self._lock:
+            self.command_id, self.count, self.remaining = command_id, count, count
+            self.sample_rate, self.top_k = sample_rate, top_k
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._worker, name="explain", daemon=True)
+                self._thread.start()
+
+    def offer(self, inputs: Any) -> None:
+        """Called after a successful predict; cheap unless armed."""
+        if self.remaining <= 0 or self._rand() >= self.sample_rate:
+            return
+        with self._lock:
+            if self.remaining <= 0 or self.command_id is None:
+                return
+            self.remaining -= 1
+            index = self.count - self.remaining
+            cid = self.command_id
+        copied = ({k: np.array(v, copy=True) for k, v in inputs.items()} if isinstance(inputs, Mapping)
+                  else np.array(inputs, copy=True))
+        try:
+            self._queue.put_nowait((cid, index, copied))
+        except Exception:  # queue.Full: the device is busier than its explanation budget
+            self.dropped += 1
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+
+    def _worker(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            cid, index, inputs = item
+            try:
+                result = self._explain(inputs, self.top_k)
+            except Exception as exc:  # the model changed or the input no longer fits: say so, go on
+                self._emit("explanation-failed", command_id=cid, reason=str(exc)[:300], details={"index": index})
+                continue
+            details: dict[str, Any] = {"index": index, "of": self.count, "explanation": result}
+            if self._raw_allowed():
+                raw = {k: np.asarray(v).tolist() for k, v in inputs.items()} if isinstance(inputs, Mapping) \
+                    else np.asarray(inputs).tolist()
+                import json
+
+                if len(json.dumps(raw)) <= MAX_RAW_BYTES:
+                    details["inputs"] = raw
+            self._emit("explanation", command_id=cid, reason=None, details=details)
+
+
+def arm_command(requests: ExplainRequests | None, payload: Mapping[str, Any]) -> None:
+    """Validate a signed `explain` command {"count", "sample_rate"?, "top_k"?} and arm `requests`."""
+    from agent.lifecycle import InstallError
+
+    count, rate, top_k = payload.get("count"), payload.get("sample_rate", 1.0), payload.get("top_k")
+    if requests is None:
+        raise InstallError("malformed", "this agent does not take explain commands")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
+        raise InstallError("malformed", f"explain 'count' must be an integer in [1, {MAX_COUNT}]")
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate <= 1:
+        raise InstallError("malformed", "explain 'sample_rate' must be in (0, 1]")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise InstallError("malformed", "explain 'top_k' must be a positive integer")
+    requests.arm(str(payload["id"]), count, float(rate), top_k)

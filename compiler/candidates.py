@@ -22,7 +22,8 @@ from compiler.passes import Artifact, PassContext, build_artifact
 from compiler.target import TargetMatch, side_by_side
 
 # Gates a layer returned to float can fix (size and latency it cannot).
-QUALITY_GATE_NAMES = frozenset({"max-accuracy-drop", "max-slice-gap-increase", "min-cosine", "min-p1-cosine",
+QUALITY_GATE_NAMES = frozenset({"max-accuracy-drop", "max-slice-gap-increase", "max-slice-gap", "min-slice-accuracy",
+                                "min-cosine", "min-p1-cosine",
                                 "max-p99-error"})
 LATENCY_GATE_NAMES = frozenset({"max-latency-ms", "min-speedup"})
 

@@ -38,6 +38,9 @@ class CompileConfig:
     seed: int = 0
     max_accuracy_drop: float | None = None
     max_slice_gap_increase: float | None = None
+    max_slice_gap: float | None = None  # absolute worst-slice gap (None: the device class's, else not gated)
+    min_slice_accuracy: float | None = None  # the worst slice's own accuracy (classification)
+    slice_mitigation: bool = True  # a failed slice gate: retry INT8 with slice-balanced calibration
     max_size_mb: float | None = None
     max_latency_ms: float | None = None
     min_cosine: float | None = None  # embedding: worst sample's cosine to FP32 (default in compiler.gates)
@@ -98,7 +101,7 @@ class CompileConfig:
         """The knobs that change the artifact (recorded in provenance and in the cache key)."""
         keys = ("example_input", "format", "precision", "calibrate_method", "calibration_samples", "exporter",
                 "distill", "temperature", "alpha", "epochs", "seed", "max_accuracy_drop",
-                "max_slice_gap_increase", "max_size_mb", "max_latency_ms", "min_cosine", "min_p1_cosine",
+                "max_slice_gap_increase", "max_slice_gap", "min_slice_accuracy", "slice_mitigation", "max_size_mb", "max_latency_ms", "min_cosine", "min_p1_cosine",
                 "max_p99_error", "task", "name", "version",
                 "min_slice_size", "accuracy_control", "parity_atol", "parity_rtol")
         d = asdict(self)

@@ -22,6 +22,13 @@ DEFAULT_MAX_P99_ERROR = 0.25
 # Off the target, a reduced-precision candidate must be at least this fast as FP32 ONNX Runtime
 # measured side by side on the build host (10% is the measurement noise the chooser allows too).
 DEFAULT_MIN_SPEEDUP = 0.9
+# Fairness in absolute terms (issue 14): the worst-slice gap itself and the worst slice's own
+# accuracy, not only the gap's growth over the reference. Not gated (None) unless the device
+# class (`max_slice_gap`, `min_slice_accuracy` in its TOML), the config or the Python API sets them.
+
+
+def _optional(flag: float | None, default: Any) -> float | None:
+    return float(flag) if flag is not None else (None if default is None else float(default))
 
 
 @dataclass(frozen=True)
@@ -34,13 +41,16 @@ class Budgets:
     min_p1_cosine: float = DEFAULT_MIN_P1_COSINE
     max_p99_error: float = DEFAULT_MAX_P99_ERROR
     min_speedup: float = DEFAULT_MIN_SPEEDUP
+    max_slice_gap: float | None = None
+    min_slice_accuracy: float | None = None
 
     @classmethod
     def for_device(cls, dc: DeviceClass, *, max_accuracy_drop: float | None = None,
                    max_slice_gap_increase: float | None = None, max_size_mb: float | None = None,
                    max_latency_ms: float | None = None, min_cosine: float | None = None,
                    min_p1_cosine: float | None = None, max_p99_error: float | None = None,
-                   min_speedup: float | None = None) -> Budgets:
+                   min_speedup: float | None = None, max_slice_gap: float | None = None,
+                   min_slice_accuracy: float | None = None) -> Budgets:
         def pick(flag: float | None, default: float) -> float:
             return default if flag is None else float(flag)
 
@@ -53,6 +63,8 @@ class Budgets:
             min_p1_cosine=pick(min_p1_cosine, float(dc.extra.get("min_p1_cosine", DEFAULT_MIN_P1_COSINE))),
             max_p99_error=pick(max_p99_error, float(dc.extra.get("max_p99_error", DEFAULT_MAX_P99_ERROR))),
             min_speedup=pick(min_speedup, DEFAULT_MIN_SPEEDUP),
+            max_slice_gap=_optional(max_slice_gap, dc.extra.get("max_slice_gap")),
+            min_slice_accuracy=_optional(min_slice_accuracy, dc.extra.get("min_slice_accuracy")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,6 +101,7 @@ class _Gate:
     value: Callable[[QualityMetrics], float]
     higher_is_better: bool
     describe: Callable[[QualityMetrics, float], str]
+    applies: Callable[[QualityMetrics], bool] = lambda q: True
 
 
 _ALL = ("classification", "embedding", "regression", "detection")
@@ -99,6 +112,12 @@ QUALITY_GATES: tuple[_Gate, ...] = (
     _Gate("max-slice-gap-increase", _ALL, "max_slice_gap_increase", lambda q: q.slice_gap_increase, False,
           lambda q, b: f"slice gap {q.slice_gap:.4f} vs reference {q.reference_slice_gap:.4f}"
                        + (f", worst slice {q.worst_slice!r}" if q.worst_slice is not None else "")),
+    _Gate("max-slice-gap", _ALL, "max_slice_gap", lambda q: q.slice_gap, False,
+          lambda q, b: f"worst-slice gap {q.slice_gap:.4f} (budget {b:.4f}), worst slice {q.worst_slice!r}",
+          lambda q: bool(q.slices)),
+    _Gate("min-slice-accuracy", ("classification",), "min_slice_accuracy", lambda q: min(q.slices.values()), True,
+          lambda q, b: f"worst slice {q.worst_slice!r} accuracy {min(q.slices.values()):.4f} (budget {b:.4f})",
+          lambda q: bool(q.slices)),
     _Gate("min-cosine", ("embedding",), "min_cosine", lambda q: q.min_score, True,
           lambda q, b: f"worst sample cosine {q.min_score:.4f} (mean {q.metric:.4f}, budget {b:.4f})"),
     _Gate("min-p1-cosine", ("embedding",), "min_p1_cosine", lambda q: q.p1_score, True,
@@ -130,9 +149,11 @@ def check_gates(q: QualityMetrics, size_bytes: int, latency: Latency | float, bu
     """One result per gate that applies to the task; names match the CLI flags and config keys."""
     results = []
     for g in QUALITY_GATES:
-        if q.task not in g.tasks:
+        if q.task not in g.tasks or not g.applies(q):
             continue
         value, budget = g.value(q), getattr(budgets, g.budget)
+        if budget is None:  # an optional budget nobody set
+            continue
         results.append(GateResult(g.name, value, budget, _within(value, budget, g.higher_is_better),
                                   g.describe(q, budget)))
     size_mb = size_bytes / 2**20

@@ -286,7 +286,8 @@ def _build_device_class(cfg: CompileConfig, progress: _Progress, dc: DeviceClass
     budgets = Budgets.for_device(dc, max_accuracy_drop=cfg.max_accuracy_drop,
                                  max_slice_gap_increase=cfg.max_slice_gap_increase, max_size_mb=cfg.max_size_mb,
                                  max_latency_ms=cfg.max_latency_ms, min_cosine=cfg.min_cosine,
-                                 min_p1_cosine=cfg.min_p1_cosine, max_p99_error=cfg.max_p99_error)
+                                 min_p1_cosine=cfg.min_p1_cosine, max_p99_error=cfg.max_p99_error,
+                                 max_slice_gap=cfg.max_slice_gap, min_slice_accuracy=cfg.min_slice_accuracy)
     # NNCF accuracy control keeps the OpenVINO INT8 model within the drop budget (classification).
     use_ac = cfg.accuracy_control is not False and cfg.task == "classification"
     ctx = replace(prep.ctx, accuracy_control_drop=budgets.max_accuracy_drop if use_ac else None)
@@ -299,6 +300,10 @@ def _build_device_class(cfg: CompileConfig, progress: _Progress, dc: DeviceClass
     for precision in chain:
         with progress.step(f"{dc.name}: building and evaluating {fmt} {precision}"):
             cand = try_candidate(fmt, precision, ctx, work / precision, evaluate)
+            if cfg.slice_mitigation:  # a failed slice gate: slice-balanced calibration first (issue 14)
+                from compiler.slice_mitigation import mitigate_slices
+
+                cand = mitigate_slices(fmt, ctx, work / precision, cand, evaluate)
             if cand[1] is not None and not cand[0].passed and cfg.accuracy_control is not False:
                 cand = accuracy_fallback(fmt, ctx, work / precision, (cand[0], cand[1]), evaluate)
         tried.append(cand)
