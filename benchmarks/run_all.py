@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["compile_bench", "agent_bench", "fleet_bench", "rollout_bench", "rollout_faults"]
+BENCHMARKS = ["compile_bench", "agent_bench", "fleet_bench", "rollout_bench", "rollout_faults", "scale_bench"]
 
 
 def machine() -> dict[str, str]:

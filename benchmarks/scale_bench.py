@@ -1,0 +1,312 @@
+"""Scale benchmark (issue 19): many device identities through the real Mosquitto into the real
+fleet on PostgreSQL, with several ingest processes on one shared subscription.
+
+    .venv/bin/python benchmarks/scale_bench.py [--devices 10000] [--window 10] [--duration 60]
+        [--ingest 3] [--verify sample|all] [--sample-rate 0.05]
+
+Load: every device identity has its own Ed25519 key and is enrolled; its windows are made by
+the agent's own telemetry code (fleet.devsim: agent.sketches histograms, agent.keys signing),
+signed before the clock starts and replayed at 1 window / device / `--window` seconds by one
+publisher (QoS 1). Each window's `window.end` is its scheduled publish time, so the ingest lag
+of a stored window is `received_at - window_end`, read from the database.
+
+Measured: windows/s offered and stored, loss, p99 ingest lag (seconds and windows), CPU-seconds
+per message for the ingest processes (their own process CPU), the same split by stage
+(decode, verify, aggregate, store: client + PostgreSQL backend, each timed alone on a batch of
+fresh messages; receive = the ingest processes' CPU per message minus the rest), bytes per
+device-day of raw telemetry (partitions + indexes + TOAST) and of aggregates, and the p99 of
+the device-list API at this fleet size. Canary stop time is measured by rollout_bench.py.
+Prints a table and writes benchmarks/out/scale_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OUT = ROOT / "benchmarks" / "out"
+TARGETS = {"devices": 10000, "loss": 0, "lag_p99_windows": 1.0, "windows_per_ingest_cpu_s": 10000.0,
+           "api_p99_ms": 100.0}
+
+
+def _settings(url: str, fleet_id: str, verify: str, rate: float) -> Any:
+    import tempfile
+
+    from fleet.settings import FleetSettings
+
+    s = FleetSettings(data_dir=Path(tempfile.gettempdir()) / "scale-bench-data", database_url=url,
+                      fleet_id=fleet_id, mqtt_url="mqtt://127.0.0.1:1883", drift_interval_s=0,
+                      api_tokens={"bench-token": "viewer"})
+    s.ingest.shared_group = f"g{fleet_id}"
+    s.ingest.device_cache_s = 3600
+    s.ingest.verify, s.ingest.sample_rate = verify, rate
+    return s
+
+
+def _ingest_child(url: str, fleet_id: str, verify: str, rate: float, i: int, ready: Any, stop: Any, out: Any) -> None:
+    from fleet.db import make_engine
+    from fleet.ingest import IngestService
+
+    svc = IngestService(_settings(url, fleet_id, verify, rate), make_engine(url), client_id=f"{fleet_id}-in{i}")
+    svc.start(timeout=30)
+    cpu0 = time.process_time()  # from subscribed to drained: the load period (idle polling included)
+    ready.set()
+    stop.wait()
+    svc.drain(30)
+    cpu = time.process_time() - cpu0
+    svc.stop()
+    out.put({"cpu_s": cpu, **svc.stats.snapshot()})
+
+
+def make_windows(devs: list[Any], baseline: dict[str, Any], t0: float, window_s: float, per_device: int,
+                 seq0: int = 0) -> list[tuple[float, str, bytes]]:
+    """(scheduled publish time, topic, signed bytes), ordered by time: each device's windows
+    from a pool of agent-made payloads (varying histograms), re-stamped and signed per device."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pool = [devs[0].telemetry(rng, baseline, n=200) for _ in range(32)]
+    out = []
+    for k in range(per_device):
+        for j, d in enumerate(devs):
+            end = t0 + (k + 1) * window_s + (j / len(devs)) * window_s  # spread over the window
+            p = dict(pool[(j + k) % len(pool)], device=d.device_id, fleet=d.fleet, seq=seq0 + k + 1,
+                     window={"start": end - window_s, "end": end, "seconds": window_s})
+            out.append((end, d.topic("telemetry"), d.sign(p)))
+    out.sort(key=lambda m: m[0])
+    return out
+
+
+def publish(msgs: list[tuple[float, str, bytes]], fleet_id: str) -> float:
+    """Publish each message at its scheduled time (QoS 1); returns the worst lateness, s."""
+    from fleet.devsim import MqttPublisher
+
+    pub = MqttPublisher("127.0.0.1", 1883, f"{fleet_id}-pub")
+    late = 0.0
+    for i, (at, t, raw) in enumerate(msgs):
+        wait = at - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        else:
+            late = max(late, -wait)
+        pub.publish(t, raw)
+        if i % 2000 == 1999:
+            pub.flush()
+    pub.flush()
+    pub.close()
+    return late
+
+
+def stage_costs(url: str, settings: Any, devs: list[Any], baseline: dict[str, Any], n: int = 3000) -> dict[str, float]:
+    """CPU-seconds per message of each stage, each timed alone over fresh (never stored) windows."""
+    import psutil
+    from sqlalchemy import create_engine, text
+
+    from fleet import aggregate, fastjson
+    from fleet.db import json_dumps
+    from fleet.device_cache import DeviceCache
+    from fleet.ingest_store import Processor
+    from fleet.verification import check_telemetry, fast_verify, trusted_payload
+
+    msgs = make_windows(devs[:n], baseline, time.time(), 10.0, 1, seq0=10**6)[:n]
+    engine = create_engine(url, json_serializer=json_dumps, pool_size=1, max_overflow=0)
+    cache = DeviceCache(settings, engine)
+    infos = cache.lookup(m[1].split("/")[3] for m in msgs)
+    raws = [(t.split("/")[3], raw) for _, t, raw in msgs]
+
+    def cpu(fn: Any) -> tuple[float, Any]:
+        c0 = time.process_time()
+        r = fn()
+        return (time.process_time() - c0) / len(raws), r
+
+    decode, docs = cpu(lambda: [fastjson.decode(raw) for _, raw in raws])
+    verify, payloads = cpu(lambda: [fast_verify(raw, doc, infos[d].keyring)
+                                    for (d, raw), doc in zip(raws, docs, strict=True)])
+    trusted, _ = cpu(lambda: [trusted_payload(raw, doc, infos[d].keyring)
+                              for (d, raw), doc in zip(raws, docs, strict=True)])
+    aggr, _ = cpu(lambda: [aggregate.merge_many(payloads[i:i + 500], [check_telemetry(p) for p in payloads[i:i + 500]])
+                           for i in range(0, len(payloads), 500)])
+    proc = Processor(settings, engine)
+    parsed = proc.parse_many([(t, raw) for _, t, raw in msgs])
+    with engine.connect() as c:
+        backend = psutil.Process(int(c.execute(text("SELECT pg_backend_pid()")).scalar()))
+    b0 = sum(backend.cpu_times()[:2])
+    c0 = time.process_time()
+    for i in range(0, len(parsed), 500):
+        proc.store(parsed[i:i + 500])
+    store_client = (time.process_time() - c0) / len(raws)
+    store_db = (sum(backend.cpu_times()[:2]) - b0) / len(raws)
+    engine.dispose()
+    rate = settings.ingest.sample_rate if settings.ingest.verify == "sample" else 1.0
+    return {"decode": decode, "verify_all": verify, "verify_effective": rate * verify + (1 - rate) * trusted,
+            "aggregate": aggr, "store_client": store_client, "store_db": store_db}
+
+
+def api_p99_ms(settings: Any, device_ids: list[str], n: int = 40) -> dict[str, float]:
+    from fleet.app import create_app
+
+    client = create_app(settings).test_client()
+    h = {"Authorization": "Bearer bench-token"}
+    out = {}
+    for name, path in (("device list", "/api/devices?limit=50"), ("device list filtered", "/api/devices?q=07&limit=50"),
+                       ("device detail", f"/api/devices/{device_ids[len(device_ids) // 2]}")):
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            assert client.get(path, headers=h).status_code == 200
+            ts.append((time.perf_counter() - t) * 1000)
+        out[name] = sorted(ts)[int(0.99 * (n - 1))]
+    return out
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=10000)
+    ap.add_argument("--window", type=float, default=10.0, help="seconds between a device's windows")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    ap.add_argument("--ingest", type=int, default=3, help="ingest processes on the shared subscription")
+    ap.add_argument("--verify", choices=["sample", "all"], default="sample")
+    ap.add_argument("--sample-rate", type=float, default=0.05)
+    ap.add_argument("--no-stages", dest="stages", action="store_false", help="skip the per-stage and API timing")
+    ap.add_argument("--out", default=str(OUT / "scale_bench.json"))
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.fleet_bench import _pg_up
+    from fleet.broker import reachable
+
+    args = parse(argv)
+    if not (_pg_up() and reachable("127.0.0.1", 1883)):
+        print("scale_bench needs PostgreSQL at 127.0.0.1:5432 and Mosquitto at 127.0.0.1:1883")
+        return 2
+    result = run(args)
+    print_table(result)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    ok = result["loss"] == 0 and result["lag_p99_windows"] < TARGETS["lag_p99_windows"]
+    return 0 if ok else 1
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from sqlalchemy import create_engine, text
+
+    from benchmarks.fleet_bench import BenchDB
+    from benchmarks.fleet_bench import _cpu_by_command as cpu_by_command
+    from benchmarks.fleet_bench import _enrol_devices as enrol_devices
+    from fleet import partitions
+    from fleet.devsim import SimDevice, make_baseline
+
+    fleet_id = f"scale{int(time.time()) % 10**6}"
+    db = BenchDB("postgres")
+    url = db.fresh_url()
+    settings = _settings(url, fleet_id, args.verify, args.sample_rate)
+    baseline = make_baseline(seed=2, n_features=16)
+    devs = [SimDevice(f"{fleet_id}-{i:05d}", fleet=fleet_id) for i in range(args.devices)]
+    enrol_devices(url, fleet_id, devs)
+    per_device = max(1, int(args.duration // args.window))
+    ctx = mp.get_context("spawn")
+    stop, out = ctx.Event(), ctx.Queue()
+    readies = [ctx.Event() for _ in range(args.ingest)]
+    procs = [ctx.Process(target=_ingest_child, args=(url, fleet_id, args.verify, args.sample_rate, i, readies[i],
+                                                     stop, out)) for i in range(args.ingest)]
+    try:
+        for p in procs:
+            p.start()
+        for r in readies:
+            if not r.wait(90):
+                raise RuntimeError("an ingest process did not subscribe")
+        t_gen = time.perf_counter()  # signed after ingest is up: the first window ends soon after
+        msgs = make_windows(devs, baseline, time.time() + 1 + args.devices * per_device * 250e-6, args.window,
+                            per_device)
+        gen_s = time.perf_counter() - t_gen
+        cpu_before = cpu_by_command()
+        late = publish(msgs, fleet_id)
+        engine = create_engine(url)
+        deadline = time.time() + max(30.0, 3 * args.window)
+        with engine.connect() as c:
+            while (stored := c.execute(text("SELECT count(*) FROM telemetrywindow")).scalar()) < len(msgs) \
+                    and time.time() < deadline:
+                time.sleep(0.5)
+        cpu_after = cpu_by_command()
+        stop.set()
+        children = [out.get(timeout=60) for _ in procs]
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(30)
+    pg_cpu = sum(c - cpu_before.get(pid, (n, 0.0))[1] for pid, (n, c) in cpu_after.items() if n == "postgres")
+    with engine.connect() as c:
+        lag = c.execute(text("SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY received_at - window_end), "
+                             "max(received_at - window_end) FROM telemetrywindow")).one()
+        raw_bytes = partitions.table_bytes(c)
+        agg_bytes = int(c.execute(text("SELECT pg_total_relation_size('aggregate')")).scalar() or 0)
+        parts = len(partitions.existing(c))
+    ingest_cpu = sum(ch["cpu_s"] for ch in children)
+    stages = stage_costs(url, settings, devs, baseline) if args.stages else dict.fromkeys(
+        ("decode", "verify_all", "verify_effective", "aggregate", "store_client", "store_db"), 0.0)
+    api = api_p99_ms(settings, [d.device_id for d in devs]) if args.stages else {}
+    engine.dispose()
+    db.close()
+    per_msg = ingest_cpu / max(1, stored)
+    receive = max(0.0, per_msg - stages["decode"] - stages["verify_effective"] - stages["aggregate"]
+                  - stages["store_client"])
+    windows_per_day = 86400 / args.window
+    return {
+        "devices": args.devices, "window_s": args.window, "duration_s": per_device * args.window,
+        "ingest_processes": args.ingest, "verify": args.verify, "sample_rate": args.sample_rate,
+        "generate_s": round(gen_s, 1), "publisher_max_late_s": round(late, 3),
+        "offered": len(msgs), "stored": stored, "loss": len(msgs) - stored,
+        "offered_per_s": round(args.devices / args.window, 1),
+        "stored_per_s": round(stored / (per_device * args.window), 1),
+        "lag_p99_s": round(float(lag[0] or 0), 3), "lag_max_s": round(float(lag[1] or 0), 3),
+        "lag_p99_windows": round(float(lag[0] or 0) / args.window, 3),
+        "ingest_cpu_s": round(ingest_cpu, 2), "ingest_cpu_per_msg_us": round(per_msg * 1e6, 1),
+        "windows_per_ingest_cpu_s": round(1 / per_msg, 0) if per_msg else None,
+        "postgres_cpu_s_host": round(pg_cpu, 2),
+        "stage_us": {"receive (by difference)": round(receive * 1e6, 1),
+                     **{k: round(v * 1e6, 1) for k, v in stages.items()}},
+        "raw_bytes_per_window": round(raw_bytes / max(1, stored), 1),
+        "raw_bytes_per_device_day": round(raw_bytes / max(1, stored) * windows_per_day),
+        "aggregate_bytes_total": agg_bytes, "partitions": parts,
+        "per_ingest_process": [{"cpu_s": round(ch["cpu_s"], 2), "stored": ch["stored"].get("telemetry", 0),
+                                "duplicates": ch["duplicates"].get("telemetry", 0), "dropped": ch["dropped"]}
+                               for ch in children],
+        "api_p99_ms": {k: round(v, 1) for k, v in api.items()},
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    rows = [
+        ("devices", f"{r['devices']}", f"{TARGETS['devices']}"),
+        ("windows offered / stored", f"{r['offered']} / {r['stored']}", "all"),
+        ("windows/s offered / stored", f"{r['offered_per_s']} / {r['stored_per_s']}", ""),
+        ("loss", f"{r['loss']}", "0"),
+        ("ingest lag p99 (max)", f"{r['lag_p99_s']} s = {r['lag_p99_windows']} windows ({r['lag_max_s']} s)",
+         "< 1 window"),
+        (f"windows per ingest CPU-s ({r['verify']}, rate {r['sample_rate']})",
+         f"{r['windows_per_ingest_cpu_s']}", f"{TARGETS['windows_per_ingest_cpu_s']:.0f}"),
+        ("ingest CPU per message", f"{r['ingest_cpu_per_msg_us']} us ({r['ingest_processes']} processes)", ""),
+        *[(f"  stage {k}", f"{v} us", "") for k, v in r["stage_us"].items()],
+        ("PostgreSQL CPU during load (host)", f"{r['postgres_cpu_s_host']} s", ""),
+        ("raw telemetry bytes / window", f"{r['raw_bytes_per_window']}", ""),
+        (f"raw telemetry bytes / device-day (1 per {r['window_s']:.0f} s)", f"{r['raw_bytes_per_device_day']}", ""),
+        ("aggregate table bytes (whole run)", f"{r['aggregate_bytes_total']}", ""),
+        *[(f"API p99 {k}", f"{v} ms", f"{TARGETS['api_p99_ms']:.0f} ms") for k, v in r["api_p99_ms"].items()],
+    ]
+    w = max(len(a) for a, _, _ in rows)
+    print(f"{'scale_bench':<{w}}  {'measured':<44}  target")
+    for a, b, c in rows:
+        print(f"{a:<{w}}  {b:<44}  {c}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
