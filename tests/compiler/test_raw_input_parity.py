@@ -296,3 +296,32 @@ def test_local_server_takes_raw_features_as_json_and_binary(tabular, tabular_bun
         a.stop()
     for got in (via_json, via_http_binary, via_socket):
         np.testing.assert_allclose(got, direct, atol=1e-6)
+
+
+def test_cli_parity_failure_exits_1_naming_the_feature_and_bad_pipeline_exits_2(tabular, keys, tmp_path,
+                                                                               monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from compiler.cli import compile_command
+    from compiler.export import export_torch
+
+    onnx_path = tmp_path / "tabular.onnx"
+    x = tabular["pipe"].transform(__import__("pandas").DataFrame(tabular["eval"])).astype(np.float32)
+    export_torch(tabular["model"], {"input": x[:2]}, onnx_path)
+    (tmp_path / "training_code.py").write_text(
+        "import numpy as np, joblib, pandas as pd\n"
+        f"PIPE = joblib.load({str(tabular['tmp'] / 'pipeline.joblib')!r})\n"
+        "def transform(cols):\n"
+        "    cols = dict(cols); cols['clinic'] = np.where(cols['clinic'] == 'oslo', 'bergen', cols['clinic'])\n"
+        "    return PIPE.transform(pd.DataFrame(cols))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = ["--onnx", str(onnx_path), "--raw-eval", str(tabular["csv"]), "--signing-key", str(keys[0]),
+            "--out", str(tmp_path / "out"), "--precision", "fp32", "--latency-iterations", "3", "--quiet"]
+    res = CliRunner().invoke(compile_command, [*base, "--sklearn-pipeline", str(tabular["tmp"] / "pipeline.joblib"),
+                                               "--training-transform", "training_code:transform"])
+    assert res.exit_code == 1, res.output
+    assert "parity" in res.output and "feature 'clinic'" in res.output
+    bad = tmp_path / "bad.joblib"
+    bad.write_bytes(b"not a pickle")
+    res = CliRunner().invoke(compile_command, [*base, "--sklearn-pipeline", str(bad)])
+    assert res.exit_code == 2 and "cannot load" in res.output and "Traceback" not in res.output
