@@ -49,7 +49,10 @@ FAMILIES = (
     Family("edgefleet_model_online_accuracy", "Online accuracy from labelled outcomes", "accuracy"),
     Family("edgefleet_model_online_accuracy_estimate",
            "Label-free accuracy estimate from confidence (CBPE); an estimate", "accuracy_estimate"),
+    Family("edgefleet_model_outcomes_labelled", "Labelled outcomes in the look-back window", "labelled"),
     Family("edgefleet_model_slice_gap", "Worst-slice accuracy gap (best slice minus worst slice)", "slice_gap"),
+    Family("edgefleet_model_low_confidence_rate", "Share of predictions under the low-confidence threshold",
+           "low_confidence_rate"),
     Family("edgefleet_model_build_accuracy", "Accuracy measured at build time (the manifest's metrics)",
            "build_accuracy"),
     Family("edgefleet_model_build_slice_gap", "Worst-slice gap measured at build time", "build_slice_gap"),
@@ -72,6 +75,20 @@ def _quality(db: Session, name: str, version: int, device_class: str, since: flo
         except Exception:  # noqa: BLE001 - a scrape never fails because one figure cannot be computed
             continue
     return out
+
+
+def online_quality(rows: list[Aggregate]) -> dict[str, float | None]:
+    """Online accuracy, its label-free estimate, worst-slice gap and low-confidence rate from the
+    confidence and outcome blocks of the merged windows (fleet.analytics, the one engine)."""
+    try:
+        from fleet.analytics.quality import merge_payloads
+    except ImportError:  # the analytics engine is not installed in this build
+        return {}
+    q = merge_payloads(a.payload for a in rows)
+    acc, est, gap = q.accuracy(), q.estimated_accuracy(), q.worst_slice_gap()
+    return {"accuracy": acc["value"] if acc else None, "labelled": q.labelled if q.kind else None,
+            "accuracy_estimate": est["value"] if est else None, "slice_gap": gap["gap"] if gap else None,
+            "low_confidence_rate": q.low_confidence_rate()}
 
 
 def _drift(db: Session, settings: Any, name: str, version: int, device_class: str, since: float) -> dict[str, Any]:
@@ -134,6 +151,7 @@ def group_values(db: Session, settings: Any, *, now: float | None = None, lookba
             if s["latency_samples"]:
                 vals.update(p50=s["latency_p50_us"] / 1e6, p99=s["latency_p99_us"] / 1e6)
             vals.update(_drift(db, settings, name, version, cls, since))
+            vals.update({k: v for k, v in online_quality(groups[key]).items() if v is not None})
         vals.update(_build_metrics(db, name, version, cls))
         vals.update(_quality(db, name, version, cls, since))
         out[key] = vals

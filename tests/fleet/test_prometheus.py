@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -55,7 +56,7 @@ def test_promtool_accepts_the_rules_and_the_sample_config() -> None:
     promtool = _tool("promtool")
     r = _run(promtool, "check", "rules", str(RULES))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 13 rules found" in r.stdout
+    assert "SUCCESS: 14 rules found" in r.stdout
     r = _run(promtool, "check", "config", str(SAMPLE_CONFIG))   # resolves rule_files beside it
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -105,6 +106,49 @@ def test_metrics_carry_model_health_with_bounded_labels(db_url: str, tmp_path: P
         assert len(fams["edgefleet_model_requests"].samples) == 1
     finally:
         world.stop()
+        fleet_context(world.app).engine.dispose()
+
+
+def test_online_quality_from_agent_outcomes_reaches_metrics(tmp_path: Path) -> None:
+    """Confidence and labelled outcomes the agent's own code reports (two slices, one worse) become
+    online accuracy, its CBPE estimate, the worst-slice gap and the low-confidence rate."""
+    pytest.importorskip("fleet.analytics.quality", reason="the analytics engine (issue 14 items 4-5) is not here")
+    from sqlmodel import Session, select
+
+    from agent.confidence import ConfidenceStats, MonitorSpec
+    from agent.outcomes import OutcomeWindow
+    from fleet.app import fleet_context
+    from fleet.models import Aggregate
+
+    spec = MonitorSpec(n_classes=10, min_slice_count=1)
+    out = OutcomeWindow(spec)
+    truth = {"region=eu": (200, 190), "region=us": (200, 150)}   # (labelled, correct)
+    for key, (n, ok) in truth.items():
+        for i in range(n):
+            out.add(("rid", 2, 3 if i < ok else 4, None, 9, key), 3)
+    conf = ConfidenceStats()
+    conf.add(np.full(300, 0.95), np.full(300, 0.9))
+    conf.add(np.full(100, 0.3), np.full(100, 0.05))   # 25% under the low-confidence threshold
+    world = build(tmp_path)
+    try:
+        with Session(fleet_context(world.app).engine) as db:
+            agg = db.exec(select(Aggregate).where(Aggregate.model_version == 2)
+                          .order_by(Aggregate.window_start.desc())).first()
+            agg.payload = {**agg.payload, "confidence": conf.to_dict(), "outcomes": out.to_dict()}
+            db.add(agg)
+            db.commit()
+        s = _samples(world.app.test_client().get("/metrics").get_data(as_text=True))
+        key = {"model": "digits", "version": "2", "device_class": "x86-64-generic"}
+        assert _value(s, "edgefleet_model_outcomes_labelled", **key) == 400
+        assert _value(s, "edgefleet_model_online_accuracy", **key) == pytest.approx(340 / 400)
+        assert _value(s, "edgefleet_model_slice_gap", **key) == pytest.approx(0.95 - 0.75)
+        assert _value(s, "edgefleet_model_low_confidence_rate", **key) == pytest.approx(0.25)
+        est = _value(s, "edgefleet_model_online_accuracy_estimate", **key)
+        assert est is not None and 0 < est < 1
+        # v1 reported no outcomes: no accuracy series rather than a made-up one.
+        assert _value(s, "edgefleet_model_online_accuracy", model="digits", version="1",
+                      device_class="x86-64-generic") is None
+    finally:
         fleet_context(world.app).engine.dispose()
 
 
