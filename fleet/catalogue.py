@@ -136,6 +136,8 @@ def lineage(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def version_view(mv: ModelVersion, *, with_manifest: bool = False, base_url: str = "") -> dict[str, Any]:
+    from fleet.explain_view import explain_summary
+
     d: dict[str, Any] = {
         "id": mv.id, "name": mv.name, "version": mv.version, "device_class": mv.device_class,
         "format": mv.format, "precision": mv.precision, "manifest_sha256": mv.manifest_sha256,
@@ -145,6 +147,7 @@ def version_view(mv: ModelVersion, *, with_manifest: bool = False, base_url: str
         "metrics": (mv.manifest or {}).get("metrics") or {},
         "lineage": lineage(mv.manifest or {}),
         "has_drift_baseline": bool((mv.manifest or {}).get("drift_baseline")),
+        "explain": explain_summary(mv.manifest),  # what the version relies on (issue 15)
     }
     if with_manifest:
         d["manifest"] = mv.manifest

@@ -121,8 +121,10 @@ def model(name: str):  # type: ignore[no-untyped-def]
         cols = model_view.compare(db, name, versions)
         perf = {(c["version"], cls): p for c in cols for cls, p in c["perf"].items()}
         views = [catalogue.version_view(mv) for mv in versions]
+        from fleet.explain_view import importance_table
+
         return render_template("console/model.html", name=name, versions=views, perf=perf, cols=cols,
-                               human_bytes=model_view.human_bytes)
+                               human_bytes=model_view.human_bytes, importance=importance_table(views))
 
 
 @bp.get("/models/<name>/<int:version>/drift")

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.agent.conftest import agent_factory, bundles, config_factory, digits, fleet_keys, model_files  # noqa: F401
+from tests.fleet.conftest import build_keys, db_url, fleet, pg_database  # noqa: F401
 
 
 @pytest.fixture(scope="session")

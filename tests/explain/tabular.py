@@ -4,6 +4,7 @@ with the build's explain section and importance-weighted drift baseline (compile
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,15 +41,16 @@ def eval_rows(n: int = 600, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, N)).astype(np.float32)
 
 
-def tabular_bundle(out: Path, key: Path, rest: float = 0.01, names: list[str] | None = None) -> tuple[Path, dict]:
+def tabular_bundle(out: Path, key: Any, rest: float = 0.01, names: list[str] | None = None, version: int = 1,
+                   hot: int = HOT) -> tuple[Path, dict]:
     """Build the bundle the way the compiler does: importance from the model's own runtime
     (onnxruntime) on eval rows, the drift baseline from the same rows, the importance into it."""
     import onnxruntime as ort
 
-    onnx_path = one_feature_model(out.parent / f"{out.stem}-model" / "model.onnx", rest=rest)
+    onnx_path = one_feature_model(out.parent / f"{out.stem}-model" / "model.onnx", rest=rest, hot=hot)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     x = eval_rows()
-    labels = (x[:, HOT] > 0).astype(np.int64)
+    labels = (x[:, hot] > 0).astype(np.int64)
     section = explain_version(lambda b: sess.run(None, {"x": b.astype(np.float32)})[0], x, labels, None,
                               "classification", schema_names=names, input_name="x")
     preds = sess.run(None, {"x": x})[0].argmax(axis=1)
@@ -56,10 +58,10 @@ def tabular_bundle(out: Path, key: Path, rest: float = 0.01, names: list[str] | 
     weights = baseline_importance(section, baseline)
     assert weights is not None
     baseline["importance"] = weights
-    fields = models.manifest_fields(1, "onnx", "model.onnx", baseline)
+    fields = models.manifest_fields(version, "onnx", "model.onnx", baseline)
     fields["model"]["name"] = "tab"
     fields["inputs"] = [{"name": "x", "dtype": "float32", "shape": ["batch", N]}]
     fields["outputs"] = [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}]
     fields["explain"] = section
-    build_bundle(out, {"model.onnx": onnx_path}, fields, load_private_key(key))
+    build_bundle(out, {"model.onnx": onnx_path}, fields, key if not isinstance(key, (str, Path)) else load_private_key(key))
     return out, fields
