@@ -240,6 +240,10 @@ class CommandHandler:
                 self._result(p, "ok", None)
             elif kind == "rotate-key":
                 self._apply_keylist(p)
+            elif kind == "benchmark":  # run a compiler candidate, install nothing (agent.benchmark)
+                from agent.benchmark import execute as benchmark
+
+                benchmark(self, p)
             elif kind == "explain":  # explain the next sampled requests (issue 15): agent.explain
                 from agent.explain import arm_command
 

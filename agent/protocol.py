@@ -31,7 +31,7 @@ COMMAND_SCHEMA = "edgefleet.command/v1"
 MAX_MESSAGE_BYTES = 256 * 1024
 CLOCK_SKEW_S = 300
 COMMAND_KINDS = ("install", "rollback", "shadow", "ab", "stop-candidate", "rotate-key", "telemetry-config",
-                 "uninstall", "explain")
+                 "uninstall", "benchmark", "explain")
 MODEL_ROLES = ("active", "shadow", "ab")
 
 

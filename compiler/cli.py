@@ -75,6 +75,11 @@ EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
 @click.option("--feature-schema", help="TOML [features.<name>] overrides: unit, min, max, categories, nullable.")
 @click.option("--parity-atol", type=float, show_default="1e-4", help="Parity gate: absolute feature tolerance.")
 @click.option("--parity-rtol", type=float, show_default="1e-4", help="Parity gate: relative feature tolerance.")
+@click.option("--profile-on", help="Gate latency on an enrolled device of this class: the fleet runs each candidate "
+              "there (EDGEFLEET_URL, EDGEFLEET_TOKEN); the device installs nothing.")
+@click.option("--profile-runs", type=int, show_default="50", help="--profile-on: timed inferences on the device.")
+@click.option("--profile-timeout", "profile_timeout_s", type=float, show_default="300",
+              help="--profile-on: seconds to wait for each candidate's result.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
 def compile_command(ctx: click.Context, config_path: Path | None, quiet: bool, **flags: Any) -> None:
@@ -96,7 +101,7 @@ def compile_command(ctx: click.Context, config_path: Path | None, quiet: bool, *
         results = compile_model(cfg)
     except CompileInputError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_INPUT)
+        sys.exit(getattr(exc, "exit_code", EXIT_INPUT))  # --profile-on: a timeout is a failed check (1)
     print_report(results)
     if not all(r.passed for r in results):
         names = sorted({g for r in results for g in r.failed_gates})

@@ -71,6 +71,11 @@ class CompileConfig:
     feature_schema: str | None = None  # TOML [features.<name>] overrides (unit, min, max, categories)
     parity_atol: float = 1e-4
     parity_rtol: float = 1e-4
+    # Latency measured on an enrolled device of this class through the fleet (compiler/profile_remote.py)
+    profile_on: str | None = None
+    profile_runs: int = 50
+    profile_warmup: int = 5
+    profile_timeout_s: float = 300.0
 
     def validate(self) -> None:
         if isinstance(self.device_classes, str):

@@ -133,6 +133,10 @@ def compile_model(cfg: CompileConfig) -> list[BuildResult]:
     progress = _Progress(cfg.progress)
     signing_key = _signing_key(cfg.signing_key)
     device_classes = _device_classes(cfg)
+    if cfg.profile_on:  # fail before any compile work when no device of the class is online
+        from compiler.profile_remote import check_target
+
+        check_target(cfg, [dc.name for dc in device_classes])
     for dc in device_classes:
         fmt = cfg.format or dc.format
         precision = cfg.precision or dc.precision
@@ -167,7 +171,7 @@ def compile_model(cfg: CompileConfig) -> list[BuildResult]:
     keys: dict[str, str] = {}
     for dc in device_classes:
         keys[dc.name] = json_sha256({**common, "device_class": dc.to_dict()})
-        hit = cache.get(keys[dc.name]) if cache else None
+        hit = cache.get(keys[dc.name]) if cache and dc.name != cfg.profile_on else None  # re-measure on device
         if hit:
             bundle, stored = hit
             res = BuildResult.from_dict(stored)
@@ -275,6 +279,8 @@ def _latency(c: CandidateResult) -> dict[str, Any]:
     out: dict[str, Any] = {"p50_ms": c.latency_p50_ms, "p99_ms": c.latency_p99_ms, "on_target": c.on_target}
     if not c.on_target:
         out.update(fp32_p50_ms=c.fp32_p50_ms, note=c.latency_note)
+    elif c.latency_note:  # "measured on device <id>" (--profile-on)
+        out["note"] = c.latency_note
     return out
 
 
@@ -296,6 +302,10 @@ def _build_device_class(cfg: CompileConfig, progress: _Progress, dc: DeviceClass
     evaluate = Evaluator(cfg.task, prep.reference, budgets, match_host(dc),
                          functools.cache(lambda: fp32_runner(ctx.onnx_fp32)), cfg.latency_iterations,
                          threads=dc.threads)
+    if cfg.profile_on == dc.name:  # latency gated on a device of the class (compiler.profile_remote)
+        from compiler.profile_remote import on_device
+
+        evaluate = on_device(evaluate, cfg, signing_key, work)
     tried: list[tuple[CandidateResult, Artifact | None]] = []
     for precision in chain:
         with progress.step(f"{dc.name}: building and evaluating {fmt} {precision}"):

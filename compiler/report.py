@@ -54,6 +54,8 @@ def print_report(results: list[BuildResult], console: Any = None) -> None:
                 console.print(f"[red]{r.device_class}: FAIL {r.format} {c['precision']}[/red]: {c['error']}")
         if r.latency.get("on_target") is False:
             console.print(f"{r.device_class}: latency {r.latency.get('note', 'not measured on target')}")
+        elif r.latency.get("note"):  # --profile-on: measured on device <id>
+            console.print(f"{r.device_class}: latency {r.latency['note']}")
         if len(r.candidates) > 1:
             tried = ", ".join(f"{c['precision']}={'pass' if c['passed'] else 'fail'}"
                               f"({c['latency_p50_ms']:.3f} ms)" for c in r.candidates)

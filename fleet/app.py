@@ -55,6 +55,7 @@ BLUEPRINTS = (
     "fleet.api.lifecycle:bp",
     "fleet.api.telemetry:bp",
     "fleet.api.drift:bp",
+    "fleet.api.profiles:bp",
     "fleet.api.admin:bp",
     "fleet.artifacts:bp",
     "fleet.openapi:bp",

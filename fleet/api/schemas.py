@@ -256,6 +256,16 @@ class KeyFinish(Strict):
     force: bool = False
 
 
+# --- profiles (issue 13 item 8: a candidate timed on a device of its class) --------------------
+
+class ProfileQuery(Query):
+    warmup: Annotated[int, Field(ge=0, le=200, description="untimed runs first")] = 5
+    runs: Annotated[int, Field(ge=1, le=2000, description="timed batch-1 runs")] = 50
+    device_id: DeviceId | None = Field(None, description="this device (else any online one of the class)")
+    fleet: Name | None = None
+    ttl_s: Annotated[float, Field(ge=10, le=86400, allow_inf_nan=False)] = 600.0
+
+
 def dump(model: BaseModel) -> dict:  # type: ignore[type-arg]
     """The fields the caller gave (not defaults), for handing on to the domain layer."""
     return model.model_dump(exclude_unset=True)
