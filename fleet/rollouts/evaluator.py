@@ -435,7 +435,11 @@ def _republish_unanswered(c: TickContext, targets: Sequence[RolloutTarget]) -> i
 def _baseline(s: Session, r: Rollout) -> dict[str, Any] | None:
     mv = s.exec(select(ModelVersion).where(ModelVersion.name == r.model_name,
                                            ModelVersion.version == r.version)).first()
-    return (mv.manifest or {}).get("drift_baseline") if mv else None
+    if mv is None:
+        return None
+    base = (mv.manifest or {}).get("drift_baseline")
+    # the build-time metrics ride along: the online_accuracy/slice_gap gates compare with them
+    return {**(base or {}), "build_metrics": (mv.manifest or {}).get("metrics") or {}}
 
 
 def step(s: Session, r: Rollout, signer: commands.FleetSigner, cfg: EvaluatorConfig, at: float) -> list[str]:

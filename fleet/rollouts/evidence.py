@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 
 from agent.sketches import LatencyHistogram
 from fleet import audit
+from fleet.analytics.quality import OnlineQuality
 from fleet.models import AuditEntry, Device, DeviceEvent, TelemetryWindow
 from fleet.rollouts.blind import clock_start
 from fleet.rollouts.gates import CohortStats, DeviceEvidence, WaveEvidence
@@ -74,6 +75,7 @@ def load_windows(session: Session, ids: Sequence[str], model_name: str, since: f
 def merge_windows(windows: Iterable[TelemetryWindow]) -> CohortStats:
     """Add up telemetry windows: counts, latency per device class, prediction/feature histograms."""
     s = CohortStats()
+    s.quality = OnlineQuality()   # online accuracy, confidence (issue 14: fleet.analytics)
     devices: set[str] = set()
     feats: dict[str, dict[str, Any]] = {}
     pred: dict[str, Any] | None = None
@@ -108,6 +110,7 @@ def merge_windows(windows: Iterable[TelemetryWindow]) -> CohortStats:
                 feats[f["name"]] = {"edges_hash": f.get("edges_hash"), "counts": counts}
             elif cur["edges_hash"] == f.get("edges_hash") and len(cur["counts"]) == len(counts):
                 cur["counts"] = cur["counts"] + counts
+        s.quality.add_payload(p)
         sh = p.get("shadow")
         if isinstance(sh, Mapping):
             s.shadow_compared += int(sh.get("compared", 0) or 0)

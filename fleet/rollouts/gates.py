@@ -49,6 +49,7 @@ class CohortStats:
     features: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> {"edges_hash", "counts"}
     shadow_compared: int = 0
     shadow_agreed: int = 0
+    quality: Any = None   # fleet.analytics.OnlineQuality: labelled outcomes and confidence
 
     @property
     def error_rate(self) -> float:
@@ -304,6 +305,33 @@ def gate_shadow(cand: CohortStats, g: Gates) -> GateResult:
                       {"compared": cand.shadow_compared, "agreed": cand.shadow_agreed})
 
 
+def gate_online_accuracy(cand: CohortStats, control: CohortStats, baseline: Mapping[str, Any] | None,
+                         g: Gates) -> GateResult:
+    """Concept drift at the canary: the candidate's labelled accuracy against control (or, while
+    control has too few labels, the build-time eval), one-sided test (fleet.analytics.verdicts)."""
+    from fleet.analytics import OnlineQuality, build_accuracy, concept_drift
+
+    q = cand.quality or OnlineQuality()
+    ref = build_accuracy({"metrics": (baseline or {}).get("build_metrics") or {}})
+    v = concept_drift(q, reference=ref, control=control.quality, min_labelled=g.min_labelled,
+                      margin=g.max_accuracy_drop, alpha=g.accuracy_alpha)
+    return GateResult("online_accuracy", v.status, v.value, g.max_accuracy_drop,
+                      {"reference": v.reference, **v.detail, "accuracy": q.accuracy()})
+
+
+def gate_slice_gap(cand: CohortStats, baseline: Mapping[str, Any] | None, g: Gates) -> GateResult:
+    from fleet.analytics import OnlineQuality, build_slice_gap, slice_gap
+
+    q = cand.quality or OnlineQuality()
+    if q.labelled < g.min_labelled:
+        return GateResult("slice_gap", WAIT, None, g.max_slice_gap_increase, {"labelled": q.labelled})
+    v = slice_gap(q, build_gap=build_slice_gap({"metrics": (baseline or {}).get("build_metrics") or {}}),
+                  max_increase=g.max_slice_gap_increase, min_slice_count=g.min_slice_labelled)
+    if v.status == WAIT:  # fewer than two slices with enough labels: nothing to compare
+        v.status = PASS
+    return GateResult("slice_gap", v.status, v.value, g.max_slice_gap_increase, v.detail)
+
+
 def evaluate_wave(ev: WaveEvidence, g: Gates) -> Verdict:
     """All gates for one wave. Device failures and statistical breaches both count; the verdict
     is fail as soon as any gate fails, pass only when every gate passes."""
@@ -314,6 +342,10 @@ def evaluate_wave(ev: WaveEvidence, g: Gates) -> Verdict:
                gate_feature_drift(ev.candidate, ev.control, ev.baseline, g)]
     if ev.mode == "shadow":
         results.append(gate_shadow(ev.candidate, g))
+    elif g.min_labelled > 0:   # labels come back for served predictions only (not shadow runs)
+        results.append(gate_online_accuracy(ev.candidate, ev.control, ev.baseline, g))
+        if g.max_slice_gap_increase < 1.0:
+            results.append(gate_slice_gap(ev.candidate, ev.baseline, g))
     statuses = {r.status for r in results}
     if any(o == "pending" for o in outcomes.values()):
         statuses.add(WAIT)   # every device is decided (healthy, or failed by the timeout) before a wave passes

@@ -74,6 +74,12 @@ class Gates:
     min_windows: int = 1                  # telemetry windows per reporting device
     soak_s: float = 0.0
     require_approval: bool = False
+    # online quality from labelled outcomes (issue 14; fleet.analytics). 0 labels = gate off.
+    min_labelled: int = 0                 # labels per cohort before online_accuracy/slice_gap judge
+    max_accuracy_drop: float = 0.02       # candidate below control (or build eval) by more than this ...
+    accuracy_alpha: float = 0.05          # ... in a one-sided test at this level fails the wave
+    max_slice_gap_increase: float = 1.0   # worst-slice gap over the build-time gap (1.0 = off)
+    min_slice_labelled: int = 30          # labels a slice needs before it counts in the gap
 
     def validate(self, where: str) -> None:
         for name in ("min_reporting", "success_threshold", "max_failure_fraction", "min_shadow_agreement"):
@@ -86,6 +92,10 @@ class Gates:
                 raise SpecError(f"{where}.{name} must not be negative")
         if self.report_timeout_s <= 0:
             raise SpecError(f"{where}.report_timeout_s must be positive (a silent device must fail)")
+        if self.min_labelled < 0 or self.min_slice_labelled < 1 or not 0.0 < self.accuracy_alpha < 0.5 \
+                or not 0.0 <= self.max_accuracy_drop <= 1.0 or not 0.0 <= self.max_slice_gap_increase <= 1.0:
+            raise SpecError(f"{where}: min_labelled >= 0, min_slice_labelled >= 1, accuracy_alpha in (0, 0.5), "
+                            "max_accuracy_drop and max_slice_gap_increase in [0, 1] are required")
         if self.min_requests < 0 or self.min_windows < 1 or self.min_drift_samples < 0:
             raise SpecError(f"{where}.min_requests >= 0 and min_windows >= 1 are required")
 
