@@ -1,6 +1,8 @@
 """Time series for the console (Grafana-like panels drawn by the vendored uPlot): requests,
 errors, latency p50/p99 and drift (max feature PSI against the manifest baseline) per telemetry
-window, for a model version, a device class, a cohort or one device.
+window, for a model version, a device class, a cohort or one device; beside drift, online
+accuracy (Wilson interval), its label-free estimate, the low-confidence rate and accuracy per
+slice, from the analytics engine (fleet.analytics) over the same windows.
 
 The numbers come from the same stores and functions as the rest of the fleet: Aggregate rows
 (merged at ingest) or a device's own TelemetryWindow rows, summarised by ops_metrics.summarise
@@ -29,6 +31,8 @@ from fleet.settings import FleetSettings
 
 RANGES = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 MAX_WINDOWS = 2000
+MAX_SLICE_SERIES = 8  # the slices with the most labels; the rest stay in the model card / API
+QUALITY_KEYS = ("accuracy", "accuracy_low", "accuracy_high", "accuracy_estimate", "low_confidence_rate", "labelled")
 
 
 def _float_arg(name: str) -> float | None:
@@ -83,7 +87,8 @@ def series(db: Session, settings: FleetSettings, f: Mapping[str, Any], since: fl
     windows = sorted(by_window)[-MAX_WINDOWS:]
     baselines: dict[int, Any] = {}
     out: dict[str, list[Any]] = {k: [] for k in ("t", "requests", "errors", "error_rate", "p50_ms", "p99_ms",
-                                                 "max_psi")}
+                                                 "max_psi", *QUALITY_KEYS)}
+    slices: dict[str, list[Any]] = {}
     for ws in windows:
         group = by_window[ws]
         s = ops_metrics.summarise([p for _, p in group])
@@ -94,8 +99,37 @@ def series(db: Session, settings: FleetSettings, f: Mapping[str, Any], since: fl
         out["p50_ms"].append(round(s["latency_p50_us"] / 1000, 3) if s["latency_samples"] else None)
         out["p99_ms"].append(round(s["latency_p99_us"] / 1000, 3) if s["latency_samples"] else None)
         out["max_psi"].append(_max_psi(db, settings, f.get("model"), group, baselines))
+        q, per_slice = _quality([p for _, p in group])
+        for k in QUALITY_KEYS:
+            out[k].append(q.get(k))
+        for key, acc in per_slice.items():
+            slices.setdefault(key, [None] * (len(out["t"]) - 1)).append(acc)
+        for col in slices.values():
+            col.extend([None] * (len(out["t"]) - len(col)))
     return {"filter": {k: v for k, v in f.items() if v not in (None, "")}, "since": since, "until": until,
-            "windows": len(windows), "series": out}
+            "windows": len(windows), "series": out, "slices": _top_slices(slices)}
+
+
+def _quality(payloads: list[Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """One window's online quality (labels fed back on the device) and accuracy per slice."""
+    try:
+        from fleet.analytics.quality import merge_payloads
+    except ImportError:  # no analytics engine in this build
+        return {}, {}
+    q = merge_payloads(payloads)
+    acc, est = q.accuracy(), q.estimated_accuracy()
+    out: dict[str, Any] = {"accuracy_estimate": est["value"] if est else None,
+                           "low_confidence_rate": q.low_confidence_rate(), "labelled": q.labelled if q.kind else None}
+    if acc:
+        out.update(accuracy=acc["value"], accuracy_low=acc["low"], accuracy_high=acc["high"])
+    per_slice = {k: v["accuracy"] for k, v in q.slices().items() if "accuracy" in v}
+    return out, per_slice
+
+
+def _top_slices(slices: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """At most MAX_SLICE_SERIES slices, those with values in the most windows (bounded panels)."""
+    ranked = sorted(slices, key=lambda k: (-sum(v is not None for v in slices[k]), k))
+    return {k: slices[k] for k in sorted(ranked[:MAX_SLICE_SERIES])}
 
 
 def _max_psi(db: Session, settings: FleetSettings, model: str | None, group: list[tuple[int, Any]],
