@@ -325,3 +325,24 @@ def test_cli_parity_failure_exits_1_naming_the_feature_and_bad_pipeline_exits_2(
     bad.write_bytes(b"not a pickle")
     res = CliRunner().invoke(compile_command, [*base, "--sklearn-pipeline", str(bad)])
     assert res.exit_code == 2 and "cannot load" in res.output and "Traceback" not in res.output
+
+
+def test_openvino_bundle_runs_the_same_preprocess_graph(tabular, keys, tmp_path) -> None:
+    """The first graph runs in onnxruntime whatever the model's runtime: OpenVINO here."""
+    (r,) = _compile(tabular, keys, "ov", sklearn_pipeline=str(tabular["tmp"] / "pipeline.joblib"),
+                    device_classes=["x86-avx512-vnni"], precision="fp32")
+    assert r.passed and r.format == "openvino", r.to_dict()
+    a = Agent(AgentConfig(device_id="raw-ov", state_dir=str(tmp_path / "ov"), build_keys=[str(keys[1])],
+                          device_class="x86-avx512-vnni")).start()
+    try:
+        a.install(r.bundle_path, allow_new_name=True)
+        m = a.predictor.active.manifest
+        ev = tabular["eval"]
+        served = a.predict({k: v for k, v in ev.items()})[m["outputs"][0]["name"]]  # a mapping of columns
+    finally:
+        a.stop()
+    parity = m["preprocess"]["parity"]
+    assert parity["feature_max_abs_diff"] < 1e-4 and parity["output_max_abs_diff"] is not None
+    diff = float(np.abs(served - tabular["expected"]).max())
+    _record("tabular_openvino_fp32_max_abs_diff", diff)
+    assert diff < 1e-3, parity
