@@ -121,6 +121,8 @@ def try_candidate(fmt: str, precision: str, ctx: PassContext, work: Path,
         return replace(failure(precision, exc, f"building {fmt} {precision}"), on_target=evaluate.target.on_target), None
     try:
         return evaluate(art, ctx), art
+    except CompileInputError:  # e.g. --profile-on with no result: it ends the build, not one candidate
+        raise
     except Exception as exc:  # e.g. onnxruntime refusing the graph the quantizer wrote
         return replace(failure(precision, exc, f"running {fmt} {precision}"), on_target=evaluate.target.on_target), None
 

@@ -140,6 +140,21 @@ def test_compile_profile_on_a_real_enrolled_device(tmp_path: Path) -> None:
         assert refused[0].details["unverified"] is True and refused[0].details["signature"] == "untrusted-key"
         assert len(_events(srv, dev, "benchmark-result")) == 1
 
+        # the device picked never answers (listed online, nothing behind it): bounded wait, one line, exit 1
+        with Session(srv.engine) as db:
+            db.add(Device(id=f"{fleet_id}-ghost", fleet=fleet_id, device_class=CLASS, public_key="",
+                          online=True, last_seen=time.time() + 3600))
+            db.commit()
+        slow = CliRunner().invoke(cli, [
+            "compile", "--onnx", str(onnx), "--eval", str(tmp_path / "eval.npz"), "--device-class", CLASS,
+            "--precision", "int8", "--profile-on", CLASS, "--profile-timeout", "2", "--latency-iterations", "5",
+            "--signing-key", str(build_priv), "--out", str(tmp_path / "o1"), "--quiet"],
+            env={"EDGEFLEET_URL": srv.url, "EDGEFLEET_TOKEN": "op", "EDGEFLEET_PROFILE": str(tmp_path / "none.toml")},
+            catch_exceptions=False)
+        assert slow.exit_code == 1, slow.output
+        lines = slow.output.strip().splitlines()
+        assert len(lines) == 1 and f"on device {fleet_id}-ghost: no result within 2s" in lines[0], slow.output
+
         # no device of the class online: one line, exit 2, before anything is compiled
         none = CliRunner().invoke(cli, [
             "compile", "--onnx", str(onnx), "--eval", str(tmp_path / "eval.npz"), "--device-class", "nvidia-jetson",
