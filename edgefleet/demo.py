@@ -3,7 +3,8 @@
 It starts the fleet manager (SQLite; the broker at MQTT_URL, else a private Mosquitto, else an
 in-process amqtt), trains a real digits classifier and compiles it for three device classes,
 enrols agent processes of each class with one-time tokens, rolls v1 out to 100%, then rolls out
-a v2 with a training-serving skew that the canary's drift gate stops and rolls back. The fleet is
+a v2 with a training-serving skew that the canary's drift gate stops and rolls back (compiled
+with its raw-input contract, the same skew first fails the parity gate at build time: demo_parity.py). The fleet is
 driven through its REST API, as an operator or a CI job would. Without --once the console stays up.
 """
 
@@ -186,6 +187,10 @@ def build_models(work: Path, build_key: Path, view: DemoView) -> dict[int, list[
         model = dm.train_classifier(prep(data.train_x), data.train_y, seed=version)
         acc = dm.accuracy(model, prep(data.eval_x), data.eval_y)
         view.say(f"  reference accuracy on held-out digits: {acc:.3f}")
+        if version == 2:  # issue 15: the skew is caught at compile time first
+            from edgefleet.demo_parity import parity_check
+
+            parity_check(work, build_key, view, model, data)
         calib = dm.write_npz(work / f"data/v{version}-calib.npz", prep(data.train_x[:256]), data.train_y[:256])
         ev = dm.write_npz(work / f"data/v{version}-eval.npz", prep(data.eval_x), data.eval_y, data.eval_slices)
         view.say(f"compiling v{version} for {', '.join(CLASSES)} (INT8 with calibration, gated)")

@@ -104,3 +104,16 @@ def digits_eval() -> dict[str, np.ndarray]:
     """`--eval edgefleet.demo_model:digits_eval`: held-out images, labels and ink slices."""
     d = load_digits_data()
     return {"input": d.eval_x, "labels": d.eval_y, "slices": d.eval_slices.astype(str)}
+
+
+# The raw-input contract (issue 15): what v2's team declares the devices run, and what training ran.
+def pixels_as_sent():  # type: ignore[no-untyped-def]
+    """The serving-side pipeline v2 ships: devices send raw pixels, nothing rescales them."""
+    import torch
+
+    return torch.nn.Identity()
+
+
+def v2_training_transform(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """The parity gate's reference: v2's training code, raw `pixels` -> model input."""
+    return v2_preprocess(np.asarray(cols["pixels"], dtype=np.float32))

@@ -35,6 +35,7 @@ def test_demo_once_reaches_the_rollback(tmp_path: Path) -> None:
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert "automatic rollback" in out and "demo finished" in out
+    assert "parity gate FAILED at compile time: feature 'pixels'" in " ".join(out.split())  # issue 15: caught first
     assert "Traceback" not in out
     assert f"working directory: {work}" in " ".join(out.split())
     # waves are numbered from 1, as in the console
