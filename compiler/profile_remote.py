@@ -87,6 +87,15 @@ class RemoteProfiler:
                                  stream=fh, length=path.stat().st_size)
         finally:
             path.unlink(missing_ok=True)
+        try:
+            return self._wait(art, job)
+        finally:  # the candidate leaves the fleet's artifact store either way (best effort)
+            try:
+                self._call("DELETE", f"/api/profiles/{job['id']}")
+            except RemoteProfileError:
+                pass
+
+    def _wait(self, art: Any, job: dict[str, Any]) -> DeviceLatency:
         deadline = time.monotonic() + self.timeout_s
         while True:
             state = self._call("GET", f"/api/profiles/{job['id']}")

@@ -113,3 +113,25 @@ def result(db: Session, profile_id: str) -> dict[str, Any]:
         return {**out, "status": "done", "result": answer.details, "reason": None}
     return {**out, "status": "failed", "result": None, "reason": answer.reason,
             "code": (answer.details or {}).get("code")}
+
+
+def discard(db: Session, settings: FleetSettings, profile_id: str, actor: str) -> dict[str, Any]:
+    """Delete a profile's candidate from the artifact store (the compiler does once it has its
+    numbers, or gave up), unless a catalogue version holds the same bytes. The command and the
+    device's answer stay (history); a device that had not fetched it yet reports download-failed."""
+    from fleet.catalogue import artifact_path
+    from fleet.models import ModelVersion
+
+    cmd = db.exec(select(RolloutCommand).where(RolloutCommand.command_id == profile_id,
+                                               RolloutCommand.kind == KIND)).first()
+    if cmd is None:
+        raise ProfileError(404, "not-found", f"no profile {profile_id}")
+    sha = str(((cmd.document or {}).get("payload") or {}).get("candidate", {}).get("bundle_sha256", ""))
+    in_catalogue = db.exec(select(ModelVersion.id).where(ModelVersion.bundle_sha256 == sha)).first() is not None
+    path = artifact_path(settings, sha)
+    deleted = not in_catalogue and path.exists()
+    if deleted:
+        path.unlink(missing_ok=True)
+    audit.record(db, actor, "profile.discard", f"device:{cmd.device_id}", None,
+                 {"id": profile_id, "bundle_sha256": sha, "artifact_deleted": deleted})
+    return {"id": profile_id, "bundle_sha256": sha, "artifact_deleted": deleted}

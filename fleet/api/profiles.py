@@ -82,3 +82,24 @@ def get_profile(profile_id: str):  # type: ignore[no-untyped-def]
         raise ApiError(404, "not-found", "no such profile")
     with fleet_context().session() as db:
         return jsonify(_guard(result, db, profile_id))
+
+
+class DiscardView(r.Open):
+    id: str
+    bundle_sha256: str
+    artifact_deleted: bool
+
+
+@bp.delete("/<profile_id>")
+@require_role("operator")
+@api(responses={200: DiscardView})
+def discard_profile(profile_id: str):  # type: ignore[no-untyped-def]
+    """Delete the profile's candidate bundle from the artifact store (kept if a catalogue version
+    has the same bytes); the command and the device's answer stay."""
+    from fleet.profiles import discard
+
+    if len(profile_id) > 128:
+        raise ApiError(404, "not-found", "no such profile")
+    ctx = fleet_context()
+    with ctx.session() as db:
+        return jsonify(_guard(discard, db, ctx.settings, profile_id, actor()))

@@ -116,6 +116,7 @@ def test_compile_profile_on_a_real_enrolled_device(tmp_path: Path) -> None:
         manifest = read_manifest_unverified(out / f"digits-v2-{CLASS}.bundle")
         [step] = [s for s in manifest["provenance"]["lineage"] if s["pass"] == "profile-on-device"]
         assert step["config"]["device_id"] == dev and step["metrics"]["p50_ms"] == d["p50_ms"]
+        assert not (settings.artifacts_dir / d["bundle_sha256"]).exists()  # the compiler discarded its candidate
 
         # the device installed nothing: still v1, nothing of the candidate left on disk
         status = json.loads((state / "status.json").read_text())

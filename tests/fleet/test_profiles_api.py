@@ -83,3 +83,12 @@ def test_profiles_api(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
         db.commit()
     got = c.get(f"/api/profiles/{pid}", headers=fleet.h("viewer")).json
     assert got["status"] == "done" and got["result"]["p99_ms"] == 2.5 and got["device_id"] == "d-on"
+
+    # the compiler discards the candidate once it has its numbers; the answer stays
+    store = fleet.settings.artifacts_dir / job["candidate"]["bundle_sha256"]
+    assert store.exists()
+    assert c.delete(f"/api/profiles/{pid}", headers=fleet.h("viewer")).status_code == 403
+    r = c.delete(f"/api/profiles/{pid}", headers=op)
+    assert r.status_code == 200 and r.json["artifact_deleted"] is True and not store.exists()
+    assert c.get(f"/api/profiles/{pid}", headers=fleet.h("viewer")).json["status"] == "done"
+    assert c.delete("/api/profiles/nope", headers=op).status_code == 404
