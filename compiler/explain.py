@@ -39,6 +39,8 @@ class ExplainConfig:
     repeats: int = 3
     seed: int = 0
     max_rows: int = 500
+    row_evaluations: int = 60_000  # rows x features x repeats: bounds the build time on wide inputs
+    min_rows: int = 30
     ig_steps: int = 32
 
 
@@ -116,12 +118,17 @@ def explain_version(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, 
                     cfg: ExplainConfig | None = None) -> dict[str, Any]:
     """The manifest's `explain` section for a model with one input tensor `x` (N, ...)."""
     cfg = cfg or ExplainConfig()
-    x = np.asarray(x)[: cfg.max_rows]
+    x = np.asarray(x)
     kind, groups = feature_groups(tuple(x.shape[1:]))
     n_feat = int(groups.max()) + 1
+    cap = min(cfg.max_rows, max(cfg.min_rows, cfg.row_evaluations // (n_feat * cfg.repeats)))
+    rows = np.unique(np.linspace(0, len(x) - 1, min(cap, len(x))).astype(int))  # evenly spread, deterministic
+    x = x[rows]
+    labels = None if labels is None else np.asarray(labels)[rows]
+    slices = None if slices is None else np.asarray(slices)[rows]
     names = feature_names(n_feat, schema_names)
     by_class = labels is None
-    target = predict(x) if labels is None else np.asarray(labels)[: len(x)]
+    target = predict(x) if labels is None else labels
     if task not in ("classification", "regression"):
         task, by_class, target = "regression", False, predict(x)  # embeddings: fidelity to own output
     base, mean, std = permutation_importance(predict, x, target, task, groups, by_class, cfg.repeats, cfg.seed)
@@ -136,7 +143,7 @@ def explain_version(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, 
         "reference": [round(float(v), DIGITS) for v in medians],
     }
     if slices is not None:
-        out["slices"] = _per_slice(predict, x, target, np.asarray(slices)[: len(x)], task, groups, by_class,
+        out["slices"] = _per_slice(predict, x, target, slices, task, groups, by_class,
                                    cfg, names)
     if torch_model is not None and task == "classification" and x.dtype.kind == "f":
         try:

@@ -49,6 +49,7 @@ def test_agent_explain_names_the_dominant_feature(agent_factory, tabular) -> Non
     assert err.value.code == 400
 
 
+@pytest.mark.slow  # the session bundles (ONNX, OpenVINO, TFLite) take ~10 s to build
 def test_digits_explain_uses_the_drift_baseline_without_an_explain_section(agent_factory, bundles, digits) -> None:
     agent = agent_factory()
     agent.install(bundles["v1"])  # built without `explain`: medians come from the drift baseline
