@@ -47,7 +47,22 @@ def _column(name: str, values: Any, spec: dict[str, Any], n: int | None) -> np.n
     return arr.reshape(-1, 1)
 
 
+def _one_value(v: Any, spec: dict[str, Any]) -> dict[str, int]:
+    """The single-row fast path (plain Python: numpy reductions cost more than the check)."""
+    if isinstance(v, str):
+        if v == "":
+            return {"missing": 1}
+        cats = spec.get("categories")
+        return {"unknown_category": 1} if cats is not None and v not in cats else {}
+    if v != v:  # NaN
+        return {"missing": 1}
+    lo, hi = spec.get("min"), spec.get("max")
+    return {"out_of_range": 1} if (lo is not None and v < lo) or (hi is not None and v > hi) else {}
+
+
 def _violations(name: str, col: np.ndarray, spec: dict[str, Any]) -> dict[str, int]:
+    if col.size == 1:
+        return _one_value(col.item(), spec)
     out: dict[str, int] = {}
     if col.dtype == object:
         missing = col == ""
@@ -59,13 +74,12 @@ def _violations(name: str, col: np.ndarray, spec: dict[str, Any]) -> dict[str, i
         flat = col.reshape(len(col), -1)
         missing = np.isnan(flat).any(axis=1)
         lo, hi = spec.get("min"), spec.get("max")
-        if lo is not None or hi is not None:
-            with np.errstate(invalid="ignore"):
-                bad = np.zeros(len(flat), dtype=bool)
-                if lo is not None:
-                    bad |= (flat < lo).any(axis=1)
-                if hi is not None:
-                    bad |= (flat > hi).any(axis=1)
+        if lo is not None or hi is not None:  # NaN compares False: counted as missing only
+            bad = np.zeros(len(flat), dtype=bool)
+            if lo is not None:
+                bad |= (flat < lo).any(axis=1)
+            if hi is not None:
+                bad |= (flat > hi).any(axis=1)
             out["out_of_range"] = int(bad.sum())
     out["missing"] = int(np.asarray(missing).sum())
     return {k: v for k, v in out.items() if v}
@@ -79,6 +93,7 @@ class RawPipeline:
 
         self.features: list[dict[str, Any]] = list(block["features"])
         self.names = [f["name"] for f in self.features]
+        self.name_set = frozenset(self.names)
         self.output = str(block["output"])
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, threads)
@@ -90,14 +105,14 @@ class RawPipeline:
         if isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes)) and inputs \
                 and all(isinstance(r, Mapping) for r in inputs):
             return True
-        return isinstance(inputs, Mapping) and bool(inputs) and set(inputs) <= set(self.names) \
+        return isinstance(inputs, Mapping) and bool(inputs) and self.name_set.issuperset(inputs) \
             and self.output not in inputs
 
     def columns(self, inputs: Any) -> tuple[dict[str, np.ndarray], Violations]:
         """Validate and shape raw inputs; unknown feature names are refused (a typo must not pass silently)."""
         rows = inputs if not isinstance(inputs, Mapping) else None
         given = set().union(*(r.keys() for r in rows)) if rows is not None else set(inputs)
-        unknown = sorted(str(k) for k in given - set(self.names))
+        unknown = sorted(str(k) for k in given - self.name_set)
         if unknown:
             raise InputError(f"unknown feature(s) {', '.join(unknown)}; the model takes {', '.join(self.names)}")
         cols: dict[str, np.ndarray] = {}
@@ -116,8 +131,7 @@ class RawPipeline:
         sizes = {len(c) for c in cols.values()}
         if len(sizes) > 1:
             raise InputError(f"features have different row counts: {sorted(sizes)}")
-        bad = {name: v for name, col in cols.items()
-               if (v := _violations(name, col, next(f for f in self.features if f["name"] == name)))}
+        bad = {spec["name"]: v for spec in self.features if (v := _violations(spec["name"], cols[spec["name"]], spec))}
         return cols, bad
 
     def transform(self, inputs: Any) -> tuple[dict[str, np.ndarray], Violations]:
