@@ -5,6 +5,13 @@ feeds another MatMul), layer norms (LayerNormalization, or the ReduceMean-Sub-Po
 decomposition older exporters write), and GELU (Gelu, or the Erf form). Those parts are where static
 INT8 wrecks a trained encoder (one outlier channel sets a LayerNorm's range), so the transformer
 schemes keep them and the residual Adds in float and quantize only the MatMul/Gemm weights' inputs.
+
+Detectors (YOLO-style) are recognised by their decode head: walking back from the graph outputs
+through everything but convolutions (the DFL's fixed 1x1 conv after its Softmax included) finds
+a Sigmoid (class scores) and Concats (scales, box + class) fed by several convolutions. That
+subgraph turns raw head outputs into pixel boxes (anchor grid offsets, strides up to 32): a per-tensor
+INT8 scale over coordinates up to 320 px moves every box, so detector schemes keep it in float and
+quantize the backbone and neck.
 """
 
 from __future__ import annotations
@@ -23,13 +30,14 @@ QUANTIZED_OPS = ("MatMul", "Gemm")
 
 @dataclass(frozen=True)
 class Architecture:
-    kind: str  # "transformer" | "cnn" | "mlp" | "other"
+    kind: str  # "transformer" | "detector" | "cnn" | "mlp" | "other"
     attention_blocks: int = 0
     layer_norms: int = 0
     gelus: int = 0
     convolutions: int = 0
     matmuls: int = 0
-    float_nodes: tuple[str, ...] = field(default=(), repr=False)  # node names a transformer scheme keeps in float
+    float_nodes: tuple[str, ...] = field(default=(), repr=False)  # node names the kind's scheme keeps in float
+    head_nodes: int = 0  # detectors: nodes in the decode head
 
     @property
     def transformer(self) -> bool:
@@ -37,7 +45,8 @@ class Architecture:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "attention_blocks": self.attention_blocks, "layer_norms": self.layer_norms,
-                "gelus": self.gelus, "convolutions": self.convolutions, "matmuls": self.matmuls}
+                "gelus": self.gelus, "convolutions": self.convolutions, "matmuls": self.matmuls,
+                **({"detection_head_nodes": self.head_nodes} if self.head_nodes else {})}
 
 
 def _walk(graph: Any) -> list[Any]:
@@ -51,6 +60,31 @@ def _walk(graph: Any) -> list[Any]:
             for g in attr.graphs:
                 nodes.extend(_walk(g))
     return nodes
+
+
+def _decode_head(graph: Any, producer: dict[str, Any]) -> list[Any]:
+    """Nodes reached backwards from the outputs without crossing a convolution (except one fed by a
+    Softmax, possibly through a Transpose: YOLOv8's DFL integral), and the convolutions that feed them."""
+    head: dict[str, Any] = {}
+    feeding: set[str] = set()
+    stack = [o.name for o in graph.output]
+    while stack:
+        n = producer.get(stack.pop())
+        if n is None or id(n) in head:
+            continue
+        if n.op_type in ("Conv", "ConvTranspose"):
+            src = producer.get(n.input[0])
+            src = producer.get(src.input[0]) if src is not None and src.op_type == "Transpose" else src
+            if src is None or src.op_type != "Softmax":
+                feeding.add(n.output[0])
+                continue
+        head[id(n)] = n
+        stack.extend(n.input)
+    nodes = list(head.values())
+    ops = {n.op_type for n in nodes}
+    if len(feeding) >= 2 and {"Sigmoid", "Concat"} <= ops and not ops & {"MatMul", "Gemm"}:
+        return nodes
+    return []
 
 
 def detect(path: Path) -> Architecture:
@@ -95,8 +129,11 @@ def detect(path: Path) -> Architecture:
     gelus = sum(ops.count(o) for o in ("Gelu", "FastGelu", "BiasGelu", "Erf"))
     convs = ops.count("Conv") + ops.count("ConvTranspose")
     matmuls = ops.count("MatMul") + ops.count("Gemm")
+    head = _decode_head(model.graph, producer) if convs and not attention else []
     if attention and (layer_norms or gelus):
         kind = "transformer"
+    elif head:
+        kind = "detector"
     elif convs:
         kind = "cnn"
     elif matmuls:
@@ -104,4 +141,6 @@ def detect(path: Path) -> Architecture:
     else:
         kind = "other"
     float_nodes = tuple(n.name for n in nodes if n.op_type in FLOAT_OPS and n.name) if kind == "transformer" else ()
-    return Architecture(kind, attention, layer_norms, gelus, convs, matmuls, float_nodes)
+    if kind == "detector":
+        float_nodes = tuple(n.name for n in head if n.name)
+    return Architecture(kind, attention, layer_norms, gelus, convs, matmuls, float_nodes, len(head))

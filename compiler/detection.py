@@ -1,22 +1,21 @@
-"""Detection agreement: the reference's real detections, matched box by box in the candidate's output.
+"""Detection agreement: the reference's real detections found again in the candidate's output.
 
 Why not compare raw anchors: on images with nothing the detector knows, its "most confident"
 anchors are noise boxes (scores ~0.1) whose coordinates INT8 may move freely without changing a
-single detection. What a user sees are the boxes above the confidence threshold after NMS, so the
-score compares those, as a detection benchmark does with ground truth, using the FP32 (reference)
+single detection. The score here is what a detection benchmark measures, with the FP32 (reference)
 detections as the ground truth:
 
 - decode a YOLO-style head (batch x (4 box + classes) x anchors, boxes cx, cy, w, h, class scores
-  already activated), keep boxes scoring >= `DETECTION_SCORE` and run class-aware NMS (IoU 0.7,
-  the Ultralytics predict defaults: conf 0.25, iou 0.7);
-- each reference detection is matched, best-scoring first, to the unmatched candidate box of the
-  same class with the highest IoU >= 0.5 (the mAP@0.5 criterion); a missed box scores 0;
-- a candidate box above the threshold that matches no reference box is a false detection, also 0;
-- per image: sum of matched IoUs / (reference boxes + false detections); 1.0 when both are empty.
+  already activated) and run class-aware NMS (IoU 0.7); the reference's boxes scoring >=
+  `DETECTION_SCORE` (0.25, Ultralytics' predict default) are the ground truth;
+- the candidate's boxes down to `VAL_SCORE` (0.001, at most 300: Ultralytics' val defaults) are
+  ranked by score and matched class-aware at IoU >= 0.5, one to one;
+- per image: AP@0.5 (all-point interpolated precision-recall area, the COCO/Ultralytics mAP50
+  computation) pooled over classes; an image where the reference detects nothing scores 1.0 unless
+  the candidate adds a box >= 0.25 (then 0). The task metric is the mean over images (mAP50-style).
 
-Score jitter at the threshold is not a miss: candidates are matched down to half the threshold, and
-a candidate box only counts as false when no reference box (also down to half the threshold) is
-there. Recall (matched / reference boxes) is reported beside the score.
+Beside it: recall of the reference's boxes at the same 0.25 threshold (matched down to half of it,
+so score jitter at the threshold is not a miss), and the mean IoU of the matched boxes.
 """
 
 from __future__ import annotations
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 DETECTION_SCORE = 0.25
+VAL_SCORE = 0.001
+MAX_DET = 300
 NMS_IOU = 0.7
 MATCH_IOU = 0.5
 
@@ -52,7 +53,7 @@ def decode(head: np.ndarray, score: float = DETECTION_SCORE) -> Detections:
     cls_scores = head[4:]
     best, cls = cls_scores.max(axis=0), cls_scores.argmax(axis=0)
     keep = np.flatnonzero(best >= score)
-    keep = keep[np.argsort(-best[keep], kind="stable")]
+    keep = keep[np.argsort(-best[keep], kind="stable")][:3000]
     cx, cy, w, h = (head[i, keep] for i in range(4))
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     scores, classes = best[keep], cls[keep]
@@ -64,7 +65,7 @@ def decode(head: np.ndarray, score: float = DETECTION_SCORE) -> Detections:
             continue
         chosen.append(i)
         suppressed |= (ious[i] > NMS_IOU) & (classes == classes[i])
-    idx = np.asarray(chosen, dtype=np.int64)
+    idx = np.asarray(chosen[:MAX_DET], dtype=np.int64)
     return Detections(boxes[idx].reshape(-1, 4), scores[idx], classes[idx])
 
 
@@ -83,24 +84,38 @@ def _match(ref: Detections, cand: Detections) -> tuple[list[float], np.ndarray]:
     return matched, taken
 
 
-def image_agreement(out: np.ndarray, ref: np.ndarray, score: float = DETECTION_SCORE) -> tuple[float, int, int]:
-    """(score, reference boxes, matched boxes) for one image's heads."""
-    r_hi, c_lo = decode(ref, score), decode(out, score / 2)
-    matched, _ = _match(r_hi, c_lo)
-    c_hi, r_lo = decode(out, score), decode(ref, score / 2)
-    _, explained = _match(r_lo, c_hi)  # candidate boxes some reference box accounts for
-    false = int((~explained).sum())
-    denominator = len(r_hi.scores) + false
-    return (1.0 if denominator == 0 else sum(matched) / denominator), len(r_hi.scores), len(matched)
+def image_ap50(out: np.ndarray, ref: np.ndarray) -> float:
+    """AP@0.5 of one image's candidate head against the reference's detections (see module docstring)."""
+    truth = decode(ref, DETECTION_SCORE)
+    if not len(truth.scores):
+        return 0.0 if len(decode(out, DETECTION_SCORE).scores) else 1.0
+    cand = decode(out, VAL_SCORE)  # sorted by score, best first
+    hits = np.zeros(len(cand.scores), bool)
+    used = np.zeros(len(truth.scores), bool)
+    ious = _iou(cand.boxes, truth.boxes) if len(cand.scores) else np.zeros((0, len(truth.scores)))
+    for i in range(len(cand.scores)):
+        ok = (~used) & (truth.classes == cand.classes[i]) & (ious[i] >= MATCH_IOU)
+        if ok.any():
+            j = int(np.argmax(np.where(ok, ious[i], -1.0)))
+            used[j] = hits[i] = True
+    tp = np.cumsum(hits)
+    rec = np.concatenate([[0.0], tp / len(truth.scores), [1.0]])
+    prec = np.concatenate([[1.0], tp / np.arange(1, len(hits) + 1), [0.0]])
+    prec = np.maximum.accumulate(prec[::-1])[::-1]  # the precision envelope
+    return float(np.sum(np.diff(rec) * prec[1:]))
 
 
 def box_agreement(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per-image agreement of a batch of heads with the reference's heads (see module docstring)."""
-    return np.asarray([image_agreement(o, r)[0] for o, r in zip(outputs, reference, strict=True)])
+    """Per-image AP@0.5 of a batch of heads against the reference's detections."""
+    return np.asarray([image_ap50(o, r) for o, r in zip(outputs, reference, strict=True)])
 
 
-def recall(outputs: np.ndarray, reference: np.ndarray) -> tuple[float, int]:
-    """Share of the reference's detections the candidate keeps (same class, IoU >= 0.5), and how many."""
-    counts = [image_agreement(o, r)[1:] for o, r in zip(outputs, reference, strict=True)]
-    total = sum(n for n, _ in counts)
-    return (1.0 if total == 0 else sum(m for _, m in counts) / total), total
+def recall(outputs: np.ndarray, reference: np.ndarray) -> tuple[float, float, int]:
+    """(recall of the reference's boxes >= 0.25, mean IoU of the matched boxes, reference boxes)."""
+    found, total, ious = 0, 0, []
+    for o, r in zip(outputs, reference, strict=True):
+        matched, _ = _match(decode(r, DETECTION_SCORE), decode(o, DETECTION_SCORE / 2))
+        found += len(matched)
+        ious += matched
+    total = sum(len(decode(r).scores) for r in reference)
+    return (1.0 if total == 0 else found / total), (float(np.mean(ious)) if ious else 1.0), total

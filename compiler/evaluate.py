@@ -5,10 +5,10 @@ per-slice metrics and the slice gap (the fairness check) are computed the same w
 classification: 1 if the argmax equals the label (mean = accuracy);
 embedding: cosine similarity to the reference embedding (reference scores 1.0);
 regression: 1 - squared error / label variance (mean = R^2);
-detection (YOLO-style head: batch x (4 box + classes) x anchors, boxes as cx, cy, w, h): the
-reference's detections above the confidence threshold (after NMS) matched class-aware at IoU >= 0.5
-in the candidate's, mean matched IoU with misses and false detections counting 0, plus the recall
-of the reference's boxes (compiler/detection.py); 1 point = 0.01.
+detection (YOLO-style head: batch x (4 box + classes) x anchors, boxes as cx, cy, w, h): AP@0.5 of
+the candidate's boxes against the reference's detections above conf 0.25 (class-aware, after NMS),
+per image, so the mean is an mAP50 with FP32 as ground truth; recall of the reference's boxes and
+their mean matched IoU are reported beside (compiler/detection.py); 1 point = 0.01.
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ class QualityMetrics:
     min_score: float = 1.0
     p1_score: float = 1.0
     p99_error: float = 0.0
-    # Detection only: the share of the reference's detections the candidate keeps, and how many
-    # there were (an eval set where the reference detects nothing measures nothing).
+    # Detection only: the share of the reference's detections the candidate keeps at conf 0.25, their
+    # mean matched IoU, and how many there were (an eval set the reference detects nothing in
+    # measures nothing).
     recall: float | None = None
+    matched_iou: float | None = None
     reference_detections: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,7 +106,7 @@ def quality(task: str, outputs: np.ndarray, reference: np.ndarray, labels: np.nd
     sl, ref_sl = _by_slice(scores, slices), _by_slice(ref_scores, slices)
     gap = (max(sl.values()) - min(sl.values())) if sl else 0.0
     ref_gap = (max(ref_sl.values()) - min(ref_sl.values())) if ref_sl else 0.0
-    name = {"classification": "accuracy", "embedding": "cosine", "regression": "r2", "detection": "box_iou"}[task]
+    name = {"classification": "accuracy", "embedding": "cosine", "regression": "r2", "detection": "map50"}[task]
     return QualityMetrics(
         task=task, metric_name=name, metric=_r(scores.mean()), reference_metric=_r(ref_scores.mean()),
         drop=_r(ref_scores.mean() - scores.mean()), agreement=_r(agreement(task, outputs, reference)),
@@ -117,8 +119,8 @@ def quality(task: str, outputs: np.ndarray, reference: np.ndarray, labels: np.nd
 def _detection_extras(task: str, outputs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
     if task != "detection":
         return {}
-    r, n = recall(outputs, reference)
-    return {"recall": _r(r), "reference_detections": n}
+    r, iou, n = recall(outputs, reference)
+    return {"recall": _r(r), "matched_iou": _r(iou), "reference_detections": n}
 
 
 def _worst_case(task: str, outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:

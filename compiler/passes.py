@@ -125,7 +125,8 @@ def _build_onnx(precision: str, ctx: PassContext, work: Path) -> Artifact:
                     activation_type=cfg.activation_type, weight_type=cfg.weight_type,
                     calibration_samples=min(cfg.calibration_samples, ctx.calib.n),
                     architecture=arch.to_dict(), scheme=scheme.to_dict(),
-                    float_nodes=len(exclude), fallback_float_nodes=list(ctx.float_nodes))
+                    float_nodes=len(exclude), fallback_float_nodes=list(ctx.float_nodes),
+                    **_kept_in_float(arch, scheme.exclude_float_nodes))
     elif mode == "dynamic":
         conf.update(per_channel=cfg.per_channel, weight_type=cfg.weight_type)
     else:
@@ -137,6 +138,15 @@ def _build_onnx(precision: str, ctx: PassContext, work: Path) -> Artifact:
 ONNX_MODES = {"int8": "static", "dynamic-int8": "dynamic", "fp16": "fp16"}
 
 
+def _kept_in_float(arch: Architecture, applied: bool) -> dict[str, Any]:
+    """Lineage: which subgraph the architecture's scheme kept in float, by node name."""
+    if not applied or not arch.float_nodes:
+        return {}
+    why = {"detector": "detection head (box decode: DFL, anchor grid, strides, class sigmoid)",
+           "transformer": "LayerNorm/Softmax/GELU and residual Adds"}.get(arch.kind, arch.kind)
+    return {"kept_float": {"why": why, "nodes": list(arch.float_nodes)}}
+
+
 def _build_openvino(precision: str, ctx: PassContext, work: Path) -> Artifact:
     from compiler.convert_openvino import OpenVINOConfig, convert_openvino
     from compiler.schemes import openvino_scheme
@@ -146,14 +156,15 @@ def _build_openvino(precision: str, ctx: PassContext, work: Path) -> Artifact:
     scheme = openvino_scheme(arch, ctx.scheme)
     cfg = OpenVINOConfig(precision=precision, calibration_samples=ctx.calibration_samples,
                          transformer=scheme.model_type == "transformer", scheme=scheme,
-                         ignored_nodes=ctx.float_nodes,
+                         ignored_nodes=tuple(dict.fromkeys((arch.float_nodes if scheme.ignore_float_nodes else ())
+                                                           + ctx.float_nodes)),
                          max_drop=ctx.accuracy_control_drop if precision == "int8" else None)
     info = convert_openvino(ctx.onnx_fp32, xml, cfg, ctx.calib, ctx.evaluation)
     conf = {"tool": "openvino.convert_model", "precision": precision, **info}
     if precision == "int8":
         conf.update(calibration_samples=min(cfg.calibration_samples, ctx.calib.n), transformer=cfg.transformer,
                     max_drop=cfg.max_drop, architecture=arch.to_dict(), scheme=scheme.to_dict(),
-                    fallback_float_nodes=list(ctx.float_nodes))
+                    fallback_float_nodes=list(ctx.float_nodes), **_kept_in_float(arch, scheme.ignore_float_nodes))
     files = {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}
     rec = _record("convert", conf, ctx.onnx_fp32, xml, output_bin_sha256=file_sha256(files["model.bin"]))
     return Artifact("openvino", precision, files, "model.xml", [rec])

@@ -6,6 +6,11 @@ mean cosine 0.67 to FP32 and ORT's default QDQ was no better, while NNCF's TRANS
 MatMuls) gave 0.998 at 3x the speed of ORT FP32. The ONNX scheme for transformers does the same
 by hand: only MatMul/Gemm are quantized (weights per channel) and the float-sensitive nodes the
 architecture detector found are excluded.
+
+Detectors (nudenet's YOLOv8n): the box-decode head stays in float and the backbone is quantized.
+On 48 face images (FP32 as ground truth) NNCF's MIXED preset (symmetric weights, asymmetric
+activations: SiLU outputs are one-sided) with the head ignored gave mAP50 0.997 where NNCF's
+default preset on the whole graph lost boxes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ class OpenVINOScheme:
     name: str
     model_type: str | None = None  # None or "transformer" (nncf.ModelType)
     smooth_quant_matmul: float | None = None  # SmoothQuant alpha for MatMuls; None: NNCF's default
+    preset: str | None = None  # None or "mixed" (nncf.QuantizationPreset)
+    ignore_float_nodes: bool = False  # keep the architecture's float nodes (a detector's head) in float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,6 +52,8 @@ class OpenVINOScheme:
         kwargs: dict[str, Any] = {}
         if self.model_type == "transformer":
             kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+        if self.preset == "mixed":
+            kwargs["preset"] = nncf.QuantizationPreset.MIXED
         if self.smooth_quant_matmul is not None:
             kwargs["advanced_parameters"] = nncf.AdvancedQuantizationParameters(
                 smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=self.smooth_quant_matmul))
@@ -56,11 +65,14 @@ ONNX_SCHEMES: dict[str, OnnxScheme] = {
     "transformer": OnnxScheme("qdq-transformer", per_channel=True, op_types=QUANTIZED_OPS, exclude_float_nodes=True,
                               extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                              "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)}),
+    "detector": OnnxScheme("qdq-detector", per_channel=True, exclude_float_nodes=True,
+                           extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}),
 }
 OPENVINO_SCHEMES: dict[str, OpenVINOScheme] = {
     "default": OpenVINOScheme("nncf-default"),
     # alpha 0.95 (NNCF's own default for MatMuls) beat 0.5 on MiniLM: worst cosine 0.996 vs 0.981.
     "transformer": OpenVINOScheme("nncf-transformer", model_type="transformer", smooth_quant_matmul=0.95),
+    "detector": OpenVINOScheme("nncf-detector", preset="mixed", ignore_float_nodes=True),
 }
 
 

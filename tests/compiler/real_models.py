@@ -236,11 +236,11 @@ def images(n: int, seed: int, size: int = 320) -> np.ndarray:
     return out
 
 
-def box_agreement(out: np.ndarray, ref: np.ndarray) -> tuple[float, float, int]:
-    """(mean matched-box score, recall of the reference's detections, reference detections) of
-    YOLOv8 heads, through compiler/detection.py (the gate's matcher, on outputs computed here)."""
+def box_agreement(out: np.ndarray, ref: np.ndarray) -> tuple[float, float, float, int]:
+    """(mAP50 against FP32's detections, recall of FP32's boxes at conf 0.25, their mean matched IoU,
+    FP32 boxes) of YOLOv8 heads, through compiler/detection.py on outputs computed by the caller."""
     from compiler.detection import box_agreement as per_image
     from compiler.detection import recall
 
-    r, n = recall(out, ref)
-    return float(np.mean(per_image(out, ref))), r, n
+    kept, iou, n = recall(out, ref)
+    return float(np.mean(per_image(out, ref))), kept, iou, n

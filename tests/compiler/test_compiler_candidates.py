@@ -214,7 +214,7 @@ def test_off_target_cpu_class_gates_on_speedup_against_fp32(build, mlp, digits, 
 # ------------------------------------------------------------------------------ detection metric
 
 
-def test_detection_task_scores_matched_box_iou_of_the_reference_detections() -> None:
+def test_detection_task_scores_map50_of_the_reference_detections() -> None:
     rng = np.random.default_rng(5)
     ref = np.zeros((3, 4 + 2, 100), np.float32)
     ref[:, 0] = np.arange(100) % 10 * 25.0 + 20  # centres on a 25 px grid: 20 px boxes never overlap
@@ -222,18 +222,21 @@ def test_detection_task_scores_matched_box_iou_of_the_reference_detections() -> 
     ref[:, 2:4] = 20.0  # 20 x 20 boxes
     ref[:, 4:] = rng.uniform(0, 1, (3, 2, 100))
     shifted = ref.copy()
-    shifted[:, 0] += 2.0  # every box 2 px to the right: IoU 18/22
+    shifted[:, 0] += 2.0  # every box 2 px to the right: IoU 18/22, still the same detections
     q = quality("detection", shifted, ref, None, None)
-    assert q.metric_name == "box_iou" and q.reference_metric == 1.0
-    assert q.metric == pytest.approx(18 / 22, abs=1e-4) and q.drop == pytest.approx(1 - 18 / 22, abs=1e-4)
+    assert q.metric_name == "map50" and q.reference_metric == 1.0 and q.metric == 1.0
+    assert q.recall == 1.0 and q.matched_iou == pytest.approx(18 / 22, abs=1e-4) and q.reference_detections > 0
+    moved = ref.copy()
+    moved[:, 0] += 12.0  # IoU 8/32 < 0.5: every detection lost
+    q = quality("detection", moved, ref, None, None)
+    assert q.metric == 0.0 and q.drop == 1.0 and q.recall == 0.0
     failing = [g.gate for g in check_gates(q, 1, 1.0, Budgets(0.01, 0.5, 10, 10)) if not g.passed]
     assert failing == ["max-accuracy-drop"]
-    assert q.recall == 1.0 and q.reference_detections > 0  # every box still found, only 2 px off
 
 
 def test_detection_counts_missed_and_false_boxes_not_noise_anchors() -> None:
     """Seen: the score compared the 50 most confident anchors of images with nothing detected (top
-    score 0.16): noise boxes. Now only detections above 0.25 count; a miss and a false box score 0."""
+    score 0.16): noise boxes. Now FP32's detections above 0.25 are the ground truth of an AP@0.5."""
     ref = np.zeros((1, 4 + 2, 10), np.float32)
     ref[0, 0:2] = np.arange(10)[None] * 30.0 + 20  # centres apart: no NMS overlap
     ref[0, 2:4] = 20.0
@@ -243,16 +246,20 @@ def test_detection_counts_missed_and_false_boxes_not_noise_anchors() -> None:
     noise_moved[0, 0, 3:] += 15.0  # the noise anchors' boxes move: no detection changes
     assert quality("detection", noise_moved, ref, None, None).metric == 1.0
     missed = ref.copy()
-    missed[0, 4, 0] = 0.05  # one detection lost
+    missed[0, 4, 0] = 0.0  # one detection lost
     q = quality("detection", missed, ref, None, None)
     assert q.metric == pytest.approx(2 / 3, abs=1e-6) and q.recall == pytest.approx(2 / 3, abs=1e-6)
     false = ref.copy()
-    false[0, 5, 5] = 0.8  # a new confident box of class 1
+    false[0, 5, 5] = 0.95  # a new confident box of class 1, ranked above the three true ones
     q = quality("detection", false, ref, None, None)
     assert q.metric == pytest.approx(3 / 4, abs=1e-6) and q.recall == 1.0
     jitter = ref.copy()
-    jitter[0, 4, :3] = 0.2  # below the threshold but above half of it: score jitter, not a miss
-    assert quality("detection", jitter, ref, None, None).metric == 1.0
+    jitter[0, 4, :3] = 0.2  # below the threshold, still ranked above every false box: not a miss
+    q = quality("detection", jitter, ref, None, None)
+    assert q.metric == 1.0 and q.recall == 1.0
+    empty = np.zeros_like(ref)
+    assert quality("detection", empty, empty, None, None).metric == 1.0  # nothing to find, nothing added
+    assert quality("detection", false - ref + empty, empty, None, None).metric == 0.0  # a box where none was
 
 
 def test_expression_dims_become_symbolic_names_in_specs(tmp_path) -> None:

@@ -114,15 +114,45 @@ def test_silero_torchscript_builds_or_fails_honestly_for_every_class(build) -> N
 # ------------------------------------------------------------------------------- nudenet YOLOv8n
 
 
+def test_yolov8n_decode_head_is_detected_from_the_graph(cnn, digits, tmp_path) -> None:
+    src = rm.nudenet_onnx()
+    if not src.is_file():
+        pytest.skip("nudenet is not installed (make install adds it with --no-deps)")
+    arch = detect(src)
+    assert arch.kind == "detector" and arch.convolutions == 64 and arch.head_nodes == len(arch.float_nodes) > 50
+    assert "/model.22/dfl/Softmax" in arch.float_nodes and "/model.22/Sigmoid" in arch.float_nodes
+    assert not any(n.endswith("cv2.0.2/Conv") for n in arch.float_nodes)  # the head's convs are quantized
+    import compiler_zoo as zoo
+
+    from compiler.export import export_torch
+
+    onnx_cnn = export_torch(cnn, {"input": zoo.reshape_for("cnn", digits["x_test"][:2])}, tmp_path / "cnn.onnx").path
+    assert detect(onnx_cnn).kind == "cnn"  # a classifier's tail is no detection head
+
+
+def test_yolov8n_eval_images_hold_real_detections() -> None:
+    """Seen: crops of scikit-learn's photos gave no detection (top score 0.16), so the gate compared
+    noise anchors. scikit-image's faces give real ones (FACE_FEMALE/FACE_MALE)."""
+    src = rm.nudenet_onnx()
+    if not src.is_file():
+        pytest.skip("nudenet is not installed (make install adds it with --no-deps)")
+    from compiler.detection import decode
+
+    ref = predict(OnnxRunner(src), {"images": rm.images(12, 2)}, batch=4)
+    found = [decode(h) for h in ref]
+    assert sum(len(d.scores) > 0 for d in found) >= 8
+    assert {1, 12} <= {int(c) for d in found for c in d.classes}  # FACE_FEMALE and FACE_MALE
+
+
 def test_yolov8n_detector_int8_keeps_its_boxes_or_falls_back_honestly(build, keys, tmp_path) -> None:
     pytest.importorskip("PIL")
     src = rm.nudenet_onnx()
     if not src.is_file():
         pytest.skip("nudenet is not installed (make install adds it with --no-deps)")
-    ev = {"inputs": rm.images(8, 2)}
+    ev = {"inputs": rm.images(12, 2)}
     # accuracy_control=False: the per-layer fallback's rounds on 64 convolutions take minutes on a
-    # shared CI host (the encoder test above covers it); auto then falls back to FP16 honestly.
-    results = build(onnx=str(src), calib={"inputs": rm.images(8, 1)}, eval=ev, task="detection",
+    # shared CI host; the detector scheme (head in float) is what is under test here.
+    results = build(onnx=str(src), calib={"inputs": rm.images(16, 1)}, eval=ev, task="detection",
                     device_classes=["x86-64-generic", "x86-avx512-vnni"], max_latency_ms=NO_LATENCY_GATE,
                     precision="auto", accuracy_control=False)
     reference = predict(OnnxRunner(src), {"images": ev["inputs"]}, batch=4)
@@ -132,13 +162,18 @@ def test_yolov8n_detector_int8_keeps_its_boxes_or_falls_back_honestly(build, key
         vb = verify_bundle(r.bundle_path, Keyring.from_files([keys[1]]), unpack_to=tmp_path / r.device_class)
         served = predict(open_runner(r.format, vb.path / vb.manifest["entrypoint"]), {"images": ev["inputs"]}, batch=4)
         assert served.shape == reference.shape
-        # FP32's detections kept within 1 point (the drop budget), on the served bundle's own outputs.
-        score, kept, n_boxes = rm.box_agreement(served, reference)
+        # FP32's detections kept within 1 point of mAP50 (the drop budget), on the served bundle's outputs.
+        map50, kept, iou, n_boxes = rm.box_agreement(served, reference)
         assert n_boxes >= len(ev["inputs"]) // 2, "the eval images must hold real detections"
-        assert score >= 0.99 and kept >= 0.98, (r.device_class, r.precision, score, kept)
-        assert r.metrics["metric_name"] == "box_iou" and r.metrics["metric"] >= 0.99
-        assert r.metrics["reference_detections"] == n_boxes
+        assert map50 >= 0.99, (r.device_class, r.precision, map50, kept, iou)
+        assert r.metrics["metric_name"] == "map50" and r.metrics["metric"] == pytest.approx(map50, abs=1e-3)
+        assert r.metrics["reference_detections"] == n_boxes and r.metrics["recall"] is not None
         int8 = next(c for c in r.candidates if c["precision"] == "int8")
-        if not int8["passed"]:  # an honest fall back: the row names the box IoU gate
-            assert any(g["gate"] == "max-accuracy-drop" and "box_iou" in g["detail"] and not g["passed"]
+        if not int8["passed"]:  # an honest fall back: the row names the mAP50 gate
+            assert any(g["gate"] == "max-accuracy-drop" and "map50" in g["detail"] and not g["passed"]
                        for g in int8["gates"])
+        if r.precision == "int8":  # what the detector scheme kept in float is in the lineage
+            step = next(p for p in _lineage(r.bundle_path) if p["pass"] in ("quantize", "convert")
+                        and "kept_float" in p["config"])
+            assert step["config"]["architecture"]["kind"] == "detector"
+            assert "/model.22/dfl/Softmax" in step["config"]["kept_float"]["nodes"]
