@@ -346,3 +346,24 @@ def test_openvino_bundle_runs_the_same_preprocess_graph(tabular, keys, tmp_path)
     diff = float(np.abs(served - tabular["expected"]).max())
     _record("tabular_openvino_fp32_max_abs_diff", diff)
     assert diff < 1e-3, parity
+
+
+def test_feature_schema_toml_overrides_the_derived_schema(tabular, tmp_path) -> None:
+    from compiler.errors import CompileInputError
+    from compiler.preprocess import apply_overrides, from_sklearn, load_schema_overrides
+
+    pre = from_sklearn(tabular["pipe"], "0" * 64, tabular["eval"], "input", 18)
+    derived = {f["name"]: dict(f) for f in pre.schema}
+    assert derived["worst area"]["min"] == pytest.approx(float(np.nanmin(tabular["eval"]["worst area"])))
+    toml = tmp_path / "features.toml"
+    toml.write_text('[features."worst area"]\nunit = "mm^2"\nmin = 0\nmax = 5000.0\n'
+                    '[features.clinic]\ncategories = ["oslo", "bergen", "tromso", "stavanger"]\n')
+    schema = {f["name"]: f for f in apply_overrides(pre.schema, load_schema_overrides(toml), str(toml))}
+    assert schema["worst area"]["unit"] == "mm^2" and schema["worst area"]["max"] == 5000.0
+    assert "stavanger" in schema["clinic"]["categories"]
+    toml.write_text('[features.nope]\nmin = 0\n')
+    with pytest.raises(CompileInputError, match="'nope' is not an input"):
+        apply_overrides(pre.schema, load_schema_overrides(toml), str(toml))
+    toml.write_text('[features.clinic]\nmin = "low"\n')
+    with pytest.raises(CompileInputError, match="clinic"):
+        apply_overrides(pre.schema, load_schema_overrides(toml), str(toml))
