@@ -119,8 +119,9 @@ def execute(handler: Any, p: dict[str, Any]) -> None:
             raise BenchmarkError(exc.reason, str(exc)) from exc
         details = run_benchmark(path, lc.trust_fn().build, lc.device_class.name, lc.options,
                                 handler.downloads, req, handler.max_bundle_bytes)
-    except BenchmarkError as exc:
-        handler.emit("benchmark-failed", command_id=cid, reason=str(exc), details={"code": exc.reason})
+    except Exception as exc:  # noqa: BLE001 - the fleet is waiting: every failure gets an answer
+        code = exc.reason if isinstance(exc, BenchmarkError) else f"internal-{type(exc).__name__}"
+        handler.emit("benchmark-failed", command_id=cid, reason=str(exc), details={"code": code})
         handler._result(p, "failed", str(exc))
         return
     handler.emit("benchmark-result", command_id=cid, reason=None, details=details)

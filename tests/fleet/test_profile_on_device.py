@@ -199,3 +199,27 @@ def test_benchmark_refuses_a_candidate_not_signed_by_a_build_key(tmp_path: Path)
     assert err.value.reason in ("unknown-key", "bad-signature")
     assert not (tmp_path / "ok.bundle").exists() and not (tmp_path / "bad.bundle").exists()  # deleted after
     assert not list((tmp_path / "s").iterdir())  # nothing unpacked left behind
+
+
+def test_benchmark_command_always_answers(tmp_path: Path) -> None:
+    """A candidate that cannot be fetched, or a malformed command, still gets a benchmark-failed
+    answer (the compiler is polling for it), and the command's result is failed."""
+    from types import SimpleNamespace
+
+    from agent.benchmark import execute
+    from agent.lifecycle import InstallError
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    results: list[tuple[str, str | None]] = []
+
+    def fetch(_model: dict[str, Any]) -> Path:
+        raise InstallError("download-failed", "HTTP 404 for the candidate")
+
+    handler = SimpleNamespace(lifecycle=None, _fetch=fetch, downloads=tmp_path, max_bundle_bytes=None,
+                              emit=lambda kind, **kw: events.append((kind, kw)),
+                              _result=lambda p, result, reason: results.append((result, reason)))
+    execute(handler, {"id": "c1", "kind": "benchmark", "candidate": {"url": "http://x/a", "bundle_sha256": "0" * 64}})
+    execute(handler, {"id": "c2", "kind": "benchmark", "candidate": {}, "runs": 0})
+    assert [(k, kw["command_id"], kw["details"]["code"]) for k, kw in events] == [
+        ("benchmark-failed", "c1", "download-failed"), ("benchmark-failed", "c2", "malformed")]
+    assert [r for r, _ in results] == ["failed", "failed"]
