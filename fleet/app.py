@@ -51,6 +51,7 @@ BLUEPRINTS = (
     "fleet.api.enrol:bp",
     "fleet.api.mqtt_auth:bp",
     "fleet.api.retraining:bp",
+    "fleet.api.outcomes:bp",
     "fleet.api.models:bp",
     "fleet.api.lifecycle:bp",
     "fleet.api.telemetry:bp",

@@ -234,3 +234,29 @@ class ModelReview(SQLModel, table=True):
     at: float = Field(default_factory=now, index=True)
     decision: str = "keep"
     notes: str = ""
+
+
+class PredictionRecord(SQLModel, table=True):
+    """A sampled prediction a device reported (telemetry `prediction_records`; no inputs), kept so
+    that labels posted later by request id (OutcomeLabel) can be joined (fleet.analytics.join)."""
+
+    __table_args__ = (Index("ix_predictionrecord_model", "model_name", "model_version"),)
+    request_id: str = Field(primary_key=True, max_length=80)
+    window_id: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    device_id: str
+    model_name: str
+    model_version: int
+    device_class: str = ""
+    cohort: str = ""
+    predicted: float
+    confidence: float | None = None   # top-1 probability (classification); None for regression
+    slice: str = "_all"
+    at: float
+
+
+class OutcomeLabel(SQLModel, table=True):
+    """A label from a downstream system (POST /api/outcomes); joined with PredictionRecord by id."""
+
+    request_id: str = Field(primary_key=True, max_length=80)
+    label: float
+    received_at: float = Field(default_factory=now, index=True)

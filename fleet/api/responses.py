@@ -301,3 +301,17 @@ class OpenApiDoc(Open):
 
 class JsonObject(Open):
     """A JSON object whose fields the operation's description lists."""
+
+
+class OutcomesAccepted(Open):
+    accepted: int
+    matched: int
+
+
+class QualityReport(Open):
+    model: str
+    version: int
+    quality: Obj
+    build: Obj
+    concept_drift: Obj
+    slice_gap: Obj

@@ -269,3 +269,21 @@ class ProfileQuery(Query):
 def dump(model: BaseModel) -> dict:  # type: ignore[type-arg]
     """The fields the caller gave (not defaults), for handing on to the domain layer."""
     return model.model_dump(exclude_unset=True)
+
+
+# --- outcomes (issue 14) ----------------------------------------------------------------------
+
+class OutcomeItem(Strict):
+    request_id: Annotated[str, Field(min_length=1, max_length=80)]
+    label: Float = Field(description="the true class index (classification) or value (regression)")
+
+
+class OutcomesBody(Strict):
+    """Labels from a downstream system, joined by request id with the prediction records devices sent."""
+
+    outcomes: Annotated[list[OutcomeItem], Field(min_length=1, max_length=200_000)]
+
+
+class QualityQuery(Query):
+    since: Float | None = Field(None, description="only windows ending at or after this UNIX time")
+    min_labelled: Annotated[int, Field(ge=1, le=INT32_MAX)] = 200

@@ -1,0 +1,128 @@
+"""The backend outcome path: sampled prediction records (from telemetry) joined with labels that a
+downstream system posts in bulk by request id (POST /api/outcomes).
+
+Records are copied out of stored telemetry windows lazily (`sync_records`: windows with an id
+above the newest one already copied), so ingest stays as it is; labels are upserted (the last
+label of an id wins) and may arrive before or after their record: the join happens at query time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from fleet.analytics.quality import OnlineQuality
+from fleet.models import OutcomeLabel, PredictionRecord, TelemetryWindow
+
+SYNC_BATCH = 2000
+
+
+def sync_records(session: Session, batch: int = SYNC_BATCH) -> int:
+    """Copy prediction records of windows stored since the last sync; returns rows added."""
+    last = session.exec(select(func.max(PredictionRecord.window_id))).one() or 0
+    added = 0
+    while True:
+        windows = session.exec(select(TelemetryWindow).where(TelemetryWindow.id > last)
+                               .order_by(TelemetryWindow.id).limit(batch)).all()  # type: ignore[arg-type]
+        if not windows:
+            return added
+        rows: dict[str, dict[str, Any]] = {}
+        for w in windows:
+            last = max(last, int(w.id or 0))
+            for rec in (w.payload or {}).get("prediction_records") or ():
+                row = _record_row(w, rec)
+                if row is not None:
+                    rows[row["request_id"]] = row
+        if rows:
+            _upsert(session, PredictionRecord, list(rows.values()), ["request_id"], ["window_id"])
+            added += len(rows)
+        session.commit()
+        if len(windows) < batch:
+            return added
+
+
+def _record_row(w: TelemetryWindow, rec: Any) -> dict[str, Any] | None:
+    if not isinstance(rec, Mapping) or not isinstance(rec.get("id"), str) or not 0 < len(rec["id"]) <= 80:
+        return None
+    try:
+        predicted = float(rec["prediction"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    conf = rec.get("confidence")
+    return {"request_id": rec["id"], "window_id": int(w.id or 0), "device_id": w.device_id,
+            "model_name": w.model_name, "model_version": int(w.model_version), "device_class": w.device_class,
+            "cohort": w.cohort, "predicted": predicted,
+            "confidence": float(conf) if isinstance(conf, (int, float)) else None,
+            "slice": str(rec.get("slice") or "_all")[:200], "at": float(w.window_end)}
+
+
+def _upsert(session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str], update: list[str]) -> None:
+    """INSERT .. ON CONFLICT DO UPDATE on PostgreSQL and SQLite alike."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    t = table.__table__
+    for i in range(0, len(rows), 5000):
+        stmt = insert(t).values(rows[i:i + 5000])
+        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update})
+        session.execute(stmt)
+
+
+def post_labels(session: Session, items: Iterable[tuple[str, float]]) -> dict[str, int]:
+    """Upsert labels by request id; says how many match a prediction record already known."""
+    now = time.time()
+    rows = {rid: {"request_id": rid, "label": float(label), "received_at": now} for rid, label in items}
+    if not rows:
+        return {"accepted": 0, "matched": 0}
+    sync_records(session)
+    _upsert(session, OutcomeLabel, list(rows.values()), ["request_id"], ["label", "received_at"])
+    ids = list(rows)
+    matched = 0
+    for i in range(0, len(ids), 5000):
+        matched += session.exec(select(func.count()).select_from(PredictionRecord)
+                                .where(PredictionRecord.request_id.in_(ids[i:i + 5000]))).one()  # type: ignore[attr-defined]
+    session.commit()
+    return {"accepted": len(rows), "matched": int(matched)}
+
+
+def joined_quality(session: Session, model: str, version: int, *, n_classes: int | None = None,
+                   cohort: str | None = None, device_class: str | None = None,
+                   q: OnlineQuality | None = None) -> OnlineQuality:
+    """Labelled records of one model version as an OnlineQuality (merged into `q` when given)."""
+    q = q or OnlineQuality()
+    stmt = (select(PredictionRecord.predicted, OutcomeLabel.label, PredictionRecord.slice,
+                   PredictionRecord.confidence)
+            .join(OutcomeLabel, OutcomeLabel.request_id == PredictionRecord.request_id)  # type: ignore[arg-type]
+            .where(PredictionRecord.model_name == model, PredictionRecord.model_version == int(version)))
+    if cohort is not None:
+        stmt = stmt.where(PredictionRecord.cohort == cohort)
+    if device_class is not None:
+        stmt = stmt.where(PredictionRecord.device_class == device_class)
+    rows = session.exec(stmt).all()
+    if not rows:
+        return q
+    pred = np.asarray([r[0] for r in rows], dtype=np.float64)
+    label = np.asarray([r[1] for r in rows], dtype=np.float64)
+    slices = np.asarray([r[2] for r in rows])
+    classification = all(r[3] is not None for r in rows)
+    if classification:
+        k = int(n_classes or int(max(pred.max(), label.max())) + 1)
+        for s in np.unique(slices):
+            sel = slices == s
+            q.add_pairs(str(s), label[sel].astype(np.int64), pred[sel].astype(np.int64), k)
+    else:
+        edges = q.error_edges or [-10.0, -5.0, -2.0, -1.0, -0.5, -0.1, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0]
+        for s in np.unique(slices):
+            err = pred[slices == s] - label[slices == s]
+            counts = np.bincount(np.searchsorted(edges, err, side="right"), minlength=len(edges) + 1)
+            q.add_outcomes({"kind": "value", "error_edges": edges, "slices": {str(s): {
+                "n": int(err.size), "counts": counts.tolist(), "abs_error_sum": float(np.abs(err).sum()),
+                "sq_error_sum": float((err * err).sum())}}})
+    return q
