@@ -77,6 +77,9 @@ def explain_model(model: LoadedModel, inputs: Mapping[str, Any] | np.ndarray, to
 
     Raises InputError for a bad input or a model this method cannot explain."""
     t0 = time.perf_counter()
+    raw = getattr(model, "features", None)  # the bundle's raw-input contract (agent/features.py)
+    if raw is not None and raw.accepts(inputs):
+        inputs, _ = raw.transform(inputs)  # attributions are over the model's input columns
     x = check_inputs(inputs, model.inputs)
     if len(x) != 1:
         raise InputError("explanations need a model with exactly one input tensor")
