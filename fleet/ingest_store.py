@@ -313,9 +313,10 @@ class Processor:
         seconds: dict[tuple[Any, ...], float] = {}
         for key in inserted:
             r = rows[key]
-            akey = (r["model_name"], r["model_version"], r["role"], r["device_class"], r["cohort"], r["window_start"])
+            secs, bucket = aggregate_bucket(r["window_start"], r["window_end"])
+            akey = (r["model_name"], r["model_version"], r["role"], r["device_class"], r["cohort"], bucket)
             groups[akey].append(key)
-            seconds[akey] = r["window_end"] - r["window_start"]
+            seconds[akey] = secs
         partial = {}
         for akey, keys in groups.items():
             hs = [hists[k] for k in keys]
@@ -432,3 +433,13 @@ class Processor:
             n = db.execute(delete(TelemetryWindow).where(TelemetryWindow.received_at < cutoff)).rowcount
             db.commit()
         return int(n or 0)
+
+
+def aggregate_bucket(start: float, end: float) -> tuple[float, float]:
+    """(seconds, bucket start) of a window's aggregate: agents start their windows when they
+    start, not on the clock, so windows are merged per wall-clock slot of their length (a 60 s
+    window from 12:00:37 goes to 12:00:00); keyed by the exact start, every device's window
+    would be an aggregate row of its own (as big as the raw table, too small for drift)."""
+    secs = float(round(end - start))
+    return (secs, float(start // secs * secs)) if secs >= 1 else (end - start, start)
+
