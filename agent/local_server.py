@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from agent import wire
+from agent.features import binary_request
 from agent.serving import NoModelError, PredictError
 from agent.spec_check import InputError
 
@@ -253,7 +254,7 @@ class _UnixEndpoint:
             arrays, header = wire.decode(body)
             if header.get("op") == "status":
                 return [wire.encode({}, ok=True, status=self.status())]
-            return wire.encode_parts(self.predict(arrays), ok=True)
+            return wire.encode_parts(self.predict(binary_request(arrays, header)), ok=True)
         except Exception as exc:
             _, kind = error_kind(exc)
             if kind == "internal":
@@ -468,8 +469,8 @@ class _HttpEndpoint:
         binary = ctype.startswith(_BINARY)
         try:
             if binary:
-                arrays, _ = wire.decode(body)
-                return 200, wire.CONTENT_TYPE, wire.encode_parts(self.predict(arrays), ok=True)
+                arrays, header = wire.decode(body)
+                return 200, wire.CONTENT_TYPE, wire.encode_parts(self.predict(binary_request(arrays, header)), ok=True)
             try:
                 doc = json.loads(body if isinstance(body, bytes) else body.tobytes())
             except RecursionError:
