@@ -191,8 +191,14 @@ class ExplainRequests:
             self.remaining -= 1
             index = self.count - self.remaining
             cid = self.command_id
-        copied = ({k: np.array(v, copy=True) for k, v in inputs.items()} if isinstance(inputs, Mapping)
-                  else np.array(inputs, copy=True))
+        if isinstance(inputs, np.ndarray):
+            copied: Any = inputs.copy()
+        elif isinstance(inputs, Mapping) and all(isinstance(v, np.ndarray) for v in inputs.values()):
+            copied = {k: v.copy() for k, v in inputs.items()}
+        else:  # nested lists, raw rows by feature name: the caller may reuse them after predict returns
+            import copy
+
+            copied = copy.deepcopy(inputs)
         try:
             self._queue.put_nowait((cid, index, copied))
         except Exception:  # queue.Full: the device is busier than its explanation budget
@@ -216,8 +222,9 @@ class ExplainRequests:
                 continue
             details: dict[str, Any] = {"index": index, "of": self.count, "explanation": result}
             if self._raw_allowed():
-                raw = {k: np.asarray(v).tolist() for k, v in inputs.items()} if isinstance(inputs, Mapping) \
-                    else np.asarray(inputs).tolist()
+                raw = {k: np.asarray(v).tolist() if isinstance(v, np.ndarray) else v for k, v in inputs.items()} \
+                    if isinstance(inputs, Mapping) else np.asarray(inputs).tolist() \
+                    if isinstance(inputs, np.ndarray) else inputs
                 import json
 
                 if len(json.dumps(raw)) <= MAX_RAW_BYTES:
