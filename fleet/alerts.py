@@ -114,6 +114,9 @@ def evaluate(db: Session, settings: FleetSettings, *, since: float | None = None
                          {"model": name, "version": version, "cohort": cohort, "level": rep.level,
                           "reference": rep.reference})
             new.append(alert)
+    from fleet.analytics.alerts import evaluate_quality  # concept drift, slice gap, low confidence (issue 14)
+
+    new.extend(evaluate_quality(db))
     return new
 
 

@@ -36,7 +36,8 @@ def check(db: Session, settings: FleetSettings, at: float | None = None,
     rs: RetrainSettings = settings.retrain
     since = (at or now()) - rs.lookback_s
     by_version: dict[tuple[str, int], list[DriftAlert]] = {}
-    for a in db.exec(select(DriftAlert).where(DriftAlert.reference == "baseline", DriftAlert.level == "alert",
+    for a in db.exec(select(DriftAlert).where(DriftAlert.reference.in_(("baseline", "concept")),  # type: ignore[attr-defined]
+                                              DriftAlert.level == "alert",
                                               DriftAlert.window_start >= since)):
         by_version.setdefault((a.model_name, a.model_version), []).append(a)
     opened = []
@@ -47,6 +48,8 @@ def check(db: Session, settings: FleetSettings, at: float | None = None,
             Aggregate.model_name == name, Aggregate.model_version == version, Aggregate.role == "active",
             Aggregate.window_start >= since).distinct()).all()) | set(alerting)
         share = len(alerting) / max(1, len(reporting))
+        if any(a.reference == "concept" for a in rows):
+            share = 1.0   # concept drift is judged fleet-wide on labelled outcomes (fleet.analytics.alerts)
         if len(windows) < rs.min_alert_windows or share < rs.min_cohort_share:
             continue
         live = db.exec(select(RetrainingRequest.id).where(
