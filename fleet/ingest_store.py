@@ -21,11 +21,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, ProtocolError, parse_topic
-from fleet import aggregate, audit, fastjson, ops_metrics
+from fleet import aggregate, fastjson, ops_metrics
 from fleet.aggregate import Hist
 from fleet.device_cache import DeviceCache, DeviceInfo
+from fleet.ingest_records import insert_ignore as _insert_ignore
+from fleet.ingest_records import store_events, store_states
 from fleet.ingest_trust import TrustPolicy, quarantine
-from fleet.models import Aggregate, Device, DeviceEvent, TelemetryWindow, now
+from fleet.models import Aggregate, Device, TelemetryWindow, now
 from fleet.settings import FleetSettings
 from fleet.verification import MAX_INT, check_telemetry, fast_verify, trusted_payload
 from fleet.window_insert import WindowInserter
@@ -65,14 +67,6 @@ _AGG_SELECT = select(_AGG.c.id, _AGG.c.payload).where(
 _AGG_UPDATE = update(_AGG).where(_AGG.c.id == bindparam("agg_id")).values(
     payload=bindparam("payload"), n_windows=bindparam("n_windows"), requests=bindparam("requests"),
     errors=bindparam("errors"), updated_at=bindparam("updated_at"))
-
-
-def _insert_ignore(engine: Engine, model: Any) -> Any:
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(model)
 
 
 MIN_PER_THREAD = 32  # smaller batches are verified by the calling thread alone
@@ -271,8 +265,8 @@ class Processor:
         ts = now()
         with Session(self.engine) as db:
             stored_tel, dup_tel = self._store_telemetry(db, tel, ts) if tel else (0, 0)
-            stored_ev, dup_ev = self._store_events(db, events, ts) if events else (0, 0)
-            self._store_states(db, states, ts)
+            stored_ev, dup_ev = store_events(db, self.engine, events, ts) if events else (0, 0)
+            store_states(db, states, ts)
             self._touch_devices(db, parsed, ts)
             db.commit()
         with self.stats.lock:
@@ -345,68 +339,6 @@ class Processor:
                             "requests": merged["requests"], "errors": sum(int(v) for v in merged["errors"].values()),
                             "updated_at": ts})
         conn.execute(_AGG_UPDATE, updates)
-
-    def _store_events(self, db: Session, events: list[_Parsed], ts: float) -> tuple[int, int]:
-        rows = {}
-        for p in events:
-            pl = p.payload
-            assert pl is not None
-            rows.setdefault((p.device, pl["seq"]), {
-                "device_id": p.device, "seq": pl["seq"], "time": float(pl.get("time") or ts), "kind": pl["kind"],
-                "command_id": pl.get("command_id"), "reason": pl.get("reason"),
-                "details": pl.get("details") if isinstance(pl.get("details"), dict) else {}, "received_at": ts})
-        stmt = _insert_ignore(self.engine, DeviceEvent).on_conflict_do_nothing(
-            index_elements=["device_id", "seq"]).returning(DeviceEvent.device_id, DeviceEvent.seq)
-        inserted = {(r[0], r[1]) for r in db.execute(stmt, list(rows.values())).all()}
-        for key in sorted(inserted):
-            r = rows[key]
-            audit.record(db, f"device:{r['device_id']}", f"event.{r['kind']}", f"device:{r['device_id']}", None,
-                         {"seq": r["seq"], "command_id": r["command_id"], "reason": r["reason"],
-                          "details": r["details"]})
-        return len(inserted), len(events) - len(inserted)
-
-    def _store_states(self, db: Session, states: list[_Parsed], ts: float) -> None:
-        latest: dict[str, _Parsed] = {}
-        for p in states:
-            cur = latest.get(p.device)
-            if p.payload is None:
-                if cur is None:
-                    latest[p.device] = p
-                continue
-            if cur is None or cur.payload is None or p.payload["seq"] > cur.payload["seq"]:
-                latest[p.device] = p
-        for device_id, p in sorted(latest.items()):
-            d = db.get(Device, device_id, with_for_update=True)
-            if d is None:
-                continue
-            if p.payload is None:
-                d.online = False
-                db.add(d)
-                continue
-            pl = p.payload
-            if pl["seq"] <= d.state_seq:
-                continue  # an older state (redelivery, retained copy) never overwrites a newer one
-            inst = pl.get("installed") if isinstance(pl.get("installed"), dict) else None
-            prev = pl.get("previous") if isinstance(pl.get("previous"), dict) else None
-            before = {"installed_name": d.installed_name, "installed_version": d.installed_version,
-                      "installed_manifest_sha256": d.installed_manifest_sha256}
-            d.installed_name = inst.get("name") if inst else None
-            d.installed_version = inst.get("version") if inst else None
-            d.installed_manifest_sha256 = inst.get("manifest_sha256") if inst else None
-            d.installed_bundle_sha256 = inst.get("bundle_sha256") if inst else None
-            d.previous_version = prev.get("version") if prev else None
-            d.agent_version = pl.get("agent_version")
-            d.state, d.state_seq = pl, pl["seq"]
-            d.online = pl.get("status", "online") == "online"
-            d.last_seen = max(d.last_seen or 0.0, ts)
-            d.last_seq = max(d.last_seq, pl["seq"])
-            if not d.device_class and isinstance(pl.get("device_class"), str):
-                d.device_class = pl["device_class"]
-            db.add(d)
-            after = {"installed_name": d.installed_name, "installed_version": d.installed_version,
-                     "installed_manifest_sha256": d.installed_manifest_sha256}
-            if after != before:
-                audit.record(db, f"device:{device_id}", "device.installed", f"device:{device_id}", before, after)
 
     def _touch_devices(self, db: Session, parsed: list[_Parsed], ts: float) -> None:
         """last_seen for devices heard from (written at most every few seconds per device)."""
