@@ -66,6 +66,8 @@ def ensure(conn: Any, at: float | None = None, days_back: int = 1, days_ahead: i
     if not is_partitioned(conn):
         return []
     at = time.time() if at is None else at
+    # several fleet processes run housekeeping: one creates, the others wait and find them made
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('edgefleet-telemetry-partitions'))"))
     conn.execute(text(f"CREATE TABLE IF NOT EXISTS {DEFAULT} PARTITION OF {TABLE} DEFAULT"))
     have = {p.name for p in existing(conn)}
     made = []
