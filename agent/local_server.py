@@ -223,8 +223,10 @@ class _ConnHandler(socketserver.BaseRequestHandler):
 # -- Unix socket --------------------------------------------------------------------------------
 
 class _UnixEndpoint:
-    def __init__(self, predict: PredictFn, status: StatusFn, max_bytes: int) -> None:
+    def __init__(self, predict: PredictFn, status: StatusFn, max_bytes: int,
+                 explain: Callable[..., dict[str, Any]] | None = None) -> None:
         self.predict, self.status, self.max_bytes = predict, status, max_bytes
+        self.explain = explain
 
     def serve(self, sock: socket.socket) -> None:
         rd = _Reader(sock)
@@ -254,6 +256,10 @@ class _UnixEndpoint:
             arrays, header = wire.decode(body)
             if header.get("op") == "status":
                 return [wire.encode({}, ok=True, status=self.status())]
+            if header.get("op") == "explain" and self.explain is not None:  # issue 15: agent/explain.py
+                top_k = header.get("top_k")
+                return [wire.encode({}, ok=True, explanation=self.explain(binary_request(arrays, header),
+                                                                          top_k if isinstance(top_k, int) else None))]
             return wire.encode_parts(self.predict(binary_request(arrays, header)), ok=True)
         except Exception as exc:
             _, kind = error_kind(exc)
@@ -510,7 +516,7 @@ class LocalServer:
             p.parent.mkdir(parents=True, exist_ok=True)
             if p.exists() or p.is_socket():
                 p.unlink()
-            srv = _Server(socket.AF_UNIX, str(p), _UnixEndpoint(predict, status, max_bytes).serve)
+            srv = _Server(socket.AF_UNIX, str(p), _UnixEndpoint(predict, status, max_bytes, explain).serve)
             os.chmod(p, 0o660)
             self._servers.append(srv)
         if http_port is not None:
@@ -570,6 +576,14 @@ class LocalClient:
         if body is None:
             raise ConnectionError("server closed the connection")
         return wire.decode(body)
+
+    def explain(self, arrays: dict[str, np.ndarray], top_k: int | None = None) -> dict[str, Any]:
+        """Per-feature attributions for `arrays` (Agent.explain over the socket)."""
+        _, header = self.call(arrays, op="explain", top_k=top_k)
+        if not header.get("ok"):
+            err = header.get("error", {})
+            raise LocalRequestError(err.get("kind", "internal"), err.get("message", ""))
+        return dict(header["explanation"])
 
     def predict(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out, header = self.call(arrays)

@@ -21,9 +21,10 @@ def tabular(tmp_path: Path, fleet_keys: dict[str, Path]) -> Path:
                           names=[f"sensor_{i}" for i in range(32)])[0]
 
 
-def test_agent_explain_names_the_dominant_feature(agent_factory, tabular) -> None:
+def test_agent_explain_names_the_dominant_feature(agent_factory, tabular, tmp_path) -> None:
     port = free_port()
-    agent = agent_factory(http_port=port)
+    sock = str(tmp_path / "agent.sock")
+    agent = agent_factory(http_port=port, unix_socket=sock)
     agent.install(tabular)
     x = np.zeros((1, 32), dtype=np.float32)
     x[0, 7] = 2.0
@@ -42,6 +43,15 @@ def test_agent_explain_names_the_dominant_feature(agent_factory, tabular) -> Non
         doc = json.loads(resp.read())
     assert [a["feature"] for a in doc["rows"][0]["attributions"]][:1] == ["sensor_7"]
     assert len(doc["rows"][0]["attributions"]) == 3 and "inputs" not in doc
+    # the Unix socket (EFT1 frame with {"op": "explain"}): the same attributions
+    from agent.local_server import LocalClient
+
+    client = LocalClient(sock)
+    try:
+        over_socket = client.explain({"x": x}, top_k=3)
+    finally:
+        client.close()
+    assert over_socket["rows"] == doc["rows"]
     bad = urllib.request.Request(f"http://127.0.0.1:{port}/v1/explain", method="POST",
                                  data=b'{"inputs": {"x": [[1, 2]]}}', headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as err:
