@@ -118,3 +118,35 @@ def test_slice_gap_and_low_confidence(agent_factory, bundles, data) -> None:
     calm = low_confidence_spike(q, q, max_increase=0.05)
     assert calm.status == PASS
     assert spike.status == FAIL, spike.to_dict()
+
+
+def test_wave_verdict_stops_a_concept_drift_candidate(agent_factory, bundles, data) -> None:
+    """The rollout evaluator's own path: stored windows -> merge_windows -> evaluate_wave."""
+    from fleet.models import TelemetryWindow
+    from fleet.rollouts.evidence import merge_windows
+    from fleet.rollouts.gates import DeviceEvidence, WaveEvidence, evaluate_wave
+
+    x, y = data
+    tel = TelemetryConfig(sample_rate=1.0, max_samples_per_s=100000)
+    ctl, cand = agent_factory("w-ctl", telemetry=tel), agent_factory("w-cand", telemetry=tel)
+    ctl.install(bundles["v1"])
+    cand.install(bundles["v2"])
+    ctl_p, _ = _serve(ctl, x[:500], y[:500], label_share=0.8, flip=0.0, seed=11)
+    cand_p, _ = _serve(cand, x[500:1000], y[500:1000], label_share=0.8, flip=0.3, seed=12)
+
+    def windows(ps: list[dict[str, Any]], dev: str) -> list[TelemetryWindow]:
+        return [TelemetryWindow(device_id=dev, seq=i + 1, window_start=0.0, window_end=1.0, model_name="digits",
+                                model_version=p["model"]["version"], device_class=p["device_class"],
+                                requests=p["requests"], errors=0, payload=p) for i, p in enumerate(ps)]
+
+    gates = Gates(min_labelled=200, min_requests=10, min_drift_samples=10**9, report_timeout_s=60)
+    dev = [DeviceEvidence("w-cand", "x86-64-generic", commanded_at=0.0, installed=True, installed_at=0.0, windows=3)]
+    ev = WaveEvidence(now=1.0, mode="install", devices=dev, candidate=merge_windows(windows(cand_p, "w-cand")),
+                      control=merge_windows(windows(ctl_p, "w-ctl")), previous=merge_windows([]))
+    verdict = evaluate_wave(ev, gates)
+    by_gate = {r.gate: r.status for r in verdict.results}
+    assert by_gate["online_accuracy"] == FAIL and verdict.status == FAIL
+    honest = WaveEvidence(now=1.0, mode="install", devices=dev, candidate=merge_windows(windows(ctl_p, "w-cand")),
+                          control=merge_windows(windows(ctl_p, "w-ctl")), previous=merge_windows([]))
+    assert {r.gate: r.status for r in evaluate_wave(honest, gates).results}["online_accuracy"] == PASS
+    assert "online_accuracy" not in {r.gate for r in evaluate_wave(ev, Gates(min_requests=10)).results}
