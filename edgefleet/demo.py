@@ -6,6 +6,8 @@ enrols agent processes of each class with one-time tokens, rolls v1 out to 100%,
 a v2 with a training-serving skew that the canary's drift gate stops and rolls back (compiled
 with its raw-input contract, the same skew first fails the parity gate at build time: demo_parity.py). The fleet is
 driven through its REST API, as an operator or a CI job would. Without --once the console stays up.
+Act three (edgefleet/demo_concept.py): a v3 whose inputs look normal but whose answers are wrong
+(concept drift) is stopped at the canary by online accuracy from labels fed back on the devices.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class DemoOutcome:
     token: str
     v1_rollout: dict[str, Any] = field(default_factory=dict)
     v2_rollout: dict[str, Any] = field(default_factory=dict)
+    v3_rollout: dict[str, Any] = field(default_factory=dict)
     rolled_back: list[str] = field(default_factory=list)
     devices: list[dict[str, Any]] = field(default_factory=list)
 
@@ -285,7 +288,8 @@ def _scenario(opts: DemoOptions, view: DemoView, work: Path, fleet: DemoFleet, c
                60)
     view.say(f"{len(agents)} agents running, each its own process, state directory and device key")
 
-    traffic = Traffic([a.http_port for a in agents], _traffic_data())
+    traffic_x, traffic_y = _traffic_data()
+    traffic = Traffic([a.http_port for a in agents], traffic_x, y=traffic_y)  # true labels fed back later
     traffic.start()
     stack.callback(traffic.stop)
     view.say("local apps are sending raw digit images to every agent")
@@ -313,12 +317,16 @@ def _scenario(opts: DemoOptions, view: DemoView, work: Path, fleet: DemoFleet, c
     view.panel("automatic rollback", explain_stop(r2, canary), "yellow")
     if not view.console.is_terminal:  # on a terminal the live table already shows it
         view.print_tables()
+    from edgefleet.demo_concept import concept_act  # third act: concept drift (issue 14)
+
+    concept_act(view, work, fleet, client, outcome, opts.timeout_s)
 
 
-def _traffic_data() -> Any:
+def _traffic_data() -> tuple[Any, Any]:
     from edgefleet.demo_model import load_digits_data
 
-    return load_digits_data().traffic_x  # raw pixels, as the devices' cameras deliver them
+    d = load_digits_data()
+    return d.traffic_x, d.traffic_y  # raw pixels, as the devices' cameras deliver them; the true digits
 
 
 def _roll(client: FleetClient, view: DemoView, version: int, waves: list[tuple[str, float]],
@@ -381,4 +389,4 @@ def demo(once: bool, workdir: Path, port: int, agents_per_class: int, timeout_s:
         console.print(f"[red]demo failed:[/] {exc}")
         raise SystemExit(1) from None
     console.print(f"[green]demo finished:[/] v1 on every device, v2 stopped at the canary and rolled back on "
-                  f"{', '.join(outcome.rolled_back)}")
+                  f"{', '.join(outcome.rolled_back)}; v3 (concept drift) stopped at the canary by online accuracy")

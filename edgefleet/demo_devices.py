@@ -80,33 +80,47 @@ class DemoAgent:
 class TrafficStats:
     ok: int = 0
     failed: int = 0
+    labelled: int = 0  # outcomes fed back through the agents' /v1/feedback
     per_port: dict[int, int] = field(default_factory=dict)
 
 
 class Traffic(threading.Thread):
-    """The apps on the devices: small batches of raw digit images to each agent's local endpoint."""
+    """The apps on the devices: small batches of raw digit images to each agent's local endpoint;
+    with `y`, each app later learns the true digits and feeds them back by request id."""
 
-    def __init__(self, ports: list[int], x: np.ndarray, *, batch: int = 8, period_s: float = 0.05) -> None:
+    def __init__(self, ports: list[int], x: np.ndarray, *, y: np.ndarray | None = None, batch: int = 8,
+                 period_s: float = 0.05) -> None:
         super().__init__(name="demo-traffic", daemon=True)
-        self.ports, self.x, self.batch, self.period_s = ports, x, batch, period_s
+        self.ports, self.x, self.y, self.batch, self.period_s = ports, x, y, batch, period_s
         self.stats = TrafficStats()
         self.stop_event = threading.Event()
 
-    def _send(self, port: int, rows: np.ndarray) -> bool:
-        body = json.dumps({"inputs": rows.tolist()}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", data=body, method="POST",
+    @staticmethod
+    def _post(port: int, path: str, doc: Any) -> dict[str, Any] | None:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(doc).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:
-                return resp.status == 200
-        except OSError:
+                return dict(json.loads(resp.read() or b"{}")) if resp.status == 200 else None
+        except (OSError, ValueError):
+            return None
+
+    def _send(self, port: int, idx: np.ndarray) -> bool:
+        answer = self._post(port, "/v1/predict", {"inputs": self.x[idx].tolist()})
+        if answer is None:
             return False
+        rid = answer.get("request_id")
+        if self.y is not None and rid:  # a batch's rows are "<id>/<row>" (agent/outcomes.py)
+            outcomes = [{"request_id": f"{rid}/{i}", "label": int(self.y[j])} for i, j in enumerate(idx)]
+            fed = self._post(port, "/v1/feedback", {"outcomes": outcomes})
+            self.stats.labelled += int((fed or {}).get("accepted", 0))
+        return True
 
     def run(self) -> None:
         rng = np.random.default_rng(0)
         while not self.stop_event.is_set():
             for port in self.ports:
-                ok = self._send(port, self.x[rng.integers(0, len(self.x), self.batch)])
+                ok = self._send(port, rng.integers(0, len(self.x), self.batch))
                 if ok:
                     self.stats.ok += 1
                     self.stats.per_port[port] = self.stats.per_port.get(port, 0) + 1

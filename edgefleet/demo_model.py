@@ -24,6 +24,7 @@ class DigitsData:
     eval_y: np.ndarray
     eval_slices: np.ndarray
     traffic_x: np.ndarray  # what the devices see in the field: raw pixels
+    traffic_y: np.ndarray  # the true digits, which the apps learn later (fed back as outcomes)
 
 
 def ink_slices(x: np.ndarray) -> np.ndarray:
@@ -43,7 +44,7 @@ def load_digits_data(seed: int = 0) -> DigitsData:
     x, y = x[order], y[order]
     n_train, n_eval = 1100, 400
     ex, ey = x[n_train:n_train + n_eval], y[n_train:n_train + n_eval]
-    return DigitsData(x[:n_train], y[:n_train], ex, ey, ink_slices(ex), x[n_train + n_eval:])
+    return DigitsData(x[:n_train], y[:n_train], ex, ey, ink_slices(ex), x[n_train + n_eval:], y[n_train + n_eval:])
 
 
 def train_classifier(x: np.ndarray, y: np.ndarray, *, seed: int = 0, epochs: int = 60, hidden: int = 128):

@@ -41,9 +41,11 @@ def test_demo_once_reaches_the_rollback(tmp_path: Path) -> None:
     # waves are numbered from 1, as in the console
     assert "wave 0" not in out and "stopped at wave 1" in out
 
-    # six signed bundles: two versions for each of the three device classes
+    # nine signed bundles: three versions for each of the three device classes
     bundles = sorted(p.name for p in (work / "build").glob("*.bundle"))
-    assert len(bundles) == 6 and {b.split("-v")[1][0] for b in bundles} == {"1", "2"}
+    assert len(bundles) == 9 and {b.split("-v")[1][0] for b in bundles} == {"1", "2", "3"}
+    # act three (issue 14): concept drift stopped by labels fed back on the devices, not by drift
+    assert "concept drift caught" in out and "gate online_accuracy: canary accuracy" in " ".join(out.split())
 
     engine = create_engine(f"sqlite:///{work / 'fleet' / 'fleet.db'}")
     with Session(engine) as db:
@@ -52,9 +54,13 @@ def test_demo_once_reaches_the_rollback(tmp_path: Path) -> None:
         assert Counter(d.device_class for d in devices) == Counter(
             {"x86-64-generic": 2, "x86-avx512-vnni": 2, "arm64-cortex-a": 2})
         assert {d.installed_version for d in devices} == {1}        # from the devices' signed state
-        r1, r2 = db.exec(select(Rollout).order_by(Rollout.id)).all()
+        r1, r2, r3 = db.exec(select(Rollout).order_by(Rollout.id)).all()
+        assert r3.version == 3 and r3.status == "paused" and r3.current_wave == 0
+        failed3 = {g["gate"] for g in r3.reason["gates"]}
+        assert "online_accuracy" in failed3 and not failed3 & {"prediction_drift", "feature_drift"}, r3.reason
         assert (r1.version, r1.status) == (1, "completed")
-        assert r2.version == 2 and r2.status == "paused" and r2.current_wave == 0
+        # paused by its drift gates, then aborted by the operator before v3 (one live rollout per model)
+        assert r2.version == 2 and r2.status == "aborted" and r2.current_wave == 0
         failed = {g["gate"] for g in r2.reason["gates"]}
         assert failed & {"prediction_drift", "feature_drift"}, r2.reason
         targets = db.exec(select(RolloutTarget).where(RolloutTarget.rollout_id == r2.id)).all()
@@ -78,7 +84,7 @@ def test_demo_once_reaches_the_rollback(tmp_path: Path) -> None:
     client = app.test_client()
     assert client.post("/console/login", data={"token": "look"}).status_code == 302
     page = client.get(f"/console/rollouts/{r2.id}").get_data(as_text=True)
-    assert "paused" in page and "rolled-back" in page
+    assert "aborted" in page and "rolled-back" in page
     assert any(g in page for g in ("prediction_drift", "feature_drift"))
     assert all(d in page for d in canary)
     listing = client.get("/console/rollouts").get_data(as_text=True)
