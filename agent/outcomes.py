@@ -106,7 +106,7 @@ class OutcomeWindow:
                 merged[k] = merged[k] + m if k in merged else m.copy()
             out["kind"] = "class"
             out["n_classes"] = int(self.spec.n_classes or 0)
-            out["slices"] = {k: {"n": int(m.sum()), "confusion": m.tolist()} for k, m in sorted(merged.items())}
+            out["slices"] = {k: _confusion(m) for k, m in sorted(merged.items())}
             out["calibration"] = {"edges": CONFIDENCE_EDGES, "n": self.calib_n.tolist(),
                                   "correct": self.calib_correct.tolist()}
         else:
@@ -125,6 +125,16 @@ class OutcomeWindow:
                                  "abs_error_sum": round(s["abs_error_sum"], 6),
                                  "sq_error_sum": round(s["sq_error_sum"], 6)} for k, s in sorted(slices.items())}
         return out
+
+
+DENSE_CONFUSION_MAX_CLASSES = 32   # above: nonzero cells only, so 1000 classes never make k*k numbers
+
+
+def _confusion(m: np.ndarray) -> dict[str, Any]:
+    if m.shape[0] <= DENSE_CONFUSION_MAX_CLASSES:
+        return {"n": int(m.sum()), "confusion": m.tolist()}
+    t, p = np.nonzero(m)
+    return {"n": int(m.sum()), "confusion_sparse": [[int(a), int(b), int(m[a, b])] for a, b in zip(t, p, strict=True)]}
 
 
 class OutcomeStore:

@@ -41,6 +41,8 @@ class OnlineQuality:
         self.kind = kind
         self.invalid += int(out.get("invalid", 0) or 0)
         for key, s in (out.get("slices") or {}).items():
+            if kind == "class" and isinstance(s.get("confusion_sparse"), list):
+                s = {"confusion": _dense(s["confusion_sparse"], int(out.get("n_classes", 0) or 0))}
             if kind == "class" and isinstance(s.get("confusion"), list):
                 m = np.asarray(s["confusion"], dtype=np.int64)
                 cur = self.confusion.get(key)
@@ -190,6 +192,16 @@ class OnlineQuality:
                 "regression": self.regression(), "slices": self.slices(min_slice_count),
                 "worst_slice_gap": self.worst_slice_gap(), "estimated_accuracy": self.estimated_accuracy(),
                 "low_confidence_rate": self.low_confidence_rate(), "confidence_counts": self.confidence.tolist()}
+
+
+def _dense(cells: list[Any], k: int) -> list[list[int]]:
+    """[[true, predicted, count], ...] (large class counts) as a k x k matrix."""
+    m = np.zeros((k, k), dtype=np.int64)
+    for cell in cells:
+        if isinstance(cell, list) and len(cell) == 3 and all(isinstance(v, int) for v in cell) \
+                and 0 <= cell[0] < k and 0 <= cell[1] < k and cell[2] >= 0:
+            m[cell[0], cell[1]] += cell[2]
+    return m.tolist()
 
 
 def merge_payloads(payloads: Iterable[Mapping[str, Any]]) -> OnlineQuality:

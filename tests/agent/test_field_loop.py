@@ -149,3 +149,18 @@ def test_store_horizon_and_cap(tmp_path: Path) -> None:
     row = s.take("late", now=1200.0)
     assert row[1] == 3 and row[2] == 2
     s.close()
+
+
+def test_many_classes_send_sparse_confusion() -> None:
+    """1000 classes must not put a million numbers into a window: nonzero cells only, merged exactly."""
+    from agent.outcomes import OutcomeWindow
+    from fleet.analytics import merge_payloads
+
+    w = OutcomeWindow(MonitorSpec(n_classes=1000, min_slice_count=1))
+    for i in range(50):
+        w.add(("r", 1, i % 7, None, 3, "_all"), i % 5)
+    doc = w.to_dict()
+    cells = doc["slices"]["_all"]["confusion_sparse"]
+    assert "confusion" not in doc["slices"]["_all"] and sum(c[2] for c in cells) == 50 and len(cells) <= 35
+    q = merge_payloads([{"outcomes": doc}, {"outcomes": doc}])
+    assert q.labelled == 100 and q.correct == 2 * sum(1 for i in range(50) if i % 7 == i % 5)
