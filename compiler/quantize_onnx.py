@@ -7,6 +7,7 @@ activation range) but can hurt small models: the gates decide, not this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -61,11 +62,15 @@ def _prepare(src: Path, work: Path) -> Path:
     if key in _PREPARED:
         out.write_bytes(_PREPARED[key])
         return out
-    try:
-        quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
-    except Exception as exc:  # symbolic inference cannot handle every graph; plain ONNX inference can
-        log.warning("quant_pre_process failed (%s); retrying without symbolic shape inference", exc)
-        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    # ORT's symbolic inference drops a debug copy (sym_shape_infer_temp.onnx + <uuid>.data) into the
+    # current directory when it gives up; run it inside the work dir so the user's folder stays clean.
+    src, out = src.resolve(), out.resolve()
+    with contextlib.chdir(work):
+        try:
+            quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
+        except Exception as exc:  # symbolic inference cannot handle every graph; plain ONNX inference can
+            log.warning("quant_pre_process failed (%s); retrying without symbolic shape inference", exc)
+            quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
     if len(_PREPARED) >= 4:
         _PREPARED.clear()
     _PREPARED[key] = out.read_bytes()

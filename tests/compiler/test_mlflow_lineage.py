@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_compile_reads_and_writes_the_mlflow_run(build, mlp_onnx, data_files, keys, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)  # MLflow puts run artifacts under ./mlruns with a SQLite tracking store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with mlflow.start_run() as run:
