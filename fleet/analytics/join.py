@@ -9,7 +9,7 @@ label of an id wins) and may arrive before or after their record: the join happe
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,20 @@ def _upsert(session: Session, table: Any, rows: list[dict[str, Any]], keys: list
         session.execute(stmt)
 
 
+def add_wave_labels(session: Session, candidate: OnlineQuality | None, control: OnlineQuality | None, *,
+                    model: str, version: int, wave_devices: Sequence[str], control_devices: Sequence[str],
+                    since: float) -> None:
+    """Labels joined at the backend into a rollout wave's evidence (fleet.rollouts.evidence):
+    the candidate's on the wave devices, the control's on the other devices' other versions."""
+    if candidate is None or not session.exec(select(OutcomeLabel.request_id).limit(1)).first():
+        return   # no backend labels at all: nothing to join (the common case costs one query)
+    sync_records(session)
+    joined_quality(session, model, version, devices=wave_devices, since=since, q=candidate)
+    if control is not None and control_devices:
+        joined_quality(session, model, None, exclude_version=version, devices=control_devices, since=since,
+                       q=control)
+
+
 def post_labels(session: Session, items: Iterable[tuple[str, float]]) -> dict[str, int]:
     """Upsert labels by request id; says how many match a prediction record already known."""
     now = time.time()
@@ -92,15 +106,25 @@ def post_labels(session: Session, items: Iterable[tuple[str, float]]) -> dict[st
     return {"accepted": len(rows), "matched": int(matched)}
 
 
-def joined_quality(session: Session, model: str, version: int, *, n_classes: int | None = None,
+def joined_quality(session: Session, model: str, version: int | None, *, n_classes: int | None = None,
                    cohort: str | None = None, device_class: str | None = None,
-                   q: OnlineQuality | None = None) -> OnlineQuality:
-    """Labelled records of one model version as an OnlineQuality (merged into `q` when given)."""
+                   devices: Sequence[str] | None = None, since: float | None = None,
+                   exclude_version: int | None = None, q: OnlineQuality | None = None) -> OnlineQuality:
+    """Labelled records of one model version (or every version but `exclude_version`, on
+    `devices`, from `since`) as an OnlineQuality, merged into `q` when given."""
     q = q or OnlineQuality()
     stmt = (select(PredictionRecord.predicted, OutcomeLabel.label, PredictionRecord.slice,
                    PredictionRecord.confidence)
             .join(OutcomeLabel, OutcomeLabel.request_id == PredictionRecord.request_id)  # type: ignore[arg-type]
-            .where(PredictionRecord.model_name == model, PredictionRecord.model_version == int(version)))
+            .where(PredictionRecord.model_name == model))
+    if version is not None:
+        stmt = stmt.where(PredictionRecord.model_version == int(version))
+    if exclude_version is not None:
+        stmt = stmt.where(PredictionRecord.model_version != int(exclude_version))
+    if devices is not None:
+        stmt = stmt.where(PredictionRecord.device_id.in_(list(devices)[:5000]))  # type: ignore[attr-defined]
+    if since is not None:
+        stmt = stmt.where(PredictionRecord.at >= since)
     if cohort is not None:
         stmt = stmt.where(PredictionRecord.cohort == cohort)
     if device_class is not None:

@@ -261,4 +261,8 @@ def collect(session: Session, q: EvidenceQuery, wave_targets: Sequence[RolloutTa
     previous = merge_windows(ref_windows)
     ev = WaveEvidence(now=now, mode=q.phase, devices=dev_evidence, candidate=merge_windows(cand_windows),
                       control=control, previous=previous, baseline=q.baseline)
+    from fleet.analytics.join import add_wave_labels  # labels posted at the backend (issue 14)
+
+    add_wave_labels(session, ev.candidate.quality, control.quality, model=q.model_name, version=q.version,
+                    wave_devices=ids, control_devices=control_ids if q.phase == "install" else ids, since=q.since)
     return ev, devices

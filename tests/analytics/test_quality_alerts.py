@@ -95,3 +95,34 @@ def test_concept_drift_alerts_and_retraining(agent_factory, bundles, digits, tmp
         db.commit()
         assert [(a.model_version, a.reference, a.level) for a in warn] == [(1, "low_confidence", "warn")]
     engine.dispose()
+
+
+def test_backend_labels_reach_the_wave_gate(agent_factory, bundles, digits, tmp_path) -> None:
+    """Labels posted at the backend (no device feedback) join into the rollout evidence."""
+    from fleet.analytics.join import add_wave_labels, post_labels
+    from fleet.analytics.quality import OnlineQuality
+    from fleet.rollouts.gates import CohortStats, gate_online_accuracy
+    from fleet.rollouts.spec import Gates
+
+    x, y = digits[0].astype(np.float32), digits[1]
+    tel = TelemetryConfig(sample_rate=1.0, max_samples_per_s=100000, prediction_records_per_window=1000)
+    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
+    init_db(engine)
+    labels: list[tuple[str, float]] = []
+    rng = np.random.default_rng(3)
+    with Session(engine) as db:
+        for dev, bundle, flip, lo in (("wv-ctl", "v1", 0.0, 0), ("wv-cand", "v2", 0.35, 400)):
+            a = agent_factory(dev, telemetry=tel)
+            a.install(bundles[bundle])
+            for i in range(lo, lo + 400):
+                r = a.predict(x[i:i + 1])
+                labels.append((r.request_id, float(y[i] if rng.random() >= flip else (y[i] + 1) % 10)))
+            _store(db, a.flush_telemetry(), dev, time.time(), 1)
+        assert post_labels(db, labels) == {"accepted": 800, "matched": 800}
+        cand, ctl = OnlineQuality(), OnlineQuality()
+        add_wave_labels(db, cand, ctl, model="digits", version=2, wave_devices=["wv-cand"],
+                        control_devices=["wv-ctl"], since=0.0)
+        assert (cand.labelled, ctl.labelled) == (400, 400)
+        g = gate_online_accuracy(CohortStats(quality=cand), CohortStats(quality=ctl), None, Gates(min_labelled=200))
+        assert g.status == "fail" and g.detail["against"] == "control"
+    engine.dispose()
