@@ -164,3 +164,35 @@ def test_many_classes_send_sparse_confusion() -> None:
     assert "confusion" not in doc["slices"]["_all"] and sum(c[2] for c in cells) == 50 and len(cells) <= 35
     q = merge_payloads([{"outcomes": doc}, {"outcomes": doc}])
     assert q.labelled == 100 and q.correct == 2 * sum(1 for i in range(50) if i % 7 == i % 5)
+
+
+def test_full_disk_drops_outcome_rows_and_keeps_serving(tmp_path: Path) -> None:
+    import sqlite3
+
+    from agent.disk_guard import DiskGuard
+
+    class M:
+        version = 1
+        monitor = MonitorSpec(n_classes=3)
+
+    disk = DiskGuard(tmp_path)
+    s = OutcomeStore(tmp_path / "o.sqlite", disk=disk)
+    real = s._db
+
+    class Full:
+        def execute(self, sql: str, *a: Any) -> Any:
+            return real.execute(sql, *a)
+
+        def executemany(self, *a: Any) -> Any:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    s._db = Full()  # type: ignore[assignment]
+    s.record("a", M, np.array([[0.1, 0.8, 0.1]]), "_all")
+    assert s.flush() == 0 and s.dropped == 1 and disk.full and disk.failures["outcomes"] == 1
+    with pytest.raises(UnknownRequest):
+        s.take("a")
+    s._db = real
+    s.record("b", M, np.array([[0.1, 0.8, 0.1]]), "_all")
+    assert s.flush() == 1 and not disk.full       # space is back: rows are kept again
+    assert s.take("b")[2] == 1
+    s.close()
