@@ -16,8 +16,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[all]'
 	# The compiler tests' YOLOv8n detector; --no-deps: only its 320n.onnx is used, not its OpenCV code.
 	$(PY) -m pip install -q --no-deps nudenet==3.4.2
-	# The compiler tests' YOLOv8n detector; --no-deps: only its 320n.onnx is used, not its OpenCV code.
-	$(PY) -m pip install -q --no-deps nudenet==3.4.2
 	touch $(STAMP)
 
 install: $(STAMP)
