@@ -57,6 +57,18 @@ _LINGER_S = 1.0  # after refusing a request, read and drop what the client still
 _HAS_SENDMSG = hasattr(socket.socket, "sendmsg")
 
 
+def _predict_meta(predict: PredictFn, inputs: Any, header: dict[str, Any]) -> Any:
+    """Predict with the request's `metadata` (slice keys, issue 14) when the EFT1 header has one."""
+    meta = header.get("metadata")
+    return predict(inputs, meta) if isinstance(meta, dict) else predict(inputs)  # type: ignore[call-arg]
+
+
+def _rid(outputs: Any) -> dict[str, str]:
+    """The prediction's request id for the answer header (Agent.feedback takes it later)."""
+    rid = getattr(outputs, "request_id", "")
+    return {"request_id": rid} if rid else {}
+
+
 def error_kind(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, (InputError, wire.WireError)):
         return 400, "invalid_input"
@@ -260,7 +272,8 @@ class _UnixEndpoint:
                 top_k = header.get("top_k")
                 return [wire.encode({}, ok=True, explanation=self.explain(binary_request(arrays, header),
                                                                           top_k if isinstance(top_k, int) else None))]
-            return wire.encode_parts(self.predict(binary_request(arrays, header)), ok=True)
+            out = _predict_meta(self.predict, binary_request(arrays, header), header)
+            return wire.encode_parts(out, ok=True, **_rid(out))
         except Exception as exc:
             _, kind = error_kind(exc)
             if kind == "internal":
@@ -476,7 +489,8 @@ class _HttpEndpoint:
         try:
             if binary:
                 arrays, header = wire.decode(body)
-                return 200, wire.CONTENT_TYPE, wire.encode_parts(self.predict(binary_request(arrays, header)), ok=True)
+                out = _predict_meta(self.predict, binary_request(arrays, header), header)
+                return 200, wire.CONTENT_TYPE, wire.encode_parts(out, ok=True, **_rid(out))
             try:
                 doc = json.loads(body if isinstance(body, bytes) else body.tobytes())
             except RecursionError:

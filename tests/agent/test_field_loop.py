@@ -196,3 +196,20 @@ def test_full_disk_drops_outcome_rows_and_keeps_serving(tmp_path: Path) -> None:
     assert s.flush() == 1 and not disk.full       # space is back: rows are kept again
     assert s.take("b")[2] == 1
     s.close()
+
+
+def test_unix_socket_answer_carries_request_id(config_factory, bundles, digits, tmp_path: Path) -> None:
+    from agent.daemon import Agent
+    from agent.local_server import LocalClient
+
+    sock = str(tmp_path / "a.sock")
+    a = Agent(config_factory("sock-1", unix_socket=sock, sample_rate=0.0)).start()
+    try:
+        a.install(bundles["v1"])
+        c = LocalClient(sock)
+        outs, header = c.call({"x": digits[0][:1].astype(np.float32)}, metadata={"region": "eu"})
+        c.close()
+        assert "logits" in outs and header["request_id"]
+        assert a.feedback(header["request_id"], int(digits[1][0]))["version"] == 1
+    finally:
+        a.stop()
