@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -120,21 +121,70 @@ def evaluate(db: Session, settings: FleetSettings, *, since: float | None = None
     return new
 
 
-def raise_rollout_alert(db: Session, rollout: Any, reason: dict[str, Any], actor: str = "rollout-evaluator") -> DriftAlert:
-    """A paused rollout is something wrong: store it as an open alert (reference "rollout:<id>")
-    beside the drift alerts, so the overview, /api/alerts and acknowledgement treat it alike."""
+def raise_rollout_alert(db: Session, rollout: Any, reason: dict[str, Any], actor: str = "rollout-evaluator",
+                        state: str = "paused") -> DriftAlert:
+    """A paused (or blind, state "waiting") rollout is something wrong: store it as an open alert
+    (reference "rollout:<id>") beside the drift alerts, so the overview, /api/alerts and
+    acknowledgement treat it alike."""
     at = float(reason.get("at") or now())
     alert = DriftAlert(model_name=rollout.model_name, model_version=rollout.version,
                        cohort=f"wave:{reason.get('wave_name', reason.get('wave', ''))}", window_start=at,
                        window_end=at, reference=f"rollout:{rollout.id}", level="alert",
-                       summary=f"rollout {rollout.id} paused: {reason.get('summary') or reason.get('kind', '')}",
+                       summary=f"rollout {rollout.id} {state}: {reason.get('summary') or reason.get('kind', '')}",
                        evidence={"rollout": rollout.id, "gates": reason.get("gates", []),
-                                 "failed_devices": reason.get("failed_devices", [])})
+                                 "failed_devices": reason.get("failed_devices", []),
+                                 **({"waiting": reason["waiting"]} if reason.get("waiting") else {})})
     db.add(alert)
     db.flush()
     audit.record(db, actor, "alert.raise", f"alert:{alert.id}", None,
                  {"model": rollout.model_name, "version": rollout.version, "rollout": rollout.id, "level": "alert"})
     return alert
+
+
+def pause_reason(rollout: Any) -> dict[str, Any]:
+    """The alert's reason for a pause the evaluator did not cause (operator pause, version rollback)."""
+    reason = dict(rollout.reason or {})
+    if not reason.get("summary"):
+        why = reason.get("why") or reason.get("kind", "paused")
+        reason["summary"] = f"{reason.get('kind', 'paused')} by {reason.get('by', '?')}: {why}"
+    return reason
+
+
+def close_rollout_alerts(db: Session, rollout_id: int, actor: str, why: str) -> int:
+    """The rollout left "paused" (resumed, aborted, rolled back, completed): its open pause
+    alerts are resolved, so the overview stops counting them. Returns how many were closed."""
+    n = 0
+    for alert in db.exec(select(DriftAlert).where(DriftAlert.reference == f"rollout:{rollout_id}",
+                                                  DriftAlert.status == "open")).all():
+        alert.status, alert.acknowledged_at, alert.acknowledged_by = "resolved", now(), actor
+        db.add(alert)
+        audit.record(db, actor, "alert.resolve", f"alert:{alert.id}", {"status": "open"},
+                     {"status": "resolved", "why": why})
+        n += 1
+    return n
+
+
+def raise_review_alert(db: Session, name: str, version: int, due_at: float, interval_days: int,
+                       actor: str = "review-scheduler") -> DriftAlert:
+    """An overdue model review (issue 16) is an open alert (reference "review:<name>", one per
+    missed due date) beside the drift alerts; recording a review closes it (close_review_alerts)."""
+    alert = DriftAlert(model_name=name, model_version=version, cohort="review", window_start=due_at,
+                       window_end=due_at, reference=f"review:{name}", level="warn",
+                       summary=f"review of {name} overdue since {time.strftime('%Y-%m-%d', time.gmtime(due_at))}"
+                               f" (every {interval_days} days): record one with `edgefleet models review`",
+                       evidence={"due_at": due_at, "interval_days": interval_days})
+    db.add(alert)
+    db.flush()
+    audit.record(db, actor, "alert.raise", f"alert:{alert.id}", None,
+                 {"model": name, "version": version, "reference": alert.reference, "level": "warn"})
+    return alert
+
+
+def close_review_alerts(db: Session, name: str, actor: str) -> list[DriftAlert]:
+    """A recorded review closes (acknowledges) the model's open overdue-review alerts."""
+    rows = db.exec(select(DriftAlert).where(DriftAlert.reference == f"review:{name}",
+                                            DriftAlert.status == "open")).all()
+    return [a for a in (acknowledge(db, r.id, actor) for r in rows if r.id is not None) if a is not None]
 
 
 def acknowledge(db: Session, alert_id: int, actor: str) -> DriftAlert | None:
@@ -145,6 +195,19 @@ def acknowledge(db: Session, alert_id: int, actor: str) -> DriftAlert | None:
     alert.status, alert.acknowledged_at, alert.acknowledged_by = "acknowledged", now(), actor
     db.add(alert)
     audit.record(db, actor, "alert.acknowledge", f"alert:{alert_id}", before, {"status": alert.status})
+    return alert
+
+
+def resolve(db: Session, alert_id: int, actor: str) -> DriftAlert | None:
+    """The condition behind an open alert ended by itself (a blind fleet sees again): close it
+    as "resolved", so the open alerts list only what still needs someone."""
+    alert = db.get(DriftAlert, alert_id)
+    if alert is None or alert.status != "open":
+        return None
+    alert.status, alert.acknowledged_at, alert.acknowledged_by = "resolved", now(), actor
+    alert.window_end = alert.acknowledged_at
+    db.add(alert)
+    audit.record(db, actor, "alert.resolve", f"alert:{alert_id}", {"status": "open"}, {"status": alert.status})
     return alert
 
 

@@ -172,7 +172,7 @@ class DriftAlert(SQLModel, table=True):
     level: str  # warn | alert
     summary: str = ""
     evidence: dict[str, Any] = _json(dict)
-    status: str = Field(default="open", index=True)  # open | acknowledged
+    status: str = Field(default="open", index=True)  # open | acknowledged | resolved (rollout left pause)
     acknowledged_at: float | None = None
     acknowledged_by: str | None = None
 

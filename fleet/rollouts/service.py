@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlmodel import Session, func, select
 
-from fleet import audit
+from fleet import alerts, audit
 from fleet.models import Device, ModelVersion
 from fleet.rollouts import commands
 from fleet.rollouts.assignment import assign_waves
@@ -137,6 +137,7 @@ def pause(s: Session, rollout_id: int, actor: str, why: str = "operator pause") 
     r.status = "paused"
     r.reason = {"kind": "operator-pause", "by": actor, "why": why, "at": time.time()}
     audit.record(s, actor, "rollout.pause", f"rollout:{r.id}", {"status": before}, r.reason)
+    alerts.raise_rollout_alert(s, r, alerts.pause_reason(r), actor)  # every pause is an open alert (issue 18)
     return r
 
 
@@ -160,6 +161,7 @@ def resume(s: Session, rollout_id: int, actor: str, at: float | None = None) -> 
     r.reason = None
     audit.record(s, actor, "rollout.resume", f"rollout:{r.id}", {"status": "paused", "reason": before},
                  {"status": "running", "wave": w.index})
+    alerts.close_rollout_alerts(s, r.id, actor, "resumed")
     return r
 
 
@@ -180,6 +182,7 @@ def abort(s: Session, rollout_id: int, actor: str) -> Rollout:
     r.completed_at = time.time()
     audit.record(s, actor, "rollout.abort", f"rollout:{r.id}", {"status": before},
                  {"status": "aborted", "cancelled_commands": cancelled})
+    alerts.close_rollout_alerts(s, r.id, actor, "aborted")
     return r
 
 
@@ -206,6 +209,7 @@ def rollback_rollout(s: Session, rollout_id: int, actor: str, signer: commands.F
     r.status = "rolled-back"
     r.reason = {"kind": "operator-rollback", "by": actor, "at": at, "devices": queued}
     audit.record(s, actor, "rollout.rollback", f"rollout:{r.id}", {"status": before}, r.reason)
+    alerts.close_rollout_alerts(s, r.id, actor, "rolled back")
     return {"rollout": r.id, "commands": queued}
 
 
@@ -214,16 +218,25 @@ def rollback_version(s: Session, model_name: str, version: int, actor: str, sign
     """One call: every matching device running `model_name` v`version` goes back to the version
     it ran before (Device.previous_version, from its signed state). Live rollouts of that version
     are paused first so they do not push it again."""
+    from fleet.lifecycle import LifecycleError, status_name  # issue 16: never back onto a retired version
+
     cfg = cfg or EvaluatorConfig()
     at = time.time()
     flt = target or TargetFilter()
+    devices = [d for d in matching_devices(s, flt)
+               if d.installed_name == model_name and d.installed_version == version]
+    retired = sorted({d.previous_version for d in devices if d.previous_version is not None
+                      and status_name(s, model_name, d.previous_version) == "retired"})
+    if retired:
+        raise LifecycleError(409, "version-retired", f"{model_name} v{', v'.join(map(str, retired))} is retired: devices"
+                             f" cannot be sent back to it; move them to an active version (POST .../move-off)")
     for r in s.exec(select(Rollout).where(Rollout.model_name == model_name, Rollout.version == version,
                                           Rollout.status.in_(("running", "awaiting-approval")))).all():
         r.status = "paused"
-        r.reason = {"kind": "version-rollback", "by": actor, "at": at}
+        r.reason = {"kind": "version-rollback", "by": actor, "at": at,
+                    "why": f"{model_name} v{version} rolled back"}
         s.add(r)
-    devices = [d for d in matching_devices(s, flt)
-               if d.installed_name == model_name and d.installed_version == version]
+        alerts.raise_rollout_alert(s, r, alerts.pause_reason(r), actor)
     queued, skipped = [], []
     for d in devices:
         prev = d.previous_version
