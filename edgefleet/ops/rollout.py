@@ -57,6 +57,8 @@ def render_detail(r: dict[str, Any]) -> str:
              f"Created:  {when(r.get('created_at'))} by {r.get('created_by') or '-'}"]
     if r.get("completed_at"):
         lines.append(f"Finished: {when(r['completed_at'])}")
+    if (r.get("waiting") or {}).get("message"):    # blind fleet: gates and clocks stopped (issue 20)
+        lines.append(f"Waiting:  {r['waiting']['message']}; gates and clocks stopped")
     reason = r.get("reason") or {}
     if reason:
         why = reason.get("summary") or ": ".join(str(x) for x in (reason.get("kind"), reason.get("why")) if x)

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import Gauge
+from sqlmodel import Session
 
+from fleet import alerts
 from fleet.ingest_health import Blindness
-from fleet.rollouts.models import RolloutWave
+from fleet.rollouts.models import Rollout, RolloutWave
 
 MAX_INTERVALS = 50
 # /metrics: alert on `edgefleet_rollout_waves_blind > 0` for longer than an outage you tolerate
@@ -81,3 +83,23 @@ def leave(wave: RolloutWave, at: float) -> float:
     v["waiting"] = None
     wave.last_verdict = v
     return length
+
+
+def raise_alert(s: Session, rollout: Rollout, wave: RolloutWave, why: Blindness, at: float, actor: str) -> int:
+    """A wave that starts waiting blind is an open alert, made like a paused rollout's (reference
+    "rollout:<id>"); its id is kept on the wave so the alert is resolved when the fleet sees again."""
+    alert = alerts.raise_rollout_alert(s, rollout, {"at": at, "wave": wave.index, "wave_name": wave.name,
+                                                    "summary": f"{why.message.removeprefix('waiting: ')}; gates and clocks stopped",
+                                                    "waiting": why.to_dict()}, actor, state="waiting")
+    wave.last_verdict = {**(wave.last_verdict or {}), "waiting_alert": alert.id}
+    return int(alert.id or 0)
+
+
+def resolve_alert(s: Session, wave: RolloutWave, actor: str) -> None:
+    """The fleet sees the devices again: the wave's blind alert is closed as "resolved" (it needs
+    nobody any more), so the open alerts list only what still does."""
+    v = dict(wave.last_verdict or {})
+    alert_id = v.pop("waiting_alert", None)
+    wave.last_verdict = v
+    if alert_id is not None:
+        alerts.resolve(s, int(alert_id), actor)

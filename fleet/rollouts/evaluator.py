@@ -377,8 +377,10 @@ def _evaluate(c: TickContext, wave: RolloutWave) -> None:
         if blind.enter(wave, why, c.at):
             c.act(f"wave {wave.index} {why.message}; gates and clocks stopped")
             audit.record(s, ACTOR, "rollout.waiting", f"rollout:{r.id}", None, {"wave": wave.index, **why.to_dict()})
+            blind.raise_alert(s, r, wave, why, c.at, ACTOR)
         return
     if blind.leave(wave, c.at):
+        blind.resolve_alert(s, wave, ACTOR)
         again = _republish_unanswered(c, wave_targets)
         c.act(f"wave {wave.index}: ingest sees the devices again; gates resume ({again} commands re-sent)")
     others = [t for t in c.targets if t.wave_index > wave.index and t.status == "pending"]

@@ -11,9 +11,11 @@ from collections import Counter
 
 import pytest
 from sqlalchemy import update
-from sqlmodel import Session
+from sqlmodel import Session, select
 
+from edgefleet.ops.rollout import render_detail
 from fleet.ingest_health import CATCH_UP_S
+from fleet.models import DriftAlert
 from fleet.rollouts import commands, service
 from fleet.rollouts.assignment import assign_waves
 from fleet.rollouts.evaluator import EvaluatorConfig
@@ -44,6 +46,12 @@ def forget_sent(h: Harness, rid: int) -> None:
     with Session(h.engine) as s:
         s.execute(update(RolloutCommand).where(RolloutCommand.rollout_id == rid).values(sent_at=None))
         s.commit()
+
+
+def open_rollout_alerts(h: Harness, rid: int) -> list[DriftAlert]:
+    with Session(h.engine) as s:
+        return list(s.exec(select(DriftAlert).where(DriftAlert.reference == f"rollout:{rid}",
+                                                    DriftAlert.status == "open")).all())
 
 
 def heartbeat(h: Harness, at: float, connected: bool, since: float | None = None) -> None:
@@ -173,12 +181,21 @@ def test_a_blind_fleet_waits_instead_of_failing_and_its_clocks_stop(engine, tmp_
     with Session(engine) as s:
         summary = service.rollout_summary(s, h.rollout(rid))
     assert summary["waiting"]["message"].startswith("waiting: ingest disconnected")
+    # ... an open alert (one, not one per tick), and the operator CLI says so
+    assert [a.summary for a in open_rollout_alerts(h, rid)] == [
+        f"rollout {rid} {summary['waiting']['message']}; gates and clocks stopped"]
+    with Session(engine) as s:
+        shown = render_detail(service.rollout_detail(s, h.rollout(rid)))
+    assert "Waiting:  waiting: ingest disconnected" in shown
     # back: the soak timer did not run while blind, so the wave still soaks
     at += 10
     heartbeat(h, at, True, at - CATCH_UP_S - 1)
     h.cycle(at)
     assert h.waves(rid)[0].status == "soaking"
     assert h.waves(rid)[0].last_verdict.get("waiting") is None
+    assert open_rollout_alerts(h, rid) == []                  # seeing again resolves the alert
+    with Session(engine) as s:
+        assert "Waiting:" not in render_detail(service.rollout_detail(s, h.rollout(rid)))
     for _ in range(20):
         at += 10
         heartbeat(h, at, True, at - 100)
