@@ -181,10 +181,10 @@ def raise_review_alert(db: Session, name: str, version: int, due_at: float, inte
 
 
 def close_review_alerts(db: Session, name: str, actor: str) -> list[DriftAlert]:
-    """A recorded review closes (acknowledges) the model's open overdue-review alerts."""
+    """A recorded review resolves the model's open overdue-review alerts."""
     rows = db.exec(select(DriftAlert).where(DriftAlert.reference == f"review:{name}",
                                             DriftAlert.status == "open")).all()
-    return [a for a in (acknowledge(db, r.id, actor) for r in rows if r.id is not None) if a is not None]
+    return [a for a in (resolve(db, r.id, actor) for r in rows if r.id is not None) if a is not None]
 
 
 def acknowledge(db: Session, alert_id: int, actor: str) -> DriftAlert | None:

@@ -2,7 +2,8 @@
 (its owner's setting, default 90). A review records who, when, the decision (keep, retrain,
 retire) and notes; `retire` with a version retires it (fleet.lifecycle). A model whose next
 review date has passed is overdue: listed by the API, counted by the Prometheus gauge
-`edgefleet_model_reviews_overdue` (alert on > 0) and audited once per missed due date."""
+`edgefleet_model_reviews_overdue` (alert on > 0), audited and raised as an open alert
+(/api/alerts) once per missed due date; the next recorded review closes that alert."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 from prometheus_client import Gauge
 from sqlmodel import Session, func, select
 
-from fleet import audit, lifecycle
+from fleet import alerts, audit, lifecycle
 from fleet.models import AuditEntry, ModelOwner, ModelReview, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def record_review(db: Session, name: str, decision: str, notes: str, actor: str,
     db.add(r)
     db.flush()
     audit.record(db, actor, "model.review", f"model:{name}", None, review_view(r))
+    alerts.close_review_alerts(db, name, actor)
     if decision == "retire" and version is not None and lifecycle.status_name(db, name, version) != "retired":
         lifecycle.set_status(db, name, version, "retired", f"review {r.id}: {notes.strip() or 'retire'}", actor)
     return r
@@ -92,6 +94,8 @@ def check_overdue(db: Session, at: float | None = None,
             continue
         log.warning("model review overdue", extra={"model": s.name, "due_at": s.due_at})
         audit.record(db, "review-scheduler", "model.review-overdue", target, None, s.to_dict())
+        latest = db.exec(select(func.max(ModelVersion.version)).where(ModelVersion.name == s.name)).one()
+        alerts.raise_review_alert(db, s.name, int(latest or 0), s.due_at, s.interval_days)
     return overdue
 
 

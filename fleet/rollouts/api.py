@@ -20,6 +20,7 @@ from fleet.api.validation import api, body, query
 from fleet.app import fleet_context
 from fleet.auth import actor, current_principal, require_role
 from fleet.errors import ApiError
+from fleet.lifecycle import LifecycleError
 from fleet.rollouts import commands, keyrotation, service
 from fleet.rollouts.evaluator import EvaluatorConfig
 from fleet.rollouts.models import GateEvaluation, Rollout
@@ -63,6 +64,8 @@ def _guard(fn: Any, *args: Any, **kw: Any) -> Any:
         raise ApiError(exc.status, exc.code, str(exc), exc.details) from exc
     except SpecError as exc:
         raise ApiError(422, "invalid-spec", str(exc)) from exc
+    except LifecycleError as exc:  # issue 16: retired versions
+        raise ApiError(exc.status, exc.code, exc.message) from exc
 
 
 def _rollout(db: Session, rollout_id: int) -> Rollout:
@@ -181,7 +184,7 @@ def rollback_version():  # type: ignore[no-untyped-def]
     flt = TargetFilter(fleet=t.fleet or fleet_context().settings.fleet_id, device_classes=tuple(t.device_classes),
                        tags=tuple(t.tags), attributes=dict(t.attributes), device_ids=tuple(t.device_ids))
     with fleet_context().session() as db:
-        out = service.rollback_version(db, name, version, actor(), _signer(db), flt, _cfg())
+        out = _guard(service.rollback_version, db, name, version, actor(), _signer(db), flt, _cfg())
     _publish()
     return jsonify(out)
 

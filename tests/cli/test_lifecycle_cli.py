@@ -5,11 +5,13 @@ always, 409), move-off, and the revocation list signed into the next key list.""
 from __future__ import annotations
 
 import json
+import time
 
 from sqlmodel import Session
 
 from agent.keylist import parse_keylist
 from agent.keys import generate_keypair
+from fleet import reviews
 from fleet.models import Device
 from tests.cli.conftest import run_ok
 
@@ -59,8 +61,16 @@ def test_lifecycle_cli(live_fleet, tmp_path) -> None:  # type: ignore[no-untyped
     assert body["kept_artifacts"] and body["purged_artifacts"] == []
     assert f.cli("models", "decommission", "digits").exit_code == 2  # --reason is required
 
+    # an overdue review is an open alert in `edgefleet alerts list`; the recorded review closes it
+    with Session(f.server.engine) as db:
+        assert [s.name for s in reviews.check_overdue(db, time.time() + 91 * 86400.0)] == ["digits"]
+        db.commit()
+    listed = json.loads(run_ok(f.cli("alerts", "list", "--status", "open", "--model", "digits", "--json")))["items"]
+    assert [(a["reference"], a["version"]) for a in listed] == [("review:digits", 3)]
+    assert "review:digits" in run_ok(f.cli("alerts", "list", "--status", "open"))
     out = run_ok(f.cli("models", "review", "digits", "--decision", "keep", "--notes", "field metrics fine"))
     assert "review" in out and "keep" in out
+    assert json.loads(run_ok(f.cli("alerts", "list", "--status", "open", "--model", "digits", "--json")))["items"] == []
     assert "field metrics fine" in run_ok(f.cli("models", "reviews", "digits"))
     hist = run_ok(f.cli("models", "history", "digits"))
     for action in ("model.upload", "model.owner", "model.deprecated", "model.retired", "model.decommission",

@@ -1,5 +1,6 @@
 """Model lifecycle through the REST API (issue 16): owner at first upload (required in production
-mode) and audited changes; active -> deprecated -> retired with reasons; rollout refusals (409);
+mode) and audited changes; active -> deprecated -> retired with reasons; rollout refusals (409),
+rollback-version refused onto a retired version;
 the move-off rollout; the revocation list for the next signed key list."""
 
 from __future__ import annotations
@@ -97,6 +98,36 @@ def test_status_transitions_and_rollout_refusals(fleet, tmp_path) -> None:  # ty
                                           .order_by(AuditEntry.id))]
     assert acts == ["model.deprecated", "model.retired"]
     assert _status(fleet, 9, "retired").status_code == 404
+
+
+def test_rollback_version_and_move_off_never_target_a_retired_version(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for v in (1, 2, 3, 4):
+        assert _upload(fleet, tmp_path, v, **OWNER).status_code == 201
+    with Session(fleet.ctx.engine) as db:
+        for i, (on, prev) in enumerate(((3, 2), (3, 2), (2, 1))):
+            db.add(Device(id=f"rb-d{i}", fleet=fleet.settings.fleet_id, device_class="x86-64-generic",
+                          installed_name="digits", installed_version=on, previous_version=prev))
+        db.commit()
+    assert _status(fleet, 2, "retired", "CVE").status_code == 200
+    assert _status(fleet, 4, "retired", "bad calibration").status_code == 200
+    live = _rollout(fleet, 3)
+    assert live.status_code == 201
+    # rolling v3 back would send two devices back to retired v2: refused, nothing changed
+    op = fleet.h("operator")
+    r = fleet.client.post("/api/rollouts/rollback-version", headers=op, json={"model_name": "digits", "version": 3})
+    assert r.status_code == 409 and r.json["error"]["code"] == "version-retired" and "v2" in r.json["error"]["message"]
+    assert fleet.client.get(f"/api/rollouts/{live.json['id']}", headers=op).json["status"] != "paused"
+    # v2 -> v1 (active) is still allowed
+    r = fleet.client.post("/api/rollouts/rollback-version", headers=op, json={"model_name": "digits", "version": 2})
+    assert r.status_code == 200 and r.json["devices"] == ["rb-d2"], r.json
+    fleet.client.post(f"/api/rollouts/{live.json['id']}/abort", headers=op, json={"reason": "t"})
+    # move-off v2 skips the newest version (v4, retired) and targets v3
+    r = fleet.client.post("/api/models/digits/versions/2/move-off", headers=op, json={})
+    assert r.status_code == 201 and r.json["version"] == 3, r.json
+    fleet.client.post(f"/api/rollouts/{r.json['id']}/abort", headers=op, json={"reason": "t"})
+    assert _status(fleet, 3, "retired", "all gone").status_code == 200
+    r = fleet.client.post("/api/models/digits/versions/3/move-off", headers=op, json={})
+    assert r.status_code == 201 and r.json["version"] == 1, r.json
 
 
 def test_migration_0004_upgrades_a_0003_database(db_url) -> None:  # type: ignore[no-untyped-def]

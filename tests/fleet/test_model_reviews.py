@@ -1,5 +1,6 @@
-"""Issue 16: scheduled reviews (who, when, decision, notes; overdue -> gauge and audit, once per
-missed date), the model's history, and retention by age run by the fleet's housekeeping."""
+"""Issue 16: scheduled reviews (who, when, decision, notes; overdue -> gauge, audit and an open
+alert, once per missed date, closed by the next review), the model's history, and retention by
+age run by the fleet's housekeeping."""
 
 from __future__ import annotations
 
@@ -49,11 +50,19 @@ def test_reviews_overdue_history(fleet, tmp_path) -> None:  # type: ignore[no-un
     with Session(fleet.ctx.engine) as db:
         raised = db.exec(select(AuditEntry).where(AuditEntry.action == "model.review-overdue")).all()
     assert len(raised) == 1 and raised[0].after["interval_days"] == 30
+    # ... and raises one open alert (not one per tick), listed by /api/alerts
+    alerts = c.get("/api/alerts?status=open&model=digits", headers=view).json["items"]
+    assert [(a["reference"], a["version"], a["status"]) for a in alerts] == [("review:digits", 2, "open")]
+    assert "overdue" in alerts[0]["summary"]
     # a retire decision retires the version it names; the review resets the schedule
     r = c.post("/api/models/digits/reviews", headers=op, json={"decision": "retire", "version": 1,
                                                                  "notes": "superseded by v2"})
     assert r.status_code == 201
     assert c.get("/api/models/digits/versions/1/status", headers=view).json["status"] == "retired"
+    # the recorded review closed the overdue alert
+    closed = c.get(f"/api/alerts/{alerts[0]['id']}", headers=view).json
+    assert closed["status"] == "resolved" and closed["acknowledged_by"]
+    assert c.get("/api/alerts?status=open&model=digits", headers=view).json["items"] == []
     assert housekeeping.run_once(fleet.ctx)["overdue_reviews"] == [] and _gauge(fleet) == 0.0
     reviews = c.get("/api/models/digits/reviews", headers=view).json["items"]
     assert [x["decision"] for x in reviews] == ["retire", "keep"] and reviews[1]["notes"] == "field accuracy ok"
