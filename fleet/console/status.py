@@ -12,8 +12,7 @@ from sqlmodel import Session, func, select
 from fleet import reviews
 from fleet.console import rollout_view
 from fleet.models import Device, DriftAlert, ModelOwner, now
-from fleet.rollouts import service
-from fleet.rollouts.models import Rollout
+from fleet.rollouts.models import Rollout, RolloutTarget, RolloutWave
 
 SILENT_AFTER_S = 15 * 60   # an active device unheard of for this long is "not reporting"
 LIST_MAX = 10
@@ -36,11 +35,28 @@ class Wrong:
 
 
 def _rollouts(db: Session, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The same dicts as service.rollout_summary, with the target counts and waiting waves of
+    all listed rollouts read in two queries instead of two per rollout."""
     rows = db.exec(select(Rollout).where(Rollout.status.in_(statuses)).order_by(Rollout.updated_at.desc())
                    .limit(LIST_MAX)).all()
+    ids = [r.id for r in rows]
+    counts: dict[int, dict[str, int]] = {i: {} for i in ids if i is not None}
+    if counts:
+        for rid, st, n in db.exec(select(RolloutTarget.rollout_id, RolloutTarget.status, func.count())
+                                  .where(RolloutTarget.rollout_id.in_(counts))
+                                  .group_by(RolloutTarget.rollout_id, RolloutTarget.status)):
+            counts[rid][st] = int(n)
+    live = {r.id: r.current_wave for r in rows if r.status in ("running", "awaiting-approval")}
+    waves = {w.rollout_id: w for w in db.exec(select(RolloutWave).where(RolloutWave.rollout_id.in_(live)))
+             if live.get(w.rollout_id) == w.index} if live else {}
     out = []
     for r in rows:
-        s = service.rollout_summary(db, r)
+        w = waves.get(r.id)
+        s = {"id": r.id, "name": r.name, "fleet": r.fleet, "model_name": r.model_name, "version": r.version,
+             "status": r.status, "current_wave": r.current_wave, "created_at": r.created_at,
+             "created_by": r.created_by, "updated_at": r.updated_at, "completed_at": r.completed_at,
+             "reason": r.reason, "targets": counts.get(r.id, {}),
+             "waiting": (w.last_verdict or {}).get("waiting") if w is not None else None}
         s["why"] = rollout_view.why(r.reason) if r.status == "paused" else ""
         s["waiting_message"] = (s.get("waiting") or {}).get("message", "")
         out.append(s)
