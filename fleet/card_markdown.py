@@ -49,8 +49,7 @@ def to_markdown(card: dict[str, Any]) -> str:
     rows = [[cls, s, v, sl["reference"].get(s, "—")] for cls, sl in card["slices"].items()
             for s, v in sorted(sl["slices"].items())]
     out += ["", "## Per-slice results", ""] + _table(["device class", "slice", "score", "reference"], rows)
-    if card.get("importance"):
-        out += ["", "## Importance", ""] + [f"- {k}: {_fmt(v)}" for k, v in card["importance"].items()]
+    out += ["", "## Importance", ""] + _importance(card.get("importance"))
     for title, key in (("device class", "by_device_class"), ("cohort", "by_cohort")):
         f = card["field_metrics"][key]
         out += ["", f"## Metrics in the field, by {title}", ""] + _table(
@@ -66,6 +65,18 @@ def to_markdown(card: dict[str, Any]) -> str:
                                                    for r in card["reviews"]])
     out += ["", "## Known limitations", "", str(card["limitations"]), ""]
     return "\n".join(out)
+
+
+def _importance(ex: dict[str, Any] | None) -> list[str]:
+    """The manifest's `explain` summary (fleet.explain_view.explain_summary): top features."""
+    if not ex:
+        return ["_not computed at build (compile with explain enabled)_"]
+    if ex.get("error"):
+        return [f"_not available: {_fmt(ex['error'])}_"]
+    head = [f"{ex.get('method') or 'permutation'} importance: drop in {ex.get('metric') or 'the metric'}"
+            f" (baseline {_fmt(ex.get('baseline_metric'))}, {ex.get('rows')} rows, {ex.get('repeats')} repeats)", ""]
+    return head + _table(["feature", "importance", "std"], [[r["feature"], r["importance"], r.get("std", "—")]
+                                                          for r in ex.get("importance") or []])
 
 
 def _date(ts: float | None) -> str:

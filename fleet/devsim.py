@@ -29,7 +29,8 @@ def make_baseline(seed: int = 0, n_features: int = 8, n_samples: int = 5000, n_c
 
 def make_bundle(out: Path, key: Ed25519PrivateKey, *, name: str = "digits", version: int = 1,
                 device_class: str = "x86-64-generic", baseline: dict[str, Any] | None = None,
-                parent: str | None = None, payload_bytes: bytes | None = None) -> Any:
+                parent: str | None = None, payload_bytes: bytes | None = None,
+                extra: dict[str, Any] | None = None) -> Any:
     """A signed bundle (the payload is a stand-in file; the fleet never runs the model)."""
     from agent.bundle import build_bundle
 
@@ -49,6 +50,7 @@ def make_bundle(out: Path, key: Ed25519PrivateKey, *, name: str = "digits", vers
                                    {"pass": "quantize", "config": {"precision": "fp32"}},
                                    {"pass": "evaluate", "config": {"samples": 500}}]},
         "drift_baseline": baseline if baseline is not None else make_baseline(),
+        **(extra or {}),  # further manifest sections (e.g. `explain`)
     }
     vb = build_bundle(out, {"model.onnx": model_file}, fields, key)
     model_file.unlink()

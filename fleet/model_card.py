@@ -1,6 +1,7 @@
 """Model cards per version (issue 16), generated from what the fleet already knows: the owner,
 status and reviews (fleet.lifecycle, fleet.reviews), the manifests of the version's builds
-(build metrics, per-slice results, importance when the compiler recorded it, lineage and the
+(build metrics, per-slice results, importance when the compiler recorded it (the manifest's
+`explain` section, summarised by fleet.explain_view), lineage and the
 training run in provenance), and the field telemetry per device class and cohort. One dict,
 rendered as Markdown (CLI, API) or HTML (console, templates_lifecycle/lifecycle/card.html).
 
@@ -17,6 +18,7 @@ from sqlmodel import Session, select
 
 from fleet import catalogue, lifecycle, ops_metrics, reviews
 from fleet.card_markdown import to_markdown  # noqa: F401  (re-exported: the API renders with it)
+from fleet.explain_view import explain_summary
 from fleet.models import Aggregate, ModelOwner, ModelReview, ModelVersion
 
 NOT_DOCUMENTED = "not documented (add it to the training-run file given to `edgefleet compile --training-run`)"
@@ -67,8 +69,7 @@ def build_card(db: Session, name: str, version: int) -> dict[str, Any]:
         "slices": {b.device_class: {"slices": ((b.manifest or {}).get("metrics") or {}).get("slices") or {},
                                     "reference": ((b.manifest or {}).get("metrics") or {}).get("reference_slices")
                                     or {}} for b in builds},
-        "importance": next(((m.get("metrics") or {}).get("importance") for m in manifests
-                            if (m.get("metrics") or {}).get("importance")), None),
+        "importance": next((ex for ex in (explain_summary(m) for m in manifests) if ex), None),  # issue 15
         "field_metrics": {"by_device_class": {c: _field(v) for c, v in sorted(by_class.items())},
                           "by_cohort": {c: _field(v) for c, v in sorted(by_cohort.items())}},
         "lineage": catalogue.lineage(manifests[0]),

@@ -1,11 +1,12 @@
 """Issue 16: a model card per version from the catalogue, owner, status, reviews and field
 telemetry: JSON and Markdown from the API, HTML in the console (with the status and overdue
-badges), and the console's review schedule."""
+badges, and the manifest's permutation importance when it has one), and the console's review schedule."""
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 from sqlmodel import Session
 
 from fleet.devsim import make_baseline, make_bundle
@@ -14,10 +15,20 @@ from fleet.models import Aggregate
 DAY = 86400.0
 
 
+def _explain() -> dict:  # type: ignore[type-arg]
+    """The manifest section the compiler writes for a model that only looks at feature 3."""
+    from compiler.explain import explain_version
+
+    x = np.random.default_rng(0).normal(size=(200, 8)).astype("float32")
+    return explain_version(lambda a: np.stack([a[:, 3] <= 0, a[:, 3] > 0], 1).astype("float32"), x,
+                           (x[:, 3] > 0).astype(int), None, "classification", schema_names=[f"px{i}" for i in range(8)])
+
+
 def test_model_card_json_markdown_html(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
     c, op, view = fleet.client, fleet.h("operator"), fleet.h("viewer")
-    for v in (1, 2):
-        make_bundle(tmp_path / f"v{v}.tar", fleet.build_key, version=v, baseline=make_baseline(seed=1))
+    for v in (1, 2):  # v2 carries the compiler's `explain` section (permutation importance, issue 15)
+        make_bundle(tmp_path / f"v{v}.tar", fleet.build_key, version=v, baseline=make_baseline(seed=1),
+                    extra={"explain": _explain()} if v == 2 else None)
         assert c.post("/api/models?owner_team=vision&owner_contact=v@example.com&oncall=pd:vision", headers=op,
                       data=(tmp_path / f"v{v}.tar").read_bytes()).status_code == 201
     with Session(fleet.ctx.engine) as db:
@@ -46,12 +57,19 @@ def test_model_card_json_markdown_html(fleet, tmp_path) -> None:  # type: ignore
                     "## Lineage", "## Review history", "## Known limitations"):
         assert heading in text
     assert "**Status:** deprecated — v3 soon" in text and "| eu | 100 |" in text and "pd:vision" in text
+    imp = text.split("## Importance")[1].split("##")[0]
+    assert "permutation importance: drop in accuracy" in imp and imp.index("| px3 | 0.51") < imp.index("| px0 |")
+    assert card["importance"]["importance"][0]["feature"] == "px3"
+    v1 = c.get("/api/models/digits/versions/1/card?format=markdown", headers=view).get_data(as_text=True)
+    assert "not computed at build" in v1.split("## Importance")[1]
 
     assert c.get("/console/models/digits/2/card").status_code in (302, 401)  # sign in first
     c.post("/console/login", data={"token": "viewer-token"})
     page = c.get("/console/models/digits/2/card")
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and 'id="status-badge">deprecated<' in html and "eu accuracy holds" in html
+    table = html.split('id="card-importance"')[1].split("</table>")[0]
+    assert table.index("<td>px3</td>") < table.index("<td>px0</td>") and "0.51" in table
     assert 'id="review-overdue"' not in html
     fleet.client.put("/api/models/digits/owner", headers=op, json={"review_interval_days": 1, "reason": "t"})
     with Session(fleet.ctx.engine) as db:  # the last review was two days ago
@@ -71,8 +89,9 @@ def test_console_retire_and_move_off(fleet, tmp_path) -> None:  # type: ignore[n
     from fleet.models import Device
 
     c, op = fleet.client, fleet.h("operator")
-    for v in (1, 2):
-        make_bundle(tmp_path / f"v{v}.tar", fleet.build_key, version=v, baseline=make_baseline(seed=1))
+    for v in (1, 2):  # v2 carries the compiler's `explain` section (permutation importance, issue 15)
+        make_bundle(tmp_path / f"v{v}.tar", fleet.build_key, version=v, baseline=make_baseline(seed=1),
+                    extra={"explain": _explain()} if v == 2 else None)
         c.post("/api/models", headers=op, data=(tmp_path / f"v{v}.tar").read_bytes())
     with Session(fleet.ctx.engine) as db:
         db.add(Device(id="con-d1", fleet=fleet.settings.fleet_id, device_class="x86-64-generic",
@@ -97,8 +116,9 @@ def test_console_retire_and_move_off(fleet, tmp_path) -> None:  # type: ignore[n
 
 def test_console_compares_two_versions(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
     c, op = fleet.client, fleet.h("operator")
-    for v in (1, 2):
-        make_bundle(tmp_path / f"v{v}.tar", fleet.build_key, version=v, baseline=make_baseline(seed=1))
+    for v in (1, 2):  # v2 carries the compiler's `explain` section (permutation importance, issue 15)
+        make_bundle(tmp_path / f"v{v}.tar", fleet.build_key, version=v, baseline=make_baseline(seed=1),
+                    extra={"explain": _explain()} if v == 2 else None)
         c.post("/api/models", headers=op, data=(tmp_path / f"v{v}.tar").read_bytes())
     with Session(fleet.ctx.engine) as db:
         db.add(Aggregate(model_name="digits", model_version=2, cohort="eu", window_start=time.time() - 60,
