@@ -121,9 +121,11 @@ def install(config: str | None, state_dir: str | None, device_id: str | None, mq
 @click.option("--ca-file", default="", help="CA bundle for an https fleet URL")
 @click.option("--root-key-id", "root_key_ids", multiple=True,
               help="pin: the fleet's key list must have exactly these root key ids (`edgefleet keys id root.pub`)")
+@click.option("--retry-for", "retry_s", default=60.0, type=click.FloatRange(min=0), show_default=True,
+              help="seconds to retry an unreachable or overloaded fleet (backoff with jitter; 0: once)")
 def enrol(fleet_url: str, token: str, state_dir: str, config_out: str, device_id: str | None,
           device_class: str | None, attrs: tuple[str, ...], http_port: int, ca_file: str,
-          root_key_ids: tuple[str, ...]) -> None:
+          root_key_ids: tuple[str, ...], retry_s: float) -> None:
     """Enrol this device with a fleet (one-time token) and write its agent.toml."""
     from agent.enrol import EnrolError, EnrolRequest, write_config
     from agent.enrol import enrol as do_enrol
@@ -139,7 +141,7 @@ def enrol(fleet_url: str, token: str, state_dir: str, config_out: str, device_id
         cfg = do_enrol(EnrolRequest(fleet_url, token, Path(state_dir).expanduser().absolute(), device_id=device_id,
                                     device_class=device_class, attributes=attributes or None, http_port=http_port,
                                     ca_file=str(Path(ca_file).expanduser().absolute()) if ca_file else "",
-                                    root_key_ids=root_key_ids))
+                                    root_key_ids=root_key_ids, retry_s=retry_s))
     except EnrolError as exc:
         _fail(str(exc), 1)
     write_config(cfg, Path(config_out))

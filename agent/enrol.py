@@ -12,18 +12,26 @@ Standard library HTTP only (urllib): the agent stays light. The private key neve
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, MqttConfig, ServingConfig, seal_secrets
+from agent.download import RETRYABLE_HTTP
 from agent.identity import load_or_create_device_key
 from agent.keylist import KeyListError, verify_first
 from agent.keys import public_key_from_b64, public_key_to_b64, public_pem
 from agent.model_store import write_atomic
+from agent.retry import Backoff
+
+log = logging.getLogger(__name__)
 
 
 class EnrolError(Exception):
@@ -42,7 +50,31 @@ class EnrolRequest:
     http_port: int = 0
     ca_file: str = ""
     timeout_s: float = 30.0
+    retry_s: float = 60.0     # how long transient failures (refused, reset, 5xx, timeouts) are retried
     root_key_ids: tuple[str, ...] = ()  # pinned out of band: the fleet's key list must have exactly these roots
+
+
+class _Transient(EnrolError):
+    """A failure worth retrying: the fleet may answer in a moment (restart, overload, blip)."""
+
+
+def _post_json_retrying(url: str, body: dict[str, Any], req: EnrolRequest, backoff: Backoff | None = None,
+                        sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """_post_json with exponential backoff and jitter (agent.retry) for up to `req.retry_s`:
+    a device provisioned while the fleet restarts enrols a moment later instead of failing, and a
+    batch of devices does not retry in step. Definite answers (4xx, bad TLS, not JSON) are final."""
+    delays = (backoff or Backoff(budget_s=req.retry_s)).delays()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return _post_json(url, body, req.timeout_s, req.ca_file)
+        except _Transient as exc:
+            delay = next(delays, None) if req.retry_s > 0 else None
+            if delay is None:
+                raise EnrolError(f"{exc} (after {attempt} attempts)") from None
+            log.warning("event=enrol-retry url=%s attempt=%d delay_s=%.2f error=%s", url, attempt, delay, exc)
+            sleep(delay)
 
 
 def _post_json(url: str, body: dict[str, Any], timeout: float, ca_file: str) -> dict[str, Any]:
@@ -60,9 +92,12 @@ def _post_json(url: str, body: dict[str, Any], timeout: float, ca_file: str) -> 
             detail = f"{err.get('code', '')}: {err.get('message', '')}" if isinstance(err, dict) else str(err)
         except ValueError:
             detail = exc.reason
-        raise EnrolError(f"fleet refused enrolment (HTTP {exc.code}) {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise EnrolError(f"cannot reach fleet at {url}: {getattr(exc, 'reason', exc)}") from None
+        kind = _Transient if exc.code in RETRYABLE_HTTP else EnrolError
+        raise kind(f"fleet refused enrolment (HTTP {exc.code}) {detail}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", exc)
+        kind = EnrolError if isinstance(reason, ssl.SSLError) else _Transient  # a bad certificate stays bad
+        raise kind(f"cannot reach fleet at {url}: {reason}") from None
     except ValueError as exc:
         raise EnrolError(f"fleet answered with something that is not JSON: {exc}") from None
 
@@ -90,7 +125,7 @@ def enrol(req: EnrolRequest) -> AgentConfig:
     for name in ("device_id", "device_class", "attributes", "tags"):
         if getattr(req, name):
             body[name] = getattr(req, name)
-    res = _post_json(req.fleet_url.rstrip("/") + "/api/enrol", body, req.timeout_s, req.ca_file)
+    res = _post_json_retrying(req.fleet_url.rstrip("/") + "/api/enrol", body, req)
     try:
         device, mqtt = res["device"], res["mqtt"]
         by_role = {"fleet": list(res["fleet_keys"]), "build": list(res.get("build_keys") or []), "root": []}

@@ -33,6 +33,7 @@ from paho.mqtt.properties import Properties
 from agent.config import MqttConfig
 from agent.outbox import Outbox
 from agent.protocol import ingest_status_topic, topic
+from agent.retry import reconnect_bounds
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ class MqttLink:
             c.tls_set(ca_certs=s.ca_file or None, certfile=s.cert_file or None, keyfile=s.key_file or None,
                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
         c.will_set(self.state_topic, json.dumps({"status": "offline"}).encode(), qos=1, retain=True)
-        c.reconnect_delay_set(min_delay=max(1, int(s.reconnect_min_s)), max_delay=max(1, int(s.reconnect_max_s)))
+        lo, hi = reconnect_bounds(s.reconnect_min_s, s.reconnect_max_s)   # jittered: no lockstep reconnects
+        c.reconnect_delay_set(min_delay=lo, max_delay=hi)  # type: ignore[arg-type]  # paho's arithmetic is float
         c.max_inflight_messages_set(self.s.max_inflight)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect

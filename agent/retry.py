@@ -33,3 +33,13 @@ class Backoff:
             if left <= 0:
                 return
             yield min(d, left)
+
+
+def reconnect_bounds(min_s: float, max_s: float, rng: random.Random | None = None) -> tuple[float, float]:
+    """Per-client bounds for paho's exponential reconnect delay (reconnect_delay_set): the first
+    delay drawn from [min_s, 2*min_s], the cap from [max_s/2, max_s]. Each device doubles from its
+    own start, so a fleet that lost its broker together does not come back in lockstep."""
+    rng = rng or random.Random()
+    lo = max(0.1, min_s) * rng.uniform(1.0, 2.0)
+    hi = max(lo, max_s * rng.uniform(0.5, 1.0))
+    return lo, hi

@@ -93,8 +93,8 @@ def test_devices_are_told_the_device_mqtt_url(tmp_path, build_keys) -> None:  # 
 
 
 def test_agent_enrol_unreachable_fleet_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    res = _enrol(f"http://127.0.0.1:{free_port()}", "enr_x", tmp_path / "s", tmp_path / "a.toml")
-    assert res.returncode == 1 and "cannot reach fleet" in res.stderr and "Traceback" not in res.stderr
+    res = _enrol(f"http://127.0.0.1:{free_port()}", "enr_x", tmp_path / "s", tmp_path / "a.toml", "--retry-for", "1")
+    assert res.returncode == 1 and "cannot reach fleet" in res.stderr and "attempts" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "a.toml").exists()
 
 
@@ -126,3 +126,79 @@ def test_agent_enrol_pins_the_root_and_the_signed_key_list(server, tmp_path, bui
     ts = TrustStore(state, root_keys=cfg.root_keys, fleet_keys=cfg.trusted_keys, build_keys=cfg.build_keys)
     assert ts.version == 3 and ts.ids("fleet") == [key_id(fleet_pub)]
     assert ts.ids("build") == [key_id(load_public_key(build_keys[1]))]
+
+
+class _Flaky:
+    """A proxy in front of the fleet: answers `status` to the first `fails` requests, then
+    forwards to the real server (what a device sees while the fleet restarts or is overloaded)."""
+
+    def __init__(self, upstream: str, status: int, fails: int) -> None:
+        import http.server
+        import threading
+        import urllib.error
+        import urllib.request
+
+        outer = self
+        self.seen: list[int] = []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if len(outer.seen) < fails:
+                    outer.seen.append(status)
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"error": {"code": "busy", "message": "try later"}}')
+                    return
+                req = urllib.request.Request(upstream + self.path, data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as resp:
+                        code, data = resp.status, resp.read()
+                except urllib.error.HTTPError as exc:
+                    code, data = exc.code, exc.read()
+                outer.seen.append(code)
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_enrolment_retries_a_fleet_that_answers_503_then_succeeds(server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 20, build 2: every network call on the device retries transient failures with
+    backoff and jitter; before, one 503 (a restarting fleet) failed the enrolment for good."""
+    from agent.enrol import EnrolRequest, enrol
+
+    tok = requests.post(f"{server.url}/api/enrolment-tokens", headers={"Authorization": "Bearer op"},
+                        json={}).json()["token"]
+    flaky = _Flaky(server.url, 503, fails=2)
+    try:
+        cfg = enrol(EnrolRequest(flaky.url, tok, tmp_path / "state", device_id="cam-r"))
+    finally:
+        flaky.close()
+    assert flaky.seen == [503, 503, 201] and cfg.device_id == "cam-r"
+
+
+def test_enrolment_does_not_retry_a_definite_refusal(server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A 403 (or any 4xx but 408/425/429) is the fleet's answer, not a blip: one request only."""
+    from agent.enrol import EnrolError, EnrolRequest, enrol
+
+    flaky = _Flaky(server.url, 403, fails=5)
+    try:
+        with pytest.raises(EnrolError, match="HTTP 403"):
+            enrol(EnrolRequest(flaky.url, "enr_nope", tmp_path / "state", retry_s=60))
+    finally:
+        flaky.close()
+    assert flaky.seen == [403]

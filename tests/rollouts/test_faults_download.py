@@ -130,3 +130,31 @@ def test_a_definite_http_answer_is_not_retried(tmp_path: Path):
         srv.shutdown()
         srv.server_close()
     assert len(H.ranges) == 1
+
+
+def test_mqtt_reconnect_delays_are_jittered_per_device(tmp_path: Path):
+    """Issue 20, build 2: paho doubles a fixed delay (min 1 s, same on every device), so a fleet
+    that lost its broker reconnected in lockstep. Each link now draws its own bounds."""
+    from agent.config import MqttConfig
+    from agent.mqtt_link import LinkSettings, MqttLink
+    from agent.outbox import Outbox
+    from agent.retry import reconnect_bounds
+
+    drawn = [reconnect_bounds(0.5, 30.0, random.Random(seed)) for seed in range(20)]
+    assert all(0.5 <= lo <= 1.0 and 15.0 <= hi <= 30.0 for lo, hi in drawn)
+    assert len({lo for lo, _ in drawn}) == 20 and len({hi for _, hi in drawn}) == 20
+    # the agent's MQTT link applies them (a broker that is not there: nothing connects)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mins = []
+    for i in range(3):
+        link = MqttLink(LinkSettings(MqttConfig(url=f"mqtt://127.0.0.1:{port}"), f"dev-{i}", "f", f"dev-{i}"),
+                        Outbox(tmp_path / f"outbox-{i}.db"), on_command=lambda b: None)
+        c = link._make_client()
+        try:
+            mins.append(c._reconnect_min_delay)
+            assert 0.5 <= c._reconnect_min_delay <= 1.0 and 15.0 <= c._reconnect_max_delay <= 30.0
+        finally:
+            c.loop_stop()
+    assert len(set(mins)) == 3
