@@ -5,10 +5,15 @@ the move-off rollout; the revocation list for the next signed key list."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlmodel import Session, select
 
+import fleet.migrate as fleet_migrate
 from fleet.devsim import make_baseline, make_bundle
 from fleet.models import AuditEntry, Device
+
+MIGRATIONS = Path(fleet_migrate.__file__).parent / "migrations" / "versions"
 
 OWNER = {"owner_team": "vision", "owner_contact": "vision@example.com", "oncall": "pagerduty:vision"}
 
@@ -131,7 +136,7 @@ def test_rollback_version_and_move_off_never_target_a_retired_version(fleet, tmp
 
 
 def test_migration_0004_upgrades_a_0003_database(db_url) -> None:  # type: ignore[no-untyped-def]
-    from sqlalchemy import inspect
+    from sqlalchemy import inspect, text
 
     from fleet.db import init_db, make_engine
     from fleet.migrate import current, upgrade
@@ -139,11 +144,12 @@ def test_migration_0004_upgrades_a_0003_database(db_url) -> None:  # type: ignor
     engine = make_engine(db_url)
     upgrade(engine, "0003")
     assert "model_owner" not in inspect(engine).get_table_names()
-    with Session(engine) as db:
-        db.add(Device(id="old-device"))
-        db.commit()
+    with engine.begin() as conn:  # a row as a 0003 fleet wrote it (today's Device has later columns)
+        conn.execute(text("INSERT INTO device (id, fleet, device_class, public_key, key_id, status, enrolled_at,"
+                          " state_seq, last_seq, command_seq, mqtt_username, mqtt_password_hash) VALUES"
+                          " ('old-device', 'default', 'x86-64-generic', '', '', 'active', 0, 0, 0, 0, '', '')"))
     init_db(engine)
-    assert current(engine) == "0004"
+    assert current(engine) == sorted(p.name[:4] for p in MIGRATIONS.glob("0*.py"))[-1]
     assert {"model_owner", "model_version_status", "model_review"} <= set(inspect(engine).get_table_names())
     with Session(engine) as db:
         assert db.get(Device, "old-device") is not None
