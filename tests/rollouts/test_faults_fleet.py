@@ -96,14 +96,17 @@ def test_a_bad_version_stops_at_the_canary_when_the_fleet_is_killed_during_it(wo
     assert not w.installs_accepted(3).keys() - {t.device_id for t in _targets(w, rid) if t.wave_index == 0}
 
 
-def test_a_broker_outage_makes_rollouts_wait_not_fail(world_factory):
+@pytest.mark.parametrize("down_s", [20, 60], ids=["broker-down-20s", "broker-down-60s"])
+def test_a_broker_outage_makes_rollouts_wait_not_fail(world_factory, down_s):
     """What was seen 4: a broker outage blinded the fleet; devices timed out from the decision and
-    a good version was rolled back. Now the wave waits (visible in API and console) and resumes."""
+    a good version was rolled back. Now the wave waits (visible in API, console and an open alert)
+    and resumes; the issue's fault suite asks for 20 s and 60 s outages."""
     w = world_factory()
     rid = w.create(2, (25, 100), report_timeout_s=6)
     wait_for(lambda: w.rollout(rid).current_wave >= 1 and _wave_has(w, rid, 1, ("commanded", "installed")),
              60, "wave 1 commanded")
-    w.broker.stop()                            # 20 s down: longer than report_timeout_s
+    down_at = time.monotonic()
+    w.broker.stop()                            # longer than report_timeout_s
     api = requests.Session()
     api.headers["Authorization"] = "Bearer op"
     seen = wait_for(lambda: (x := api.get(f"{w.url}/api/rollouts/{rid}", timeout=5).json()).get("waiting") and x,
@@ -111,7 +114,10 @@ def test_a_broker_outage_makes_rollouts_wait_not_fail(world_factory):
     assert seen["waiting"]["message"].startswith("waiting: ingest disconnected"), seen["waiting"]
     page = api.get(f"{w.url}/console/rollouts/{rid}", timeout=5).text
     assert "waiting: ingest disconnected" in page
-    time.sleep(max(0.0, 20 - 3))
+    alerts = api.get(f"{w.url}/api/alerts", params={"status": "open"}, timeout=5).json()
+    assert any(a["reference"] == f"rollout:{rid}" and "waiting" in a["summary"]
+               for a in alerts["items"]), alerts
+    time.sleep(max(0.0, down_s - (time.monotonic() - down_at)))
     w.broker.start()
     _assert_good_run(w, rid, 2)
     # mosquitto 2.0 restores neither MQTT 5 sessions nor shared subscriptions after a restart:
