@@ -106,9 +106,11 @@ def test_runtime_errors_during_probation_roll_back(agent_factory, bundles, digit
     from tests.agent.conftest import wait_for
 
     wait_for(lambda: a.predictor.active.version == 1, 10, what="local rollback")
+    # the good model serves first; the event follows once the pointer write is done
+    wait_for(lambda: any(e["kind"] == "local-rollback" for e in _events(a)), 10, what="local-rollback event")
     assert a.predict(digits[0][:1])["logits"].shape == (1, 10)
     ev = [e for e in _events(a) if e["kind"] == "local-rollback"]
-    assert ev and "error rate" in ev[0]["reason"] and ev[0]["details"] == {"from_version": 2, "to_version": 1}
+    assert ev and "error rate" in ev[0]["reason"] and ev[0]["details"] == {"from_version": 2, "to_version": 1, "pointer_saved": True}
     assert a.store.pointer()["active"].version == 1
 
 
@@ -134,6 +136,7 @@ def test_slow_model_after_swap_rolls_back(agent_factory, bundles, digits) -> Non
     for _ in range(5):
         a.predict(digits[0][:1])  # all answered: latency alone never fails a request
     wait_for(lambda: a.predictor.active.version == 1, 10, what="latency rollback")
+    wait_for(lambda: any(e["kind"] == "local-rollback" for e in _events(a)), 10, what="local-rollback event")
     ev = [e for e in _events(a) if e["kind"] == "local-rollback"]
     assert ev and "latency" in ev[0]["reason"] and "20.00 ms" in ev[0]["reason"]
 
