@@ -17,7 +17,8 @@ from tests.doorstep.conftest import edgefleet, user_env
 pytestmark = pytest.mark.postgres
 
 
-def test_enrol_token_lands_in_the_servers_database(tmp_path: Path, pg_db: str) -> None:
+def test_enrol_token_lands_in_the_servers_database(tmp_path: Path, pg_db: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from fleet.app import create_app, fleet_context
 
     # the URL a hosting provider hands out: postgres://, with a password (trust auth ignores it)
@@ -35,7 +36,8 @@ def test_enrol_token_lands_in_the_servers_database(tmp_path: Path, pg_db: str) -
     assert token.startswith("enr_") and "s3cret" not in made.stderr
     assert not (tmp_path / ".edgefleet").exists() and not (tmp_path / "data" / "fleet.db").exists()
 
-    # the server reading the same file accepts the token
+    # the server, started in the same folder and reading the same file, accepts the token
+    monkeypatch.chdir(tmp_path)  # the file's data_dir = "data" is relative to where the server starts
     app = create_app(load_settings(tmp_path / "fleet.toml", env={}, start_rollouts=False, start_ingest=False,
                                    drift_interval_s=0))
     try:
