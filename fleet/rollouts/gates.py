@@ -315,7 +315,9 @@ def gate_online_accuracy(cand: CohortStats, control: CohortStats, baseline: Mapp
     ref = build_accuracy({"metrics": (baseline or {}).get("build_metrics") or {}})
     v = concept_drift(q, reference=ref, control=control.quality, min_labelled=g.min_labelled,
                       margin=g.max_accuracy_drop, alpha=g.accuracy_alpha)
-    return GateResult("online_accuracy", v.status, v.value, g.max_accuracy_drop,
+    # measured in the threshold's unit: the accuracy drop below the reference (the accuracy is in detail)
+    drop = None if v.value is None or v.reference is None else round(v.reference - v.value, 6)
+    return GateResult("online_accuracy", v.status, drop, g.max_accuracy_drop,
                       {"reference": v.reference, **v.detail, "accuracy": q.accuracy()})
 
 

@@ -73,6 +73,8 @@ def test_accuracy_matches_truth_and_drift_is_caught(agent_factory, bundles, data
     g = Gates(min_labelled=200, max_accuracy_drop=0.02)
     bad = gate_online_accuracy(_cohort(cand_payloads), _cohort(ctl_payloads), None, g)
     assert bad.status == FAIL and bad.detail["against"] == "control" and bad.detail["p_value"] < 0.05
+    # the measured value is in the threshold's unit: the drop below control, not the accuracy itself
+    assert bad.value == round(bad.detail["reference"] - bad.detail["accuracy"]["value"], 6) > g.max_accuracy_drop
     ok = gate_online_accuracy(_cohort(ctl_payloads), _cohort(cand_payloads), None, g)
     assert ok.status == PASS
     few = gate_online_accuracy(_cohort(cand_payloads), _cohort(ctl_payloads), None, Gates(min_labelled=5000))
