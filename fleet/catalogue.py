@@ -74,18 +74,23 @@ def check_model(model: dict[str, Any]) -> None:
         raise CatalogueError(400, "bad-version", f"model.version must be an integer 0..{2**31 - 1}, got {v!r:.40}")
 
 
+def verify_upload(bundle_file: Path, keyring: Keyring, error: type[CatalogueError] = CatalogueError) -> Any:
+    """Verify an uploaded bundle against the build keys; refusals as HTTP errors (400 for a bad
+    name, 422 for anything else the verifier refuses, 503 with no build key configured)."""
+    if len(keyring) == 0:
+        raise error(503, "no-trusted-keys", "no trusted build keys configured")
+    try:
+        return verify_bundle(bundle_file, keyring)
+    except BundleError as exc:
+        raise error(400 if exc.reason == "bad-name" else 422, f"bundle-{exc.reason}", str(exc)) from exc
+
+
 def add_bundle(db: Session, settings: FleetSettings, bundle_file: Path, keyring: Keyring, actor: str) -> Uploaded:
     """Verify and register a bundle. Idempotent for the same bytes; 409 for a different bundle
     under an existing (name, version, device class). The file at `bundle_file` is consumed."""
     bundle_file = Path(bundle_file)
     try:
-        if len(keyring) == 0:
-            raise CatalogueError(503, "no-trusted-keys", "no trusted build keys configured")
-        try:
-            vb = verify_bundle(bundle_file, keyring)
-        except BundleError as exc:
-            status = 400 if exc.reason == "bad-name" else 422
-            raise CatalogueError(status, f"bundle-{exc.reason}", str(exc)) from exc
+        vb = verify_upload(bundle_file, keyring)
         m = vb.manifest["model"]
         check_model(m)
         existing = db.exec(select(ModelVersion).where(ModelVersion.name == m["name"],

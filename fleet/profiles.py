@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from agent.bundle import BundleError, verify_bundle
 from agent.keys import Keyring
 from fleet import audit
+from fleet.catalogue import CatalogueError, verify_upload
 from fleet.models import Device, DeviceEvent, now
 from fleet.rollouts.models import RolloutCommand
 from fleet.settings import FleetSettings
@@ -28,10 +28,8 @@ KIND = "benchmark"
 ANSWERS = ("benchmark-result", "benchmark-failed", "command-refused")
 
 
-class ProfileError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+class ProfileError(CatalogueError):
+    """A profile request the fleet refuses (same shape as an upload refusal)."""
 
 
 @dataclass(frozen=True)
@@ -60,12 +58,7 @@ def submit(db: Session, settings: FleetSettings, bundle_file: Path, keyring: Key
 
     bundle_file = Path(bundle_file)
     try:
-        if len(keyring) == 0:
-            raise ProfileError(503, "no-trusted-keys", "no trusted build keys configured")
-        try:
-            vb = verify_bundle(bundle_file, keyring)
-        except BundleError as exc:
-            raise ProfileError(422, f"bundle-{exc.reason}", str(exc)) from exc
+        vb = verify_upload(bundle_file, keyring, ProfileError)
         dc = vb.manifest["model"]["device_class"]
         dev = pick_device(db, req.fleet, dc, req.device_id)
         if dev is None:
