@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,21 +33,10 @@ SCENARIOS = ("fleet-kill9", "fleet-graceful-restart", "broker-down-20s", "evalua
 
 
 def _database() -> tuple[str, Any]:
-    from sqlalchemy import create_engine, text
+    """A scratch PostgreSQL database, as the rollout benchmark makes one."""
+    from benchmarks.rollout_bench import make_database
 
-    admin_url = os.environ.get("EDGEFLEET_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    name = f"edgefleet_faults_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as c:
-            c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
-
-    return admin_url.rsplit("/", 1)[0] + "/" + name, drop
+    return make_database(False, Path(tempfile.gettempdir()))
 
 
 def _ticked_by_other(w: Any, rid: int, holder: str) -> float | None:
