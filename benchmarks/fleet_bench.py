@@ -3,7 +3,7 @@ side), drift over 10,000 devices x 32 features, and device-list API latency at 1
 
     .venv/bin/python benchmarks/fleet_bench.py [--messages 30000] [--db postgres|sqlite] [--quick]
 
-Ingest method: a private Mosquitto (fleet.broker, MQTT 5) is started; the ingest processes open
+Ingest method: a private Mosquitto (fleet.ingest.broker, MQTT 5) is started; the ingest processes open
 persistent sessions on the shared subscription and disconnect; all signed telemetry messages are
 published and queued by the broker; then the ingest processes reconnect at once and the clock runs
 until every message is stored (rows counted in the database; a run fails unless every message is
@@ -39,7 +39,7 @@ TARGETS = {"ingest_per_process": 5000.0, "ingest_scaling": 1.8, "drift_s": 1.0, 
 
 # ---------------------------------------------------------------------------------------------- db
 def _pg_up() -> bool:
-    from fleet.broker import reachable
+    from fleet.ingest.broker import reachable
 
     return reachable("127.0.0.1", 5432)
 
@@ -110,7 +110,7 @@ def _enrol_devices(url: str, fleet_id: str, devs: list[Any]) -> None:
 def _ingest_child(url: str, fleet_id: str, mqtt_url: str, group: str, client_id: str, ready: Any, go: Any,
                   stop: Any, out: Any) -> None:
     from fleet.db import make_engine
-    from fleet.ingest import IngestService
+    from fleet.ingest.service import IngestService
 
     s = _settings(url, fleet_id, mqtt_url, group)
     engine = make_engine(url)
@@ -235,7 +235,7 @@ def bench_ingest(n_procs: int, n_messages: int, db: BenchDB, broker: Any, n_devi
 # ---------------------------------------------------------------------------------------------- drift
 def bench_drift(n_devices: int = 10000, n_features: int = 32, repeats: int = 5) -> dict[str, Any]:
     from fleet.devsim import make_baseline
-    from fleet.drift import compare
+    from fleet.drift.engine import compare
     from fleet.settings import DriftSettings
 
     base = make_baseline(seed=3, n_features=n_features)
@@ -314,7 +314,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="ingest runs per set-up (best is kept)")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     args = ap.parse_args()
-    from fleet.broker import start_embedded_broker
+    from fleet.ingest.broker import start_embedded_broker
 
     n_msgs = 3000 if args.quick else args.messages
     results: dict[str, Any] = {"host": {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from sqlmodel import Session, select
 
     from agent.keys import generate_keypair, load_private_key, public_key_to_b64
-    from fleet.broker import reachable
+    from fleet.ingest.broker import reachable
     from fleet.models import Device, TelemetryWindow
     from fleet.rollouts import service
     from fleet.rollouts.models import RolloutCommand, RolloutTarget, TargetStatusChange

@@ -53,7 +53,7 @@ def _settings(url: str, fleet_id: str, verify: str, rate: float) -> Any:
 
 def _ingest_child(url: str, fleet_id: str, verify: str, rate: float, i: int, ready: Any, stop: Any, out: Any) -> None:
     from fleet.db import make_engine
-    from fleet.ingest import IngestService
+    from fleet.ingest.service import IngestService
 
     svc = IngestService(_settings(url, fleet_id, verify, rate), make_engine(url), client_id=f"{fleet_id}-in{i}")
     svc.start(timeout=30)
@@ -116,11 +116,11 @@ def stage_costs(url: str, settings: Any, devs: list[Any], baseline: dict[str, An
     import psutil
     from sqlalchemy import create_engine, text
 
-    from fleet import aggregate, fastjson
     from fleet.db import json_dumps
-    from fleet.device_cache import DeviceCache
-    from fleet.ingest_store import Processor
-    from fleet.verification import check_telemetry, fast_verify, trusted_payload
+    from fleet.ingest import aggregate, fastjson
+    from fleet.ingest.device_cache import DeviceCache
+    from fleet.ingest.store import Processor
+    from fleet.ingest.verification import check_telemetry, fast_verify, trusted_payload
 
     msgs = make_windows(devs[:n], baseline, time.time(), 10.0, 1, seq0=10**6)[:n]
     engine = create_engine(url, json_serializer=json_dumps, pool_size=1, max_overflow=0)
@@ -188,7 +188,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.fleet_bench import _pg_up
-    from fleet.broker import reachable
+    from fleet.ingest.broker import reachable
 
     args = parse(argv)
     if not (_pg_up() and reachable("127.0.0.1", 1883)):
@@ -208,8 +208,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.fleet_bench import BenchDB
     from benchmarks.fleet_bench import _cpu_by_command as cpu_by_command
     from benchmarks.fleet_bench import _enrol_devices as enrol_devices
-    from fleet import partitions
     from fleet.devsim import SimDevice, make_baseline
+    from fleet.ingest import partitions
 
     fleet_id = f"scale{int(time.time()) % 10**6}"
     db = BenchDB("postgres")

@@ -223,7 +223,7 @@ def add_explain(manifest_fields: dict[str, Any], art: Any, evaluation: Any, task
         base = manifest_fields.get("drift_baseline")
         weights = baseline_importance(section, base) if isinstance(base, dict) else None
         if weights is not None:
-            base["importance"] = weights  # drift reports and rollout gates weight by it (fleet/importance.py)
+            base["importance"] = weights  # drift reports and rollout gates weight by it (fleet/drift/importance.py)
 
 
 def baseline_importance(explain: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float] | None:

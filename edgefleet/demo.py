@@ -142,8 +142,8 @@ class DemoFleet:
 def _fleet_server(work: Path, port: int, view: DemoView) -> Iterator[DemoFleet]:
     """The fleet manager on embedded defaults, with a build key it trusts."""
     from agent.keys import generate_keypair
-    from fleet.broker import free_port, reachable, start_embedded_broker
-    from fleet.fleet_keys import sign_first_keylist
+    from fleet.ingest.broker import free_port, reachable, start_embedded_broker
+    from fleet.registry.fleet_keys import sign_first_keylist
     from fleet.server import FleetServer
     from fleet.settings import FleetSettings
 
@@ -267,7 +267,7 @@ def _scenario(opts: DemoOptions, view: DemoView, work: Path, fleet: DemoFleet, c
             client.upload_bundle(r.bundle_path)
         view.say(f"uploaded digits v{version} ({len(results)} signed bundles) to the catalogue")
 
-    from fleet.broker import free_port
+    from fleet.ingest.broker import free_port
 
     agents: list[DemoAgent] = []
     stack.callback(lambda: [a.stop() for a in agents])

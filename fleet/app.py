@@ -25,7 +25,7 @@ class FleetContext:
     settings: FleetSettings
     engine: Engine
     bootstrap_token_hashes: dict[str, str] = field(default_factory=dict)
-    ingest: Any = None  # fleet.ingest.IngestService when running in-process
+    ingest: Any = None  # fleet.ingest.service.IngestService when running in-process
     extras: dict[str, Any] = field(default_factory=dict)
 
     @contextmanager
@@ -58,11 +58,11 @@ BLUEPRINTS = (
     "fleet.api.drift:bp",
     "fleet.api.profiles:bp",
     "fleet.api.admin:bp",
-    "fleet.artifacts:bp",
-    "fleet.openapi:bp",
+    "fleet.catalogue.artifacts:bp",
+    "fleet.api.openapi:bp",
     "fleet.ops_metrics:bp",
     "fleet.console.views:bp",
-    "fleet.lifecycle_console:bp",
+    "fleet.console.lifecycle_pages:bp",
 )
 
 
@@ -77,9 +77,9 @@ def create_app(settings: FleetSettings | None = None, *, engine: Engine | None =
                init: bool = True) -> Flask:
     """Build the fleet app. `init` migrates the database to head first."""
     from agent.private_files import private_dir
-    from fleet.auth import hash_token
     from fleet.db import init_db, make_engine
     from fleet.errors import register_error_handlers
+    from fleet.registry.auth import hash_token
 
     settings = settings or FleetSettings()
     private_dir(settings.data_dir)  # 0700: database, keys and the artifact store live here

@@ -93,7 +93,7 @@ def _check_transport(s: FleetSettings, allow: bool) -> None:
 def ingest(ctx: click.Context) -> None:
     """Run one telemetry ingest process (scale out: run several on an MQTT 5 broker)."""
     _service_logging(ctx)
-    from fleet.ingest import run_forever
+    from fleet.ingest.service import run_forever
 
     s = _settings(ctx)
     s.mqtt_url = s.mqtt_url or "mqtt://127.0.0.1:1883"
@@ -140,8 +140,8 @@ def token() -> None:
 @click.pass_context
 def token_create(ctx: click.Context, role: str, name: str | None) -> None:
     """Create an API token; it is printed once (only its hash is stored)."""
-    from fleet.auth import create_api_token
     from fleet.db import session_scope
+    from fleet.registry.auth import create_api_token
 
     with session_scope(_engine(_settings(ctx))) as s:
         tok, row = create_api_token(s, name or f"{role}-cli", role, "cli")
@@ -166,7 +166,7 @@ def enrol_token_create(ctx: click.Context, ttl: float, device_class: str | None,
                        tag: tuple[str, ...]) -> None:
     """Create a one-time enrolment token; it is printed once (only its hash is stored)."""
     from fleet.db import session_scope
-    from fleet.enrolment import create_enrolment_token
+    from fleet.registry.enrolment import create_enrolment_token
 
     attrs = attr
     with session_scope(_engine(_settings(ctx))) as s:
@@ -188,8 +188,8 @@ def devices_list(ctx: click.Context, as_json: bool) -> None:
     from sqlmodel import select
 
     from fleet.db import session_scope
-    from fleet.enrolment import device_view
     from fleet.models import Device
+    from fleet.registry.enrolment import device_view
 
     with session_scope(_engine(_settings(ctx))) as s:
         rows = [device_view(d) for d in s.exec(select(Device).order_by(Device.id))]
@@ -218,9 +218,9 @@ def models_upload(ctx: click.Context, bundle: str) -> None:
     import shutil
     import tempfile
 
-    from fleet.catalogue import CatalogueError, add_bundle
+    from fleet.catalogue.versions import CatalogueError, add_bundle
     from fleet.db import session_scope
-    from fleet.fleet_keys import build_keyring
+    from fleet.registry.fleet_keys import build_keyring
 
     s = _settings(ctx)
     s.artifacts_dir.mkdir(parents=True, exist_ok=True)

@@ -33,11 +33,11 @@ def metrics() -> Response:
 
 
 class _Scrape:
-    """The process's registry plus this app's model health (fleet.model_health), read per scrape."""
+    """The process's registry plus this app's model health (fleet.drift.model_health), read per scrape."""
 
     def collect(self) -> Iterator[Any]:
         from fleet.app import fleet_context
-        from fleet.model_health import ModelHealthCollector
+        from fleet.drift.model_health import ModelHealthCollector
 
         yield from REGISTRY.collect()
         ctx = fleet_context()

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from fleet.app import create_app, fleet_context
-from fleet.broker import EmbeddedBroker, free_port, reachable, start_embedded_broker
+from fleet.ingest.broker import EmbeddedBroker, free_port, reachable, start_embedded_broker
 from fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,10 @@ class FleetServer:
         if self.start_ingest:
             self._resolve_broker()
         self.app = create_app(self.settings)
-        fleet_context(self.app).extras["production"] = self.production  # owners required (fleet.lifecycle)
+        fleet_context(self.app).extras["production"] = self.production  # owners required (fleet.catalogue.lifecycle)
         ctx = fleet_context(self.app)
         if self.start_ingest:
-            from fleet.ingest import IngestService
+            from fleet.ingest.service import IngestService
 
             self.ingest = IngestService(self.settings, ctx.engine, slot="serve").start()
             ctx.ingest = self.ingest
@@ -95,7 +95,7 @@ class FleetServer:
         t.start()
         self._threads.append(t)
         if self.settings.lifecycle.housekeeping_interval_s > 0:  # reviews and retention (issue 16)
-            from fleet import housekeeping
+            from fleet.catalogue import housekeeping
 
             self._threads.append(housekeeping.start(ctx, self._stop))
         if self.drift_evaluator and self.settings.drift_interval_s > 0:
@@ -118,7 +118,7 @@ class FleetServer:
         self.rollout_evaluator = start_for_app(self.app, self.settings.rollout_interval_s)
 
     def _drift_loop(self) -> None:
-        from fleet import alerts, retraining
+        from fleet.drift import alerts, retraining
 
         ctx = fleet_context(self.app)
         while not self._stop.wait(self.settings.drift_interval_s):

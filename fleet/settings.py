@@ -68,7 +68,7 @@ class IngestSettings:
 
 @dataclass
 class LifecycleSettings:
-    """Model governance and data retention (issue 16, fleet.reviews, fleet.retention); run by
+    """Model governance and data retention (issue 16, fleet.catalogue.reviews, fleet.ingest.retention); run by
     `serve` every housekeeping_interval_s. Retention in days by age; 0 keeps forever. Raw
     per-device windows follow ingest.retention_days."""
 

@@ -170,7 +170,7 @@ def register(models: click.Group) -> None:
     @api_command
     def card(ops: Ops, name: str, version: int, out_path: Path | None) -> None:
         """The model card of NAME VERSION as Markdown (--json: the card's data)."""
-        from fleet.card_markdown import to_markdown
+        from fleet.catalogue.card_markdown import to_markdown
 
         body = ops.api.get(f"/api/models/{name}/versions/{version}/card")
         if out_path is not None:

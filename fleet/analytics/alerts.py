@@ -1,7 +1,7 @@
 """Alerts from online quality (issue 14): concept drift, slice gap and low-confidence spikes, stored
 as DriftAlert rows beside the input-drift alerts (references "concept", "slice_gap",
 "low_confidence"), so /api/alerts, the console, acknowledgement and the retraining trigger
-(fleet.retraining: persistent "concept" alerts open a request; a human approves) treat them alike.
+(fleet.drift.retraining: persistent "concept" alerts open a request; a human approves) treat them alike.
 
 Judged per model version over the lookback, at most once per hour bucket (the alert key's
 window_start); thresholds are the engine's defaults below.

@@ -11,9 +11,9 @@ from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.validation import api, body, query
 from fleet.app import fleet_context
-from fleet.auth import actor, create_api_token, require_role
 from fleet.errors import ApiError, page
 from fleet.models import ApiToken, AuditEntry, now
+from fleet.registry.auth import actor, create_api_token, require_role
 
 bp = Blueprint("api_admin", __name__, url_prefix="/api")
 

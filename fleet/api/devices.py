@@ -8,14 +8,15 @@ from flask import Blueprint, jsonify
 from sqlalchemy import func, or_, text
 from sqlmodel import Session, col, select
 
-from fleet import enrolment, ingest_trust
 from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.validation import api, body, query
 from fleet.app import fleet_context
-from fleet.auth import actor, require_role
 from fleet.errors import ApiError, page
+from fleet.ingest import trust as ingest_trust
 from fleet.models import Device, DeviceEvent, TelemetryWindow
+from fleet.registry import enrolment
+from fleet.registry.auth import actor, require_role
 
 bp = Blueprint("api_devices", __name__, url_prefix="/api/devices")
 

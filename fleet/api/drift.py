@@ -6,14 +6,14 @@ from flask import Blueprint, jsonify
 from sqlalchemy import func
 from sqlmodel import select
 
-from fleet import alerts
 from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.validation import api, query
 from fleet.app import fleet_context
-from fleet.auth import actor, require_role
+from fleet.drift import alerts
 from fleet.errors import ApiError, page
 from fleet.models import DriftAlert
+from fleet.registry.auth import actor, require_role
 
 bp = Blueprint("api_drift", __name__, url_prefix="/api")
 

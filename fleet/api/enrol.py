@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from fleet import enrolment
 from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.validation import api, body
 from fleet.app import fleet_context
-from fleet.auth import actor, require_role
-from fleet.broker import DEFAULT_URL
 from fleet.errors import ApiError
-from fleet.fleet_keys import device_trust
+from fleet.ingest.broker import DEFAULT_URL
+from fleet.registry import enrolment
+from fleet.registry.auth import actor, require_role
+from fleet.registry.fleet_keys import device_trust
 
 bp = Blueprint("api_enrol", __name__, url_prefix="/api")
 

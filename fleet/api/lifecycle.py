@@ -8,13 +8,13 @@ from typing import Annotated, Any, Literal
 from flask import Blueprint, jsonify
 from pydantic import Field
 
-from fleet import lifecycle
 from fleet.api import responses as r
 from fleet.api.schemas import Query, Strict, Text
 from fleet.api.validation import api, body
 from fleet.app import fleet_context
-from fleet.auth import actor, require_role
+from fleet.catalogue import lifecycle
 from fleet.errors import ApiError
+from fleet.registry.auth import actor, require_role
 
 bp = Blueprint("api_lifecycle", __name__)
 Reason = Annotated[str, Field(min_length=1, max_length=2000)]
@@ -135,8 +135,8 @@ def decommission(name: str):  # type: ignore[no-untyped-def]
     """Send a signed `uninstall` to every active device of the fleet (or one device class): the
     agents unload the model, delete its files and report `uninstalled`. The catalogue keeps the
     record; `purge_artifacts` deletes the stored bundles too."""
-    from fleet.decommission import Decommission
-    from fleet.decommission import decommission as run
+    from fleet.registry.decommission import Decommission
+    from fleet.registry.decommission import decommission as run
     from fleet.rollouts import api as rollouts_api
 
     ctx, b = fleet_context(), body()
@@ -158,7 +158,7 @@ class ReviewBody(Strict):
 @api(body=ReviewBody, responses={201: r.Open})
 def post_review(name: str):  # type: ignore[no-untyped-def]
     """Record a scheduled review (you are the reviewer): keep, retrain or retire (with the version)."""
-    from fleet import reviews
+    from fleet.catalogue import reviews
 
     ctx, b = fleet_context(), body()
     with ctx.session() as db:
@@ -175,7 +175,7 @@ def get_reviews(name: str):  # type: ignore[no-untyped-def]
     """The model's review schedule (due date, overdue) and its reviews, newest first."""
     from sqlmodel import select
 
-    from fleet import reviews
+    from fleet.catalogue import reviews
     from fleet.models import ModelReview
 
     ctx = fleet_context()
@@ -191,7 +191,7 @@ def get_reviews(name: str):  # type: ignore[no-untyped-def]
 @api(responses={200: r.Open})
 def get_history(name: str):  # type: ignore[no-untyped-def]
     """Uploads, owner and status changes, reviews and decommissions of the model, newest first."""
-    from fleet import reviews
+    from fleet.catalogue import reviews
 
     with fleet_context().session() as db:
         return jsonify({"items": reviews.history(db, name)})
@@ -202,7 +202,7 @@ def get_history(name: str):  # type: ignore[no-untyped-def]
 @api(responses={200: r.Open})
 def review_schedule():  # type: ignore[no-untyped-def]
     """Every model's next review date; `overdue` counts those past due (as the gauge does)."""
-    from fleet import reviews
+    from fleet.catalogue import reviews
 
     ctx = fleet_context()
     with ctx.session() as db:
@@ -223,8 +223,8 @@ def card(name: str, version: int):  # type: ignore[no-untyped-def]
     """The version's model card: JSON, or Markdown with `format=markdown` (text/markdown)."""
     from flask import Response
 
-    from fleet import model_card
     from fleet.api.validation import query
+    from fleet.catalogue import model_card
 
     with fleet_context().session() as db:
         c = guard(model_card.build_card, db, name, version)

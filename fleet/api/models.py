@@ -7,15 +7,17 @@ from collections import defaultdict
 from flask import Blueprint, jsonify, request
 from sqlmodel import select
 
-from fleet import catalogue, lifecycle, ops_metrics
+from fleet import ops_metrics
 from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.validation import api, query
 from fleet.app import fleet_context
-from fleet.auth import actor, require_role
+from fleet.catalogue import lifecycle
+from fleet.catalogue import versions as catalogue
 from fleet.errors import ApiError, page
-from fleet.fleet_keys import build_keyring
 from fleet.models import Aggregate, ModelVersion
+from fleet.registry.auth import actor, require_role
+from fleet.registry.fleet_keys import build_keyring
 
 bp = Blueprint("api_models", __name__, url_prefix="/api/models")
 

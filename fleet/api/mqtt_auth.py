@@ -9,11 +9,11 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from fleet import mqtt_access
 from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.validation import api, body
 from fleet.app import fleet_context
+from fleet.registry import mqtt_access
 
 bp = Blueprint("api_mqtt_auth", __name__, url_prefix="/api/mqtt")
 

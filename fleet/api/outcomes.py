@@ -10,7 +10,7 @@ from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.validation import api, body, query
 from fleet.app import fleet_context
-from fleet.auth import require_role
+from fleet.registry.auth import require_role
 
 bp = Blueprint("api_outcomes", __name__, url_prefix="/api")
 

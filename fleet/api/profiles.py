@@ -1,5 +1,5 @@
 """Profile on real devices (issue 13 item 8): POST a candidate bundle, the fleet times it on an
-online device of its class (signed `benchmark` command, fleet.profiles); GET the answer."""
+online device of its class (signed `benchmark` command, fleet.catalogue.profiles); GET the answer."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from typing import Any, Literal
 
 from flask import Blueprint, jsonify, request
 
-from fleet import catalogue
 from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.models import UPLOAD_CONTENT
 from fleet.api.validation import api, query
 from fleet.app import fleet_context
-from fleet.auth import actor, require_role
+from fleet.catalogue import versions as catalogue
 from fleet.errors import ApiError
-from fleet.fleet_keys import build_keyring
+from fleet.registry.auth import actor, require_role
+from fleet.registry.fleet_keys import build_keyring
 
 bp = Blueprint("api_profiles", __name__, url_prefix="/api/profiles")
 
@@ -29,7 +29,7 @@ class ProfileView(r.Open):
 
 
 def _guard(fn: Any, *args: Any) -> Any:
-    from fleet.profiles import ProfileError
+    from fleet.catalogue.profiles import ProfileError
 
     try:
         return fn(*args)
@@ -46,8 +46,8 @@ def submit():  # type: ignore[no-untyped-def]
     The device installs nothing: it verifies, runs `warmup` + `runs` batch-1 inferences on
     synthetic inputs from the bundle's input specs, deletes it and reports p50/p99. 409
     no-device-online when no device of the class is online. Poll GET /api/profiles/<id>."""
-    from fleet.profiles import ProfileRequest
-    from fleet.profiles import submit as run
+    from fleet.catalogue.profiles import ProfileRequest
+    from fleet.catalogue.profiles import submit as run
     from fleet.rollouts import api as rollouts_api
 
     ctx, q = fleet_context(), query()
@@ -76,7 +76,7 @@ def submit():  # type: ignore[no-untyped-def]
 @api(responses={200: ProfileView})
 def get_profile(profile_id: str):  # type: ignore[no-untyped-def]
     """A profile's state: pending, done (the device's p50_ms/p99_ms in `result`), failed or expired."""
-    from fleet.profiles import result
+    from fleet.catalogue.profiles import result
 
     if len(profile_id) > 128:
         raise ApiError(404, "not-found", "no such profile")
@@ -96,7 +96,7 @@ class DiscardView(r.Open):
 def discard_profile(profile_id: str):  # type: ignore[no-untyped-def]
     """Delete the profile's candidate bundle from the artifact store (kept if a catalogue version
     has the same bytes); the command and the device's answer stay."""
-    from fleet.profiles import discard
+    from fleet.catalogue.profiles import discard
 
     if len(profile_id) > 128:
         raise ApiError(404, "not-found", "no such profile")

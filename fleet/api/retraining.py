@@ -5,14 +5,14 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 from sqlmodel import select
 
-from fleet import retraining
 from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.validation import api, body, query
 from fleet.app import fleet_context
-from fleet.auth import actor, require_role
+from fleet.drift import retraining
 from fleet.errors import ApiError
 from fleet.models import RetrainingRequest
+from fleet.registry.auth import actor, require_role
 
 bp = Blueprint("api_retraining", __name__, url_prefix="/api/retraining")
 

@@ -1,5 +1,5 @@
 """Request models: every JSON body and query string of the fleet API. fleet.api.validation checks
-requests against them; fleet.openapi publishes them. Bounds are what the database and the
+requests against them; fleet.api.openapi publishes them. Bounds are what the database and the
 domain accept: int64 integers, finite floats, bounded strings and lists."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from agent.names import NAME_PATTERN, validate_name
-from fleet.auth import ROLES
+from fleet.registry.auth import ROLES
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MAX = 2**31 - 1

@@ -13,9 +13,9 @@ from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.validation import api, query
 from fleet.app import fleet_context
-from fleet.auth import require_role
 from fleet.errors import page
 from fleet.models import Aggregate, Device, DriftAlert, ModelVersion, now
+from fleet.registry.auth import require_role
 
 
 def overview_data(db) -> dict:  # type: ignore[no-untyped-def]

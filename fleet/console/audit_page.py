@@ -18,10 +18,10 @@ from sqlmodel import Session, select
 
 from fleet.api.validation import offset_arg
 from fleet.app import fleet_context
-from fleet.auth import require_role
 from fleet.console.views import bp
 from fleet.errors import ApiError
 from fleet.models import AuditEntry
+from fleet.registry.auth import require_role
 
 PAGE = 50
 EXPORT_MAX = 50_000

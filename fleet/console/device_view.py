@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlmodel import Session, or_, select
 
-from fleet.aggregate import cohort_of
+from fleet.ingest.aggregate import cohort_of
 from fleet.models import Device, DeviceEvent, DriftAlert
 from fleet.rollouts.models import Rollout, RolloutCommand, RolloutTarget, TargetStatusChange
 

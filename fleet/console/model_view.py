@@ -9,7 +9,8 @@ from typing import Any
 
 from sqlmodel import Session, func, select
 
-from fleet import lifecycle, ops_metrics
+from fleet import ops_metrics
+from fleet.catalogue import lifecycle
 from fleet.models import Aggregate, Device, ModelVersion
 from fleet.rollouts.models import Rollout
 

@@ -8,14 +8,14 @@ from collections import defaultdict
 from flask import abort, redirect, render_template, request, url_for
 from sqlmodel import select
 
-from fleet import alerts, catalogue, enrolment
 from fleet.api.devices import list_devices
 from fleet.api.telemetry import overview_data
 from fleet.api.validation import offset_arg
 from fleet.app import fleet_context
-from fleet.auth import actor, current_principal, require_role
+from fleet.catalogue import versions as catalogue
 from fleet.console import charts, device_view, model_view, status
 from fleet.console.views import bp
+from fleet.drift import alerts
 from fleet.models import (
     Aggregate,
     AuditEntry,
@@ -25,6 +25,8 @@ from fleet.models import (
     ModelVersion,
     RetrainingRequest,
 )
+from fleet.registry import enrolment
+from fleet.registry.auth import actor, current_principal, require_role
 
 PAGE = 50
 
@@ -121,7 +123,7 @@ def model(name: str):  # type: ignore[no-untyped-def]
         cols = model_view.compare(db, name, versions)
         perf = {(c["version"], cls): p for c in cols for cls, p in c["perf"].items()}
         views = [catalogue.version_view(mv) for mv in versions]
-        from fleet.explain_view import importance_table
+        from fleet.catalogue.explain_view import importance_table
 
         return render_template("console/model.html", name=name, versions=views, perf=perf, cols=cols,
                                human_bytes=model_view.human_bytes, importance=importance_table(views))

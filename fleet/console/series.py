@@ -6,7 +6,7 @@ slice, from the analytics engine (fleet.analytics) over the same windows.
 
 The numbers come from the same stores and functions as the rest of the fleet: Aggregate rows
 (merged at ingest) or a device's own TelemetryWindow rows, summarised by ops_metrics.summarise
-and compared by fleet.drift.compare, so a chart and the drift API can never disagree.
+and compared by fleet.drift.engine.compare, so a chart and the drift API can never disagree.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from typing import Any
 from flask import jsonify, render_template, request
 from sqlmodel import Session, select
 
-from fleet import alerts, ops_metrics
+from fleet import ops_metrics
 from fleet.app import fleet_context
-from fleet.auth import require_role
 from fleet.console.views import bp
-from fleet.drift import compare
+from fleet.drift import alerts
+from fleet.drift.engine import compare
 from fleet.errors import ApiError
 from fleet.models import Aggregate, Device, ModelVersion, TelemetryWindow
+from fleet.registry.auth import require_role
 from fleet.settings import FleetSettings
 
 RANGES = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}

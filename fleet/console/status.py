@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlmodel import Session, func, select
 
-from fleet import reviews
+from fleet.catalogue import reviews
 from fleet.console import rollout_view
 from fleet.models import Device, DriftAlert, ModelOwner, now
 from fleet.rollouts.models import Rollout, RolloutTarget, RolloutWave
@@ -64,7 +64,7 @@ def _rollouts(db: Session, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 def review_overdue(db: Session, at: float, default_days: int) -> list[dict[str, Any]]:
-    """Models whose scheduled review date has passed (fleet.reviews, the same rule as the
+    """Models whose scheduled review date has passed (fleet.catalogue.reviews, the same rule as the
     edgefleet_model_reviews_overdue gauge and /console/lifecycle)."""
     out = []
     for st in reviews.states(db, at, default_days):

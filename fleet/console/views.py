@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, redirect, render_template, request, session, url_for
 
 from fleet.app import fleet_context
-from fleet.auth import hash_token, principal_for_hash
+from fleet.registry.auth import hash_token, principal_for_hash
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
                static_folder="static", static_url_path="/static")

@@ -18,9 +18,9 @@ from fleet.api import responses as r
 from fleet.api import schemas as sc
 from fleet.api.validation import api, body, query
 from fleet.app import fleet_context
-from fleet.auth import actor, current_principal, require_role
+from fleet.catalogue.lifecycle import LifecycleError
 from fleet.errors import ApiError
-from fleet.lifecycle import LifecycleError
+from fleet.registry.auth import actor, current_principal, require_role
 from fleet.rollouts import commands, keyrotation, service
 from fleet.rollouts.evaluator import EvaluatorConfig
 from fleet.rollouts.models import GateEvaluation, Rollout
@@ -36,7 +36,7 @@ def _signer(db: Session) -> commands.FleetSigner:
     ev = ctx.extras.get("rollout_evaluator")
     if ev is not None:
         return ev.signer
-    from fleet.fleet_keys import signing_key_path
+    from fleet.registry.fleet_keys import signing_key_path
 
     return commands.load_signer(db, signing_key_path(ctx.settings))
 
@@ -98,7 +98,7 @@ def create():  # type: ignore[no-untyped-def]
     allow_deprecated = bool(spec.pop("allow_deprecated", False))
     with fleet_context().session() as db:
         from fleet.api.lifecycle import guard
-        from fleet.lifecycle import rollout_check
+        from fleet.catalogue.lifecycle import rollout_check
 
         warnings = guard(rollout_check, db, spec["model_name"], spec["version"], allow_deprecated)  # issue 16
         ro = _guard(service.create_rollout, db, spec, actor())

@@ -1,6 +1,6 @@
 """Wave clocks that stop while the fleet is blind.
 
-When ingest cannot see the devices (fleet.ingest_health), a wave is not judged: missing
+When ingest cannot see the devices (fleet.ingest.health), a wave is not judged: missing
 telemetry or a missing answer proves nothing. The blind periods are kept on the wave (in
 `last_verdict["blind"]`, a short list of [start, end] pairs), and every clock of the wave
 skips them: a device's report timeout runs from the broker's PUBACK for its command plus the
@@ -15,8 +15,8 @@ from typing import Any
 from prometheus_client import Gauge
 from sqlmodel import Session
 
-from fleet import alerts
-from fleet.ingest_health import Blindness
+from fleet.drift import alerts
+from fleet.ingest.health import Blindness
 from fleet.rollouts.models import Rollout, RolloutWave
 
 MAX_INTERVALS = 50

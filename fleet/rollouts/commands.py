@@ -125,7 +125,7 @@ def model_ref(mv: ModelVersion, public_url: str) -> dict[str, Any]:
 
 
 def artifact_url(mv: ModelVersion, public_url: str) -> str:
-    """Where agents download the bundle (fleet.artifacts serves /artifacts/<bundle sha256>)."""
+    """Where agents download the bundle (fleet.catalogue.artifacts serves /artifacts/<bundle sha256>)."""
     return f"{public_url.rstrip('/')}/artifacts/{mv.bundle_sha256}"
 
 
@@ -243,7 +243,7 @@ class MqttPublisher:
                  address: Any = None) -> None:
         import paho.mqtt.client as mqtt
 
-        from fleet.broker import BrokerAddress
+        from fleet.ingest.broker import BrokerAddress
 
         address = address or BrokerAddress(host, port, username, password)
         host, port = address.host, address.port
@@ -273,7 +273,7 @@ class MqttPublisher:
 
     @classmethod
     def from_url(cls, url: str | None, ca_file: str = "", **kw: Any) -> MqttPublisher:
-        from fleet.broker import broker_address
+        from fleet.ingest.broker import broker_address
 
         return cls(address=broker_address(url, ca_file), **kw)
 

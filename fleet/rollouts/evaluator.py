@@ -27,8 +27,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from fleet import alerts, audit
-from fleet.ingest_health import blindness
+from fleet import audit
+from fleet.drift import alerts
+from fleet.ingest.health import blindness
 from fleet.models import Device, ModelVersion
 from fleet.rollouts import blind, commands
 from fleet.rollouts.evidence import EvidenceQuery, collect, delivered_at, load_devices

@@ -285,7 +285,10 @@ def gate_feature_drift(cand: CohortStats, control: CohortStats, baseline: Mappin
         status = WAIT if cand.features and not any(sum(f["counts"]) >= need
                                                    for f in cand.features.values()) else PASS
         return GateResult("feature_drift", status, None, g.max_feature_psi, {"features": 0})
-    from fleet.importance import importance_weights, weighted_share  # issue 15: importance mass, not count
+    from fleet.drift.importance import (  # issue 15: importance mass, not count
+        importance_weights,
+        weighted_share,
+    )
 
     ws = weighted_share(drifted, judged_names, importance_weights(baseline))
     status = FAIL if ws.share >= FEATURE_DRIFT_SHARE else PASS

@@ -24,8 +24,8 @@ from sqlmodel import Session, select
 from agent.keylist import KeyListError, parse_keylist
 from agent.keys import KeyFileError, key_id, load_private_key
 from fleet import audit
-from fleet.fleet_keys import current_keylist, store_keylist
 from fleet.models import Device
+from fleet.registry.fleet_keys import current_keylist, store_keylist
 from fleet.rollouts import commands
 from fleet.rollouts.models import FleetKey
 from fleet.settings import FleetSettings

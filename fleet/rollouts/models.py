@@ -157,7 +157,7 @@ class EvaluatorLease(SQLModel, table=True):
 class IngestHeartbeat(SQLModel, table=True):
     """One row per ingest identity (edgefleet-ingest-<name>), refreshed every second: whether it
     is connected to the broker and how far behind it is. The evaluator reads it to know when it
-    is blind (fleet.ingest_health)."""
+    is blind (fleet.ingest.health)."""
 
     __tablename__ = "ingest_heartbeat"
     name: str = Field(primary_key=True, max_length=200)

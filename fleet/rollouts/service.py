@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlmodel import Session, func, select
 
-from fleet import alerts, audit
+from fleet import audit
+from fleet.drift import alerts
 from fleet.models import Device, ModelVersion
 from fleet.rollouts import commands
 from fleet.rollouts.assignment import assign_waves
@@ -218,7 +219,10 @@ def rollback_version(s: Session, model_name: str, version: int, actor: str, sign
     """One call: every matching device running `model_name` v`version` goes back to the version
     it ran before (Device.previous_version, from its signed state). Live rollouts of that version
     are paused first so they do not push it again."""
-    from fleet.lifecycle import LifecycleError, status_name  # issue 16: never back onto a retired version
+    from fleet.catalogue.lifecycle import (  # issue 16: never back onto a retired version
+        LifecycleError,
+        status_name,
+    )
 
     cfg = cfg or EvaluatorConfig()
     at = time.time()

@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 from agent.config import MqttConfig
 from agent.keys import public_key_to_b64
 from fleet.db import init_db, make_engine
-from fleet.ingest import IngestService
+from fleet.ingest.service import IngestService
 from fleet.models import Device, TelemetryWindow
 from fleet.settings import FleetSettings
 from tests.agent.conftest import PrivateBroker, Subscriber, wait_for

@@ -13,8 +13,8 @@ import pytest
 from sqlmodel import Session, select
 
 from agent.config import TelemetryConfig
-from fleet import alerts, retraining
 from fleet.db import init_db, make_engine
+from fleet.drift import alerts, retraining
 from fleet.models import DriftAlert, ModelVersion, RetrainingRequest, TelemetryWindow
 from fleet.settings import FleetSettings
 

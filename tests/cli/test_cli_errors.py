@@ -18,7 +18,7 @@ import pytest
 from edgefleet.cli import COMMANDS, LazyGroup, cli
 from edgefleet.ops.client import OpsError
 from edgefleet.ops.profile import connect
-from fleet.broker import free_port
+from fleet.ingest.broker import free_port
 from tests.cli.conftest import OPERATOR, VIEWER, LiveFleet, run_ok, spec_file
 
 REPO = Path(__file__).resolve().parents[2]

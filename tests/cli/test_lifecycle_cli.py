@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from agent.keylist import parse_keylist
 from agent.keys import generate_keypair
-from fleet import reviews
+from fleet.catalogue import reviews
 from fleet.models import Device
 from tests.cli.conftest import run_ok
 

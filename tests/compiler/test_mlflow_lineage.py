@@ -39,8 +39,8 @@ def test_compile_reads_and_writes_the_mlflow_run(build, mlp_onnx, data_files, ke
     from sqlmodel import Session, SQLModel, create_engine
 
     import fleet.models  # noqa: F401
-    from fleet.card_markdown import to_markdown
-    from fleet.model_card import build_card
+    from fleet.catalogue.card_markdown import to_markdown
+    from fleet.catalogue.model_card import build_card
     from fleet.models import ModelVersion
 
     engine = create_engine(f"sqlite:///{tmp_path / 'fleet.db'}")

@@ -130,6 +130,6 @@ def test_demo_keeps_the_console_up_until_interrupted(tmp_path: Path) -> None:
     agent_ports = [int(p) for p in re.findall(r"http_port = (\d+)", "".join(
         (work / "agents" / f).read_text() for f in os.listdir(work / "agents") if f.endswith(".toml")))]
     assert len(agent_ports) == 3
-    from fleet.broker import reachable
+    from fleet.ingest.broker import reachable
 
     assert not any(reachable("127.0.0.1", p) for p in agent_ports)

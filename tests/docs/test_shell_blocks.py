@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.broker import free_port, reachable
+from fleet.ingest.broker import free_port, reachable
 from tests.docs.shell_blocks import ShellBlock, session_script, shell_blocks
 
 REPO = Path(__file__).resolve().parents[2]

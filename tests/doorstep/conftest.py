@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.broker import reachable
+from fleet.ingest.broker import reachable
 
 REPO = Path(__file__).resolve().parents[2]
 PG_ADMIN = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

@@ -1,5 +1,5 @@
 """Issue 15 item 4, fleet side: the fleet queues a signed `explain` command (its real command path,
-fleet/explain_requests.py); the agent explains the next sampled requests with its own runtime and
+fleet/drift/explain_requests.py); the agent explains the next sampled requests with its own runtime and
 answers with `explanation` events that carry attributions only. A forged command arms nothing."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from agent.keys import generate_keypair, load_private_key, sign_document
 from fleet.db import init_db, make_engine
-from fleet.explain_requests import explanations, request_explanations
+from fleet.drift.explain_requests import explanations, request_explanations
 from fleet.models import Device, DeviceEvent
 from fleet.rollouts.commands import FleetSigner
 from tests.agent.conftest import wait_for

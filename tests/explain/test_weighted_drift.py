@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.config import TelemetryConfig
-from fleet.drift import compare
+from fleet.drift.engine import compare
 from fleet.rollouts.gates import FAIL, PASS, CohortStats, gate_feature_drift
 from fleet.rollouts.spec import Gates
 from fleet.settings import DriftSettings

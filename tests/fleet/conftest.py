@@ -16,8 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.keys import generate_keypair, load_private_key
-from fleet.broker import reachable
 from fleet.devsim import make_baseline
+from fleet.ingest.broker import reachable
 from fleet.settings import FleetSettings
 
 PG_ADMIN = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

@@ -14,9 +14,9 @@ from typing import Any
 from sqlmodel import Session
 from werkzeug.serving import make_server
 
-from fleet import alerts
 from fleet.app import create_app
 from fleet.db import init_db, make_engine
+from fleet.drift import alerts
 from fleet.models import Device
 from fleet.rollouts import service
 from fleet.settings import FleetSettings

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fleet import aggregate
+from fleet.ingest import aggregate
 
 pytest.importorskip("fleet.analytics.quality", reason="the analytics engine (issue 14 items 4-5) is not here")
 

@@ -9,9 +9,9 @@ import numpy as np
 from sqlmodel import Session, select
 
 from fleet.devsim import SimDevice
-from fleet.enrolment import create_enrolment_token, enrol
-from fleet.ingest_store import Processor, aggregate_bucket
+from fleet.ingest.store import Processor, aggregate_bucket
 from fleet.models import Aggregate
+from fleet.registry.enrolment import create_enrolment_token, enrol
 
 
 def test_unaligned_windows_merge_into_one_aggregate_per_slot(fleet, baseline) -> None:  # type: ignore[no-untyped-def]

@@ -35,7 +35,7 @@ def world(request, tmp_path_factory):  # type: ignore[no-untyped-def]
         return
     from sqlalchemy import create_engine, text
 
-    from fleet.broker import reachable
+    from fleet.ingest.broker import reachable
 
     if not reachable("127.0.0.1", 5432):
         pytest.skip("PostgreSQL is not running at 127.0.0.1:5432")

@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from agent.config import load_config
 from agent.keys import load_private_key, load_public_key, public_key_to_b64
-from fleet.broker import free_port
+from fleet.ingest.broker import free_port
 from fleet.models import Device
 from fleet.server import FleetServer
 from fleet.settings import FleetSettings
@@ -60,7 +60,7 @@ def test_agent_enrol_writes_a_working_config(server, tmp_path, build_keys) -> No
     # each key in its role: the build key verifies bundles only, the fleet key commands only
     def pinned(paths):  # type: ignore[no-untyped-def]
         return [public_key_to_b64(load_public_key(Path(p))) for p in paths]
-    from fleet.fleet_keys import load_fleet_key
+    from fleet.registry.fleet_keys import load_fleet_key
 
     assert pinned(cfg.build_keys) == [public_key_to_b64(load_public_key(build_keys[1]))]         # bundles' signer
     assert pinned(cfg.trusted_keys) == [public_key_to_b64(load_fleet_key(server.settings).public_key())]  # commands'
@@ -104,7 +104,7 @@ def test_agent_enrol_pins_the_root_and_the_signed_key_list(server, tmp_path, bui
     from agent.keylist import make_keylist, sign_keylist
     from agent.keys import generate_keypair, key_id
     from agent.trust import TrustStore
-    from fleet.fleet_keys import load_fleet_key, store_keylist
+    from fleet.registry.fleet_keys import load_fleet_key, store_keylist
 
     root_priv, root_pub = generate_keypair(tmp_path / "offline", "root")
     root = load_private_key(root_priv)

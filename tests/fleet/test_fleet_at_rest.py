@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from agent.sealed import is_sealed_file
-from fleet.artifact_store import storage_key_path
-from fleet.broker import free_port
+from fleet.catalogue.artifact_store import storage_key_path
+from fleet.ingest.broker import free_port
 from fleet.server import FleetServer
 from fleet.settings import FleetSettings
 

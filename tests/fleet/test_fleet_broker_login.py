@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet.broker import broker_address, free_port
 from fleet.db import init_db, make_engine
-from fleet.ingest import IngestService
+from fleet.ingest.broker import broker_address, free_port
+from fleet.ingest.service import IngestService
 from fleet.rollouts.commands import MqttPublisher
 from fleet.settings import FleetSettings
 from tests.waiting import wait_for
@@ -50,7 +50,7 @@ def locked_broker(tmp_path: Path):  # type: ignore[no-untyped-def]
                     f"listener {plain} 127.0.0.1\n"
                     f"listener {tls} 127.0.0.1\ncafile {ca}\ncertfile {crt}\nkeyfile {key}\n")
     proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    from fleet.broker import reachable
+    from fleet.ingest.broker import reachable
 
     wait_for(lambda: reachable("127.0.0.1", plain) and reachable("127.0.0.1", tls), 10, "locked mosquitto")
     yield {"plain": plain, "tls": tls, "ca": str(ca)}

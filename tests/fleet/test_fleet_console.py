@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from fleet.devsim import SimDevice, make_bundle
-from fleet.ingest_store import Processor
+from fleet.ingest.store import Processor
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
@@ -22,7 +22,7 @@ SHOTS = Path(os.environ.get("EDGEFLEET_SCREENSHOTS", Path(__file__).resolve().pa
 
 @pytest.fixture
 def populated(tmp_path, build_keys, baseline):  # type: ignore[no-untyped-def]
-    from fleet.enrolment import create_enrolment_token, enrol
+    from fleet.registry.enrolment import create_enrolment_token, enrol
     from fleet.server import FleetServer
     from tests.fleet.conftest import make_settings
 

@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.sketches import js_distance, psi
-from fleet import alerts
 from fleet.devsim import SimDevice, make_bundle
-from fleet.drift import chi2_quantile, compare, merge_payloads
-from fleet.ingest_store import Processor
+from fleet.drift import alerts
+from fleet.drift.engine import chi2_quantile, compare, merge_payloads
+from fleet.ingest.store import Processor
 from fleet.settings import DriftSettings
 
 
@@ -85,7 +85,7 @@ def test_alerts_raised_listed_acknowledged(fleet, baseline, tmp_path) -> None:  
         make_bundle(tmp_path / f"b{v}.tar", fleet.build_key, version=v, baseline=baseline)
         assert fleet.client.post("/api/models", headers=fleet.h("operator"),
                                  data=(tmp_path / f"b{v}.tar").read_bytes()).status_code == 201
-    from fleet.enrolment import create_enrolment_token, enrol
+    from fleet.registry.enrolment import create_enrolment_token, enrol
 
     proc = Processor(fleet.settings, fleet.ctx.engine)
     rng = np.random.default_rng(0)

@@ -16,12 +16,12 @@ from sqlmodel import Session, select
 
 from agent.protocol import MAX_MESSAGE_BYTES, ProtocolError
 from agent.protocol import decode as std_decode
-from fleet import aggregate, fastjson
 from fleet.devsim import SimDevice
-from fleet.enrolment import create_enrolment_token, enrol
-from fleet.ingest_store import MIN_PER_THREAD, Processor
+from fleet.ingest import aggregate, fastjson
+from fleet.ingest.store import MIN_PER_THREAD, Processor
+from fleet.ingest.verification import MAX_INT, check_telemetry
 from fleet.models import TelemetryWindow
-from fleet.verification import MAX_INT, check_telemetry
+from fleet.registry.enrolment import create_enrolment_token, enrol
 
 
 def _outcome(fn, *args):  # type: ignore[no-untyped-def]
@@ -172,7 +172,7 @@ def test_buffered_client_receives_every_message_intact_and_acks_it(broker, mqtt5
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from fleet.mqtt_client import READ_CHUNK, BufferedClient
+    from fleet.ingest.mqtt_client import READ_CHUNK, BufferedClient
 
     topic = f"edgefleet-test/{time.time_ns()}/buffered"
     sizes = [0, 1, 5, 127, 128, 16383, 16384, 4000, READ_CHUNK - 7, READ_CHUNK + 1000, 3 * READ_CHUNK] + [4096] * 300

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.keylist import KeyListError, make_keylist, sign_keylist
 from agent.keys import key_id
-from fleet.fleet_keys import current_keylist, device_trust, load_fleet_key, store_keylist
+from fleet.registry.fleet_keys import current_keylist, device_trust, load_fleet_key, store_keylist
 from fleet.settings import FleetSettings
 
 

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from agent.sketches import psi
 from fleet.devsim import MqttPublisher, SimDevice, enrol
-from fleet.ingest import IngestService
+from fleet.ingest.service import IngestService
 from fleet.models import Aggregate, Device, TelemetryWindow
 from fleet.server import FleetServer
 
@@ -100,7 +100,7 @@ def test_agents_report_through_mosquitto(fleet, broker, baseline) -> None:  # ty
         r = requests.get(f"{srv.url}/api/models/digits/versions/1/drift", headers={"Authorization":
                          "Bearer viewer-token"}, params={"cohort": "region=us"}, timeout=10)
         assert r.status_code == 404 and r.json()["error"]["code"] == "no-reference"  # no bundle uploaded yet
-        from fleet.drift import compare
+        from fleet.drift.engine import compare
 
         rep = compare(sent["us"], baseline, fleet.settings)
         direct = psi(np.asarray(baseline["features"][0]["counts"]),
@@ -147,8 +147,8 @@ def test_two_ingest_processes_split_a_shared_subscription(fleet, broker, baselin
     a = IngestService(fleet.settings, fleet.ctx.engine).start()
     b = IngestService(fleet.settings, fleet.ctx.engine).start()
     try:
-        from fleet.enrolment import create_enrolment_token
-        from fleet.enrolment import enrol as enrol_db
+        from fleet.registry.enrolment import create_enrolment_token
+        from fleet.registry.enrolment import enrol as enrol_db
 
         devs = [SimDevice(f"s{i}", fleet=fleet.settings.fleet_id) for i in range(10)]
         for d in devs:

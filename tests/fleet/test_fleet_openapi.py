@@ -187,5 +187,5 @@ def test_rollout_schemas_follow_the_spec_dataclasses() -> None:
     assert set(sc.GatesSpec.model_fields) == names(Gates)
     assert set(sc.WaveSpecBody.model_fields) == names(WaveSpec)
     assert set(sc.TargetSpec.model_fields) == names(TargetFilter)
-    # allow_deprecated is a request flag (fleet.lifecycle's guard), not part of the stored spec
+    # allow_deprecated is a request flag (fleet.catalogue.lifecycle's guard), not part of the stored spec
     assert set(sc.RolloutCreate.model_fields) == names(RolloutSpec) | {"gates", "allow_deprecated"}

@@ -11,11 +11,11 @@ from sqlmodel import Session, select
 from agent.canonical import canonical_json
 from agent.keys import sign_document
 from agent.protocol import MAX_MESSAGE_BYTES
-from fleet import aggregate
 from fleet.devsim import SimDevice
-from fleet.enrolment import create_enrolment_token, decommission, enrol
-from fleet.ingest_store import Processor
+from fleet.ingest import aggregate
+from fleet.ingest.store import Processor
 from fleet.models import Aggregate, AuditEntry, Device, DeviceEvent, TelemetryWindow
+from fleet.registry.enrolment import create_enrolment_token, decommission, enrol
 
 
 def _enrol(fleet, dev: SimDevice, attributes=None) -> None:  # type: ignore[no-untyped-def]
@@ -226,7 +226,7 @@ def test_store_retries_when_the_database_is_briefly_unavailable(fleet, baseline,
         return real(parsed)
 
     monkeypatch.setattr(proc, "_store", flaky)
-    monkeypatch.setattr("fleet.ingest_store.time.sleep", lambda s: None)
+    monkeypatch.setattr("fleet.ingest.store.time.sleep", lambda s: None)
     proc.process([(dev.topic("telemetry"), dev.sign(dev.telemetry(np.random.default_rng(0), baseline)))])
     snap = proc.stats.snapshot()
     assert failures["left"] == 0 and snap["stored"]["telemetry"] == 1 and not snap["dropped"]

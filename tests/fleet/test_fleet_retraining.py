@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from fleet import retraining
+from fleet.drift import retraining
 from fleet.models import Aggregate, AuditEntry, DriftAlert, RetrainingRequest
 
 T0 = 1_800_000_000.0

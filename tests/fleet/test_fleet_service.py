@@ -93,8 +93,8 @@ def test_cli_commands(tmp_path, build_keys, baseline, monkeypatch) -> None:  # t
 @pytest.mark.slow
 def test_production_server_with_embedded_amqtt_broker(tmp_path, build_keys, baseline) -> None:  # type: ignore[no-untyped-def]
     """waitress + an in-process amqtt broker (MQTT 3.1.1): ingest falls back to plain subscriptions."""
-    from fleet.broker import start_embedded_broker
     from fleet.devsim import MqttPublisher, SimDevice, enrol
+    from fleet.ingest.broker import start_embedded_broker
     from fleet.server import FleetServer
     from tests.fleet.conftest import make_settings
 
@@ -128,7 +128,7 @@ def test_production_server_with_embedded_amqtt_broker(tmp_path, build_keys, base
 
 @pytest.mark.slow
 def test_embedded_mosquitto_speaks_mqtt5() -> None:
-    from fleet.broker import speaks_mqtt5, start_embedded_broker
+    from fleet.ingest.broker import speaks_mqtt5, start_embedded_broker
 
     b = start_embedded_broker()
     try:
@@ -145,7 +145,7 @@ def test_cli_serve_process_answers_and_stops(tmp_path) -> None:  # type: ignore[
     import subprocess
     import sys
 
-    from fleet.broker import free_port
+    from fleet.ingest.broker import free_port
 
     port = free_port()
     env = {**os.environ, "EDGEFLEET_API_TOKENS": "viewer:cli-viewer", "EDGEFLEET_FLEET_ID": f"cli{os.getpid()}"}
@@ -176,7 +176,7 @@ def test_cli_serve_process_answers_and_stops(tmp_path) -> None:  # type: ignore[
 
 def test_add_bundle_creates_the_artifact_store(tmp_path, build_keys, baseline) -> None:  # type: ignore[no-untyped-def]
     from agent.keys import Keyring, load_public_key
-    from fleet.catalogue import add_bundle
+    from fleet.catalogue.versions import add_bundle
     from fleet.db import session_scope
     from fleet.devsim import make_bundle
     from fleet.settings import FleetSettings

@@ -16,10 +16,10 @@ from sqlmodel import Session, select
 from agent.canonical import canonical_json
 from agent.keys import sign_document
 from fleet.devsim import SimDevice
-from fleet.enrolment import create_enrolment_token, enrol
-from fleet.ingest_store import Processor
-from fleet.ingest_trust import TrustPolicy
+from fleet.ingest.store import Processor
+from fleet.ingest.trust import TrustPolicy
 from fleet.models import AuditEntry, Device, TelemetryWindow
+from fleet.registry.enrolment import create_enrolment_token, enrol
 from fleet.settings import SettingsError, load_settings
 
 

@@ -8,7 +8,7 @@ import time
 
 from sqlmodel import Session, select
 
-from fleet import housekeeping
+from fleet.catalogue import housekeeping
 from fleet.devsim import make_baseline, make_bundle
 from fleet.models import Aggregate, AuditEntry, DeviceEvent, TelemetryWindow
 

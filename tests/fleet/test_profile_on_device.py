@@ -26,7 +26,7 @@ from sqlmodel import Session, select
 from agent.bundle import build_bundle, read_manifest_unverified
 from agent.keys import generate_keypair, load_private_key, sign_document
 from agent.protocol import make_command
-from fleet.broker import free_port
+from fleet.ingest.broker import free_port
 from fleet.models import Device, DeviceEvent
 from fleet.server import FleetServer
 from fleet.settings import FleetSettings

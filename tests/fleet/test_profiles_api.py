@@ -13,8 +13,8 @@ from sqlmodel import Session, select
 
 from agent.bundle import build_bundle
 from agent.keys import Keyring, verify_document
-from fleet.fleet_keys import signing_key_path
 from fleet.models import Device, DeviceEvent
+from fleet.registry.fleet_keys import signing_key_path
 from fleet.rollouts.models import RolloutCommand
 
 CLASS = "x86-64-generic"

@@ -73,7 +73,7 @@ def test_promtool_unit_tests_of_the_alert_rules(tmp_path: Path) -> None:
 def test_metrics_carry_model_health_with_bounded_labels(db_url: str, tmp_path: Path) -> None:
     """The console world: digits v2 drifted at the canary (paused, rolled back), alerts raised."""
     from fleet.app import fleet_context
-    from fleet.model_health import ModelHealthCollector
+    from fleet.drift.model_health import ModelHealthCollector
 
     world = build(tmp_path, db_url)
     try:

@@ -12,12 +12,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlmodel import Session, select
 
-from fleet import housekeeping, partitions, retention
+from fleet.catalogue import housekeeping
 from fleet.devsim import SimDevice
-from fleet.enrolment import create_enrolment_token, enrol
-from fleet.ingest_store import Processor
+from fleet.ingest import partitions, retention
+from fleet.ingest.store import Processor
 from fleet.migrate import upgrade
 from fleet.models import Aggregate, TelemetryWindow
+from fleet.registry.enrolment import create_enrolment_token, enrol
 
 DAY = 86400.0
 
@@ -69,7 +70,7 @@ def test_partitions_ahead_and_retention_drops_days(fleet, baseline) -> None:  # 
         assert partitions.table_bytes(conn) > 0
     assert _where(fleet) == {today: 2}
     with Session(fleet.ctx.engine) as db:
-        # aggregates stay (per 60 s wall-clock slot: fleet.ingest_store.aggregate_bucket)
+        # aggregates stay (per 60 s wall-clock slot: fleet.ingest.store.aggregate_bucket)
         assert {a.window_start for a in db.exec(select(Aggregate))} == {t // 60 * 60 for t in (now, now + 60, old)}
 
 

@@ -28,8 +28,8 @@ from sqlmodel import Session, select
 
 from agent.keys import Keyring, generate_keypair, load_private_key, public_key_to_b64
 from agent.protocol import INGEST_ROOT, ingest_status_topic
-from fleet.broker import free_port, reachable
 from fleet.db import init_db, make_engine
+from fleet.ingest.broker import free_port, reachable
 from fleet.models import Device, TelemetryWindow
 from fleet.rollouts import service
 from tests.rollouts.harness import RolloutQueries, add_build

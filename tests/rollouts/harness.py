@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 
 from agent.keys import Keyring, generate_keypair, load_private_key, public_key_to_b64
 from agent.protocol import parse_topic
-from fleet.ingest import Processor
+from fleet.ingest.service import Processor
 from fleet.models import Device, ModelVersion
 from fleet.rollouts import commands
 from fleet.rollouts.evaluator import Evaluator, EvaluatorConfig

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, select
 
 from agent.keys import Keyring, generate_keypair, load_private_key, public_key_to_b64
-from fleet.broker import reachable
+from fleet.ingest.broker import reachable
 from fleet.models import Device
 from fleet.rollouts import service
 from fleet.rollouts.evaluator import Evaluator

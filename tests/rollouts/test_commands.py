@@ -152,7 +152,7 @@ def test_signer_uses_a_key_the_device_trusts():
 
 
 def test_publisher_survives_a_broker_that_is_down(fleet):
-    from fleet.broker import free_port
+    from fleet.ingest.broker import free_port
 
     pub = commands.MqttPublisher("127.0.0.1", free_port(), timeout_s=0.3)   # nothing listens there
     try:

@@ -14,7 +14,7 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from edgefleet.ops.rollout import render_detail
-from fleet.ingest_health import CATCH_UP_S
+from fleet.ingest.health import CATCH_UP_S
 from fleet.models import DriftAlert
 from fleet.rollouts import commands, service
 from fleet.rollouts.assignment import assign_waves

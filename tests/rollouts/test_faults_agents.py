@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 
 from agent.config import AgentConfig, MqttConfig, ServingConfig, TelemetryConfig
 from agent.keys import Keyring, generate_keypair, load_private_key, public_key_to_b64
-from fleet.catalogue import add_bundle, store_upload
+from fleet.catalogue.versions import add_bundle, store_upload
 from fleet.models import Device
 from fleet.rollouts.models import RolloutTarget
 from tests.rollouts.faultworld import MOSQUITTO, FaultWorld

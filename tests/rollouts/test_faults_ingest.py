@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from sqlmodel import Session
 
-from fleet.ingest import ingest_client_id
-from fleet.ingest_health import CATCH_UP_S, IGNORE_AFTER_S, LAG_MAX_MESSAGES, STALE_AFTER_S, blindness
+from fleet.ingest.health import CATCH_UP_S, IGNORE_AFTER_S, LAG_MAX_MESSAGES, STALE_AFTER_S, blindness
+from fleet.ingest.service import ingest_client_id
 from fleet.rollouts.models import (
     WAIT_INGEST_AWAY,
     WAIT_INGEST_CATCHING_UP,

@@ -26,7 +26,7 @@ from sqlmodel import Session, select
 from agent.bundle import build_bundle
 from agent.config import AgentConfig, MqttConfig, ServingConfig, TelemetryConfig
 from agent.keys import Keyring, generate_keypair, load_private_key, public_key_to_b64, sign_document
-from fleet.catalogue import add_bundle, store_upload
+from fleet.catalogue.versions import add_bundle, store_upload
 from fleet.models import Device
 from fleet.rollouts import service
 from fleet.rollouts.assignment import assign_waves
@@ -121,7 +121,7 @@ class Traffic(threading.Thread):
 
 
 def _free_port() -> int:
-    from fleet.broker import free_port
+    from fleet.ingest.broker import free_port
 
     return free_port()
 

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.mqtt, pytest.mark.postgres, pytest.mark.slow]
 
 def _ingest(settings: Any, client_id: str, ready: Any, stop: Any, out: Any) -> None:
     from fleet.db import make_engine
-    from fleet.ingest import IngestService
+    from fleet.ingest.service import IngestService
 
     svc = IngestService(settings, make_engine(settings.database_url), client_id=client_id).start(timeout=30)
     ready.set()

@@ -4,7 +4,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-01 01:45:00
 
-PostgreSQL: `telemetrywindow` becomes PARTITION BY RANGE (window_start) (fleet.partitions); the
+PostgreSQL: `telemetrywindow` becomes PARTITION BY RANGE (window_start) (fleet.ingest.partitions); the
 rows it had are copied in (older days land in the default partition and age out with retention).
 The unique key becomes (device_id, seq, window_start): a partitioned table's unique keys must hold
 the partition column. SQLite keeps the plain table.
@@ -49,7 +49,7 @@ def upgrade() -> None:
             batch.add_column(sa.Column("quarantine_reason", sa.String(), nullable=True))
     if bind.dialect.name != "postgresql":
         return
-    from fleet import partitions
+    from fleet.ingest import partitions
 
     if partitions.is_partitioned(bind):
         return

@@ -1,6 +1,6 @@
 """The fleet's scheduled governance jobs (issue 16), run by `serve` every
 `lifecycle.housekeeping_interval_s`: overdue model reviews (gauge + audit), retention, and the
-raw-telemetry day partitions created ahead on PostgreSQL (fleet.partitions)."""
+raw-telemetry day partitions created ahead on PostgreSQL (fleet.ingest.partitions)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import threading
 import time
 from typing import Any
 
-from fleet import partitions, retention, reviews
+from fleet.catalogue import reviews
+from fleet.ingest import partitions, retention
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from agent.keys import Keyring, public_key_from_b64
-from fleet import aggregate
+from fleet.ingest import aggregate
 from fleet.models import Device
 from fleet.settings import FleetSettings
 
@@ -33,7 +33,7 @@ class DeviceInfo:
     fetched: float
     seen_written: float = 0.0
     broken: bool = False  # the stored public key cannot be loaded: never cached, logged
-    quarantined: bool = False  # a sampled signature check failed: telemetry refused (fleet.ingest_trust)
+    quarantined: bool = False  # a sampled signature check failed: telemetry refused (fleet.ingest.trust)
 
 
 class DeviceCache:

@@ -21,7 +21,8 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from fleet import alerts, ops_metrics
+from fleet import ops_metrics
+from fleet.drift import alerts
 from fleet.models import Aggregate, DriftAlert, ModelVersion, TelemetryWindow
 
 LABELS = ["model", "version", "device_class"]

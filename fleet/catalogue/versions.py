@@ -101,7 +101,7 @@ def add_bundle(db: Session, settings: FleetSettings, bundle_file: Path, keyring:
                 return Uploaded(existing, False)
             raise CatalogueError(409, "version-exists",
                                  f"{m['name']} v{m['version']} for {m['device_class']} exists with other content")
-        from fleet.artifacts import store_artifact
+        from fleet.catalogue.artifacts import store_artifact
 
         size = bundle_file.stat().st_size
         dest = store_artifact(settings, vb.bundle_sha256, bundle_file)
@@ -141,7 +141,7 @@ def lineage(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def version_view(mv: ModelVersion, *, with_manifest: bool = False, base_url: str = "") -> dict[str, Any]:
-    from fleet.explain_view import explain_summary
+    from fleet.catalogue.explain_view import explain_summary
 
     d: dict[str, Any] = {
         "id": mv.id, "name": mv.name, "version": mv.version, "device_class": mv.device_class,

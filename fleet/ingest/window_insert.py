@@ -28,7 +28,7 @@ _NAMES = tuple(c for c, _ in PG_COLS)
 _INSERT = (f"INSERT INTO telemetrywindow ({', '.join(_NAMES)}) "
            f"SELECT * FROM unnest({', '.join(f'%b::{t}[]' for _, t in PG_COLS)}) "
            "ON CONFLICT ({}) DO NOTHING RETURNING device_id, seq")
-# a partitioned table's unique key holds the partition column (fleet.partitions)
+# a partitioned table's unique key holds the partition column (fleet.ingest.partitions)
 _CONFLICT = {False: "device_id, seq", True: "device_id, seq, window_start"}
 
 
@@ -57,7 +57,7 @@ class WindowInserter:
         assert conn is not None
         with conn.cursor() as cur:
             if self._sql is None:
-                from fleet.partitions import is_partitioned
+                from fleet.ingest.partitions import is_partitioned
 
                 self._sql = _INSERT.format(_CONFLICT[is_partitioned(db.connection())])
             if self._lz4 is None:

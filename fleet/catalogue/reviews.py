@@ -1,6 +1,6 @@
 """Scheduled model reviews (issue 16): each model is reviewed every `review_interval_days`
 (its owner's setting, default 90). A review records who, when, the decision (keep, retrain,
-retire) and notes; `retire` with a version retires it (fleet.lifecycle). A model whose next
+retire) and notes; `retire` with a version retires it (fleet.catalogue.lifecycle). A model whose next
 review date has passed is overdue: listed by the API, counted by the Prometheus gauge
 `edgefleet_model_reviews_overdue` (alert on > 0), audited and raised as an open alert
 (/api/alerts) once per missed due date; the next recorded review closes that alert."""
@@ -15,7 +15,9 @@ from typing import Any
 from prometheus_client import Gauge
 from sqlmodel import Session, func, select
 
-from fleet import alerts, audit, lifecycle
+from fleet import audit
+from fleet.catalogue import lifecycle
+from fleet.drift import alerts
 from fleet.models import AuditEntry, ModelOwner, ModelReview, ModelVersion
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from fleet import audit
-from fleet.lifecycle import LifecycleError
+from fleet.catalogue.lifecycle import LifecycleError
 from fleet.models import Device, ModelVersion
 from fleet.settings import FleetSettings
 
@@ -58,7 +58,7 @@ def decommission(db: Session, settings: FleetSettings, d: Decommission, signer: 
 def _purge(db: Session, settings: FleetSettings, builds: list[ModelVersion]) -> list[str]:
     """Delete the artifacts of `builds` unless another catalogue row still points at the same
     bytes; the catalogue rows stay (history, cards, audit)."""
-    from fleet.catalogue import artifact_path
+    from fleet.catalogue.versions import artifact_path
 
     gone = []
     ids = {b.id for b in builds}

@@ -1,5 +1,5 @@
 """Telemetry ingest service: MQTT subscriber -> bounded queue -> writer thread (parse, verify)
--> store thread -> fleet.ingest_store.
+-> store thread -> fleet.ingest.store.
 
 * MQTT 5 brokers: a shared subscription ($share/<group>/...) for telemetry and events, so
   several ingest processes split the load; state is subscribed directly (retained messages are
@@ -10,13 +10,13 @@
   resumes its session and receives what the broker queued meanwhile; a new id per process
   would leave each dead session in the $share group, taking its share of telemetry until it
   expires. Reconnects are fast (RECONNECT_MIN_S..RECONNECT_MAX_S), and a heartbeat row tells
-  the rollout evaluator whether ingest sees the devices (fleet.ingest_health).
+  the rollout evaluator whether ingest sees the devices (fleet.ingest.health).
 * Status for devices: once subscribed, each worker publishes a retained "online" on
   `edgefleet/ingest/<fleet>/<client id>/status` (Last Will: retained "offline"; a graceful stop
   clears it). Agents with `mqtt.hold_until_ingest` drain their outbox only while one is online,
   so windows flushed after a broker restart are not dropped before ingest resubscribes.
 * Malformed, oversized, unknown-device and wrongly signed messages are counted by reason and
-  dropped (fleet.ingest_store.Processor); ingest never crashes on them.
+  dropped (fleet.ingest.store.Processor); ingest never crashes on them.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from agent.protocol import ingest_status_topic
-from fleet.broker import broker_address, speaks_mqtt5
-from fleet.ingest_health import Heartbeat
-from fleet.ingest_store import IngestStats, Processor
-from fleet.mqtt_client import BufferedClient
+from fleet.ingest.broker import broker_address, speaks_mqtt5
+from fleet.ingest.health import Heartbeat
+from fleet.ingest.mqtt_client import BufferedClient
+from fleet.ingest.store import IngestStats, Processor
 from fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from cryptography.exceptions import InvalidSignature
 from agent.canonical import canonical_json
 from agent.keys import Keyring
 from agent.protocol import ProtocolError, validate_telemetry, verify_signed
-from fleet.aggregate import Hist
 from fleet.db import RawJSON
+from fleet.ingest.aggregate import Hist
 
 MAX_INT = 2**62
 
@@ -29,7 +29,7 @@ def _check_counts(v: Any, what: str) -> None:
 
 def check_telemetry(p: Mapping[str, Any]) -> Hist:
     """Contract shape plus the nested parts that aggregation reads; returns the histograms
-    flattened for fleet.aggregate.merge_many (the check has to walk them anyway)."""
+    flattened for fleet.ingest.aggregate.merge_many (the check has to walk them anyway)."""
     validate_telemetry(p)
     if not 0 <= p["seq"] <= MAX_INT or p["requests"] > MAX_INT:
         raise ProtocolError("malformed", "seq or counts out of range")
@@ -107,7 +107,7 @@ def fast_verify(raw: bytes, doc: dict[str, Any], keyring: Keyring) -> dict[str, 
 
 def trusted_payload(raw: bytes, doc: dict[str, Any], keyring: Keyring) -> dict[str, Any]:
     """The payload of a signed envelope whose signature is NOT checked (ingest trust mode,
-    fleet.ingest_trust): the envelope must still name one of the device's keys, and the
+    fleet.ingest.trust): the envelope must still name one of the device's keys, and the
     canonical envelope keeps its payload bytes (RawJSON) as fast_verify does."""
     sig, payload = doc.get("signature"), doc.get("payload")
     if not isinstance(sig, dict) or not isinstance(payload, dict) or set(doc) != {"payload", "signature"}:

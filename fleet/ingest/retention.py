@@ -1,8 +1,8 @@
 """Retention by age (issue 16): the fleet deletes what its policy no longer keeps, on a schedule
-(fleet.housekeeping). Raw per-device telemetry windows follow `ingest.retention_days`;
+(fleet.catalogue.housekeeping). Raw per-device telemetry windows follow `ingest.retention_days`;
 aggregates, device events and the audit log follow `lifecycle.*_retention_days` (0 keeps
 forever). Each run that deletes anything leaves an audit entry saying how much and why.
-On PostgreSQL raw windows are day partitions (fleet.partitions): whole days are dropped."""
+On PostgreSQL raw windows are day partitions (fleet.ingest.partitions): whole days are dropped."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy import delete
 from sqlmodel import Session
 
-from fleet import audit, partitions
+from fleet import audit
+from fleet.ingest import partitions
 from fleet.models import Aggregate, AuditEntry, DeviceEvent, TelemetryWindow
 from fleet.settings import FleetSettings
 

@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 
 from agent.keys import Keyring
 from fleet import audit
-from fleet.catalogue import CatalogueError, verify_upload
+from fleet.catalogue.versions import CatalogueError, verify_upload
 from fleet.models import Device, DeviceEvent, now
 from fleet.rollouts.models import RolloutCommand
 from fleet.settings import FleetSettings
@@ -53,7 +53,7 @@ def pick_device(db: Session, fleet: str, device_class: str, device_id: str | Non
 def submit(db: Session, settings: FleetSettings, bundle_file: Path, keyring: Keyring, signer: Any,
            req: ProfileRequest, actor: str) -> dict[str, Any]:
     """Verify the candidate (build key), store it, queue the signed command. Consumes `bundle_file`."""
-    from fleet.artifacts import store_artifact
+    from fleet.catalogue.artifacts import store_artifact
     from fleet.rollouts.commands import artifact_url, queue_command
 
     bundle_file = Path(bundle_file)
@@ -112,7 +112,7 @@ def discard(db: Session, settings: FleetSettings, profile_id: str, actor: str) -
     """Delete a profile's candidate from the artifact store (the compiler does once it has its
     numbers, or gave up), unless a catalogue version holds the same bytes. The command and the
     device's answer stay (history); a device that had not fetched it yet reports download-failed."""
-    from fleet.catalogue import artifact_path
+    from fleet.catalogue.versions import artifact_path
     from fleet.models import ModelVersion
 
     cmd = db.exec(select(RolloutCommand).where(RolloutCommand.command_id == profile_id,

@@ -12,8 +12,8 @@ from flask import Blueprint, Response
 
 from fleet.api.validation import api
 from fleet.app import fleet_context
-from fleet.artifact_store import ArtifactUnreadable, open_artifact, seal_into_store, send_artifact
-from fleet.catalogue import CatalogueError, artifact_path
+from fleet.catalogue.artifact_store import ArtifactUnreadable, open_artifact, seal_into_store, send_artifact
+from fleet.catalogue.versions import CatalogueError, artifact_path
 from fleet.errors import ApiError
 from fleet.settings import FleetSettings
 
@@ -22,7 +22,7 @@ bp = Blueprint("artifacts", __name__)
 
 def store_artifact(settings: FleetSettings, digest: str, src: Path) -> Path:
     """The one write into the artifact store: seal the verified upload `src` (a temporary file in
-    the artifacts dir) to its content address (fleet.artifact_store). Same bytes twice: the first copy stays."""
+    the artifacts dir) to its content address (fleet.catalogue.artifact_store). Same bytes twice: the first copy stays."""
     return seal_into_store(settings, digest, src, artifact_path(settings, digest))  # sealed at rest
 
 

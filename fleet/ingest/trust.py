@@ -1,7 +1,7 @@
 """Ingest trust mode (issue 19): with `[ingest] verify = "sample"` ingest checks the Ed25519
 signature of a random `sample_rate` share of telemetry windows and of every state and event
 message; the rest are trusted because the broker already authenticated the device (per-device
-credentials with ACLs, fleet.mqtt_access: a device can only publish on its own topics).
+credentials with ACLs, fleet.registry.mqtt_access: a device can only publish on its own topics).
 
 A failed check under sampling quarantines the device: unverified windows of a device that
 forges are worthless, so its telemetry is refused (its state is still read, signed) until an
@@ -55,7 +55,7 @@ def quarantine(engine: Engine, device_id: str, reason: str) -> bool:
 
 def release(db: Session, device_id: str, actor: str) -> Any:
     """An operator clears the quarantine (audited with the reason it had)."""
-    from fleet.enrolment import EnrolmentError
+    from fleet.registry.enrolment import EnrolmentError
 
     d = db.get(Device, device_id)
     if d is None:

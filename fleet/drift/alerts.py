@@ -9,7 +9,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from fleet import audit
-from fleet.drift import DriftReport, compare
+from fleet.drift.engine import DriftReport, compare
 from fleet.models import Aggregate, DriftAlert, ModelVersion, now
 from fleet.settings import FleetSettings
 

@@ -1,4 +1,4 @@
-"""Ingest's writes of device events and state (fleet.ingest_store calls them inside its batch
+"""Ingest's writes of device events and state (fleet.ingest.store calls them inside its batch
 transaction): events are idempotent on (device, seq), a state never overwrites a newer one."""
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def _merge_scalars(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
         acc["shadow"]["compared"] += int(sh.get("compared", 0))
         acc["shadow"]["agreed"] += int(sh.get("agreed", 0))
     if "confidence" in p or "outcomes" in p:  # the field loop's blocks (issue 14)
-        from fleet.aggregate_quality import merge_quality
+        from fleet.ingest.aggregate_quality import merge_quality
 
         merge_quality(acc, p)
 
@@ -119,7 +119,7 @@ def hist_of(p: Mapping[str, Any]) -> Hist:
 def merge_many(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] | None = None) -> dict[str, Any]:
     """merge_all for telemetry payloads (ingest): the histograms are added column by column over
     the flattened counts (`hists`, aligned with `payloads`, saves flattening them again).
-    Like fleet.drift.merge_payloads, payloads whose layout differs from the first one's are
+    Like fleet.drift.engine.merge_payloads, payloads whose layout differs from the first one's are
     counted in edge_mismatch instead of being added."""
     acc = empty()
     for p in payloads:

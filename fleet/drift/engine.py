@@ -19,7 +19,7 @@ import numpy as np
 
 from agent.sketches import edges_hash as _edges_hash
 from agent.sketches import js_distance, psi
-from fleet.importance import importance_weights, weighted_share
+from fleet.drift.importance import importance_weights, weighted_share
 from fleet.settings import DriftSettings, FleetSettings
 
 LEVELS = ("insufficient", "ok", "warn", "alert")
@@ -226,7 +226,7 @@ def _feature_drift(name: str, ref: np.ndarray, cur: np.ndarray, ds: DriftSetting
 def compare(current: Any, reference: Any, settings: FleetSettings | DriftSettings | None = None,
             *, reference_label: str | None = None, importance: Mapping[str, float] | None = None) -> DriftReport:
     """Drift of `current` against `reference` (a drift_baseline or control payloads). Importance
-    (`importance`, else the baseline's own) weights the drifted share (fleet/importance.py)."""
+    (`importance`, else the baseline's own) weights the drifted share (fleet/drift/importance.py)."""
     weights = importance_weights(reference if isinstance(reference, Mapping) else None, importance)
     ds = _drift_settings(settings)
     ref, kind = _as_histograms(reference)

@@ -1,8 +1,8 @@
-"""Ingest storage: verify messages (fleet.verification) and write them in batches.
+"""Ingest storage: verify messages (fleet.ingest.verification) and write them in batches.
 
 Idempotent on (device, seq): the window rows and the aggregate update commit in the same
 transaction, and aggregates only grow by the rows really inserted. No MQTT here: the service in
-fleet.ingest feeds it, and tests and benchmarks call it directly.
+fleet.ingest.service feeds it, and tests and benchmarks call it directly.
 """
 
 from __future__ import annotations
@@ -21,16 +21,17 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, ProtocolError, parse_topic
-from fleet import aggregate, fastjson, ops_metrics
-from fleet.aggregate import Hist
-from fleet.device_cache import DeviceCache, DeviceInfo
-from fleet.ingest_records import insert_ignore as _insert_ignore
-from fleet.ingest_records import store_events, store_states
-from fleet.ingest_trust import TrustPolicy, quarantine
+from fleet import ops_metrics
+from fleet.ingest import aggregate, fastjson
+from fleet.ingest.aggregate import Hist
+from fleet.ingest.device_cache import DeviceCache, DeviceInfo
+from fleet.ingest.records import insert_ignore as _insert_ignore
+from fleet.ingest.records import store_events, store_states
+from fleet.ingest.trust import TrustPolicy, quarantine
+from fleet.ingest.verification import MAX_INT, check_telemetry, fast_verify, trusted_payload
+from fleet.ingest.window_insert import WindowInserter
 from fleet.models import Aggregate, Device, TelemetryWindow, now
 from fleet.settings import FleetSettings
-from fleet.verification import MAX_INT, check_telemetry, fast_verify, trusted_payload
-from fleet.window_insert import WindowInserter
 
 log = logging.getLogger(__name__)
 KINDS = ("telemetry", "state", "events")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from sqlmodel import Session, select
 
 from agent.protocol import INGEST_ROOT
-from fleet.auth import hash_token, principal_for_hash
 from fleet.models import Device
+from fleet.registry.auth import hash_token, principal_for_hash
 
 DEVICE_PUBLISH = ("telemetry", "state", "events")
 DEVICE_READ = ("cmd",)

@@ -1,4 +1,4 @@
-"""A model card (fleet.model_card's dict) as Markdown. Pure Python, no fleet dependencies, so
+"""A model card (fleet.catalogue.model_card's dict) as Markdown. Pure Python, no fleet dependencies, so
 the operator CLI (`edgefleet models card`) renders the same text as the API without the fleet
 extra installed."""
 
@@ -68,7 +68,7 @@ def to_markdown(card: dict[str, Any]) -> str:
 
 
 def _importance(ex: dict[str, Any] | None) -> list[str]:
-    """The manifest's `explain` summary (fleet.explain_view.explain_summary): top features."""
+    """The manifest's `explain` summary (fleet.catalogue.explain_view.explain_summary): top features."""
     if not ex:
         return ["_not computed at build (compile with explain enabled)_"]
     if ex.get("error"):

@@ -12,8 +12,8 @@ from sqlmodel import Session, select
 from agent.keys import key_id, public_key_from_b64, public_key_to_b64
 from agent.names import NAME_PATTERN, is_valid_name
 from fleet import audit
-from fleet.auth import hash_token, new_token
 from fleet.models import Device, EnrolmentToken, now
+from fleet.registry.auth import hash_token, new_token
 from fleet.settings import FleetSettings
 
 

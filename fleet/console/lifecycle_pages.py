@@ -8,9 +8,9 @@ import time
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 
-from fleet import lifecycle, model_card, reviews
 from fleet.app import fleet_context
-from fleet.auth import actor, current_principal, require_role
+from fleet.catalogue import lifecycle, model_card, reviews
+from fleet.registry.auth import actor, current_principal, require_role
 
 bp = Blueprint("lifecycle_console", __name__, url_prefix="/console", template_folder="templates_lifecycle")
 

@@ -1,7 +1,7 @@
 """Model cards per version (issue 16), generated from what the fleet already knows: the owner,
-status and reviews (fleet.lifecycle, fleet.reviews), the manifests of the version's builds
+status and reviews (fleet.catalogue.lifecycle, fleet.catalogue.reviews), the manifests of the version's builds
 (build metrics, per-slice results, importance when the compiler recorded it (the manifest's
-`explain` section, summarised by fleet.explain_view), lineage and the
+`explain` section, summarised by fleet.catalogue.explain_view), lineage and the
 training run in provenance), and the field telemetry per device class and cohort. One dict,
 rendered as Markdown (CLI, API) or HTML (console, templates_lifecycle/lifecycle/card.html).
 
@@ -16,9 +16,11 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from fleet import catalogue, lifecycle, ops_metrics, reviews
-from fleet.card_markdown import to_markdown  # noqa: F401  (re-exported: the API renders with it)
-from fleet.explain_view import explain_summary
+from fleet import ops_metrics
+from fleet.catalogue import lifecycle, reviews
+from fleet.catalogue import versions as catalogue
+from fleet.catalogue.card_markdown import to_markdown  # noqa: F401  (re-exported: the API renders with it)
+from fleet.catalogue.explain_view import explain_summary
 from fleet.models import Aggregate, ModelOwner, ModelReview, ModelVersion
 
 NOT_DOCUMENTED = "not documented (add it to the training-run file given to `edgefleet compile --training-run`)"
