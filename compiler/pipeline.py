@@ -266,7 +266,7 @@ def _prepare(cfg: CompileConfig, progress: _Progress, work: Path, torch_model: A
                              evaluation.slices, evaluation.source)
         calib = Dataset({rename[k]: v for k, v in calib.inputs.items()}, calib.labels, calib.slices, calib.source)
     with progress.step("computing reference outputs (FP32 ONNX Runtime)"):
-        reference = predict(OnnxRunner(fp32), evaluation.inputs)
+        reference = predict(OnnxRunner(fp32), evaluation)
     if teacher_ref is not None:
         reference = teacher_ref  # the promised quality is the teacher's
     arch = detect(fp32)

@@ -76,7 +76,10 @@ def open_runner(fmt: str, path: Path, threads: int = 1, manifest: dict[str, Any]
     return Runner(fmt, path, manifest, threads)
 
 
-def predict(runner: Runner, inputs: dict[str, np.ndarray], batch: int = 64) -> np.ndarray:
+def predict(runner: Runner, inputs: Any, batch: int = 64) -> np.ndarray:
+    """Outputs for arrays with samples on axis 0, or for a compiler.data.Dataset (its own batch axes)."""
+    if hasattr(inputs, "batches"):
+        return np.concatenate([runner.run(feed) for feed in inputs.batches(batch)])
     n = next(iter(inputs.values())).shape[0]
     return np.concatenate([runner.run({k: v[i:i + batch] for k, v in inputs.items()}) for i in range(0, n, batch)])
 
@@ -88,9 +91,9 @@ class Latency:
     iterations: int
 
 
-def measure_latency(runner: Runner, sample: dict[str, np.ndarray], iterations: int = 50, warmup: int = 5) -> Latency:
-    """Single-sample latency on this machine (batch 1), after a warm-up."""
-    one = {k: v[:1] for k, v in sample.items()}
+def measure_latency(runner: Runner, sample: Any, iterations: int = 50, warmup: int = 5) -> Latency:
+    """Single-sample latency on this machine (batch 1), after a warm-up; `sample` as for predict."""
+    one = sample.batches(1)[0] if hasattr(sample, "batches") else {k: v[:1] for k, v in sample.items()}
     for _ in range(warmup):
         runner.run(one)
     times = np.empty(iterations)
