@@ -81,6 +81,35 @@ class LifecycleSettings:
 
 
 @dataclass
+class AnalyticsSettings:
+    """Thresholds of the online-quality alerts (fleet.analytics.alerts, issue 14), per model version
+    over `lookback_s`, at most once per `bucket_s`. Env: EDGEFLEET_ANALYTICS_<NAME> (e.g.
+    EDGEFLEET_ANALYTICS_MIN_LABELLED=500) overrides the file."""
+
+    bucket_s: float = 3600.0                  # one alert per version, kind and bucket
+    lookback_s: float = 6 * 3600.0            # windows (and joined labels) judged
+    reference_s: float = 24 * 3600.0          # low-confidence rate of this span before is the reference
+    min_labelled: int = 200                   # fewer labels: "insufficient", never a concept alert
+    accuracy_margin: float = 0.02             # concept drift: online accuracy this far below the build/control
+    alpha: float = 0.01                       # one-sided significance of the concept and confidence tests
+    max_slice_gap_increase: float = 0.05      # worst-slice gap over the build-time gap by more: alert
+    max_low_confidence_increase: float = 0.1  # low-confidence rate over the day before by more: warn
+
+    def __post_init__(self) -> None:
+        for name in ("bucket_s", "lookback_s", "reference_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"fleet setting 'analytics.{name}' must be positive, not {getattr(self, name)}")
+        if self.min_labelled < 1:
+            raise SettingsError(f"fleet setting 'analytics.min_labelled' must be at least 1, not {self.min_labelled}")
+        if not 0.0 < self.alpha < 0.5:
+            raise SettingsError(f"fleet setting 'analytics.alpha' must be between 0 and 0.5, not {self.alpha}")
+        for name in ("accuracy_margin", "max_slice_gap_increase", "max_low_confidence_increase"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise SettingsError(f"fleet setting 'analytics.{name}' must be between 0 and 1, "
+                                    f"not {getattr(self, name)}")
+
+
+@dataclass
 class FleetSettings:
     data_dir: Path = Path(".edgefleet/fleet")
     database_url: str | None = None       # None: SQLite file data_dir/fleet.db
@@ -108,6 +137,7 @@ class FleetSettings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
 
     def __post_init__(self) -> None:
         self.data_dir = absolute(self.data_dir)
@@ -210,7 +240,8 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> Any:
         if key not in hints or key not in {f.name for f in fields(obj)}:
             raise SettingsError(f"unknown fleet setting {prefix + key!r}")
         current = getattr(obj, key)
-        if isinstance(current, (DriftSettings, IngestSettings, RetrainSettings, LifecycleSettings)):
+        if isinstance(current, (DriftSettings, IngestSettings, RetrainSettings, LifecycleSettings,
+                                AnalyticsSettings)):
             updates[key] = _apply(current, value, f"{prefix}{key}.")
             continue
         if not _accepts(hints[key], value):
@@ -225,6 +256,22 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> Any:
 
 def _type_name(hint: Any) -> str:
     return str(hint).replace("pathlib.", "").replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _section_env(env: dict[str, str], prefix: str, section: Any) -> dict[str, Any]:
+    """PREFIX<FIELD> variables of one settings section, parsed by the field's type (a bad number
+    is a SettingsError naming the variable)."""
+    out: dict[str, Any] = {}
+    for f in fields(section):
+        raw = env.get(prefix + f.name.upper())
+        if not raw:
+            continue
+        kind = int if isinstance(getattr(section, f.name), int) else float
+        try:
+            out[f.name] = kind(raw)
+        except ValueError:
+            raise SettingsError(f"{prefix + f.name.upper()}={raw!r} must be {kind.__name__}") from None
+    return out
 
 
 def config_path(path: Path | str | None, env: dict[str, str]) -> Path | None:
@@ -256,4 +303,7 @@ def load_settings(path: Path | str | None = None, env: dict[str, str] | None = N
     if env.get("EDGEFLEET_API_TOKENS"):
         env_updates["api_tokens"] = {**s.api_tokens, **parse_tokens(env["EDGEFLEET_API_TOKENS"])}
     s = _apply(s, env_updates)
+    analytics_env = _section_env(env, "EDGEFLEET_ANALYTICS_", s.analytics)
+    if analytics_env:
+        s = _apply(s, {"analytics": analytics_env})
     return _apply(s, overrides) if overrides else s

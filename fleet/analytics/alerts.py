@@ -4,7 +4,8 @@ as DriftAlert rows beside the input-drift alerts (references "concept", "slice_g
 (fleet.drift.retraining: persistent "concept" alerts open a request; a human approves) treat them alike.
 
 Judged per model version over the lookback, at most once per hour bucket (the alert key's
-window_start); thresholds are the engine's defaults below.
+window_start); the thresholds are fleet settings, `[fleet.analytics]` (fleet.settings.AnalyticsSettings,
+EDGEFLEET_ANALYTICS_* in the environment).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlmodel import Session, select
 
 from fleet import audit
 from fleet.analytics.engine import manifest_of, version_quality
+from fleet.analytics.quality import OnlineQuality
 from fleet.analytics.verdicts import (
     FAIL,
     Verdict,
@@ -26,15 +28,7 @@ from fleet.analytics.verdicts import (
     slice_gap,
 )
 from fleet.models import DriftAlert, TelemetryWindow
-
-BUCKET_S = 3600.0
-LOOKBACK_S = 6 * 3600.0
-REFERENCE_S = 24 * 3600.0       # low-confidence rate of the day before is the reference
-MIN_LABELLED = 200
-ACCURACY_MARGIN = 0.02
-ALPHA = 0.01
-MAX_SLICE_GAP_INCREASE = 0.05
-MAX_LOW_CONFIDENCE_INCREASE = 0.1
+from fleet.settings import AnalyticsSettings
 
 
 def _versions(db: Session, since: float) -> list[tuple[str, int]]:
@@ -43,26 +37,17 @@ def _versions(db: Session, since: float) -> list[tuple[str, int]]:
     return sorted({(str(n), int(v)) for n, v in rows})
 
 
-def evaluate_quality(db: Session, *, now: float | None = None, lookback_s: float = LOOKBACK_S,
-                     actor: str = "quality-evaluator") -> list[DriftAlert]:
+def evaluate_quality(db: Session, settings: AnalyticsSettings | None = None, *, now: float | None = None,
+                     lookback_s: float | None = None, actor: str = "quality-evaluator") -> list[DriftAlert]:
+    """Raise the quality alerts of every version that reported within the lookback."""
+    s = settings or AnalyticsSettings()
     now = time.time() if now is None else now
-    since = now - lookback_s
-    bucket = float(int(now // BUCKET_S) * BUCKET_S)
+    since = now - (s.lookback_s if lookback_s is None else lookback_s)
+    bucket = float(int(now // s.bucket_s) * s.bucket_s)
     new: list[DriftAlert] = []
     for name, version in _versions(db, since):
-        manifest = manifest_of(db, name, version)
         q = version_quality(db, name, version, since=since)
-        checks: list[tuple[str, str, Verdict]] = [
-            ("concept", "alert", concept_drift(q, reference=build_accuracy(manifest), min_labelled=MIN_LABELLED,
-                                               margin=ACCURACY_MARGIN, alpha=ALPHA)),
-            ("slice_gap", "alert", slice_gap(q, build_gap=build_slice_gap(manifest),
-                                             max_increase=MAX_SLICE_GAP_INCREASE)),
-        ]
-        before = version_quality(db, name, version, since=since - REFERENCE_S, include_joined=False)
-        checks.append(("low_confidence", "warn", low_confidence_spike(q, before,
-                                                                      max_increase=MAX_LOW_CONFIDENCE_INCREASE,
-                                                                      alpha=ALPHA)))
-        for reference, level, v in checks:
+        for reference, level, v in _checks(db, s, q, name, version, since):
             if v.status != FAIL:
                 continue
             exists = db.exec(select(DriftAlert.id).where(
@@ -79,6 +64,21 @@ def evaluate_quality(db: Session, *, now: float | None = None, lookback_s: float
                          {"model": name, "version": version, "level": level, "reference": reference})
             new.append(alert)
     return new
+
+
+def _checks(db: Session, s: AnalyticsSettings, q: OnlineQuality, name: str, version: int,
+            since: float) -> list[tuple[str, str, Verdict]]:
+    """(alert reference, level, verdict) of one version `q`: the table of quality alerts."""
+    manifest = manifest_of(db, name, version)
+    before = version_quality(db, name, version, since=since - s.reference_s, include_joined=False)
+    return [
+        ("concept", "alert", concept_drift(q, reference=build_accuracy(manifest), min_labelled=s.min_labelled,
+                                           margin=s.accuracy_margin, alpha=s.alpha)),
+        ("slice_gap", "alert", slice_gap(q, build_gap=build_slice_gap(manifest),
+                                         max_increase=s.max_slice_gap_increase)),
+        ("low_confidence", "warn", low_confidence_spike(q, before, max_increase=s.max_low_confidence_increase,
+                                                        alpha=s.alpha)),
+    ]
 
 
 def _summary(reference: str, v: Verdict) -> str:
