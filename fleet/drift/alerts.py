@@ -117,7 +117,7 @@ def evaluate(db: Session, settings: FleetSettings, *, since: float | None = None
             new.append(alert)
     from fleet.analytics.alerts import evaluate_quality  # concept drift, slice gap, low confidence (issue 14)
 
-    new.extend(evaluate_quality(db))
+    new.extend(evaluate_quality(db, settings.analytics))
     return new
 
 
