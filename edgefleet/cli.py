@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rollout": ("edgefleet.ops.rollout:rollout", "", "Create, watch, approve, pause and roll back rollouts."),
     "alerts": ("edgefleet.ops.alerts:alerts", "", "List and acknowledge the fleet's drift alerts."),
     "models": ("edgefleet.ops.models:models", "", "List, show and upload models in the fleet's catalogue."),
+    "explain": ("edgefleet.ops.explain:explain", "", "Ask devices to explain sampled requests; read the answers."),
 }
 
 
