@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agent.confidence import ConfidenceStats, MonitorSpec, observe, slice_counts
-from agent.protocol import TELEMETRY_SCHEMA
 from agent.sketches import (
     CategoricalHistogram,
     ColumnHistograms,
@@ -29,6 +28,7 @@ from agent.sketches import (
     FixedBinHistogram,
     LatencyHistogram,
 )
+from agent.window_payload import ModelRef, build_window
 
 if TYPE_CHECKING:
     from agent.outcomes import Outcomes
@@ -83,8 +83,8 @@ class DriftSketcher:
         self.monitor = monitor
         self.baseline = baseline or None
         self.output_index = output_index
-        self.extractor = FeatureExtractor.from_dict(baseline["extractor"]) if self.baseline else None
-        self.columns = ColumnHistograms([f["edges"] for f in self.baseline["features"]]) if self.baseline else None
+        self.extractor = FeatureExtractor.from_dict(baseline["extractor"]) if baseline else None
+        self.columns = ColumnHistograms([f["edges"] for f in baseline["features"]]) if baseline else None
 
     def new_features(self) -> list[FixedBinHistogram] | None:
         if not self.baseline:
@@ -316,7 +316,7 @@ class Telemetry:
             start = self.window_start
             old: list[tuple[Tracked, WindowStats]] = []
             for key, t in list(self._tracked.items()):
-                old.append((t, t.model.stats))
+                old.append((t, t.model.stats or WindowStats()))
                 if t.extra.get("retiring"):
                     del self._tracked[key]
                 else:
@@ -335,45 +335,32 @@ class Telemetry:
 
     def _payload(self, t: Tracked, st: WindowStats, start: float, end: float,
                  resources: dict[str, Any]) -> dict[str, Any]:
+        """The window's wire payload, built by agent.window_payload (the type the fleet reads)."""
         st.fold()
-        lat = st.folded
         m = t.model
-        p: dict[str, Any] = {
-            "schema": TELEMETRY_SCHEMA, "fleet": self.fleet, "device": self.device,
-            "window": {"start": round(start, 3), "end": round(end, 3), "seconds": round(end - start, 3)},
-            "model": {"name": m.installed.name, "version": m.installed.version, "role": t.role,
-                      "manifest_sha256": m.installed.manifest_sha256},
-            "device_class": self.device_class,
-            "requests": lat.total + sum(st.errors.values()),
-            "sampled": st.sampled,
-            "errors": dict(st.errors),
-            "latency_us": lat.to_dict(),
-            "resources": resources,
-            "features": [],
-            "prediction": None,
-            "dropped_windows": int(self.dropped_windows()),
-        }
+        extra: dict[str, Any] = {}
         if st.samples_dropped:
-            p["samples_dropped"] = st.samples_dropped
+            extra["samples_dropped"] = st.samples_dropped
         base = m.sketcher.baseline
+        feats: list[tuple[str, FixedBinHistogram]] = []
+        pred = None
         if base:
-            feats = st.features or m.sketcher.new_features() or []
-            p["features"] = [{"name": spec["name"], "edges_hash": h.edges_hash, "counts": [int(c) for c in h.counts],
-                              "nan": int(h.nan)} for spec, h in zip(base["features"], feats, strict=False)]
+            hists = st.features or m.sketcher.new_features() or []
+            feats = [(spec["name"], h) for spec, h in zip(base["features"], hists, strict=False)]
             pred = st.prediction if st.prediction is not None else m.sketcher.new_prediction()
-            if isinstance(pred, CategoricalHistogram):
-                p["prediction"] = {"kind": "class", "n_classes": pred.n_classes,
-                                   "counts": [int(c) for c in pred.counts]}
-            elif isinstance(pred, FixedBinHistogram):
-                p["prediction"] = {"kind": "value", "edges_hash": pred.edges_hash,
-                                   "counts": [int(c) for c in pred.counts], "nan": int(pred.nan)}
         if t.role == "shadow":
-            p["shadow"] = {"compared": st.compared, "agreed": st.agreed,
-                           "active_version": t.extra.get("active_version")}
+            extra["shadow"] = {"compared": st.compared, "agreed": st.agreed,
+                               "active_version": t.extra.get("active_version")}
         if st.raw:
-            p["raw_samples"] = st.raw
+            extra["raw_samples"] = st.raw
         if st.data_quality:  # raw-input schema violations per feature (agent/features.py)
-            p["data_quality"] = {k: dict(v) for k, v in sorted(st.data_quality.items())}
+            extra["data_quality"] = {k: dict(v) for k, v in sorted(st.data_quality.items())}
+        window = build_window(
+            fleet=self.fleet, device=self.device, device_class=self.device_class,
+            model=ModelRef(m.installed.name, m.installed.version, t.role, m.installed.manifest_sha256),
+            start=start, end=end, errors=st.errors, latency=st.folded, sampled=st.sampled, resources=resources,
+            features=feats, prediction=pred, dropped_windows=int(self.dropped_windows()), extra=extra)
+        p = window.to_wire()
         self._field_loop(p, st, m)
         return p
 
