@@ -1,8 +1,10 @@
-"""Merging telemetry payloads: exact addition of histograms on shared bin edges.
+"""The one merge of telemetry payloads: exact addition of histograms on shared bin edges.
 
-`merge_into(acc, payload)` folds one verified telemetry payload into an aggregate payload; the
-same function serves ingest (per window key) and reads (over windows). Histograms whose edges
-hash differs from the accumulator's are not added; they are counted in `edge_mismatch`.
+`merge_into(acc, payload)` folds one verified telemetry payload into an aggregate payload (ingest,
+per window key); `merge_many` adds a batch; `sum_histograms` adds only the feature and prediction
+histograms (drift reads and rollout evidence). Whether two payloads' histograms may be added is
+decided in one place, agent.window_payload.layout_of (feature names, edge hashes, bin counts):
+payloads on other edges are not added but counted (`edge_mismatch`, `skipped`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
 from typing import Any, NamedTuple
+
+from agent.window_payload import Layout, layout_of
 
 RESOURCE_KEYS = ("cpu_percent", "rss_mb", "mem_percent", "temp_c")
 
@@ -77,7 +81,7 @@ def _merge_histograms(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
         if acc["features"] is None:
             acc["features"] = [{"name": f["name"], "edges_hash": f.get("edges_hash"), "counts": list(f["counts"]),
                                 "nan": int(f.get("nan", 0))} for f in feats]
-        elif _same_layout(acc["features"], feats):
+        elif layout_of(acc["features"]) == layout_of(feats):
             for a, f in zip(acc["features"], feats, strict=True):
                 a["counts"] = _add_counts(a["counts"], f["counts"])
                 a["nan"] += int(f.get("nan", 0))
@@ -95,12 +99,6 @@ def _merge_histograms(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
             acc["edge_mismatch"] += 1
 
 
-def _same_layout(a: list[Mapping[str, Any]], b: list[Mapping[str, Any]]) -> bool:
-    return len(a) == len(b) and all(
-        x["name"] == y["name"] and x.get("edges_hash") == y.get("edges_hash") and len(x["counts"]) == len(y["counts"])
-        for x, y in zip(a, b, strict=True))
-
-
 class Hist(NamedTuple):
     """A telemetry payload's histograms, flattened once (by the ingest checks) for merge_many."""
 
@@ -111,43 +109,59 @@ class Hist(NamedTuple):
 
 def hist_of(p: Mapping[str, Any]) -> Hist:
     feats = p.get("features") or []
-    counts = [f["counts"] for f in feats]
-    return Hist((tuple(f["name"] for f in feats), tuple(f.get("edges_hash") for f in feats),
-                 tuple(map(len, counts))), list(chain.from_iterable(counts)), [f.get("nan", 0) for f in feats])
+    return Hist(layout_of(feats), list(chain.from_iterable(f["counts"] for f in feats)),
+                [f.get("nan", 0) for f in feats])
 
 
 def merge_many(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] | None = None) -> dict[str, Any]:
     """merge_all for telemetry payloads (ingest): the histograms are added column by column over
     the flattened counts (`hists`, aligned with `payloads`, saves flattening them again).
-    Like fleet.drift.engine.merge_payloads, payloads whose layout differs from the first one's are
-    counted in edge_mismatch instead of being added."""
+    Payloads whose layout differs from the first one's are counted in edge_mismatch."""
     acc = empty()
     for p in payloads:
         _merge_scalars(acc, p)
+    hs = sum_histograms(payloads, hists)
+    acc["edge_mismatch"] += hs.skipped
+    acc["features"], acc["prediction"] = hs.features, hs.prediction
+    return acc
+
+
+class HistSum(NamedTuple):
+    features: list[dict[str, Any]] | None   # wire form: name, edges_hash, counts, nan
+    prediction: dict[str, Any] | None
+    added: int                               # payloads added
+    skipped: int                             # payloads with histograms on another layout
+
+
+def sum_histograms(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] | None = None, *,
+                   layout: Layout | None = None, prediction_size: int | None = None) -> HistSum:
+    """Add the feature and prediction histograms of payloads that share `layout` (default: the
+    first payload's) and, when there is one, a prediction of `prediction_size` bins."""
+    with_hist = [i for i, p in enumerate(payloads) if p.get("features") or p.get("prediction")]
+    if not with_hist:
+        return HistSum(None, None, 0, 0)
     if hists is None:
         hists = [hist_of(p) for p in payloads]
-    with_hist = [(p, h) for p, h in zip(payloads, hists, strict=True) if p.get("features") or p.get("prediction")]
-    if not with_hist:
-        return acc
-    p0, h0 = with_hist[0]
-    pred0 = p0.get("prediction")
-    pred_size = len(pred0["counts"]) if pred0 else 0
-    good = [(p, h) for p, h in with_hist if h.layout == h0.layout and (
-        pred_size == 0 or (p.get("prediction") is not None and len(p["prediction"]["counts"]) == pred_size))]
-    acc["edge_mismatch"] += len(with_hist) - len(good)
-    names, hashes, sizes = h0.layout
-    if names:
-        sums = _column_sums([h.counts for _, h in good]) if sum(sizes) else []
-        nan = _column_sums([h.nan for _, h in good])
+    h0, pred0 = hists[with_hist[0]], payloads[with_hist[0]].get("prediction")
+    want = h0.layout if layout is None else layout
+    pred_size = (len(pred0["counts"]) if pred0 else 0) if prediction_size is None else prediction_size
+    good = [i for i in with_hist if hists[i].layout == want and (pred_size == 0 or (
+        payloads[i].get("prediction") is not None and len(payloads[i]["prediction"]["counts"]) == pred_size))]
+    names, hashes, sizes = want
+    feats = None
+    if names and good:
+        sums = _column_sums([hists[i].counts for i in good]) if sum(sizes) else []
+        nan = _column_sums([hists[i].nan for i in good])
         feats, at = [], 0
         for n, eh, size, k in zip(names, hashes, sizes, nan, strict=True):
             feats.append({"name": n, "edges_hash": eh, "counts": sums[at:at + size], "nan": int(k)})
             at += size
-        acc["features"] = feats
-    if pred_size:
-        acc["prediction"] = {**dict(pred0), "counts": _column_sums([p["prediction"]["counts"] for p, _ in good]),
-                             "nan": sum(int(p["prediction"].get("nan", 0)) for p, _ in good)}
-    return acc
+    pred = None
+    if pred_size and good:
+        first = payloads[good[0]]["prediction"]
+        pred = {**dict(first), "counts": _column_sums([payloads[i]["prediction"]["counts"] for i in good]),
+                "nan": sum(int(payloads[i]["prediction"].get("nan", 0)) for i in good)}
+    return HistSum(feats, pred, len(good), len(with_hist) - len(good))
 
 
 def _column_sums(rows: list[list[int]]) -> list[int]:

@@ -8,14 +8,14 @@ for `report_timeout_s` after its command is a failure, so the install gate decid
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from agent.sketches import LatencyHistogram, psi
+from agent.sketches import LatencyHistogram
+from fleet.drift import engine
 from fleet.rollouts.spec import Gates
 
 PASS, FAIL, WAIT = "pass", "fail", "wait"
@@ -205,97 +205,79 @@ def gate_latency(cand: CohortStats, previous: CohortStats, g: Gates) -> GateResu
                       g.max_latency_p99_ratio, per_class)
 
 
-def chi2_quantile(dof: int, z: float = 3.0902) -> float:
-    """Wilson-Hilferty approximation of the chi-square quantile (z=3.09: the 99.9th percentile)."""
-    k = max(1, dof)
-    return k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
+def chi2_quantile(dof: int, p: float = 0.999) -> float:
+    """The chi-square quantile of the one drift engine (fleet.drift.engine.chi2_quantile)."""
+    return engine.chi2_quantile(p, dof)
 
 
 def psi_limit(configured: float, bins: int, n: int, m: int) -> float:
-    """Under no drift PSI ~ (1/n + 1/m) chi2(B-1); never alarm below that noise floor."""
-    if n <= 0 or m <= 0:
-        return configured
-    return max(configured, chi2_quantile(bins - 1) * (1 / n + 1 / m))
+    """Under no drift PSI ~ (1/n + 1/m) chi2(B-1); never alarm below that noise floor (the engine's)."""
+    return engine.psi_limit(configured, bins, n, m)
+
+
+def drift_params(g: Gates, limit: float) -> engine.DriftParams:
+    """The rollout gates' settings for the one drift engine: one limit (no warn level), half a
+    count added to every bin of both sides (Jeffreys: one bin empty by chance in a small canary
+    sample would otherwise add ~0.7 on its own), FEATURE_DRIFT_SHARE, and the spec's minimum
+    samples for the canary and the control (a baseline counts from one sample: it is the build's)."""
+    need = max(1, g.min_requests, g.min_drift_samples)
+    return engine.DriftParams(psi_warn=limit, psi_alert=limit, min_samples=need, min_reference_samples=1,
+                              dataset_drift_share=FEATURE_DRIFT_SHARE, pseudo_count=0.5)
+
+
+def drift_verdict(cand: CohortStats, control: CohortStats, baseline: Mapping[str, Any] | None,
+                  params: engine.DriftParams) -> engine.DriftVerdict:
+    """The engine's judgement of the candidate against the baseline and the control cohort (what
+    the drift gates decide on, and what the console's rollout drift view shows)."""
+    refs: dict[str, Any] = {}
+    if baseline:
+        refs["baseline"] = baseline
+    if control.features or control.prediction:
+        refs["control"] = engine.Histograms.of(control.features, control.prediction)
+    return engine.judge(engine.Histograms.of(cand.features, cand.prediction), refs, params)
 
 
 def _psi_pair(ref: list[int] | np.ndarray, cur: list[int] | np.ndarray, configured: float) -> tuple[float, float]:
-    """PSI with half a count added to every bin of both sides (Jeffreys smoothing): one bin that
-    happens to be empty in a small sample would otherwise add ~0.7 on its own."""
-    r, c = np.asarray(ref, dtype=np.float64), np.asarray(cur, dtype=np.float64)
-    value = float(psi(r + 0.5, c + 0.5))
-    return value, psi_limit(configured, len(r), int(c.sum()), int(r.sum()))
+    """(PSI, limit) of one histogram pair with the gates' settings (Jeffreys smoothing)."""
+    f = engine.feature_drift("pair", np.asarray(ref, dtype=np.int64), np.asarray(cur, dtype=np.int64),
+                             engine.DriftParams(psi_warn=configured, psi_alert=configured, pseudo_count=0.5,
+                                                min_samples=1, min_reference_samples=1))
+    return f.psi, f.threshold_alert
 
 
 def gate_prediction_drift(cand: CohortStats, control: CohortStats, baseline: Mapping[str, Any] | None,
                           g: Gates) -> GateResult:
     pred = cand.prediction
     n = int(sum(pred["counts"])) if pred else 0
-    need = max(1, g.min_requests, g.min_drift_samples)
-    if not pred or n < need:
+    params = drift_params(g, g.max_prediction_psi)
+    if not pred or n < params.min_samples:
         return GateResult("prediction_drift", WAIT, None, g.max_prediction_psi, {"samples": n})
-    detail: dict[str, Any] = {"samples": n}
-    worst_excess, worst_value, breach = -math.inf, 0.0, False
-    refs = []
-    base = (baseline or {}).get("prediction")
-    if base and len(base.get("counts", ())) == len(pred["counts"]):
-        refs.append(("baseline", base["counts"]))
-    ctl = control.prediction
-    if ctl and len(ctl["counts"]) == len(pred["counts"]) and sum(ctl["counts"]) >= need:
-        refs.append(("control", ctl["counts"]))
-    for name, counts in refs:
-        value, limit = _psi_pair(counts, pred["counts"], g.max_prediction_psi)
-        detail[name] = {"psi": round(value, 5), "limit": round(limit, 5)}
-        breach = breach or value > limit
-        if value - limit > worst_excess:
-            worst_excess, worst_value = value - limit, value
-    if not refs:
+    v = drift_verdict(cand, control, baseline, params)
+    detail: dict[str, Any] = {"samples": n, **{label: {"psi": round(f.psi, 5), "limit": round(f.threshold_alert, 5)}
+                                               for label, f in v.prediction.items()}}
+    if not v.prediction:
         return GateResult("prediction_drift", PASS, None, g.max_prediction_psi, {**detail, "reference": None})
-    return GateResult("prediction_drift", FAIL if breach else PASS, round(worst_value, 5), g.max_prediction_psi,
-                      detail)
+    worst = max(v.prediction.values(), key=lambda f: f.psi - f.threshold_alert)
+    return GateResult("prediction_drift", FAIL if v.prediction_breach else PASS, round(worst.psi, 5),
+                      g.max_prediction_psi, detail)
 
 
 def gate_feature_drift(cand: CohortStats, control: CohortStats, baseline: Mapping[str, Any] | None,
                        g: Gates) -> GateResult:
-    base = {f["name"]: f for f in (baseline or {}).get("features", [])}
-    drifted: list[str] = []
-    judged_names: list[str] = []
-    worst = 0.0
-    judged = 0
-    need = max(1, g.min_requests, g.min_drift_samples)
-    for name, cur in sorted(cand.features.items()):
-        n = int(sum(cur["counts"]))
-        if n < need:
-            continue
-        refs = []
-        b = base.get(name)
-        if b and b.get("edges_hash") == cur.get("edges_hash") and len(b["counts"]) == len(cur["counts"]):
-            refs.append(b["counts"])
-        c = control.features.get(name)
-        if c and c.get("edges_hash") == cur.get("edges_hash") and sum(c["counts"]) >= need:
-            refs.append(c["counts"])
-        for ref in refs:
-            value, limit = _psi_pair(ref, cur["counts"], g.max_feature_psi)
-            worst = max(worst, value)
-            if value > limit and name not in drifted:
-                drifted.append(name)
-        judged += 1 if refs else 0
-        if refs:
-            judged_names.append(name)
-    if judged == 0:
-        status = WAIT if cand.features and not any(sum(f["counts"]) >= need
+    """Share (importance mass, issue 15) of features drifted against the baseline or the control."""
+    params = drift_params(g, g.max_feature_psi)
+    v = drift_verdict(cand, control, baseline, params)
+    if not v.judged:
+        status = WAIT if cand.features and not any(sum(f["counts"]) >= params.min_samples
                                                    for f in cand.features.values()) else PASS
         return GateResult("feature_drift", status, None, g.max_feature_psi, {"features": 0})
-    from fleet.drift.importance import (  # issue 15: importance mass, not count
-        importance_weights,
-        weighted_share,
-    )
-
-    ws = weighted_share(drifted, judged_names, importance_weights(baseline))
-    status = FAIL if ws.share >= FEATURE_DRIFT_SHARE else PASS
-    detail: dict[str, Any] = {"drifted": drifted, "judged": judged, "share": round(ws.share, 4)}
-    if ws.weighted:
+    detail: dict[str, Any] = {"drifted": v.drifted, "judged": len(v.judged), "share": v.share,
+                              "summary": v.summary()}
+    ws = v.weighting
+    if ws is not None and ws.weighted:
         detail.update(weighted_by="importance", count_share=ws.count_share, ignored=ws.ignored)
-    return GateResult("feature_drift", status, round(worst, 5), g.max_feature_psi, detail)
+    return GateResult("feature_drift", FAIL if v.dataset_drift else PASS, None if v.worst_psi is None
+                      else round(v.worst_psi, 5), g.max_feature_psi, detail)
 
 
 def gate_shadow(cand: CohortStats, g: Gates) -> GateResult:
