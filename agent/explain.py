@@ -39,11 +39,23 @@ def feature_groups(sample_shape: tuple[int, ...]) -> tuple[str, np.ndarray]:
     return "channel", np.repeat(np.arange(sample_shape[0]), per)
 
 
-def _baseline_medians(manifest: Mapping[str, Any], n_feat: int) -> tuple[np.ndarray, str]:
-    """Per-feature reference values and where they came from."""
+def _layout(manifest: Mapping[str, Any], sample_shape: tuple[int, ...]) -> tuple[str, np.ndarray]:
+    """feature_groups, or the build's own column -> feature map (`explain.groups`: a raw-input
+    bundle's one-hot columns form one raw feature, occluded together)."""
+    kind, groups = feature_groups(sample_shape)
+    mapped = (manifest.get("explain") or {}).get("groups")
+    if isinstance(mapped, list) and len(mapped) == groups.size and all(isinstance(g, int) for g in mapped):
+        return "raw", np.asarray(mapped, dtype=np.int64)
+    return kind, groups
+
+
+def _baseline_medians(manifest: Mapping[str, Any], groups: np.ndarray) -> tuple[np.ndarray, str]:
+    """Reference values per element (explain.reference is per feature, or per column on raw bundles)."""
+    n_feat = int(groups.max()) + 1
     ref = (manifest.get("explain") or {}).get("reference")
-    if isinstance(ref, list) and len(ref) == n_feat:
-        return np.asarray(ref, dtype=np.float64), "explain.reference"
+    if isinstance(ref, list) and len(ref) in (n_feat, groups.size):
+        r = np.asarray(ref, dtype=np.float64)
+        return (r if len(ref) == groups.size and "groups" in manifest["explain"] else r[groups]), "explain.reference"
     base = manifest.get("drift_baseline") or {}
     ext = base.get("extractor") or {}
     out = np.zeros(n_feat)
@@ -53,8 +65,8 @@ def _baseline_medians(manifest: Mapping[str, Any], n_feat: int) -> tuple[np.ndar
             edges = feat.get("edges") or []
             if 0 <= int(i) < n_feat and edges:
                 out[int(i)] = float(edges[len(edges) // 2])  # quantile edges: the middle one is ~ the median
-        return out, "drift_baseline"
-    return out, "zeros"
+        return out[groups], "drift_baseline"
+    return out[groups], "zeros"
 
 
 def _names(manifest: Mapping[str, Any], n_feat: int) -> list[str]:
@@ -86,11 +98,11 @@ def explain_model(model: LoadedModel, inputs: Mapping[str, Any] | np.ndarray, to
     name, arr = next(iter(x.items()))
     if arr.ndim < 1 or len(arr) > MAX_ROWS:
         raise InputError(f"explain at most {MAX_ROWS} rows per request (got {len(arr) if arr.ndim else 0})")
-    kind, groups = feature_groups(tuple(arr.shape[1:]))
+    kind, groups = _layout(model.manifest, tuple(arr.shape[1:]))
     n_feat = int(groups.max()) + 1
     if n_feat > MAX_FEATURES:
         raise InputError(f"{n_feat} features exceed the occlusion budget of {MAX_FEATURES}")
-    ref, ref_source = _baseline_medians(model.manifest, n_feat)
+    ref, ref_source = _baseline_medians(model.manifest, groups)
     names = _names(model.manifest, n_feat)
     fixed_batch = next((s.shape[0] for s in model.inputs if s.name == name and s.shape
                         and isinstance(s.shape[0], int) and s.shape[0] > 0), None)
@@ -100,7 +112,7 @@ def explain_model(model: LoadedModel, inputs: Mapping[str, Any] | np.ndarray, to
         flat = row.reshape(1, -1)
         variants = np.repeat(flat, n_feat + 1, axis=0)
         for f in range(n_feat):
-            variants[f + 1, groups == f] = ref[f]
+            variants[f + 1, groups == f] = ref[groups == f]
         variants = variants.reshape((n_feat + 1, *row.shape[1:])).astype(row.dtype, copy=False)
         if fixed_batch == 1:
             out = np.concatenate([np.asarray(model.run({name: variants[i:i + 1]})[0]) for i in range(n_feat + 1)])
