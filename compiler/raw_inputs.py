@@ -41,6 +41,8 @@ class RawContract:
     raw: RawColumns
     atol: float
     rtol: float
+    labels: np.ndarray | None = None  # the raw rows' labels and slices: raw-feature importance (compiler/explain.py)
+    slices: np.ndarray | None = None
 
 
 def prepare(cfg: Any) -> RawContract | None:
@@ -75,14 +77,17 @@ def prepare(cfg: Any) -> RawContract | None:
             else cfg.preprocess
         pre = from_torch(module, raw, PLACEHOLDER_OUTPUT, OPSET, reference)
     pre.schema = apply_overrides(pre.schema, load_schema_overrides(cfg.feature_schema), str(cfg.feature_schema))
+    if labels is not None:
+        labels = np.asarray(labels).astype(np.int64 if cfg.task == "classification" else np.float32)
+    slices = None if slices is None else np.asarray(slices).astype(str)
     if cfg.eval is None:
         data: dict[str, Any] = {"inputs": pre.reference(raw).astype(np.float32)}
         if labels is not None:
-            data["labels"] = np.asarray(labels).astype(np.int64 if cfg.task == "classification" else np.float32)
+            data["labels"] = labels
         if slices is not None:
-            data["slices"] = np.asarray(slices).astype(str)
+            data["slices"] = slices
         cfg.eval = data
-    return RawContract(pre, raw, float(cfg.parity_atol), float(cfg.parity_rtol))
+    return RawContract(pre, raw, float(cfg.parity_atol), float(cfg.parity_rtol), labels, slices)
 
 
 def _rename_output(pre: Preprocess, name: str) -> bytes:
@@ -122,4 +127,8 @@ def attach(contract: RawContract, art: Any, fields: dict[str, Any], fp32_onnx: P
         graph.write_bytes(pre.onnx_bytes)
         art.files[PREPROCESS_FILE] = graph
         fields["preprocess"] = preprocess_manifest(pre, parity.to_manifest(contract.atol, contract.rtol))
+        from compiler.explain import explain_raw_inputs  # importance by raw feature name (issue 15)
+
+        explain_raw_inputs(fields, pre.column_names, pre.raw_feature_of, want, contract.labels, contract.slices,
+                           lambda b: predict(runner, {name: b.astype(np.float32, copy=False)}, batch=256))
     return parity.gate
