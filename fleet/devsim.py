@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.canonical import canonical_json
 from agent.keys import public_key_to_b64, sign_document
-from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, TELEMETRY_SCHEMA, topic
-from agent.sketches import LatencyHistogram, build_drift_baseline
+from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, topic
+from agent.sketches import CategoricalHistogram, FixedBinHistogram, LatencyHistogram, build_drift_baseline
+from agent.window_payload import ModelRef, build_window
 
 
 def make_baseline(seed: int = 0, n_features: int = 8, n_samples: int = 5000, n_classes: int = 10) -> dict[str, Any]:
@@ -87,27 +88,22 @@ class SimDevice:
                   version: int = 1, window_start: float = 1764100000.0, window_s: int = 60, n: int = 200,
                   shift: float = 0.0, role: str = "active", errors: int = 0, seq: int | None = None,
                   latency_us: float = 900.0) -> dict[str, Any]:
-        feats = []
-        for f in baseline["features"]:
-            counts = rng.multinomial(n, shifted_proportions(f["counts"], shift))
-            feats.append({"name": f["name"], "edges_hash": f["edges_hash"], "counts": [int(c) for c in counts],
-                          "nan": 0})
+        """One window built by the agent's own code (agent.window_payload.build_window) from agent
+        histograms whose counts are drawn from the baseline, moved by `shift` towards the last bin."""
+        feats = [(f["name"], FixedBinHistogram(f["edges"], rng.multinomial(n, shifted_proportions(f["counts"], shift))))
+                 for f in baseline["features"]]
         pred_b = baseline["prediction"]
-        pred = {"kind": "class", "n_classes": pred_b["n_classes"],
-                "counts": [int(c) for c in rng.multinomial(n, shifted_proportions(pred_b["counts"], shift))]}
+        pred = CategoricalHistogram(pred_b["n_classes"], rng.multinomial(n, shifted_proportions(pred_b["counts"], shift)))
         lat = LatencyHistogram()
-        lat.record_many(rng.lognormal(np.log(latency_us), 0.3, size=n))
-        return {
-            "schema": TELEMETRY_SCHEMA, "fleet": self.fleet, "device": self.device_id,
-            "seq": self.next_seq() if seq is None else seq, "sent_at": time.time(),
-            "window": {"start": window_start, "end": window_start + window_s, "seconds": window_s},
-            "model": {"name": model, "version": version, "role": role, "manifest_sha256": "0" * 64},
-            "device_class": self.device_class, "requests": n, "sampled": n,
-            "errors": {"invalid_input": errors, "runtime": 0}, "latency_us": lat.to_dict(),
-            "resources": {"cpu_percent": float(rng.uniform(5, 40)), "rss_mb": 80.0, "mem_percent": 3.0,
-                          "temp_c": None},
-            "features": feats, "prediction": pred, "dropped_windows": 0,
-        }
+        lat.record_many(rng.lognormal(np.log(latency_us), 0.3, size=max(0, n - errors)))
+        w = build_window(
+            fleet=self.fleet, device=self.device_id, device_class=self.device_class,
+            model=ModelRef(model, version, role, "0" * 64), start=window_start, end=window_start + window_s,
+            errors={"invalid_input": errors, "runtime": 0}, latency=lat, sampled=n,
+            resources={"cpu_percent": float(rng.uniform(5, 40)), "rss_mb": 80.0, "mem_percent": 3.0, "temp_c": None},
+            features=feats, prediction=pred)
+        w.seq, w.sent_at = self.next_seq() if seq is None else seq, time.time()
+        return w.to_wire()
 
     def state(self, *, installed: dict[str, Any] | None, previous: dict[str, Any] | None = None,
               status: str = "online") -> dict[str, Any]:

@@ -12,12 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from sqlmodel import Session, select
 
 from agent.sketches import LatencyHistogram
 from fleet import audit
 from fleet.analytics.quality import OnlineQuality
+from fleet.ingest.aggregate import sum_histograms
 from fleet.models import AuditEntry, Device, DeviceEvent, TelemetryWindow
 from fleet.rollouts.blind import clock_start
 from fleet.rollouts.gates import CohortStats, DeviceEvidence, WaveEvidence
@@ -73,55 +73,43 @@ def load_windows(session: Session, ids: Sequence[str], model_name: str, since: f
 
 
 def merge_windows(windows: Iterable[TelemetryWindow]) -> CohortStats:
-    """Add up telemetry windows: counts, latency per device class, prediction/feature histograms."""
+    """Add up telemetry windows: counts, latency per device class, and the prediction/feature
+    histograms by the one merge (fleet.ingest.aggregate.sum_histograms: windows on other edges
+    than the first one's are left out, never mixed in)."""
     s = CohortStats()
     s.quality = OnlineQuality()   # online accuracy, confidence (issue 14: fleet.analytics)
     devices: set[str] = set()
-    feats: dict[str, dict[str, Any]] = {}
-    pred: dict[str, Any] | None = None
+    payloads: list[Mapping[str, Any]] = []
     for w in windows:
         p: Mapping[str, Any] = w.payload or {}
         s.requests += int(w.requests)
         s.errors += int(w.errors)
         s.windows += 1
         devices.add(w.device_id)
-        lat = p.get("latency_us")
-        if lat:
-            try:
-                h = LatencyHistogram.from_dict(lat)
-            except (ValueError, TypeError):
-                h = None
-            if h is not None:
-                cls = w.device_class or p.get("device_class") or ""
-                s.latency[cls] = s.latency[cls].merge(h) if cls in s.latency else h
-        pr = p.get("prediction")
-        if isinstance(pr, Mapping) and isinstance(pr.get("counts"), list):
-            counts = np.asarray(pr["counts"], dtype=np.int64)
-            if pred is None:
-                pred = {"kind": pr.get("kind"), "counts": counts, "edges_hash": pr.get("edges_hash")}
-            elif len(pred["counts"]) == len(counts) and pred.get("edges_hash") == pr.get("edges_hash"):
-                pred["counts"] = pred["counts"] + counts
-        for f in p.get("features") or ():
-            if not isinstance(f, Mapping) or "name" not in f or not isinstance(f.get("counts"), list):
-                continue
-            counts = np.asarray(f["counts"], dtype=np.int64)
-            cur = feats.get(f["name"])
-            if cur is None:
-                feats[f["name"]] = {"edges_hash": f.get("edges_hash"), "counts": counts}
-            elif cur["edges_hash"] == f.get("edges_hash") and len(cur["counts"]) == len(counts):
-                cur["counts"] = cur["counts"] + counts
+        _add_latency(s, w.device_class or p.get("device_class") or "", p.get("latency_us"))
+        payloads.append(p)
         s.quality.add_payload(p)
         sh = p.get("shadow")
         if isinstance(sh, Mapping):
             s.shadow_compared += int(sh.get("compared", 0) or 0)
             s.shadow_agreed += int(sh.get("agreed", 0) or 0)
     s.devices = len(devices)
-    if pred is not None:
-        pred["counts"] = [int(c) for c in pred["counts"]]
-    s.prediction = pred
-    s.features = {k: {"edges_hash": v["edges_hash"], "counts": [int(c) for c in v["counts"]]}
-                  for k, v in feats.items()}
+    hs = sum_histograms(payloads)
+    if hs.prediction is not None:
+        s.prediction = {"kind": hs.prediction.get("kind"), "counts": hs.prediction["counts"],
+                        "edges_hash": hs.prediction.get("edges_hash")}
+    s.features = {f["name"]: {"edges_hash": f["edges_hash"], "counts": f["counts"]} for f in hs.features or ()}
     return s
+
+
+def _add_latency(s: CohortStats, cls: str, lat: Any) -> None:
+    if not lat:
+        return
+    try:
+        h = LatencyHistogram.from_dict(lat)
+    except (ValueError, TypeError):
+        return
+    s.latency[cls] = s.latency[cls].merge(h) if cls in s.latency else h
 
 
 def delivered_at(session: Session, command_ids: Sequence[str]) -> dict[str, float]:

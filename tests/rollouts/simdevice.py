@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.bundle import BundleError, RollbackApproval
 from agent.keys import Keyring, key_id, sign_document
-from agent.protocol import STATE_SCHEMA, TELEMETRY_SCHEMA, CommandGuard, ProtocolError, topic
-from agent.sketches import FixedBinHistogram, LatencyHistogram, edges_hash
+from agent.protocol import STATE_SCHEMA, CommandGuard, ProtocolError, topic
+from agent.sketches import CategoricalHistogram, FixedBinHistogram, LatencyHistogram
+from agent.window_payload import ModelRef, build_window
 
 N_CLASSES = 10
 BASE_PRED = np.array([12, 11, 10, 10, 10, 10, 10, 9, 9, 9], dtype=np.float64) / 100.0
@@ -183,33 +184,31 @@ class SimDevice:
         return out
 
     def _window(self, start: float, end: float, model: Mapping[str, Any], role: str, n: int) -> tuple[str, bytes]:
+        """One window built by the agent's own code (agent.window_payload.build_window) from agent
+        histograms filled with this version's behaviour; failed requests have no latency, as on a device."""
         b = self.behaviour(model["version"])
-        lat = LatencyHistogram()
-        lat.record_many(self.rng.lognormal(np.log(b.latency_us), 0.15, n))
+        latencies = self.rng.lognormal(np.log(b.latency_us), 0.15, n)
         errors = int(self.rng.binomial(n, min(1.0, b.error_rate))) if b.error_rate else 0
+        lat = LatencyHistogram()
+        lat.record_many(latencies[:n - errors])
         p = np.zeros(N_CLASSES) if b.drift else BASE_PRED.copy()
         if b.drift:
             p[0], p[1] = 0.8, 0.2
-        pred = self.rng.multinomial(n, p / p.sum())
+        pred = CategoricalHistogram(N_CLASSES, self.rng.multinomial(n, p / p.sum()))
         feat = FixedBinHistogram(FEATURE_EDGES)
         feat.add(self.rng.normal(b.feature_shift, 0.7, n))
-        payload: dict[str, Any] = {
-            "schema": TELEMETRY_SCHEMA, "fleet": self.fleet, "device": self.device_id, "seq": self._next_seq(),
-            "sent_at": end, "window": {"start": start, "end": end, "seconds": end - start},
-            "model": {"name": model["name"], "version": model["version"], "role": role,
-                      "manifest_sha256": model.get("manifest_sha256", "")},
-            "device_class": self.device_class, "requests": n, "sampled": n,
-            "errors": {"invalid_input": 0, "runtime": errors}, "latency_us": lat.to_dict(),
-            "resources": {"cpu_percent": 10.0, "rss_mb": 50.0, "mem_percent": 1.0, "temp_c": None},
-            "features": [{"name": "f0", "edges_hash": edges_hash(FEATURE_EDGES),
-                          "counts": [int(c) for c in feat.counts], "nan": 0}],
-            "prediction": {"kind": "class", "n_classes": N_CLASSES, "counts": [int(c) for c in pred]},
-            "dropped_windows": 0}
+        extra: dict[str, Any] = {}
         if role == "shadow":
             agreed = int(self.rng.binomial(n, b.shadow_agreement if not b.drift else 0.3))
-            payload["shadow"] = {"compared": n, "agreed": agreed,
-                                 "active_version": (self.installed or {}).get("version")}
-        return self._msg("telemetry", payload)
+            extra["shadow"] = {"compared": n, "agreed": agreed, "active_version": (self.installed or {}).get("version")}
+        w = build_window(fleet=self.fleet, device=self.device_id, device_class=self.device_class,
+                         model=ModelRef(model["name"], model["version"], role, model.get("manifest_sha256") or ""),
+                         start=start, end=end, errors={"invalid_input": 0, "runtime": errors}, latency=lat,
+                         sampled=n, resources={"cpu_percent": 10.0, "rss_mb": 50.0, "mem_percent": 1.0,
+                                               "temp_c": None},
+                         features=[("f0", feat)], prediction=pred, extra=extra)
+        w.seq, w.sent_at = self._next_seq(), end
+        return self._msg("telemetry", w.to_wire())
 
     @property
     def trusted_key_ids(self) -> list[str]:
