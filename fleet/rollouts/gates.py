@@ -8,112 +8,28 @@ for `report_timeout_s` after its command is a failure, so the install gate decid
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from agent.sketches import LatencyHistogram
+from edgefleet.gates import FAIL, PASS, WAIT, GateRegistry, GateVerdict, overall
 from fleet.drift import engine
 from fleet.rollouts.spec import Gates
+from fleet.rollouts.verdict import (  # the types live there; evidence.py and tests import them from here
+    HEALTHY,
+    PENDING,
+    CohortStats,
+    DeviceEvidence,
+    Verdict,
+    WaveEvidence,
+    device_outcome,
+)
 
-PASS, FAIL, WAIT = "pass", "fail", "wait"
+GateResult = GateVerdict   # one gate shape (edgefleet.gates), the name the gate functions use
 LATENCY_MIN_SAMPLES = 200   # a p99 from fewer samples is one outlier, not a tail
 FEATURE_DRIFT_SHARE = 0.3   # share of features whose PSI is over the limit that counts as drift
-
-
-@dataclass
-class DeviceEvidence:
-    """What the fleet verified about one wave device (from its signed state and telemetry)."""
-
-    device_id: str
-    device_class: str
-    commanded_at: float | None = None   # when the candidate command went out
-    installed: bool = False             # signed state: candidate installed (or loaded as shadow/ab)
-    installed_at: float | None = None
-    failure: str | None = None          # install-failed, refused, local-rollback, ... from signed reports
-    windows: int = 0                    # candidate telemetry windows since the command
-
-
-@dataclass
-class CohortStats:
-    """Telemetry merged over a set of devices and windows."""
-
-    requests: int = 0
-    errors: int = 0
-    windows: int = 0
-    devices: int = 0
-    latency: dict[str, LatencyHistogram] = field(default_factory=dict)   # by device class
-    prediction: dict[str, Any] | None = None     # {"kind", "counts", ...} summed
-    features: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> {"edges_hash", "counts"}
-    shadow_compared: int = 0
-    shadow_agreed: int = 0
-    quality: Any = None   # fleet.analytics.OnlineQuality: labelled outcomes and confidence
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-
-@dataclass
-class WaveEvidence:
-    now: float
-    mode: str
-    devices: list[DeviceEvidence]
-    candidate: CohortStats
-    control: CohortStats
-    previous: CohortStats            # the version before, same device classes (latency reference)
-    baseline: Mapping[str, Any] | None = None   # the candidate manifest's drift_baseline
-
-
-@dataclass
-class GateResult:
-    gate: str
-    status: str
-    value: float | None = None
-    threshold: float | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"gate": self.gate, "status": self.status, "value": self.value, "threshold": self.threshold,
-                "detail": self.detail}
-
-
-@dataclass
-class Verdict:
-    status: str                      # pass | fail | wait
-    results: list[GateResult]
-    device_outcomes: dict[str, str]  # device id -> healthy | pending | failed:<reason>
-
-    @property
-    def breaches(self) -> list[GateResult]:
-        return [r for r in self.results if r.status == FAIL]
-
-    @property
-    def failed_devices(self) -> list[str]:
-        return sorted(d for d, o in self.device_outcomes.items() if o.startswith("failed"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "results": [r.to_dict() for r in self.results],
-                "device_outcomes": dict(sorted(self.device_outcomes.items()))}
-
-
-# ------------------------------------------------------------------------------------------
-# per-device outcome
-
-
-def device_outcome(d: DeviceEvidence, g: Gates, now: float) -> str:
-    """healthy (installed and reporting), pending, or failed:<reason>. A silent device fails
-    after report_timeout_s: no answer to the command, or installed but never any telemetry."""
-    if d.failure:
-        return f"failed:{d.failure}"
-    if d.installed and d.windows >= g.min_windows:
-        return "healthy"
-    started = d.commanded_at
-    if started is not None and now - started > g.report_timeout_s:
-        return "failed:no-telemetry" if d.installed else "failed:timeout"
-    return "pending"
 
 
 # ------------------------------------------------------------------------------------------
@@ -135,16 +51,16 @@ def gate_installs(outcomes: Mapping[str, str], g: Gates) -> GateResult:
 
 def gate_success(outcomes: Mapping[str, str], g: Gates) -> GateResult:
     total = len(outcomes)
-    healthy = sum(1 for o in outcomes.values() if o == "healthy")
-    pending = sum(1 for o in outcomes.values() if o == "pending")
+    healthy = sum(1 for o in outcomes.values() if o == HEALTHY)
+    pending = sum(1 for o in outcomes.values() if o == PENDING)
     frac = healthy / total if total else 1.0
-    if frac + 1e-12 >= g.success_threshold:
+    if frac + 1e-12 >= g.min_success:
         status = PASS
-    elif pending == 0 or (healthy + pending) / total + 1e-12 < g.success_threshold:
+    elif pending == 0 or (healthy + pending) / total + 1e-12 < g.min_success:
         status = FAIL     # cannot be reached any more
     else:
         status = WAIT
-    return GateResult("success", status, round(frac, 6), g.success_threshold,
+    return GateResult("success", status, round(frac, 6), g.min_success,
                       {"healthy": healthy, "pending": pending, "total": total})
 
 
@@ -152,7 +68,7 @@ def gate_reporting(devices: list[DeviceEvidence], outcomes: Mapping[str, str], g
     total = len(devices)
     reporting = sum(1 for d in devices if d.windows >= g.min_windows)
     frac = reporting / total if total else 1.0
-    pending = sum(1 for o in outcomes.values() if o == "pending")
+    pending = sum(1 for o in outcomes.values() if o == PENDING)
     if frac + 1e-12 >= g.min_reporting:
         status = PASS
     elif pending == 0:
@@ -319,22 +235,61 @@ def gate_slice_gap(cand: CohortStats, baseline: Mapping[str, Any] | None, g: Gat
     return GateResult("slice_gap", v.status, v.value, g.max_slice_gap_increase, v.detail)
 
 
+# ------------------------------------------------------------------------------------------
+# the registry: a spec's `gates.enabled` names gates from it; evaluate_wave iterates it
+
+
+@dataclass(frozen=True)
+class RolloutGate:
+    """A gate function registered by name (edgefleet.gates.Gate): `judge` reads the wave's
+    evidence named in `needs`; `applies` says when the gate has anything to judge."""
+
+    name: str
+    needs: tuple[str, ...]
+    judge: Callable[[WaveEvidence, Gates], GateVerdict]
+    applies: Callable[[WaveEvidence, Gates], bool] = lambda ev, g: True
+
+    def evaluate(self, evidence: WaveEvidence, params: Gates) -> GateVerdict | None:
+        return self.judge(evidence, params) if self.applies(evidence, params) else None
+
+
+def _outcomes(ev: WaveEvidence) -> Mapping[str, str]:
+    return ev.outcomes if ev.outcomes is not None else {}
+
+
+def _labelled(ev: WaveEvidence, g: Gates) -> bool:
+    return ev.mode != "shadow" and g.min_labelled > 0   # labels come back for served predictions only
+
+
+REGISTRY: GateRegistry[WaveEvidence, Gates] = GateRegistry("rollout", [
+    RolloutGate("installs", ("outcomes",), lambda ev, g: gate_installs(_outcomes(ev), g)),
+    RolloutGate("success", ("outcomes",), lambda ev, g: gate_success(_outcomes(ev), g)),
+    RolloutGate("reporting", ("devices", "outcomes"), lambda ev, g: gate_reporting(ev.devices, _outcomes(ev), g)),
+    RolloutGate("errors", ("candidate", "control"), lambda ev, g: gate_errors(ev.candidate, ev.control, g)),
+    RolloutGate("latency_p99", ("candidate", "previous"), lambda ev, g: gate_latency(ev.candidate, ev.previous, g)),
+    RolloutGate("prediction_drift", ("candidate", "control", "baseline"),
+                lambda ev, g: gate_prediction_drift(ev.candidate, ev.control, ev.baseline, g)),
+    RolloutGate("feature_drift", ("candidate", "control", "baseline"),
+                lambda ev, g: gate_feature_drift(ev.candidate, ev.control, ev.baseline, g)),
+    RolloutGate("shadow_agreement", ("candidate",), lambda ev, g: gate_shadow(ev.candidate, g),
+                applies=lambda ev, g: ev.mode == "shadow"),
+    RolloutGate("online_accuracy", ("candidate", "control", "baseline"),
+                lambda ev, g: gate_online_accuracy(ev.candidate, ev.control, ev.baseline, g), applies=_labelled),
+    RolloutGate("slice_gap", ("candidate", "baseline"), lambda ev, g: gate_slice_gap(ev.candidate, ev.baseline, g),
+                applies=lambda ev, g: _labelled(ev, g) and g.max_slice_gap_increase < 1.0),
+])
+
+
 def evaluate_wave(ev: WaveEvidence, g: Gates) -> Verdict:
-    """All gates for one wave. Device failures and statistical breaches both count; the verdict
-    is fail as soon as any gate fails, pass only when every gate passes."""
-    outcomes = {d.device_id: device_outcome(d, g, ev.now) for d in ev.devices}
-    results = [gate_installs(outcomes, g), gate_success(outcomes, g), gate_reporting(ev.devices, outcomes, g),
-               gate_errors(ev.candidate, ev.control, g), gate_latency(ev.candidate, ev.previous, g),
-               gate_prediction_drift(ev.candidate, ev.control, ev.baseline, g),
-               gate_feature_drift(ev.candidate, ev.control, ev.baseline, g)]
-    if ev.mode == "shadow":
-        results.append(gate_shadow(ev.candidate, g))
-    elif g.min_labelled > 0:   # labels come back for served predictions only (not shadow runs)
-        results.append(gate_online_accuracy(ev.candidate, ev.control, ev.baseline, g))
-        if g.max_slice_gap_increase < 1.0:
-            results.append(gate_slice_gap(ev.candidate, ev.baseline, g))
-    statuses = {r.status for r in results}
-    if any(o == "pending" for o in outcomes.values()):
-        statuses.add(WAIT)   # every device is decided (healthy, or failed by the timeout) before a wave passes
-    status = FAIL if FAIL in statuses else (WAIT if WAIT in statuses else PASS)
-    return Verdict(status, results, outcomes)
+    """The wave's enabled gates, in registry order. The device outcomes come from the targets'
+    status history (ev.outcomes) or, without one, from the devices' evidence. The verdict is
+    fail as soon as any gate fails, pass only when every gate passes and every device is decided."""
+    if ev.outcomes is None:
+        ev = replace(ev, outcomes={d.device_id: device_outcome(d, g, ev.now) for d in ev.devices})
+    outcomes = _outcomes(ev)
+    enabled = set(g.enabled)
+    results = REGISTRY.evaluate(ev, g, [n for n in REGISTRY.names() if n in enabled])
+    status = overall(results)
+    if status == PASS and any(o == PENDING for o in outcomes.values()):
+        status = WAIT   # every device is decided (healthy, or failed by the timeout) before a wave passes
+    return Verdict(status, results, dict(outcomes))

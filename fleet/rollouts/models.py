@@ -12,12 +12,12 @@ from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from fleet.models import now
+from fleet.rollouts.states import LIVE_ROLLOUTS, RolloutState, TargetState, WaveState
 
-ROLLOUT_STATUSES = ("running", "paused", "awaiting-approval", "completed", "aborted", "rolled-back")
-ACTIVE_STATUSES = ("running", "awaiting-approval")
-WAVE_STATUSES = ("pending", "active", "soaking", "awaiting-approval", "passed", "failed", "skipped")
-TARGET_STATUSES = ("pending", "commanded", "installed", "healthy", "failed", "rolling-back", "rolled-back",
-                   "skipped", "promoted")
+ROLLOUT_STATUSES = tuple(RolloutState)
+ACTIVE_STATUSES = LIVE_ROLLOUTS
+WAVE_STATUSES = tuple(WaveState)
+TARGET_STATUSES = tuple(TargetState)
 # A failed target's reason starts with this when its device never confirmed a rollback in time;
 # a later signed confirmation heals it (rolled-back).
 ROLLBACK_UNCONFIRMED = "rollback-unconfirmed"
@@ -42,7 +42,7 @@ class Rollout(SQLModel, table=True):
     model_name: str = Field(index=True)
     version: int
     spec: dict[str, Any] = _json(dict)
-    status: str = Field(default="running", index=True)
+    status: str = Field(default=RolloutState.RUNNING, index=True)   # states.RolloutState
     current_wave: int = 0
     created_at: float = Field(default_factory=now)
     created_by: str = ""
@@ -63,7 +63,7 @@ class RolloutWave(SQLModel, table=True):
     name: str
     mode: str = "install"          # install | shadow | ab
     phase: str = "install"         # shadow/ab waves switch to install once their gates pass (promotion)
-    status: str = "pending"
+    status: str = WaveState.PENDING   # states.WaveState
     planned: int = 0               # devices assigned
     started_at: float | None = None
     gates_passed_at: float | None = None   # soak starts here
@@ -87,7 +87,7 @@ class RolloutTarget(SQLModel, table=True):
     model_version_id: int | None = None       # the candidate build for this device class
     from_version: int | None = None           # what the device ran before (rollback target)
     from_manifest_sha256: str | None = None
-    status: str = "pending"
+    status: str = TargetState.PENDING   # states.TargetState
     reason: str | None = None
     command_id: str | None = None
     commanded_at: float | None = None
@@ -96,7 +96,8 @@ class RolloutTarget(SQLModel, table=True):
 
 
 class TargetStatusChange(SQLModel, table=True):
-    """Append-only status history of a target (the audit trail every threshold is computed from)."""
+    """Append-only status history of a target (the audit trail the installs and success gates are
+    computed from; machine.transition writes it)."""
 
     __tablename__ = "rollout_target_history"
     id: int | None = Field(default=None, primary_key=True)
@@ -104,6 +105,21 @@ class TargetStatusChange(SQLModel, table=True):
     target_id: int = Field(index=True)
     device_id: str
     at: float = Field(default_factory=now)
+    from_status: str
+    to_status: str
+    reason: str | None = None
+
+
+class RolloutStatusChange(SQLModel, table=True):
+    """Append-only status history of rollouts (wave_index None) and their waves, written by
+    machine.transition with the event that caused each move."""
+
+    __tablename__ = "rollout_status_history"
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int = Field(index=True)
+    wave_index: int | None = None
+    at: float = Field(default_factory=now)
+    event: str
     from_status: str
     to_status: str
     reason: str | None = None

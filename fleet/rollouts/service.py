@@ -19,14 +19,8 @@ from fleet.drift import alerts
 from fleet.models import Device, ModelVersion
 from fleet.rollouts import commands
 from fleet.rollouts.assignment import assign_waves
-from fleet.rollouts.evaluator import (
-    ACTOR,
-    LIVE_TARGET,
-    EvaluatorConfig,
-    find_build,
-    rollback_target,
-    set_status,
-)
+from fleet.rollouts.config import ACTOR, EvaluatorConfig
+from fleet.rollouts.machine import can, transition
 from fleet.rollouts.models import (
     GateEvaluation,
     Rollout,
@@ -35,7 +29,19 @@ from fleet.rollouts.models import (
     RolloutWave,
     TargetStatusChange,
 )
+from fleet.rollouts.rollback import find_build, rollback_target
 from fleet.rollouts.spec import RolloutSpec, TargetFilter
+from fleet.rollouts.states import (
+    LIVE_ROLLOUTS,
+    OPEN_ROLLOUTS,
+    ROLLBACK_TARGETS,
+    RolloutEvent,
+    RolloutState,
+    TargetEvent,
+    TargetState,
+    WaveEvent,
+    WaveState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +77,7 @@ def create_rollout(s: Session, spec: RolloutSpec | Mapping[str, Any], actor: str
         raise RolloutError(404, "unknown-model", f"no build of {spec.model_name} v{spec.version} is uploaded")
     live = s.exec(select(Rollout).where(Rollout.model_name == spec.model_name,
                                         Rollout.fleet == spec.target.fleet,
-                                        Rollout.status.in_(("running", "paused", "awaiting-approval")))).all()
+                                        Rollout.status.in_(OPEN_ROLLOUTS))).all()
     if live:
         raise RolloutError(409, "rollout-in-progress",
                            f"rollout {live[0].id} of {spec.model_name} v{live[0].version} is still {live[0].status}")
@@ -120,8 +126,9 @@ def approve(s: Session, rollout_id: int, actor: str, at: float | None = None) ->
     at = time.time() if at is None else at
     r = get_rollout(s, rollout_id)
     w = _wave(s, r)
-    if w.status != "awaiting-approval" and not (w.status in ("active", "soaking")
-                                                and r.spec["waves"][w.index]["gates"]["require_approval"]):
+    early = w.status in (WaveState.ACTIVE, WaveState.SOAKING) and RolloutSpec.from_stored(r.spec).waves[
+        w.index].gates.require_approval   # approved before its gates passed: it goes on when they do
+    if w.status != WaveState.AWAITING_APPROVAL and not early:
         raise RolloutError(409, "not-awaiting-approval", f"wave {w.index} is {w.status}")
     w.approved_by, w.approved_at = actor, at
     s.add(w)
@@ -132,11 +139,12 @@ def approve(s: Session, rollout_id: int, actor: str, at: float | None = None) ->
 
 def pause(s: Session, rollout_id: int, actor: str, why: str = "operator pause") -> Rollout:
     r = get_rollout(s, rollout_id)
-    if r.status not in ("running", "awaiting-approval"):
+    if not can(r, RolloutEvent.PAUSE):
         raise RolloutError(409, "not-running", f"rollout is {r.status}")
     before = r.status
-    r.status = "paused"
-    r.reason = {"kind": "operator-pause", "by": actor, "why": why, "at": time.time()}
+    at = time.time()
+    transition(s, r, RolloutEvent.PAUSE, at=at, reason=f"{why} (by {actor})",
+               why={"kind": "operator-pause", "by": actor, "why": why, "at": at})
     audit.record(s, actor, "rollout.pause", f"rollout:{r.id}", {"status": before}, r.reason)
     alerts.raise_rollout_alert(s, r, alerts.pause_reason(r), actor)  # every pause is an open alert (issue 18)
     return r
@@ -147,21 +155,19 @@ def resume(s: Session, rollout_id: int, actor: str, at: float | None = None) -> 
     that were rolled back are commanded again on the next tick (a deliberate operator choice)."""
     at = time.time() if at is None else at
     r = get_rollout(s, rollout_id)
-    if r.status != "paused":
+    if not can(r, RolloutEvent.RESUME):
         raise RolloutError(409, "not-paused", f"rollout is {r.status}")
     w = _wave(s, r)
-    if w.status == "failed":
-        w.status, w.phase, w.started_at, w.gates_passed_at, w.completed_at = "pending", w.mode, None, None, None
-        s.add(w)
+    if can(w, WaveEvent.RETRY):
+        transition(s, w, WaveEvent.RETRY, at=at, reason=f"resumed by {actor}")
         for t in s.exec(select(RolloutTarget).where(RolloutTarget.rollout_id == r.id,
                                                     RolloutTarget.wave_index == w.index)).all():
-            if t.status != "skipped":
-                set_status(s, t, "pending", "resumed by operator", at)
-    r.status = "running"
+            if t.status != TargetState.SKIPPED:
+                transition(s, t, TargetEvent.RESET, at=at, reason="resumed by operator")
     before = r.reason
-    r.reason = None
-    audit.record(s, actor, "rollout.resume", f"rollout:{r.id}", {"status": "paused", "reason": before},
-                 {"status": "running", "wave": w.index})
+    transition(s, r, RolloutEvent.RESUME, at=at, reason=f"resumed by {actor}")
+    audit.record(s, actor, "rollout.resume", f"rollout:{r.id}", {"status": RolloutState.PAUSED, "reason": before},
+                 {"status": r.status, "wave": w.index})
     alerts.close_rollout_alerts(s, r.id, actor, "resumed")
     return r
 
@@ -170,7 +176,7 @@ def abort(s: Session, rollout_id: int, actor: str) -> Rollout:
     """Stop the rollout: no further commands, queued unsent commands are cancelled. Devices keep
     what they run; use rollback to send them back."""
     r = get_rollout(s, rollout_id)
-    if r.status in ("completed", "aborted", "rolled-back"):
+    if not can(r, RolloutEvent.ABORT):
         raise RolloutError(409, "finished", f"rollout is {r.status}")
     before = r.status
     cancelled = 0
@@ -179,10 +185,9 @@ def abort(s: Session, rollout_id: int, actor: str) -> Rollout:
         c.expires_at = 0.0   # the outbox skips expired rows
         s.add(c)
         cancelled += 1
-    r.status = "aborted"
-    r.completed_at = time.time()
+    transition(s, r, RolloutEvent.ABORT, at=time.time(), reason=f"aborted by {actor}")
     audit.record(s, actor, "rollout.abort", f"rollout:{r.id}", {"status": before},
-                 {"status": "aborted", "cancelled_commands": cancelled})
+                 {"status": r.status, "cancelled_commands": cancelled})
     alerts.close_rollout_alerts(s, r.id, actor, "aborted")
     return r
 
@@ -201,14 +206,14 @@ def rollback_rollout(s: Session, rollout_id: int, actor: str, signer: commands.F
         s.add(c)
     queued = 0
     for t in targets:
-        if t.status in LIVE_TARGET or t.status == "promoted":
+        if t.status in ROLLBACK_TARGETS:
             d = s.get(Device, t.device_id)
-            phase = waves[t.wave_index].phase if t.wave_index in waves else "install"
+            phase = waves[t.wave_index].phase if t.wave_index in waves else "install"   # a wave's phase
             if rollback_target(s, r, t, d, phase, signer, cfg, f"operator rollback by {actor}", at):
                 queued += 1
     before = r.status
-    r.status = "rolled-back"
-    r.reason = {"kind": "operator-rollback", "by": actor, "at": at, "devices": queued}
+    transition(s, r, RolloutEvent.ROLL_BACK, at=at, reason=f"rolled back by {actor}",
+               why={"kind": "operator-rollback", "by": actor, "at": at, "devices": queued})
     audit.record(s, actor, "rollout.rollback", f"rollout:{r.id}", {"status": before}, r.reason)
     alerts.close_rollout_alerts(s, r.id, actor, "rolled back")
     return {"rollout": r.id, "commands": queued}
@@ -235,11 +240,10 @@ def rollback_version(s: Session, model_name: str, version: int, actor: str, sign
         raise LifecycleError(409, "version-retired", f"{model_name} v{', v'.join(map(str, retired))} is retired: devices"
                              f" cannot be sent back to it; move them to an active version (POST .../move-off)")
     for r in s.exec(select(Rollout).where(Rollout.model_name == model_name, Rollout.version == version,
-                                          Rollout.status.in_(("running", "awaiting-approval")))).all():
-        r.status = "paused"
-        r.reason = {"kind": "version-rollback", "by": actor, "at": at,
-                    "why": f"{model_name} v{version} rolled back"}
-        s.add(r)
+                                          Rollout.status.in_(LIVE_ROLLOUTS))).all():
+        transition(s, r, RolloutEvent.PAUSE, at=at, reason=f"{model_name} v{version} rolled back by {actor}",
+                   why={"kind": "version-rollback", "by": actor, "at": at,
+                        "why": f"{model_name} v{version} rolled back"})
         alerts.raise_rollout_alert(s, r, alerts.pause_reason(r), actor)
     queued, skipped = [], []
     for d in devices:
@@ -278,7 +282,7 @@ def rollout_summary(s: Session, r: Rollout) -> dict[str, Any]:
 
 def _waiting(s: Session, r: Rollout) -> dict[str, Any] | None:
     """Why the current wave waits instead of being judged ("waiting: ingest disconnected")."""
-    if r.status not in ("running", "awaiting-approval"):
+    if r.status not in LIVE_ROLLOUTS:
         return None
     w = s.exec(select(RolloutWave).where(RolloutWave.rollout_id == r.id,
                                          RolloutWave.index == r.current_wave)).first()

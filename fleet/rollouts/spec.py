@@ -3,15 +3,25 @@
 Plain dataclasses with validation, so the API, the service and the tests all speak one shape.
 Wave sizes are cumulative (a wave of 10% means "10% of the targeted devices have the version
 once this wave is done"), by percent or by device count; the last wave is usually 100%.
+
+A stored spec carries `schema_version`. API input is parsed strictly (`from_dict`: unknown
+fields refused); a stored spec is read leniently (`from_stored`: migrated from its version,
+unknown fields dropped, missing ones defaulted, not re-validated), so renaming a field never
+breaks a rollout in flight (see spec_migrations.py).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from fleet.rollouts.spec_migrations import SCHEMA_VERSION, SpecVersionError, migrate, renamed_from
+
 MODES = ("install", "shadow", "ab")
+REQUIRED_GATES = ("installs", "success")   # a wave always counts its devices
+log = logging.getLogger(__name__)
 
 
 class SpecError(ValueError):
@@ -61,7 +71,7 @@ class Gates:
 
     min_reporting: float = 1.0            # fraction of wave devices with candidate telemetry
     report_timeout_s: float = 300.0       # a device silent this long after its command has failed
-    success_threshold: float = 1.0        # fraction installed and healthy, from signed state
+    min_success: float = 1.0              # fraction installed and healthy (was success_threshold, v1)
     max_failure_fraction: float = 0.0     # failed installs + local rollbacks + silent devices
     max_error_rate_delta: float = 0.02    # candidate error rate minus control error rate
     max_latency_p99_ratio: float = 1.5    # candidate p99 / previous version p99, same device class
@@ -80,9 +90,16 @@ class Gates:
     accuracy_alpha: float = 0.05          # ... in a one-sided test at this level fails the wave
     max_slice_gap_increase: float = 1.0   # worst-slice gap over the build-time gap (1.0 = off)
     min_slice_labelled: int = 30          # labels a slice needs before it counts in the gap
+    # the gates this wave is judged by, by name (fleet.rollouts.gates.REGISTRY); default: all of them
+    enabled: tuple[str, ...] = field(default_factory=lambda: _registered())
+
+    def __post_init__(self) -> None:
+        if isinstance(self.enabled, list):   # from JSON
+            object.__setattr__(self, "enabled", tuple(self.enabled))
 
     def validate(self, where: str) -> None:
-        for name in ("min_reporting", "success_threshold", "max_failure_fraction", "min_shadow_agreement"):
+        self._validate_enabled(where)
+        for name in ("min_reporting", "min_success", "max_failure_fraction", "min_shadow_agreement"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise SpecError(f"{where}.{name} must be within [0, 1], got {v}")
@@ -98,6 +115,23 @@ class Gates:
                             "max_accuracy_drop and max_slice_gap_increase in [0, 1] are required")
         if self.min_requests < 0 or self.min_windows < 1 or self.min_drift_samples < 0:
             raise SpecError(f"{where}.min_requests >= 0 and min_windows >= 1 are required")
+
+    def _validate_enabled(self, where: str) -> None:
+        known = _registered()
+        if not isinstance(self.enabled, tuple) or not all(isinstance(n, str) for n in self.enabled):
+            raise SpecError(f"{where}.enabled must be a list of gate names ({', '.join(known)})")
+        unknown = [n for n in self.enabled if n not in known]
+        if unknown:
+            raise SpecError(f"{where}.enabled names unknown gates {unknown}; known: {', '.join(known)}")
+        missing = [n for n in REQUIRED_GATES if n not in self.enabled]
+        if missing:
+            raise SpecError(f"{where}.enabled must include {', '.join(missing)} (a wave always counts its devices)")
+
+
+def _registered() -> tuple[str, ...]:
+    from fleet.rollouts.gates import REGISTRY  # the registry imports this module
+
+    return REGISTRY.names()
 
 
 @dataclass(frozen=True)
@@ -162,48 +196,75 @@ class RolloutSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["target"]["attributes"] = dict(self.target.attributes)
-        return d
+        for w in d["waves"]:
+            w["gates"]["enabled"] = list(w["gates"]["enabled"])
+        return {"schema_version": SCHEMA_VERSION, **d}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutSpec:
-        """Parse and validate (API input or a stored spec). Unknown keys are refused."""
-        try:
-            t = dict(data.get("target") or {})
-            _known(t, TargetFilter, "target")
-            target = TargetFilter(
-                fleet=str(t.get("fleet", "default")),
-                device_classes=tuple(t.get("device_classes") or ()),
-                tags=tuple(t.get("tags") or ()),
-                attributes=dict(t.get("attributes") or {}),
-                device_ids=tuple(t.get("device_ids") or ()),
-            )
-            defaults = dict(data.get("gates") or {})
-            _known(defaults, Gates, "gates")
-            waves = []
-            for i, w in enumerate(data.get("waves") or ()):
-                w = dict(w)
-                gates = {**defaults, **dict(w.pop("gates", None) or {})}
-                _known(gates, Gates, f"waves[{i}].gates")
-                _known(w, WaveSpec, f"waves[{i}]")
-                waves.append(WaveSpec(gates=Gates(**gates), **{k: v for k, v in w.items()}))
-            if not waves:
-                raise SpecError("at least one wave is required")
-            extra = set(data) - {"model_name", "version", "target", "waves", "gates", "name", "seed"}
-            if extra:
-                raise SpecError(f"unknown fields {sorted(extra)}")
-            spec = cls(model_name=str(data["model_name"]), version=data["version"], target=target,
-                       waves=tuple(waves), name=str(data.get("name") or ""), seed=str(data.get("seed") or ""))
-        except KeyError as exc:
-            raise SpecError(f"missing field {exc}") from exc
-        except TypeError as exc:
-            raise SpecError(f"invalid spec: {exc}") from exc
-        return spec.validate()
+        """Parse and validate API input (or a spec file). Unknown keys are refused."""
+        return _parse(data, strict=True).validate()
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> RolloutSpec:
+        """A spec as stored on a Rollout row, whatever version wrote it: migrated to the current
+        shape, unknown keys dropped, missing ones defaulted. Not re-validated: it was valid when
+        the rollout was created, and a rule tightened since must not stop a rollout in flight."""
+        return _parse(data, strict=False)
 
 
-def _known(d: Mapping[str, Any], typ: type, where: str) -> None:
-    extra = set(d) - set(typ.__dataclass_fields__)
-    if extra:
-        raise SpecError(f"{where} has unknown fields {sorted(extra)}")
+_TOP = ("model_name", "version", "target", "waves", "gates", "name", "seed", "schema_version")
+
+
+def _parse(data: Mapping[str, Any], *, strict: bool) -> RolloutSpec:
+    try:
+        data = migrate(data, strict=strict)
+        known = _known_in(strict)
+        t = known(dict(data.get("target") or {}), TargetFilter, "target")
+        target = TargetFilter(fleet=str(t.get("fleet", "default")), device_classes=tuple(t.get("device_classes") or ()),
+                              tags=tuple(t.get("tags") or ()), attributes=dict(t.get("attributes") or {}),
+                              device_ids=tuple(t.get("device_ids") or ()))
+        defaults = known(dict(data.get("gates") or {}), Gates, "gates")
+        waves = []
+        for i, w in enumerate(data.get("waves") or ()):
+            w = dict(w)
+            gates = known({**defaults, **dict(w.pop("gates", None) or {})}, Gates, f"waves[{i}].gates")
+            if "enabled" in gates:
+                gates["enabled"] = _names(gates["enabled"], f"waves[{i}].gates.enabled")
+            w = known(w, WaveSpec, f"waves[{i}]")
+            waves.append(WaveSpec(gates=Gates(**gates), **w))
+        if not waves:
+            raise SpecError("at least one wave is required")
+        known({k: v for k, v in data.items() if k not in _TOP}, RolloutSpec, "spec")
+        return RolloutSpec(model_name=str(data["model_name"]), version=data["version"], target=target,
+                           waves=tuple(waves), name=str(data.get("name") or ""), seed=str(data.get("seed") or ""))
+    except KeyError as exc:
+        raise SpecError(f"missing field {exc}") from exc
+    except (TypeError, AttributeError) as exc:
+        raise SpecError(f"invalid spec: {exc}") from exc
+    except SpecVersionError as exc:
+        raise SpecError(str(exc)) from exc
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)) and all(isinstance(n, str) for n in value):
+        return tuple(value)
+    raise SpecError(f"{where} must be a list of gate names")
+
+
+def _known_in(strict: bool) -> Any:
+    """Strict: refuse unknown fields (naming a renamed one's new name). Lenient: drop them."""
+
+    def known(d: dict[str, Any], typ: type, where: str) -> dict[str, Any]:
+        extra = sorted(set(d) - set(typ.__dataclass_fields__))
+        if extra and strict:
+            hints = [f"{x} is now {renamed_from(x)}" for x in extra if renamed_from(x)]
+            raise SpecError(f"{where} has unknown fields {extra}" + (f" ({'; '.join(hints)})" if hints else ""))
+        if extra:
+            log.debug("stored rollout spec: %s fields %s dropped", where, extra)
+        return {k: v for k, v in d.items() if k not in extra}
+
+    return known
 
 
 def standard_waves(gates: Gates | None = None, percents: tuple[float, ...] = (1, 10, 50, 100),

@@ -107,7 +107,7 @@ def test_a_device_that_never_answers_fails_its_wave_instead_of_stalling_it(engin
 
 
 def test_a_silent_device_within_the_failure_budget_does_not_block_the_rollout(engine, tmp_path):
-    spec = spec_dict(percents=(20, 100), report_timeout_s=25, max_failure_fraction=0.34, success_threshold=0.6,
+    spec = spec_dict(percents=(20, 100), report_timeout_s=25, max_failure_fraction=0.34, min_success=0.6,
                      min_reporting=0.6)
     seed_spec = RolloutSpec.from_dict(spec)
     ids = [f"dev-{i:04d}" for i in range(15)]

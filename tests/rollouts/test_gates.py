@@ -91,7 +91,7 @@ def test_a_silent_device_fails_after_the_report_timeout_instead_of_stalling():
     assert late.failed_devices == ["mute"]
     # tolerated when the threshold allows one failure in five
     tolerant = evaluate_wave(evidence(devices=devices), Gates(report_timeout_s=60, max_failure_fraction=0.2,
-                                                              success_threshold=0.8, min_reporting=0.8))
+                                                              min_success=0.8, min_reporting=0.8))
     assert tolerant.status == G.PASS
 
 

@@ -34,7 +34,7 @@ def test_wave_gates_override_defaults():
     (lambda d: d["waves"].reverse(), "must not decrease"),
     (lambda d: d["waves"][1].update(name="canary"), "unique"),
     (lambda d: d.update(gates={"report_timeout_s": 0}), "report_timeout_s"),
-    (lambda d: d.update(gates={"success_threshold": 1.5}), "success_threshold"),
+    (lambda d: d.update(gates={"min_success": 1.5}), "min_success"),
     (lambda d: d.update(gates={"bogus": 1}), "unknown fields"),
     (lambda d: d.update(colour="red"), "unknown fields"),
     (lambda d: d["waves"][0].update(mode="yolo"), "mode"),
