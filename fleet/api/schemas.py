@@ -179,8 +179,8 @@ class TargetSpec(Strict):
 # Bounds of the gates whose range is known; every other field of fleet.rollouts.spec.Gates is
 # still accepted (finite float, int64 or bool by its type), so a new gate needs no edit here.
 _GATE_BOUNDS: dict[str, Any] = {
-    "min_reporting": Fraction, "success_threshold": Fraction, "max_failure_fraction": Fraction,
-    "min_shadow_agreement": Fraction,
+    "min_reporting": Fraction, "min_success": Fraction, "max_failure_fraction": Fraction,
+    "min_shadow_agreement": Fraction, "enabled": list[str],
     "report_timeout_s": Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)],
     "min_windows": Annotated[int, Field(ge=1, le=INT64_MAX)],
 }
