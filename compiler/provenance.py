@@ -30,8 +30,9 @@ def tool_versions() -> dict[str, str]:
 def code_version() -> str:
     """Hash of the compiler's own sources: a code change invalidates the cache and shows in provenance."""
     h = hashlib.sha256()
-    for p in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    root = Path(__file__).parent
+    for p in sorted(root.rglob("*.py")):  # compiler/formats/ and any subpackage too
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
     return "compiler-" + h.hexdigest()[:16]
 
 
