@@ -2,39 +2,57 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from agent.toml_files import read_toml
 from compiler.errors import CompileInputError
 from compiler.evaluate import TASKS
+from compiler.formats import FORMATS
 from compiler.quantize_onnx import CALIBRATION_METHODS
 
-PRECISION_CHOICES = ("auto", "int8", "fp16", "fp32", "dynamic-int8", "mixed")
-FORMAT_CHOICES = ("onnx", "openvino", "tflite")
+PRECISION_CHOICES = ("auto", *FORMATS.precisions())
+FORMAT_CHOICES = FORMATS.names()
+
+
+def unkeyed(why: str) -> dict[str, str]:
+    """Field metadata: this setting stays out of the hyper-parameters and the cache key, and why.
+    Every other field is keyed, so a new setting can never give a stale cache hit."""
+    return {"unkeyed": why}
+
+
+def with_distill() -> dict[str, str]:
+    """Field metadata: keyed only when --distill is set (the student's training settings)."""
+    return {"only_with": "distill"}
+
+
+_SOURCE = unkeyed("hashed by content: provenance.inputs")
+_OUTPUT = unkeyed("where results go, not what they are")
+_MEASURE = unkeyed("how latency is measured; it is in the report, never in the bundle")
 
 
 @dataclass
 class CompileConfig:
     """Everything one `edgefleet compile` run needs; see docs/compiler.md for each field."""
 
-    onnx: str | None = None
-    tflite: str | None = None  # a .tflite source, bundled for TFLite classes (compiler/tflite_source.py)
-    torch: Any = None  # "module:function", a .pt2 path, or an nn.Module (Python API)
+    onnx: str | None = field(default=None, metadata=_SOURCE)
+    tflite: str | None = field(default=None, metadata=_SOURCE)  # a .tflite source, bundled for TFLite classes (compiler/tflite_source.py)
+    torch: Any = field(default=None, metadata=_SOURCE)  # "module:function", a .pt2 path, or an nn.Module (Python API)
     example_input: tuple[int, ...] | None = None
-    calib: Any = None  # .npz path, "module:function", Dataset or mapping
-    eval: Any = None
-    device_classes: list[str] = field(default_factory=lambda: ["x86-64-generic"])
+    calib: Any = field(default=None, metadata=_SOURCE)  # .npz path, "module:function", Dataset or mapping
+    eval: Any = field(default=None, metadata=_SOURCE)
+    device_classes: list[str] = field(default_factory=lambda: ["x86-64-generic"],
+                                      metadata=unkeyed("one key per class, holding the class itself"))
     format: str | None = None
     precision: str | None = None  # None: the device class's precision
     calibrate_method: str = "minmax"
     calibration_samples: int = 128
     exporter: str = "auto"
     distill: str | None = None
-    temperature: float = 4.0
-    alpha: float = 0.7
-    epochs: int = 30
+    temperature: float = field(default=4.0, metadata=with_distill())
+    alpha: float = field(default=0.7, metadata=with_distill())
+    epochs: int = field(default=30, metadata=with_distill())
     seed: int = 0
     max_accuracy_drop: float | None = None
     max_slice_gap_increase: float | None = None
@@ -49,33 +67,33 @@ class CompileConfig:
     task: str = "classification"
     name: str = "model"
     version: int = 1
-    signing_key: Any = None  # path to an Ed25519 PEM, or a key object
-    out: Path = Path("build")
-    cache_dir: Path | None = None
-    report_json: Path | None = None
-    latency_iterations: int = 50
+    signing_key: Any = field(default=None, metadata=unkeyed("keyed by its key id: provenance.signing_key_id"))  # path to an Ed25519 PEM, or a key object
+    out: Path = field(default=Path("build"), metadata=_OUTPUT)
+    cache_dir: Path | None = field(default=None, metadata=_OUTPUT)
+    report_json: Path | None = field(default=None, metadata=_OUTPUT)
+    latency_iterations: int = field(default=50, metadata=_MEASURE)
     min_slice_size: int = 5
     # INT8 within the quality budgets: NNCF accuracy control (OpenVINO, classification) and the
     # per-layer sensitivity fallback that returns the worst layers to float (compiler/candidates.py).
     accuracy_control: bool = True
-    devices_dir: Path | None = None
-    progress: bool = True
-    training_run: Any = None  # run.toml/run.json (or a mapping): provenance.training (compiler/training_run.py)
-    parent: Any = None  # the bundle this model was distilled or re-quantized from: provenance.parent
-    mlflow_run: str | None = None  # MLflow run id: read into provenance.training, build metrics logged back
+    devices_dir: Path | None = field(default=None, metadata=unkeyed("the class read from it is in the key"))
+    progress: bool = field(default=True, metadata=_OUTPUT)
+    training_run: Any = field(default=None, metadata=unkeyed("read into provenance.training"))  # run.toml/run.json (or a mapping): provenance.training (compiler/training_run.py)
+    parent: Any = field(default=None, metadata=unkeyed("read into provenance.parent"))  # the bundle this model was distilled or re-quantized from: provenance.parent
+    mlflow_run: str | None = field(default=None, metadata=unkeyed("read into provenance.training"))  # MLflow run id: read into provenance.training, build metrics logged back
     # The raw-input contract (compiler/raw_inputs.py): the training pipeline shipped in the bundle.
-    sklearn_pipeline: str | None = None  # fitted scikit-learn pipeline (.joblib/.pkl; trusted: a pickle is code)
-    preprocess: Any = None  # "module:function" returning a torch preprocess nn.Module (or the module)
+    sklearn_pipeline: str | None = field(default=None, metadata=unkeyed("hashed: provenance.preprocess_sha256"))  # fitted scikit-learn pipeline (.joblib/.pkl; trusted: a pickle is code)
+    preprocess: Any = field(default=None, metadata=unkeyed("hashed: provenance.preprocess_sha256"))  # "module:function" returning a torch preprocess nn.Module (or the module)
     training_transform: str | None = None  # "module:function": raw columns -> model input (parity reference)
     raw_eval: str | None = None  # raw eval rows (CSV with header, or .npz of named columns)
     feature_schema: str | None = None  # TOML [features.<name>] overrides (unit, min, max, categories)
     parity_atol: float = 1e-4
     parity_rtol: float = 1e-4
     # Latency measured on an enrolled device of this class through the fleet (compiler/profile_remote.py)
-    profile_on: str | None = None
-    profile_runs: int = 50
-    profile_warmup: int = 5
-    profile_timeout_s: float = 300.0
+    profile_on: str | None = field(default=None, metadata=_MEASURE)  # that class is never read from the cache
+    profile_runs: int = field(default=50, metadata=_MEASURE)
+    profile_warmup: int = field(default=5, metadata=_MEASURE)
+    profile_timeout_s: float = field(default=300.0, metadata=_MEASURE)
 
     def validate(self) -> None:
         if isinstance(self.device_classes, str):
@@ -103,19 +121,14 @@ class CompileConfig:
             raise CompileInputError("--signing-key is required: bundles are always signed")
 
     def hyperparameters(self) -> dict[str, Any]:
-        """The knobs that change the artifact (recorded in provenance and in the cache key)."""
-        keys = ("example_input", "format", "precision", "calibrate_method", "calibration_samples", "exporter",
-                "distill", "temperature", "alpha", "epochs", "seed", "max_accuracy_drop",
-                "max_slice_gap_increase", "max_slice_gap", "min_slice_accuracy", "slice_mitigation", "max_size_mb", "max_latency_ms", "min_cosine", "min_p1_cosine",
-                "max_p99_error", "task", "name", "version",
-                "min_slice_size", "accuracy_control", "parity_atol", "parity_rtol")
-        d = asdict(self)
-        out = {k: d[k] for k in keys}
-        if out["example_input"] is not None:
-            out["example_input"] = list(out["example_input"])
-        if not self.distill:
-            for k in ("temperature", "alpha", "epochs"):
-                out.pop(k)
+        """The knobs that change the artifact (recorded in provenance and in the cache key): every
+        field, in declaration order, except those whose metadata says why not (see `unkeyed`)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if "unkeyed" in f.metadata or (f.metadata.get("only_with") and not getattr(self, f.metadata["only_with"])):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
 

@@ -10,19 +10,24 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from compiler.data import Dataset
+from compiler.passes import PassConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class OpenVINOConfig:
+class OpenVINOConfig(PassConfig):
+    """The OpenVINO pass: its fields are the lineage record's config and the pass's cache key."""
+
+    PASS: ClassVar[str] = "convert"
+    TOOL: ClassVar[str | None] = "openvino.convert_model"
     precision: str = "int8"  # int8 | fp16 | fp32
-    calibration_samples: int = 128
+    calibration_samples: int = 128  # read by INT8 only
     transformer: bool = False
     max_drop: float | None = None  # set: nncf.quantize_with_accuracy_control (classification)
     fast_bias_correction: bool = True
@@ -63,7 +68,6 @@ def convert_openvino(src_onnx: Path, dst_xml: Path, cfg: OpenVINOConfig, calib: 
         if cfg.ignored_nodes:
             # validate=False: a node the ONNX frontend fused away is simply not there to ignore.
             kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(cfg.ignored_nodes), validate=False)
-            info["ignored_nodes"] = len(cfg.ignored_nodes)
         if cfg.max_drop is not None and validation is not None and validation.labels is not None:
             model = nncf.quantize_with_accuracy_control(
                 model, nncf.Dataset(items), nncf.Dataset(_calib_items(validation)),

@@ -15,7 +15,7 @@ import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -23,8 +23,10 @@ from agent.runtime_specs import natural_key
 from compiler.data import Dataset
 from compiler.errors import CompileInputError
 from compiler.loading import eval_mode
+from compiler.passes import PassConfig
 
-TFLITE_PRECISIONS = ("int8", "mixed", "fp32")
+RECIPES: dict[str, str | None] = {"int8": "static_wi8_ai8", "mixed": "dynamic_wi8_afp32", "fp32": None}
+TFLITE_PRECISIONS = tuple(RECIPES)
 ONNX_ONLY_MESSAGE = (
     "TFLite needs the PyTorch model: this build only has an ONNX file, and ONNX-to-TFLite converters "
     "(onnx2tf, onnx2torch) are not allowed in this environment. Pass --torch module:function (or a "
@@ -32,9 +34,19 @@ ONNX_ONLY_MESSAGE = (
 
 
 @dataclass(frozen=True)
-class TFLiteConfig:
+class TFLiteConfig(PassConfig):
+    """The TFLite pass: its fields are the lineage record's config and the pass's cache key."""
+
+    PASS: ClassVar[str] = "convert"
+    TOOL: ClassVar[str | None] = "litert_torch.convert"
     precision: str = "int8"
-    calibration_samples: int = 128
+    calibration_samples: int = 128  # read by full-integer INT8 only
+    batch: int = 1  # the LiteRT norm for edge inference
+
+    @property
+    def recipe(self) -> str | None:
+        """The ai-edge-quantizer recipe this precision takes (None: float, no quantizer)."""
+        return RECIPES[self.precision]
 
 
 def _quiet() -> contextlib.AbstractContextManager[Any]:
@@ -43,7 +55,7 @@ def _quiet() -> contextlib.AbstractContextManager[Any]:
 
 def convert_tflite(model: Any, example: dict[str, np.ndarray], dst: Path, cfg: TFLiteConfig,
                    calib: Dataset | None = None) -> Path:
-    """Convert (batch 1, the LiteRT norm for edge inference) and quantize to `dst`."""
+    """Convert (at cfg.batch, 1 by default) and quantize to `dst`."""
     if model is None:
         raise CompileInputError(ONNX_ONLY_MESSAGE)
     if cfg.precision not in TFLITE_PRECISIONS:
@@ -52,7 +64,7 @@ def convert_tflite(model: Any, example: dict[str, np.ndarray], dst: Path, cfg: T
     import litert_torch
     import torch
 
-    sample = tuple(torch.from_numpy(np.ascontiguousarray(v[:1])) for v in example.values())
+    sample = tuple(torch.from_numpy(np.ascontiguousarray(v[:cfg.batch])) for v in example.values())
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -70,7 +82,7 @@ def quantize_tflite(fp32: Path, dst: Path, cfg: TFLiteConfig, calib: Dataset | N
         return dst
     from ai_edge_quantizer import quantizer, recipe
 
-    rec = recipe.static_wi8_ai8() if cfg.precision == "int8" else recipe.dynamic_wi8_afp32()
+    rec = getattr(recipe, str(cfg.recipe))()
     q = quantizer.Quantizer(str(fp32), rec)
     calibration = None
     if q.need_calibration:

@@ -1,18 +1,20 @@
 """Quality gates: budgets (from the device class, overridden by flags) checked against a build.
 
-Gates are a table: each row names the budget (the same name as its CLI flag / config key), the
-tasks it applies to, how to read the measured value and which way is better. A failure names
-the row, so a report says "min-cosine failed", not just "quality".
+Gates are a registry in the shared shape (edgefleet.gates): each one names the budget it holds
+the build to (the same name as its CLI flag / config key), the evidence it reads and how it
+judges it; `check_gates` evaluates the registry. A failure names the gate, so a report says
+"min-cosine failed", not just "quality".
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from agent.device_classes import DeviceClass
 from compiler.evaluate import QualityMetrics
+from edgefleet.gates import FAIL, PASS, GateRegistry, GateVerdict
 
 # Worst-case budgets no device-class file sets: the embedding cosine of the worst sample and of the
 # 1st percentile, and the regression 99th-percentile error (in reference standard deviations).
@@ -71,16 +73,20 @@ class Budgets:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class GateResult:
-    gate: str
-    value: float
-    budget: float
-    passed: bool
-    detail: str
+class GateResult(GateVerdict):
+    """A compiler gate's verdict (pass or fail, never wait: a build has all its evidence), read
+    as the report and manifest always have: value, budget (the threshold), passed, detail."""
+
+    def __init__(self, gate: str, value: float, budget: float, passed: bool, detail: str) -> None:
+        super().__init__(gate, PASS if passed else FAIL, value, budget, detail)
+
+    @property
+    def budget(self) -> float:
+        return self.threshold  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"gate": self.gate, "value": self.value, "budget": self.budget, "passed": self.passed,
+                "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,22 @@ class Latency:
 
 
 @dataclass(frozen=True)
-class _Gate:
+class Evidence:
+    """What a candidate's gates read: its quality against the reference, file size, latency."""
+
+    quality: QualityMetrics
+    size_bytes: int
+    latency: Latency
+
+
+def _within(value: float, budget: float, higher_is_better: bool) -> bool:
+    return value >= budget - 1e-12 if higher_is_better else value <= budget + 1e-12
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """A quality metric held to a budget; skipped for other tasks and when nobody set the budget."""
+
     name: str
     tasks: tuple[str, ...]
     budget: str  # Budgets field
@@ -102,65 +123,98 @@ class _Gate:
     higher_is_better: bool
     describe: Callable[[QualityMetrics, float], str]
     applies: Callable[[QualityMetrics], bool] = lambda q: True
+    needs: ClassVar[tuple[str, ...]] = ("quality",)
+
+    def evaluate(self, ev: Evidence, budgets: Budgets) -> GateResult | None:
+        q = ev.quality
+        budget = getattr(budgets, self.budget)
+        if q.task not in self.tasks or not self.applies(q) or budget is None:
+            return None
+        value = self.value(q)
+        return GateResult(self.name, value, budget, _within(value, budget, self.higher_is_better),
+                          self.describe(q, budget))
+
+
+@dataclass(frozen=True)
+class SizeGate:
+    name: str = "max-size-mb"
+    needs: tuple[str, ...] = ("size_bytes",)
+
+    def evaluate(self, ev: Evidence, budgets: Budgets) -> GateResult:
+        size_mb = ev.size_bytes / 2**20
+        return GateResult(self.name, round(size_mb, 6), budgets.max_size_mb, size_mb <= budgets.max_size_mb,
+                          f"{size_mb:.3f} MB (budget {budgets.max_size_mb:.3f} MB)")
+
+
+@dataclass(frozen=True)
+class LatencyGate:
+    """p99 on this host when it stands for the target; off target it is reported, not gated,
+    unless a side-by-side speedup stands in (then `min-speedup` decides instead)."""
+
+    name: str = "max-latency-ms"
+    needs: tuple[str, ...] = ("latency",)
+
+    def evaluate(self, ev: Evidence, budgets: Budgets) -> GateResult | None:
+        lat, budget = ev.latency, budgets.max_latency_ms
+        if lat.on_target:
+            return GateResult(self.name, lat.p99_ms, budget, lat.p99_ms <= budget,
+                              f"p99 {lat.p99_ms:.3f} ms on this machine (budget {budget:.3f} ms)")
+        if lat.speedup is None:  # nothing on this host stands for the target's speed
+            return GateResult(self.name, lat.p99_ms, budget, True,
+                              f"not measured on target ({lat.why_not}); p99 {lat.p99_ms:.3f} ms here is not gated")
+        return None
+
+
+@dataclass(frozen=True)
+class SpeedupGate:
+    """Off target, a reduced-precision candidate against FP32 ONNX Runtime side by side."""
+
+    name: str = "min-speedup"
+    needs: tuple[str, ...] = ("latency",)
+
+    def evaluate(self, ev: Evidence, budgets: Budgets) -> GateResult | None:
+        lat = ev.latency
+        if lat.on_target or lat.speedup is None:
+            return None
+        return GateResult(self.name, round(lat.speedup, 4), budgets.min_speedup, lat.speedup >= budgets.min_speedup,
+                          f"not measured on target ({lat.why_not}); {lat.speedup:.2f}x FP32 ONNX Runtime side by "
+                          f"side on this host (budget {budgets.min_speedup:.2f}x)")
 
 
 _ALL = ("classification", "embedding", "regression", "detection")
-QUALITY_GATES: tuple[_Gate, ...] = (
-    _Gate("max-accuracy-drop", _ALL, "max_accuracy_drop", lambda q: q.drop, False,
-          lambda q, b: f"{'accuracy' if q.task == 'classification' else q.metric_name} {q.metric:.4f} vs reference "
-                       f"{q.reference_metric:.4f} (drop {q.drop:.4f}, budget {b:.4f})"),
-    _Gate("max-slice-gap-increase", _ALL, "max_slice_gap_increase", lambda q: q.slice_gap_increase, False,
-          lambda q, b: f"slice gap {q.slice_gap:.4f} vs reference {q.reference_slice_gap:.4f}"
-                       + (f", worst slice {q.worst_slice!r}" if q.worst_slice is not None else "")),
-    _Gate("max-slice-gap", _ALL, "max_slice_gap", lambda q: q.slice_gap, False,
-          lambda q, b: f"worst-slice gap {q.slice_gap:.4f} (budget {b:.4f}), worst slice {q.worst_slice!r}",
-          lambda q: bool(q.slices)),
-    _Gate("min-slice-accuracy", ("classification",), "min_slice_accuracy", lambda q: min(q.slices.values()), True,
-          lambda q, b: f"worst slice {q.worst_slice!r} accuracy {min(q.slices.values()):.4f} (budget {b:.4f})",
-          lambda q: bool(q.slices)),
-    _Gate("min-cosine", ("embedding",), "min_cosine", lambda q: q.min_score, True,
-          lambda q, b: f"worst sample cosine {q.min_score:.4f} (mean {q.metric:.4f}, budget {b:.4f})"),
-    _Gate("min-p1-cosine", ("embedding",), "min_p1_cosine", lambda q: q.p1_score, True,
-          lambda q, b: f"1st-percentile cosine {q.p1_score:.4f} (budget {b:.4f})"),
-    _Gate("max-p99-error", ("regression",), "max_p99_error", lambda q: q.p99_error, False,
-          lambda q, b: f"99th-percentile error {q.p99_error:.4f} reference std (budget {b:.4f})"),
+QUALITY_GATES: tuple[QualityGate, ...] = (
+    QualityGate("max-accuracy-drop", _ALL, "max_accuracy_drop", lambda q: q.drop, False,
+                lambda q, b: f"{'accuracy' if q.task == 'classification' else q.metric_name} {q.metric:.4f} vs "
+                             f"reference {q.reference_metric:.4f} (drop {q.drop:.4f}, budget {b:.4f})"),
+    QualityGate("max-slice-gap-increase", _ALL, "max_slice_gap_increase", lambda q: q.slice_gap_increase, False,
+                lambda q, b: f"slice gap {q.slice_gap:.4f} vs reference {q.reference_slice_gap:.4f}"
+                             + (f", worst slice {q.worst_slice!r}" if q.worst_slice is not None else "")),
+    QualityGate("max-slice-gap", _ALL, "max_slice_gap", lambda q: q.slice_gap, False,
+                lambda q, b: f"worst-slice gap {q.slice_gap:.4f} (budget {b:.4f}), worst slice {q.worst_slice!r}",
+                lambda q: bool(q.slices)),
+    QualityGate("min-slice-accuracy", ("classification",), "min_slice_accuracy", lambda q: min(q.slices.values()),
+                True, lambda q, b: f"worst slice {q.worst_slice!r} accuracy {min(q.slices.values()):.4f} "
+                                   f"(budget {b:.4f})",
+                lambda q: bool(q.slices)),
+    QualityGate("min-cosine", ("embedding",), "min_cosine", lambda q: q.min_score, True,
+                lambda q, b: f"worst sample cosine {q.min_score:.4f} (mean {q.metric:.4f}, budget {b:.4f})"),
+    QualityGate("min-p1-cosine", ("embedding",), "min_p1_cosine", lambda q: q.p1_score, True,
+                lambda q, b: f"1st-percentile cosine {q.p1_score:.4f} (budget {b:.4f})"),
+    QualityGate("max-p99-error", ("regression",), "max_p99_error", lambda q: q.p99_error, False,
+                lambda q, b: f"99th-percentile error {q.p99_error:.4f} reference std (budget {b:.4f})"),
 )
-
-
-def _within(value: float, budget: float, higher_is_better: bool) -> bool:
-    return value >= budget - 1e-12 if higher_is_better else value <= budget + 1e-12
-
-
-def _latency_gate(lat: Latency | float, budgets: Budgets) -> GateResult:
-    if not isinstance(lat, Latency):
-        lat = Latency(float(lat))
-    if lat.on_target:
-        return GateResult("max-latency-ms", lat.p99_ms, budgets.max_latency_ms, lat.p99_ms <= budgets.max_latency_ms,
-                          f"p99 {lat.p99_ms:.3f} ms on this machine (budget {budgets.max_latency_ms:.3f} ms)")
-    if lat.speedup is None:  # nothing on this host stands for the target's speed
-        return GateResult("max-latency-ms", lat.p99_ms, budgets.max_latency_ms, True,
-                          f"not measured on target ({lat.why_not}); p99 {lat.p99_ms:.3f} ms here is not gated")
-    return GateResult("min-speedup", round(lat.speedup, 4), budgets.min_speedup, lat.speedup >= budgets.min_speedup,
-                      f"not measured on target ({lat.why_not}); {lat.speedup:.2f}x FP32 ONNX Runtime side by side "
-                      f"on this host (budget {budgets.min_speedup:.2f}x)")
+# In report order: quality first, then size, then latency (on target) or speedup (off target).
+COMPILER_GATES: GateRegistry[Evidence, Budgets] = GateRegistry(
+    "compiler", [*QUALITY_GATES, SizeGate(), LatencyGate(), SpeedupGate()])
+# Gates a layer returned to float can fix (size and latency it cannot).
+QUALITY_GATE_NAMES = frozenset(g.name for g in COMPILER_GATES if g.needs == ("quality",))
+LATENCY_GATE_NAMES = frozenset(g.name for g in COMPILER_GATES if g.needs == ("latency",))
 
 
 def check_gates(q: QualityMetrics, size_bytes: int, latency: Latency | float, budgets: Budgets) -> list[GateResult]:
     """One result per gate that applies to the task; names match the CLI flags and config keys."""
-    results = []
-    for g in QUALITY_GATES:
-        if q.task not in g.tasks or not g.applies(q):
-            continue
-        value, budget = g.value(q), getattr(budgets, g.budget)
-        if budget is None:  # an optional budget nobody set
-            continue
-        results.append(GateResult(g.name, value, budget, _within(value, budget, g.higher_is_better),
-                                  g.describe(q, budget)))
-    size_mb = size_bytes / 2**20
-    results.append(GateResult("max-size-mb", round(size_mb, 6), budgets.max_size_mb, size_mb <= budgets.max_size_mb,
-                              f"{size_mb:.3f} MB (budget {budgets.max_size_mb:.3f} MB)"))
-    results.append(_latency_gate(latency, budgets))
-    return results
+    lat = latency if isinstance(latency, Latency) else Latency(float(latency))
+    return COMPILER_GATES.evaluate(Evidence(q, size_bytes, lat), budgets)  # type: ignore[return-value]
 
 
 def failed(results: list[GateResult]) -> list[GateResult]:

@@ -15,8 +15,8 @@ import numpy as np
 
 from agent.sketches import build_drift_baseline
 from compiler.data import Dataset
+from compiler.formats import get_format
 from compiler.passes import Artifact
-from compiler.runtimes import runtime_fields
 
 
 def _drift_baseline(art_inputs: list[dict[str, Any]], ds: Dataset, predictions: np.ndarray, task: str,
@@ -56,12 +56,13 @@ def monitoring_for(task: str, predictions: np.ndarray, n_classes: int | None,
 
 def runtime_manifest(art: Artifact, source_onnx: Path | None, threads: int) -> dict[str, Any]:
     """Format, tensor specs and runtime_config of the artifact; TFLite named as the source ONNX."""
+    plugin = get_format(art.fmt)
     source = None
-    if art.fmt == "tflite" and source_onnx is not None and source_onnx.suffix == ".onnx":
+    if plugin.named_after_source and source_onnx is not None and source_onnx.suffix == ".onnx":
         from compiler.export import onnx_tensor_specs
 
         source = onnx_tensor_specs(source_onnx)
-    return runtime_fields(art.fmt, art.entry_path, threads, source)
+    return plugin.runtime_fields(art.entry_path, threads, source)
 
 
 def manifest_for(art: Artifact, *, name: str, version: int, device_class: str, precision: str,

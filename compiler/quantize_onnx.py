@@ -12,27 +12,75 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from compiler.data import Dataset
 from compiler.export import save_onnx
+from compiler.passes import PassConfig, config_fields
 
 log = logging.getLogger(__name__)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass(frozen=True)
-class OnnxQuantConfig:
-    mode: str = "static"  # static | dynamic | fp16
+class OnnxQuantConfig(PassConfig):
+    """Base of the three ONNX precision passes; each mode records and keys only its own settings."""
+
+    PASS: ClassVar[str] = "quantize"
+    TOOL: ClassVar[str | None] = "onnxruntime.quantization"
+    MODE: ClassVar[str] = ""
+
+    def lineage(self) -> dict[str, Any]:
+        return {"tool": self.TOOL, "mode": self.MODE, **config_fields(self)}
+
+    def apply(self, src: Path, dst: Path, calib: Dataset | None) -> Path:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class StaticInt8(OnnxQuantConfig):
+    """Calibrated QDQ INT8: per-channel QInt8 weights, QUInt8 activations."""
+
+    MODE: ClassVar[str] = "static"
     calibrate_method: str = "minmax"
     per_channel: bool = True
-    calibration_samples: int = 128
-    percentile: float = 99.999
+    quant_format: str = "QDQ"
     activation_type: str = "quint8"
     weight_type: str = "qint8"
+    calibration_samples: int = 128
+    percentile: float = 99.999
     op_types: tuple[str, ...] | None = None  # None: every operator ORT quantizes
     nodes_to_exclude: tuple[str, ...] = ()  # kept in float (architecture scheme, accuracy fallback)
     extra_options: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, src: Path, dst: Path, calib: Dataset | None) -> Path:
+        if calib is None:
+            raise ValueError("static INT8 needs calibration data")
+        return quantize_static_int8(src, dst, calib, self)
+
+
+@dataclass(frozen=True)
+class DynamicInt8(OnnxQuantConfig):
+    """INT8 weights, activations quantized at run time (no calibration)."""
+
+    MODE: ClassVar[str] = "dynamic"
+    per_channel: bool = True
+    weight_type: str = "qint8"
+    nodes_to_exclude: tuple[str, ...] = ()
+
+    def apply(self, src: Path, dst: Path, calib: Dataset | None) -> Path:
+        return quantize_dynamic_int8(src, dst, self)
+
+
+@dataclass(frozen=True)
+class Fp16(OnnxQuantConfig):
+    """FP16 weights and compute; float32 inputs and outputs kept so callers feed the same arrays."""
+
+    MODE: ClassVar[str] = "fp16"
+    keep_io_types: bool = True
+
+    def apply(self, src: Path, dst: Path, calib: Dataset | None) -> Path:
+        return convert_fp16(src, dst, self.keep_io_types)
 
 
 def _reader(ds: Dataset):
@@ -89,7 +137,7 @@ def _resave(tmp: Path, dst: Path) -> Path:
     return save_onnx(onnx.load(str(tmp)), dst)
 
 
-def quantize_static_int8(src: Path, dst: Path, calib: Dataset, cfg: OnnxQuantConfig) -> Path:
+def quantize_static_int8(src: Path, dst: Path, calib: Dataset, cfg: StaticInt8) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -100,7 +148,7 @@ def quantize_static_int8(src: Path, dst: Path, calib: Dataset, cfg: OnnxQuantCon
         pre = _prepare(src, work)
         out = work / "q.onnx"
         quantize_static(str(pre), str(out), _reader(calib.take(cfg.calibration_samples)),
-                        quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, reduce_range=False,
+                        quant_format=getattr(QuantFormat, cfg.quant_format), per_channel=cfg.per_channel, reduce_range=False,
                         activation_type=_qtype(cfg.activation_type), weight_type=_qtype(cfg.weight_type),
                         calibrate_method=method, extra_options=extra,
                         op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
@@ -109,7 +157,7 @@ def quantize_static_int8(src: Path, dst: Path, calib: Dataset, cfg: OnnxQuantCon
         return _resave(out, dst)
 
 
-def quantize_dynamic_int8(src: Path, dst: Path, cfg: OnnxQuantConfig) -> Path:
+def quantize_dynamic_int8(src: Path, dst: Path, cfg: DynamicInt8) -> Path:
     from onnxruntime.quantization import quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -121,12 +169,12 @@ def quantize_dynamic_int8(src: Path, dst: Path, cfg: OnnxQuantConfig) -> Path:
         return _resave(out, dst)
 
 
-def convert_fp16(src: Path, dst: Path) -> Path:
-    """FP16 weights and compute with float32 inputs/outputs kept, so callers feed the same arrays."""
+def convert_fp16(src: Path, dst: Path, keep_io_types: bool = True) -> Path:
+    """FP16 weights and compute (float32 inputs/outputs kept unless told otherwise)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=keep_io_types)
     return save_onnx(model, dst)
 
 
@@ -137,18 +185,6 @@ def looks_like_transformer(path: Path) -> bool:
     return detect(path).transformer
 
 
-MODES = {
-    "static": lambda src, dst, calib, cfg: quantize_static_int8(src, dst, calib, cfg),
-    "dynamic": lambda src, dst, calib, cfg: quantize_dynamic_int8(src, dst, cfg),
-    "fp16": lambda src, dst, calib, cfg: convert_fp16(src, dst),
-}
-
-
 def run_onnx_pass(src: Path, dst: Path, calib: Dataset | None, cfg: OnnxQuantConfig) -> Path:
-    if cfg.mode not in MODES:
-        raise ValueError(f"unknown ONNX quantization mode {cfg.mode!r}")
-    if cfg.mode == "static" and calib is None:
-        raise ValueError("static INT8 needs calibration data")
-    return MODES[cfg.mode](src, dst, calib, cfg)
-
-
+    """Apply one ONNX precision pass (StaticInt8, DynamicInt8 or Fp16) from `src` to `dst`."""
+    return cfg.apply(src, dst, calib)

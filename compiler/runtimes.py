@@ -20,28 +20,15 @@ from typing import Any
 import numpy as np
 
 from agent.runtimes.base import RuntimeOptions, load_runtime
-from agent.runtimes.config import runtime_config
 from agent.spec_check import check_inputs, specs_from_manifest
+from compiler.formats import REFERENCE, get_format
 
 
 def runtime_fields(fmt: str, path: Path, threads: int = 1,
                    source: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
-    """The manifest fields a runtime reads: format, tensor specs and runtime_config, from the file.
-
-    `source` (the source model's input and output specs) names TFLite tensors as the source did."""
-    from agent.runtime_specs import io_specs, tflite_io_specs
-
-    tflite = None
-    if fmt == "tflite":
-        inputs, outputs, tflite = tflite_io_specs(Path(path), source)
-    elif fmt == "onnx":
-        from compiler.export import onnx_tensor_specs
-
-        inputs, outputs = onnx_tensor_specs(Path(path))
-    else:
-        inputs, outputs, _ = io_specs(fmt, Path(path))
-    return {"model": {"format": fmt}, "inputs": inputs, "outputs": outputs,
-            "runtime_config": runtime_config(fmt, threads=threads, tflite=tflite)}
+    """The manifest fields a runtime reads (format, tensor specs, runtime_config), by the format's
+    plugin. `source` (the source model's input and output specs) names TFLite tensors as the source did."""
+    return get_format(fmt).runtime_fields(Path(path), threads, source)
 
 
 class Runner:
@@ -68,7 +55,7 @@ class OnnxRunner(Runner):
     """FP32 ONNX Runtime (the reference and the side-by-side latency peer)."""
 
     def __init__(self, path: Path, threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
-        super().__init__("onnx", path, None, threads, providers)
+        super().__init__(REFERENCE.name, path, None, threads, providers)
 
 
 def open_runner(fmt: str, path: Path, threads: int = 1, manifest: dict[str, Any] | None = None) -> Runner:

@@ -123,7 +123,7 @@ def test_a_candidate_the_runtime_refuses_is_a_fail_row_and_auto_moves_on(build, 
         dst.write_bytes(model.SerializeToString())
         return dst
 
-    monkeypatch.setitem(qo.MODES, "static", bad_static)
+    monkeypatch.setattr(qo, "quantize_static_int8", bad_static)
     src = _opset12_convnet(tmp_path / "old.onnx")
     [res] = build(onnx=str(src), calib=_images(16, 1), eval=_images(20, 2), task="embedding",
                   device_classes=["x86-64-generic"], precision="auto")

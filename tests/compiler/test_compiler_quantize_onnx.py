@@ -8,7 +8,7 @@ import pytest
 
 from compiler.data import Dataset, load_dataset
 from compiler.evaluate import agreement
-from compiler.quantize_onnx import OnnxQuantConfig, looks_like_transformer, run_onnx_pass
+from compiler.quantize_onnx import DynamicInt8, Fp16, StaticInt8, looks_like_transformer, run_onnx_pass
 from compiler.runtimes import OnnxRunner, predict
 
 
@@ -20,7 +20,7 @@ def reference(mlp_onnx, digits) -> np.ndarray:
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_static_qdq_int8_per_channel(method, mlp_onnx, digits, reference, tmp_path) -> None:
     calib = Dataset({"input": digits["x_train"][:32]})
-    out = run_onnx_pass(mlp_onnx, tmp_path / "q.onnx", calib, OnnxQuantConfig(calibrate_method=method))
+    out = run_onnx_pass(mlp_onnx, tmp_path / "q.onnx", calib, StaticInt8(calibrate_method=method))
     model = onnx.load(str(out))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") >= 3 and ops.count("DequantizeLinear") >= 6
@@ -33,9 +33,9 @@ def test_static_qdq_int8_per_channel(method, mlp_onnx, digits, reference, tmp_pa
 
 
 def test_dynamic_and_fp16(mlp_onnx, digits, reference, tmp_path) -> None:
-    dyn = run_onnx_pass(mlp_onnx, tmp_path / "d.onnx", None, OnnxQuantConfig(mode="dynamic"))
+    dyn = run_onnx_pass(mlp_onnx, tmp_path / "d.onnx", None, DynamicInt8())
     assert "DynamicQuantizeLinear" in {n.op_type for n in onnx.load(str(dyn)).graph.node}
-    half = run_onnx_pass(mlp_onnx, tmp_path / "h.onnx", None, OnnxQuantConfig(mode="fp16"))
+    half = run_onnx_pass(mlp_onnx, tmp_path / "h.onnx", None, Fp16())
     model = onnx.load(str(half))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # io stays float32
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
