@@ -69,7 +69,7 @@ def _merge_scalars(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
     if isinstance(sh, Mapping):
         acc["shadow"]["compared"] += int(sh.get("compared", 0))
         acc["shadow"]["agreed"] += int(sh.get("agreed", 0))
-    if "confidence" in p or "outcomes" in p:  # the field loop's blocks (issue 14)
+    if "confidence" in p or "outcomes" in p or "data_quality" in p:  # field loop (issue 14), data quality (15)
         from fleet.ingest.aggregate_quality import merge_quality
 
         merge_quality(acc, p)

@@ -74,7 +74,29 @@ def merge_outcomes(acc: dict[str, Any], out: Any) -> None:
         mine_cal["correct"] = _add(mine_cal["correct"], [int(v) for v in cal["correct"]])
 
 
+DQ_KINDS = ("missing", "out_of_range", "unknown_category")  # agent.features.VIOLATION_KINDS
+DQ_MAX_FEATURES = 512
+
+
+def merge_data_quality(acc: dict[str, Any], dq: Any) -> None:
+    """Add raw-input schema violations per feature ({feature: {kind: count}}, issue 15): known kinds,
+    bounded names and counts only, so a bad block cannot grow the aggregate."""
+    if not isinstance(dq, Mapping):
+        return
+    cur = acc.setdefault("data_quality", {})
+    for name, kinds in dq.items():
+        if not isinstance(name, str) or len(name) > 128 or not isinstance(kinds, Mapping) or (
+                name not in cur and len(cur) >= DQ_MAX_FEATURES):
+            continue
+        for kind in DQ_KINDS:
+            n = kinds.get(kind)
+            if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**62:
+                slot = cur.setdefault(name, {})
+                slot[kind] = int(slot.get(kind, 0)) + n
+
+
 def merge_quality(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
-    """Fold a telemetry (or aggregate) payload's confidence and outcomes into `acc`."""
+    """Fold a telemetry (or aggregate) payload's confidence, outcomes and data quality into `acc`."""
     merge_confidence(acc, p.get("confidence"))
     merge_outcomes(acc, p.get("outcomes"))
+    merge_data_quality(acc, p.get("data_quality"))
