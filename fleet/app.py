@@ -49,6 +49,7 @@ def fleet_context(app: Flask | None = None) -> FleetContext:
 BLUEPRINTS = (
     "fleet.api.devices:bp",
     "fleet.api.explain:bp",
+    "fleet.api.data_quality:bp",
     "fleet.api.enrol:bp",
     "fleet.api.mqtt_auth:bp",
     "fleet.api.retraining:bp",
