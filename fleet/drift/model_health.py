@@ -23,6 +23,7 @@ from sqlmodel import Session, select
 
 from fleet import ops_metrics
 from fleet.drift import alerts
+from fleet.drift.data_quality import violation_rate
 from fleet.models import Aggregate, DriftAlert, ModelVersion, TelemetryWindow
 
 LABELS = ["model", "version", "device_class"]
@@ -57,6 +58,8 @@ FAMILIES = (
     Family("edgefleet_model_build_accuracy", "Accuracy measured at build time (the manifest's metrics)",
            "build_accuracy"),
     Family("edgefleet_model_build_slice_gap", "Worst-slice gap measured at build time", "build_slice_gap"),
+    Family("edgefleet_model_data_quality_violation_rate",
+           "Raw-input schema violations (missing, out of range, unknown category) per request", "data_quality_rate"),
     Family("edgefleet_model_devices_reporting", "Devices that sent telemetry in the look-back window", "devices"),
     Family("edgefleet_model_last_telemetry_timestamp_seconds",
            "End of the newest telemetry window (unix seconds)", "last_window_end"),
@@ -153,6 +156,7 @@ def group_values(db: Session, settings: Any, *, now: float | None = None, lookba
                 vals.update(p50=s["latency_p50_us"] / 1e6, p99=s["latency_p99_us"] / 1e6)
             vals.update(_drift(db, settings, name, version, cls, since))
             vals.update({k: v for k, v in online_quality(groups[key]).items() if v is not None})
+            vals.update(violation_rate(groups[key]))  # issue 15: fleet/drift/data_quality.py
         vals.update(_build_metrics(db, name, version, cls))
         vals.update(_quality(db, name, version, cls, since))
         out[key] = vals
