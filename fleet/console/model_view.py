@@ -11,6 +11,7 @@ from sqlmodel import Session, func, select
 
 from fleet import ops_metrics
 from fleet.catalogue import lifecycle
+from fleet.drift import data_quality
 from fleet.models import Aggregate, Device, ModelVersion
 from fleet.rollouts.models import Rollout
 
@@ -32,7 +33,7 @@ def human_bytes(n: float | None) -> str:
 
 def compare(db: Session, name: str, versions: list[ModelVersion]) -> list[dict[str, Any]]:
     """Newest first: {version, mark, lifecycle, builds: [{class, format, precision, size}],
-    metrics, devices, perf: {class: summary}}."""
+    metrics, devices, perf: {class: summary}, data_quality: raw-input violations per feature}."""
     by_v: dict[int, list[ModelVersion]] = defaultdict(list)
     for mv in versions:
         by_v[mv.version].append(mv)
@@ -62,5 +63,7 @@ def compare(db: Session, name: str, versions: list[ModelVersion]) -> list[dict[s
                         "size": human_bytes(mv.size), "bytes": mv.size} for mv in by_v[v]],
             "metrics": metrics, "devices": int(installed.get(v, 0)),
             "perf": {cls: ops_metrics.summarise(rows) for (pv, cls), rows in sorted(perf.items()) if pv == v},
+            "data_quality": data_quality.summarise(a.payload or {} for (pv, _), rows in perf.items() if pv == v
+                                                   for a in rows),
         })
     return cols
