@@ -150,3 +150,31 @@ def test_prediction_drift_has_no_false_alarms_on_small_honest_samples():
     assert alarms == 0
     skew = stats(pred=[int(c) for c in rng.multinomial(300, [0.5] + [0.5 / 9] * 9)])
     assert by_gate(evaluate_wave(evidence(cand=skew), g))["prediction_drift"].status == G.FAIL
+
+
+def test_every_rollout_gate_is_registered_with_the_evidence_it_reads():
+    from dataclasses import fields
+
+    assert G.REGISTRY.names() == ("installs", "success", "reporting", "errors", "latency_p99", "prediction_drift",
+                                  "feature_drift", "shadow_agreement", "online_accuracy", "slice_gap")
+    have = {f.name for f in fields(WaveEvidence)}
+    for gate in G.REGISTRY:
+        assert gate.needs and set(gate.needs) <= have, gate.name
+
+
+def test_a_wave_is_judged_only_by_the_gates_its_spec_enables():
+    slow = evidence(cand=stats(latency_us=2500))
+    assert evaluate_wave(slow, Gates()).status == G.FAIL
+    without = tuple(n for n in G.REGISTRY.names() if n != "latency_p99")
+    v = evaluate_wave(slow, Gates(enabled=without))
+    assert v.status == G.PASS and "latency_p99" not in by_gate(v)
+
+
+def test_installs_and_success_count_the_outcomes_from_the_history_not_the_devices_claims():
+    """The evaluator passes the outcomes read back from the targets' status history: a device
+    whose target failed stays failed for the gates even if its evidence now looks healthy."""
+    ev = evidence()
+    ev.outcomes = {d.device_id: "healthy" for d in ev.devices} | {"d0": "failed:timeout"}
+    v = evaluate_wave(ev, Gates())
+    assert v.status == G.FAIL and by_gate(v)["installs"].detail["reasons"] == {"timeout": 1}
+    assert by_gate(v)["success"].value == pytest.approx(0.8)
