@@ -42,7 +42,7 @@ def eval_rows(n: int = 600, seed: int = 0) -> np.ndarray:
 
 
 def tabular_bundle(out: Path, key: Any, rest: float = 0.01, names: list[str] | None = None, version: int = 1,
-                   hot: int = HOT) -> tuple[Path, dict]:
+                   hot: int = HOT, sliced: bool = False) -> tuple[Path, dict]:
     """Build the bundle the way the compiler does: importance from the model's own runtime
     (onnxruntime) on eval rows, the drift baseline from the same rows, the importance into it."""
     import onnxruntime as ort
@@ -51,7 +51,8 @@ def tabular_bundle(out: Path, key: Any, rest: float = 0.01, names: list[str] | N
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     x = eval_rows()
     labels = (x[:, hot] > 0).astype(np.int64)
-    section = explain_version(lambda b: sess.run(None, {"x": b.astype(np.float32)})[0], x, labels, None,
+    slices = np.where(x[:, 0] > 0, "north", "south") if sliced else None  # label-independent eval slices
+    section = explain_version(lambda b: sess.run(None, {"x": b.astype(np.float32)})[0], x, labels, slices,
                               "classification", schema_names=names, input_name="x")
     preds = sess.run(None, {"x": x})[0].argmax(axis=1)
     baseline = build_drift_baseline(x, preds, input_name="x", n_classes=2, max_features=N)
