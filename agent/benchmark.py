@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from agent.bundle import BundleError, verify_bundle
 from agent.keys import Keyring
 from agent.runtimes.base import RuntimeOptions, load_runtime
 from agent.spec_check import TensorSpec, specs_from_manifest
+
+if TYPE_CHECKING:
+    from agent.commands import CommandHandler
 
 MAX_RUNS, MAX_WARMUP = 2000, 200
 
@@ -102,7 +105,7 @@ def run_benchmark(bundle_path: Path, build_keys: Keyring, device_class: str, opt
         Path(bundle_path).unlink(missing_ok=True)
 
 
-def execute(handler: Any, p: dict[str, Any]) -> None:
+def execute(handler: CommandHandler, p: dict[str, Any]) -> None:
     """agent.commands.CommandHandler's `benchmark` kind: fetch the candidate named by the signed
     command, benchmark it, report `benchmark-result` (or `benchmark-failed` with the reason)."""
     from agent.lifecycle import InstallError
@@ -114,15 +117,15 @@ def execute(handler: Any, p: dict[str, Any]) -> None:
         if not isinstance(cand, dict):
             raise BenchmarkError("malformed", "benchmark command carries no 'candidate'")
         try:
-            path = handler._fetch(cand)
+            path = handler.fetch(cand)
         except InstallError as exc:
             raise BenchmarkError(exc.reason, str(exc)) from exc
-        details = run_benchmark(path, lc.trust_fn().build, lc.device_class.name, lc.options,
+        details = run_benchmark(path, lc.trust.build, lc.device_class.name, lc.options,
                                 handler.downloads, req, handler.max_bundle_bytes)
     except Exception as exc:  # noqa: BLE001 - the fleet is waiting: every failure gets an answer
         code = exc.reason if isinstance(exc, BenchmarkError) else f"internal-{type(exc).__name__}"
-        handler.emit("benchmark-failed", command_id=cid, reason=str(exc), details={"code": code})
-        handler._result(p, "failed", str(exc))
+        handler.report.emit_event("benchmark-failed", command_id=cid, reason=str(exc), details={"code": code})
+        handler.record(p, "failed", str(exc))
         return
-    handler.emit("benchmark-result", command_id=cid, reason=None, details=details)
-    handler._result(p, "ok", None)
+    handler.report.emit_event("benchmark-result", command_id=cid, reason=None, details=details)
+    handler.record(p, "ok", None)

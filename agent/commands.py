@@ -20,11 +20,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.bundle import RollbackApproval
 from agent.canonical import canonical_json
+from agent.config import AgentConfig
 from agent.download import DownloadError, download
+from agent.interfaces import Reporter, TelemetryControl
 from agent.keylist import KeyListError
 from agent.keys import SignatureError
 from agent.lifecycle import InstallError, Lifecycle
@@ -32,26 +34,31 @@ from agent.model_store import write_atomic
 from agent.protocol import CommandGuard, ProtocolError, decode
 from agent.trust import TrustStore
 
+if TYPE_CHECKING:
+    from agent.explain import ExplainRequests
+
 log = logging.getLogger(__name__)
 
 
 class CommandHandler:
-    def __init__(self, device_id: str, state_dir: Path, keys: TrustStore, lifecycle: Lifecycle,
-                 emit: Callable[..., None], on_change: Callable[[], None],
-                 set_telemetry: Callable[[float | None, float | None], None], max_bundle_bytes: int,
-                 fleet_url: str = "", fleet_ca_file: str = "") -> None:
-        self.state_path = Path(state_dir) / "commands.json"
-        self.downloads = Path(state_dir) / "downloads"
+    """Checks, queues and runs the fleet's commands. Typed collaborators: the trust store (fleet
+    keys check commands), the Lifecycle (installs), a Reporter (events, state changes), the
+    TelemetryControl (`telemetry-config`) and ExplainRequests (`explain`, when served)."""
+
+    def __init__(self, cfg: AgentConfig, keys: TrustStore, lifecycle: Lifecycle, report: Reporter,
+                 telemetry: TelemetryControl, explain: ExplainRequests | None = None) -> None:
+        self.state_path = cfg.state_path / "commands.json"
+        self.downloads = cfg.state_path / "downloads"
         self.keys = keys
         self.lifecycle = lifecycle
-        self.emit = emit
-        self.on_change = on_change
-        self.set_telemetry = set_telemetry
-        self.max_bundle_bytes = max_bundle_bytes
-        self.fleet_url = fleet_url
-        self.fleet_ca_file = fleet_ca_file
+        self.report = report
+        self.telemetry = telemetry
+        self.explain = explain
+        self.max_bundle_bytes = cfg.max_bundle_bytes
+        self.fleet_url = cfg.fleet_url
+        self.fleet_ca_file = cfg.fleet_ca_file
         saved = self._load()
-        self.guard = CommandGuard(device_id, keys.fleet, int(saved.get("last_seq", 0)))
+        self.guard = CommandGuard(cfg.device_id, keys.fleet, int(saved.get("last_seq", 0)))
         self.last_command: dict[str, Any] | None = saved.get("last_command")
         # answers by command id: a copy of a command already accepted (re-published after a fleet
         # restart, redelivered by MQTT) is answered with the original's result, never a refusal
@@ -77,12 +84,13 @@ class CommandHandler:
             write_atomic(self.state_path, canonical_json({"last_seq": self.guard.last_seq,
                                                           "last_command": self.last_command}))
 
-    def _result(self, payload: dict[str, Any] | None, result: str, reason: str | None) -> None:
+    def record(self, payload: dict[str, Any] | None, result: str, reason: str | None) -> None:
+        """A command's outcome: the signed `last_command`, persisted, and the state republished."""
         self.last_command = {"id": (payload or {}).get("id"), "kind": (payload or {}).get("kind"),
                              "result": result, "reason": reason}
         self._remember(self.last_command)
         self._save()
-        self.on_change()
+        self.report.changed()
 
     # -- receive (MQTT thread) ----------------------------------------------------------------
     def receive(self, raw: bytes) -> None:
@@ -103,22 +111,22 @@ class CommandHandler:
             if exc.reason == "stale" and cid in self._answers:
                 original = self._answers[cid]
                 log.info("event=command-duplicate id=%s result=%s", cid, original.get("result"))
-                self.emit("command-duplicate", command_id=cid, reason=original.get("reason"),
-                          details={"duplicate": True, "result": original.get("result"), "code": "stale"})
+                self.report.emit_event("command-duplicate", command_id=cid, reason=original.get("reason"),
+                                       details={"duplicate": True, "result": original.get("result"), "code": "stale"})
                 return
             log.warning("event=command-refused reason=%s id=%s", exc.reason, cid)
-            self.emit("command-refused", command_id=cid, reason=str(exc), details={"code": exc.reason})
+            self.report.emit_event("command-refused", command_id=cid, reason=str(exc), details={"code": exc.reason})
             self.last_command = {"id": cid, "kind": inner.get("kind") if isinstance(inner, dict) else None,
                                  "result": "refused", "reason": exc.reason}
             self._save()
-            self.on_change()
+            self.report.changed()
             return
         log.info("event=command-accepted id=%s kind=%s seq=%s", payload["id"], payload["kind"], payload["seq"])
         self._remember({"id": payload["id"], "kind": payload["kind"], "result": "accepted", "reason": None})
         try:
             self._queue.put_nowait(payload)
         except queue.Full:
-            self._result(payload, "failed", "command queue full")
+            self.record(payload, "failed", "command queue full")
 
     def _refuse_unverified(self, exc: ProtocolError, cid: str | None, inner: Any) -> None:
         """A message that did not verify as the fleet's (bad or missing signature, a key outside
@@ -136,8 +144,8 @@ class CommandHandler:
             self.unverified_count += 1
             self.last_unverified = {"id": cid, "kind": kind, "result": "refused", "reason": exc.reason,
                                     "signature": signature, "at": round(time.time(), 3)}
-        self.emit("command-refused", command_id=cid, reason=str(exc),
-                  details={"code": exc.reason, "signature": signature, "unverified": True})
+        self.report.emit_event("command-refused", command_id=cid, reason=str(exc),
+                               details={"code": exc.reason, "signature": signature, "unverified": True})
 
     def refused_unverified(self) -> dict[str, Any]:
         """For state and health: how many unverified commands were refused, and the last one."""
@@ -165,11 +173,12 @@ class CommandHandler:
             except Exception as exc:  # a bug in one command must not stop the worker
                 log.exception("event=command-crashed id=%s", payload.get("id"))
                 try:
-                    self._result(payload, "failed", f"internal error: {exc}")
+                    self.record(payload, "failed", f"internal error: {exc}")
                 except OSError as again:  # e.g. a full disk: the answer is lost, the worker lives on
                     log.error("event=command-result-not-saved id=%s error=%s", payload.get("id"), again)
 
-    def _fetch(self, model: dict[str, Any]) -> Path:
+    def fetch(self, model: dict[str, Any]) -> Path:
+        """Download the bundle a command names (url relative to fleet_url, size, SHA-256) into downloads/."""
         for field in ("url", "bundle_sha256"):
             if not isinstance(model.get(field), str):
                 raise InstallError("malformed", f"command model lacks '{field}'")
@@ -200,68 +209,81 @@ class CommandHandler:
                 p.unlink(missing_ok=True)
 
     def execute(self, p: dict[str, Any]) -> None:
-        kind, cid = p["kind"], p["id"]
-        lc = self.lifecycle
+        """Run one accepted command through its kind's handler (_KINDS) and record the answer."""
+        run = _KINDS.get(p["kind"])
+        if run is None:
+            return
         try:
-            if kind == "install":
-                model = p.get("model") or {}
-                cand = lc.predictor.candidate
-                active = lc.predictor.active
-                if active is not None and active.installed.manifest_sha256 == model.get("manifest_sha256"):
-                    self._result(p, "ok", "already active")
-                    return
-                if cand is not None and cand.model.installed.manifest_sha256 == model.get("manifest_sha256"):
-                    lc.activate(cand.model, command_id=cid)  # promote the running candidate
-                else:
-                    path = self._fetch(model)
-                    self._check_announced(path, model)
-                    lc.install(path, command_id=cid, allow_new_name=True)  # the signed command names it
-                    self._cleanup_downloads()
-                self._result(p, "ok", None)
-            elif kind == "rollback":
-                self._rollback(p)
-            elif kind in ("shadow", "ab"):
-                model = p.get("model") or {}
-                share = p.get("fraction" if kind == "shadow" else "share")
-                if not isinstance(share, (int, float)) or not 0 <= share <= 1:
-                    raise InstallError("malformed", f"'{'fraction' if kind == 'shadow' else 'share'}' must be in [0, 1]")
-                path = self._fetch(model)
-                self._check_announced(path, model)
-                lc.set_candidate(path, kind, float(share), command_id=cid, allow_new_name=True)
-                self._result(p, "ok", None)
-            elif kind == "stop-candidate":
-                lc.stop_candidate()
-                self._result(p, "ok", None)
-            elif kind == "uninstall":  # decommission (issue 16): agent.uninstall
-                from agent.uninstall import uninstall
-
-                model = p.get("model") or {}
-                uninstall(lc, model.get("name"), model.get("version"), command_id=cid)
-                self._result(p, "ok", None)
-            elif kind == "rotate-key":
-                self._apply_keylist(p)
-            elif kind == "benchmark":  # run a compiler candidate, install nothing (agent.benchmark)
-                from agent.benchmark import execute as benchmark
-
-                benchmark(self, p)
-            elif kind == "explain":  # explain the next sampled requests (issue 15): agent.explain
-                from agent.explain import arm_command
-
-                arm_command(getattr(self, "on_explain", None), p)
-                self._result(p, "ok", None)
-            elif kind == "telemetry-config":
-                w, r = p.get("window_s"), p.get("sample_rate")
-                if (w is not None and (not isinstance(w, (int, float)) or w <= 0)) or \
-                        (r is not None and (not isinstance(r, (int, float)) or not 0 <= r <= 1)):
-                    raise InstallError("malformed", "window_s must be > 0 and sample_rate in [0, 1]")
-                self.set_telemetry(w, r)
-                self._result(p, "ok", None)
+            run(self, p)
         except InstallError as exc:
             if exc.reason in ("download-failed", "malformed", "announced-mismatch"):
-                self.emit("install-failed", command_id=cid, reason=str(exc), details={"code": exc.reason})
-            self._result(p, "refused" if exc.reason in _REFUSALS else "failed", str(exc))
+                self.report.emit_event("install-failed", command_id=p["id"], reason=str(exc),
+                                                    details={"code": exc.reason})
+            self.record(p, "refused" if exc.reason in _REFUSALS else "failed", str(exc))
         except (ValueError, TypeError) as exc:
-            self._result(p, "failed", str(exc))
+            self.record(p, "failed", str(exc))
+
+    def _install(self, p: dict[str, Any]) -> None:
+        lc, cid = self.lifecycle, p["id"]
+        model = p.get("model") or {}
+        cand = lc.predictor.candidate
+        active = lc.predictor.active
+        if active is not None and active.installed.manifest_sha256 == model.get("manifest_sha256"):
+            self.record(p, "ok", "already active")
+            return
+        if cand is not None and cand.model.installed.manifest_sha256 == model.get("manifest_sha256"):
+            lc.activate(cand.model, command_id=cid)  # promote the running candidate
+        else:
+            path = self.fetch(model)
+            self._check_announced(path, model)
+            lc.install(path, command_id=cid, allow_new_name=True)  # the signed command names it
+            self._cleanup_downloads()
+        self.record(p, "ok", None)
+
+    def _candidate(self, p: dict[str, Any]) -> None:
+        """`shadow` (a `fraction` of requests re-run off the path) or `ab` (a `share` served)."""
+        kind, model = p["kind"], p.get("model") or {}
+        field = "fraction" if kind == "shadow" else "share"
+        share = p.get(field)
+        if not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise InstallError("malformed", f"'{field}' must be in [0, 1]")
+        path = self.fetch(model)
+        self._check_announced(path, model)
+        self.lifecycle.set_candidate(path, kind, float(share), command_id=p["id"], allow_new_name=True)
+        self.record(p, "ok", None)
+
+    def _stop_candidate(self, p: dict[str, Any]) -> None:
+        self.lifecycle.stop_candidate()
+        self.record(p, "ok", None)
+
+    def _uninstall(self, p: dict[str, Any]) -> None:
+        """Decommission (issue 16): agent.uninstall."""
+        from agent.uninstall import uninstall
+
+        model = p.get("model") or {}
+        uninstall(self.lifecycle, model.get("name"), model.get("version"), command_id=p["id"])
+        self.record(p, "ok", None)
+
+    def _benchmark(self, p: dict[str, Any]) -> None:
+        """Run a compiler candidate, install nothing (agent.benchmark)."""
+        from agent.benchmark import execute as benchmark
+
+        benchmark(self, p)
+
+    def _explain(self, p: dict[str, Any]) -> None:
+        """Explain the next sampled requests (issue 15): agent.explain."""
+        from agent.explain import arm_command
+
+        arm_command(self.explain, p)
+        self.record(p, "ok", None)
+
+    def _telemetry_config(self, p: dict[str, Any]) -> None:
+        w, r = p.get("window_s"), p.get("sample_rate")
+        if (w is not None and (not isinstance(w, (int, float)) or w <= 0)) or \
+                (r is not None and (not isinstance(r, (int, float)) or not 0 <= r <= 1)):
+            raise InstallError("malformed", "window_s must be > 0 and sample_rate in [0, 1]")
+        self.telemetry.set_telemetry_config(w, r)
+        self.record(p, "ok", None)
 
     def _apply_keylist(self, p: dict[str, Any]) -> None:
         doc = p.get("keylist")
@@ -272,12 +294,13 @@ class CommandHandler:
             new = self.keys.apply_keylist(doc)
         except KeyListError as exc:
             log.warning("event=keylist-refused id=%s reason=%s", p["id"], exc)
-            self.emit("command-refused", command_id=p["id"], reason=str(exc), details={"code": f"keylist-{exc.reason}"})
+            self.report.emit_event("command-refused", command_id=p["id"], reason=str(exc),
+                                   details={"code": f"keylist-{exc.reason}"})
             raise InstallError("keylist-refused", str(exc)) from exc
-        self.emit("keylist-accepted", command_id=p["id"], reason=None,
-                  details={"version": new.version, "fleet": self.keys.ids("fleet"), "build": self.keys.ids("build"),
-                           "root": self.keys.ids("root")})
-        self._result(p, "ok", None)
+        self.report.emit_event("keylist-accepted", command_id=p["id"], reason=None,
+                               details={"version": new.version, "fleet": self.keys.ids("fleet"),
+                                        "build": self.keys.ids("build"), "root": self.keys.ids("root")})
+        self.record(p, "ok", None)
 
     def _check_announced(self, path: Path, model: dict[str, Any]) -> None:
         from agent.bundle import read_manifest_unverified
@@ -292,8 +315,8 @@ class CommandHandler:
         model = p.get("model") or {}
         approval_doc = p.get("rollback_approval")
         if not isinstance(approval_doc, dict):
-            self.emit("command-refused", command_id=p["id"], reason="rollback command carries no rollback_approval",
-                      details={"code": "downgrade"})
+            self.report.emit_event("command-refused", command_id=p["id"],
+                                   reason="rollback command carries no rollback_approval", details={"code": "downgrade"})
             raise InstallError("downgrade", "rollback command carries no rollback_approval")
         approval = RollbackApproval(approval_doc)
         prev = lc.predictor.previous
@@ -303,19 +326,35 @@ class CommandHandler:
             try:
                 approval.check(self.keys.fleet, prev.manifest, prev.installed.manifest_sha256)
             except BundleError as exc:
-                self.emit("command-refused", command_id=p["id"], reason=str(exc), details={"code": exc.reason})
+                self.report.emit_event("command-refused", command_id=p["id"], reason=str(exc),
+                                       details={"code": exc.reason})
                 raise InstallError("downgrade", str(exc)) from exc
             lc.rollback_to_previous(f"fleet rollback to version {prev.version}", command_id=p["id"], local=False)
-            self.emit("install-ok", command_id=p["id"], reason=None,
-                      details={"name": prev.installed.name, "version": prev.version, "rollback": True})
-            self._result(p, "rolled-back", None)
+            self.report.emit_event("install-ok", command_id=p["id"], reason=None,
+                                   details={"name": prev.installed.name, "version": prev.version, "rollback": True})
+            self.record(p, "rolled-back", None)
             return
-        path = self._fetch(model)
+        path = self.fetch(model)
         self._check_announced(path, model)
         lc.install(path, approval=approval, command_id=p["id"], allow_new_name=True)
-        self._result(p, "rolled-back", None)
+        self.record(p, "rolled-back", None)
 
 
 _REFUSALS = {"no-signature", "unknown-key", "bad-signature", "hash-mismatch", "size-mismatch", "extra-file",
              "missing-file", "unsafe-path", "too-large", "downgrade", "malformed", "announced-mismatch",
              "keylist-refused", "new-name"}
+
+
+# What each command kind runs (the kinds themselves are checked by agent.protocol.CommandGuard).
+_KINDS: dict[str, Callable[[CommandHandler, dict[str, Any]], None]] = {
+    "install": CommandHandler._install,
+    "rollback": CommandHandler._rollback,
+    "shadow": CommandHandler._candidate,
+    "ab": CommandHandler._candidate,
+    "stop-candidate": CommandHandler._stop_candidate,
+    "uninstall": CommandHandler._uninstall,
+    "rotate-key": CommandHandler._apply_keylist,
+    "benchmark": CommandHandler._benchmark,
+    "explain": CommandHandler._explain,
+    "telemetry-config": CommandHandler._telemetry_config,
+}

@@ -14,8 +14,9 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,12 +28,12 @@ from agent.device_classes import CatalogueError, get_device_class
 from agent.disk_guard import DiskGuard
 from agent.identity import load_or_create_device_key
 from agent.keys import KeyFileError, key_id, public_key_to_b64, sign_document
-from agent.lifecycle import HealthPolicy, Lifecycle
+from agent.lifecycle import Lifecycle
 from agent.logs import set_write_error_hook
 from agent.model_store import InstalledModel, ModelStore, write_atomic
 from agent.names import InvalidName, validate_name
 from agent.outbox import open_outbox
-from agent.outcomes import UnknownRequest, open_outcomes
+from agent.outcomes import Outcomes, UnknownRequest, open_outcomes
 from agent.private_files import private_dir
 from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, topic
 from agent.resources import ResourceSampler
@@ -41,7 +42,29 @@ from agent.shadow import ShadowRunner
 from agent.telemetry import Telemetry
 from agent.trust import TrustStore
 
+if TYPE_CHECKING:  # imported where used (start): a device without a broker never loads the MQTT client
+    from agent.commands import CommandHandler
+    from agent.local_server import LocalServer
+    from agent.mqtt_link import MqttLink
+
 log = logging.getLogger("agent")
+
+
+@dataclass
+class TelemetryMonitor:
+    """The ModelMonitor the lifecycle tells which models are served: telemetry reports on them,
+    and their monitoring spec (manifest `monitoring`) labels later outcomes by version."""
+
+    telemetry: Telemetry
+    outcomes: Outcomes | None
+
+    def track(self, model: LoadedModel, role: str, **extra: Any) -> None:
+        if self.outcomes is not None and model.monitor is not None:
+            self.outcomes.specs[int(model.version)] = model.monitor
+        self.telemetry.track(model, role, **extra)
+
+    def untrack(self, model: LoadedModel) -> None:
+        self.telemetry.untrack(model)
 
 
 class Agent:
@@ -70,7 +93,8 @@ class Agent:
         set_write_error_hook(lambda exc: self.disk.failed("log", exc))
         self._sampler = ResourceSampler()
         self.outbox = open_outbox(config)  # sealed with the storage key
-        self.store = ModelStore(self.state_dir, device_class=self.device_class.name)
+        self.store = ModelStore(self.state_dir, device_class=self.device_class.name,
+                                max_bundle_bytes=config.max_bundle_bytes)
         self.telemetry = Telemetry(
             fleet=config.fleet_id, device=config.device_id, device_class=self.device_class.name,
             window_s=config.telemetry.window_s, sample_rate=config.telemetry.sample_rate,
@@ -84,24 +108,18 @@ class Agent:
         self.predictor.outcomes = self.outcomes.store if self.outcomes is not None else None
         self.telemetry.outcomes = self.outcomes
         self.shadow = ShadowRunner(self.predictor)
-        self.predictor.on_shadow = self.shadow.offer
+        self.predictor.shadow = self.shadow
         from agent.explain import ExplainRequests
 
         self.explain_requests = ExplainRequests(self.explain, self.emit_event, lambda: self.cfg.telemetry.raw_samples)
-        budget = config.health.latency_budget_ms or self.device_class.latency_budget_ms
-        self.lifecycle = Lifecycle(
-            self.store, self.predictor, lambda: self.keys, self.device_class,
-            HealthPolicy(budget, config.health.max_error_rate, config.health.probation_requests,
-                         config.health.warmup_runs),
-            emit=self.emit_event, on_change=self._changed, track=self._track, untrack=self.telemetry.untrack,
-            max_bundle_bytes=config.max_bundle_bytes)
-        self.lifecycle.disk = self.disk   # a rollback's pointer write fails soft on a full disk
+        self.lifecycle = Lifecycle(self.store, self.predictor, self.keys, self.device_class, config.health,
+                                   report=self, monitor=TelemetryMonitor(self.telemetry, self.outcomes),
+                                   disk=self.disk)
+        self.predictor.probation = self.lifecycle
         self._load_telemetry_config()
-        self.predictor.on_runtime_error = self.lifecycle.check_probation
-        self.predictor.on_probation_end = self.lifecycle.end_probation
-        self.commands = None
-        self.link = None
-        self.server = None
+        self.commands: CommandHandler | None = None
+        self.link: MqttLink | None = None
+        self.server: LocalServer | None = None
         self._status_lock = threading.Lock()
         self._stopped = threading.Event()
         self.started = False
@@ -111,18 +129,14 @@ class Agent:
         from agent.commands import CommandHandler
 
         self.lifecycle.start()
-        self.commands = CommandHandler(
-            self.cfg.device_id, self.state_dir, self.keys, self.lifecycle, self.emit_event, self._changed,
-            self.set_telemetry_config, self.cfg.max_bundle_bytes, self.cfg.fleet_url, self.cfg.fleet_ca_file)
-        self.commands.on_explain = self.explain_requests  # the signed `explain` command (agent.explain)
+        commands = self.commands = CommandHandler(self.cfg, self.keys, self.lifecycle, report=self, telemetry=self,
+                                                  explain=self.explain_requests)
         if self.cfg.telemetry.enabled:
             self.telemetry.start()
         if self.cfg.serving.unix_socket or self.cfg.serving.http_port:
             from agent.local_server import LocalServer
 
-            self.server = LocalServer(self.predict, self.status, self.cfg.serving.unix_socket,
-                                      self.cfg.serving.http_port or None, self.cfg.serving.max_request_bytes,
-                                      explain=self.explain, feedback=self.feedback)
+            self.server = LocalServer.from_config(self, self.cfg.serving)
             self.server.start()
         if self.cfg.mqtt.url:
             from agent.mqtt_link import LinkSettings, MqttLink
@@ -130,10 +144,10 @@ class Agent:
             self.link = MqttLink(
                 LinkSettings(self.cfg.mqtt, client_id=f"edgefleet-{self.cfg.fleet_id}-{self.cfg.device_id}",
                              fleet=self.cfg.fleet_id, device=self.cfg.device_id),
-                self.outbox, on_command=self.commands.receive, on_connect=self._on_connect)
+                self.outbox, on_command=commands.receive, on_connect=self._on_connect)
             self.link.start()
         self.started = True
-        self._changed()
+        self.changed()
         log.info("event=agent-started device=%s fleet=%s class=%s pid=%d", self.cfg.device_id, self.cfg.fleet_id,
                  self.device_class.name, os.getpid())
         return self
@@ -302,12 +316,8 @@ class Agent:
         self.publish_state()
         self._write_status()
 
-    def _track(self, model: LoadedModel, role: str, **extra: Any) -> None:
-        if self.outcomes is not None and model.monitor is not None:
-            self.outcomes.specs[int(model.version)] = model.monitor
-        self.telemetry.track(model, role, **extra)
-
-    def _changed(self) -> None:
+    def changed(self) -> None:
+        """The device's state changed (Reporter): publish the retained state, rewrite status.json."""
         self.publish_state()
         self._write_status()
 

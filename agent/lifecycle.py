@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,18 +21,19 @@ from typing import Any
 import numpy as np
 
 from agent.bundle import BundleError, RollbackApproval
+from agent.config import HealthConfig
 from agent.device_classes import DeviceClass
 from agent.disk_guard import DiskGuard
+from agent.interfaces import ModelMonitor, Reporter
 from agent.keys import Keyring
 from agent.model_store import InstalledModel, ModelStore
 from agent.runtimes.base import RuntimeLoadError, RuntimeOptions, RuntimeUnavailable
 from agent.serving import Candidate, LoadedModel, Predictor, load_model
 from agent.spec_check import example_inputs
+from agent.trust import TrustStore
 from agent.versions import VersionFloors
 
 log = logging.getLogger(__name__)
-
-EventFn = Callable[..., None]
 
 
 class InstallError(Exception):
@@ -69,6 +69,15 @@ class HealthPolicy:
     probation_requests: int
     warmup_runs: int
 
+    @classmethod
+    def of(cls, health: HealthConfig, device_class: DeviceClass) -> HealthPolicy:
+        """The `[health]` section; a latency budget of 0 takes the device class's."""
+        return cls(health.latency_budget_ms or device_class.latency_budget_ms, health.max_error_rate,
+                   health.probation_requests, health.warmup_runs)
+
+
+_START_CHECK = HealthPolicy(0, 1, 0, 1)  # at start and restore: one finite warm-up, no budget
+
 
 def health_check(model: LoadedModel, policy: HealthPolicy) -> dict[str, Any]:
     """Warm up on spec-shaped inputs; outputs must be finite and p50 latency within budget."""
@@ -94,26 +103,26 @@ def health_check(model: LoadedModel, policy: HealthPolicy) -> dict[str, Any]:
 
 
 class Lifecycle:
-    def __init__(self, store: ModelStore, predictor: Predictor, trust_fn: Callable[[], Any],
-                 device_class: DeviceClass, policy: HealthPolicy, emit: EventFn,
-                 on_change: Callable[[], None], track: Callable[[LoadedModel, str], None],
-                 untrack: Callable[[LoadedModel], None], max_bundle_bytes: int | None = None) -> None:
+    """Installs, switches and rolls back models. Its collaborators are typed: the trust store
+    (build keys verify bundles, fleet keys approve rollbacks), a Reporter for events and state
+    changes, and a ModelMonitor (telemetry) told which models it reports on."""
+
+    def __init__(self, store: ModelStore, predictor: Predictor, trust: TrustStore, device_class: DeviceClass,
+                 health: HealthConfig, report: Reporter, monitor: ModelMonitor,
+                 disk: DiskGuard | None = None) -> None:
         self.store = store
         self.predictor = predictor
-        self.trust_fn = trust_fn  # -> agent.trust.TrustStore (build keys for bundles, fleet for approvals)
+        self.trust = trust
         self.floors = VersionFloors(store.root / "versions.json")
         self.device_class = device_class
-        self.policy = policy
-        self.emit = emit
-        self.on_change = on_change
-        self.track = track
-        self.untrack = untrack
-        self.max_bundle_bytes = max_bundle_bytes
+        self.policy = HealthPolicy.of(health, device_class)
+        self.report = report
+        self.monitor = monitor
         self.options = RuntimeOptions(threads=device_class.threads,
                                       execution_providers=device_class.execution_providers or ("CPUExecutionProvider",))
         self._lock = threading.RLock()
         self.last_rollback_reason: str | None = None
-        self.disk = DiskGuard()            # the agent's own guard replaces this (agent.daemon)
+        self.disk = disk or DiskGuard()    # a rollback's pointer write fails soft on a full disk
         self.pointer_pending = False       # the pointer file lags what is served (a full disk)
 
     # -- loading ------------------------------------------------------------------------------
@@ -135,7 +144,7 @@ class Lifecycle:
                 continue
             try:
                 model = self._load(inst)
-                health_check(model, HealthPolicy(0, 1, 0, 1))
+                health_check(model, _START_CHECK)
             except InstallError as exc:
                 log.error("event=start-load-failed version=%s role=%s reason=%s", inst.version, role, exc)
                 continue
@@ -145,11 +154,11 @@ class Lifecycle:
                 log.warning("event=version-floor-not-saved name=%s reason=%s", inst.name, exc)
             if role == "previous":
                 self.store.set_pointer(inst, None)
-                self.emit("local-rollback", reason="active model failed to load at start",
-                          details={"from_version": active.version if active else None, "to_version": inst.version})
+                self.report.emit_event("local-rollback", reason="active model failed to load at start",
+                                       details={"from_version": active.version if active else None, "to_version": inst.version})
             self.predictor.swap(model)
             self.predictor.previous = None
-            self.track(model, "active")
+            self.monitor.track(model, "active")
             if role == "active" and previous is not None:
                 try:
                     self.predictor.previous = self._load(previous)
@@ -172,7 +181,7 @@ class Lifecycle:
             doc = json.loads(self._candidate_path.read_text())
             inst = InstalledModel(**doc["installed"])
             model = self._load(inst)
-            health_check(model, HealthPolicy(0, 1, 0, 1))
+            health_check(model, _START_CHECK)
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, InstallError) as exc:
@@ -180,7 +189,7 @@ class Lifecycle:
             self._candidate_path.unlink(missing_ok=True)
             return
         active = self.predictor.active
-        self.track(model, doc["mode"], **({"active_version": active.version} if active else {}))
+        self.monitor.track(model, doc["mode"], **({"active_version": active.version} if active else {}))
         self.predictor.candidate = Candidate(model, doc["mode"], float(doc["fraction"]))
         log.info("event=candidate-restored version=%s mode=%s", inst.version, doc["mode"])
 
@@ -208,14 +217,14 @@ class Lifecycle:
         except (BundleError, AttributeError):
             name = version = None
         floor = self._floor_for(name, allow_new_name)
-        trust = self.trust_fn()
+        trust = self.trust
         revoked = _revocation(trust, name, version, bundle_path)
         if revoked:  # a retired version, listed by the signed key list (issue 16)
             raise InstallError("revoked", revoked)
         if approval is not None:
             approval = FleetApproval(approval.document, trust.fleet)
         try:
-            inst, _vb = self.store.unpack(bundle_path, trust.build, floor, approval, self.max_bundle_bytes)
+            inst, _vb = self.store.unpack(bundle_path, trust.build, floor, approval)
         except BundleError as exc:
             raise InstallError(exc.reason, str(exc)) from exc
         if inst.name != name:  # the file changed between the two reads
@@ -234,15 +243,15 @@ class Lifecycle:
         with self._lock:
             if override:
                 log.warning("event=local-override kind=allow-new-name bundle=%s", Path(bundle_path).name)
-                self.emit("local-override", command_id=command_id, reason="install under a new model name allowed"
-                          " by the local operator", details={"override": "allow-new-name",
-                                                               "bundle": Path(bundle_path).name})
+                self.report.emit_event("local-override", command_id=command_id,
+                                       reason="install under a new model name allowed by the local operator",
+                                       details={"override": "allow-new-name", "bundle": Path(bundle_path).name})
             try:
                 model = self.prepare(bundle_path, approval, allow_new_name=allow_new_name)
             except InstallError as exc:
                 kind = "bundle-refused" if exc.reason in _BUNDLE_REASONS else "install-failed"
-                self.emit(kind, command_id=command_id, reason=str(exc),
-                          details={"code": exc.reason, "bundle": Path(bundle_path).name})
+                self.report.emit_event(kind, command_id=command_id, reason=str(exc),
+                                       details={"code": exc.reason, "bundle": Path(bundle_path).name})
                 raise
             return self.activate(model, command_id)
 
@@ -260,21 +269,21 @@ class Lifecycle:
             model.probation = self.policy.probation_requests
             model.probation_latencies_us = []
             model.attempts = model.runtime_errors = 0
-            self.track(model, "active")
+            self.monitor.track(model, "active")
             self.predictor.swap(model)
             cand = self.predictor.candidate
             if cand is not None and cand.model.installed.manifest_sha256 == model.installed.manifest_sha256:
                 self.predictor.candidate = None  # promoted
                 self._candidate_path.unlink(missing_ok=True)
             if current is not None:
-                self.untrack(current)
+                self.monitor.untrack(current)
             self.store.gc()
             log.info("event=model-active name=%s version=%s previous=%s", model.installed.name, model.version,
                      current.version if current else None)
-            self.emit("install-ok", command_id=command_id, reason=None,
-                      details={"name": model.installed.name, "version": model.version,
-                               "previous_version": current.version if current else None})
-            self.on_change()
+            self.report.emit_event("install-ok", command_id=command_id, reason=None,
+                                   details={"name": model.installed.name, "version": model.version,
+                                            "previous_version": current.version if current else None})
+            self.report.changed()
             return model.installed
 
     # -- rollback -----------------------------------------------------------------------------
@@ -286,19 +295,19 @@ class Lifecycle:
                 return False
             # serve the good model first: a full disk must not keep the bad one serving
             prev.probation = 0
-            self.track(prev, "active")
+            self.monitor.track(prev, "active")
             self.predictor.active = prev
             self.predictor.previous = None
-            self.untrack(bad)
+            self.monitor.untrack(bad)
             self.last_rollback_reason = reason
             self.pointer_pending = True
             saved = self.save_pointer()
             log.warning("event=rollback from=%s to=%s reason=%s pointer_saved=%s", bad.version, prev.version,
                         reason, saved)
             if local:
-                self.emit("local-rollback", command_id=command_id, reason=reason,
-                          details={"from_version": bad.version, "to_version": prev.version, "pointer_saved": saved})
-            self.on_change()
+                self.report.emit_event("local-rollback", command_id=command_id, reason=reason,
+                                       details={"from_version": bad.version, "to_version": prev.version, "pointer_saved": saved})
+            self.report.changed()
             return True
 
     def save_pointer(self) -> bool:
@@ -344,19 +353,19 @@ class Lifecycle:
             try:
                 model = self.prepare(bundle_path, allow_new_name=allow_new_name)
             except InstallError as exc:
-                self.emit("install-failed", command_id=command_id, reason=str(exc), details={"code": exc.reason,
-                                                                                             "mode": mode})
+                self.report.emit_event("install-failed", command_id=command_id, reason=str(exc),
+                                       details={"code": exc.reason, "mode": mode})
                 raise
             self.stop_candidate()
             active = self.predictor.active
-            self.track(model, mode, **({"active_version": active.version} if active else {}))
+            self.monitor.track(model, mode, **({"active_version": active.version} if active else {}))
             self.predictor.candidate = Candidate(model, mode, float(fraction))
             from agent.canonical import canonical_json
             from agent.model_store import write_atomic
 
             write_atomic(self._candidate_path, canonical_json({"installed": model.installed.to_dict(), "mode": mode,
                                                               "fraction": float(fraction)}))
-            self.on_change()
+            self.report.changed()
 
     def stop_candidate(self) -> None:
         with self._lock:
@@ -364,8 +373,8 @@ class Lifecycle:
             self.predictor.candidate = None
             self._candidate_path.unlink(missing_ok=True)
             if cand is not None:
-                self.untrack(cand.model)
-                self.on_change()
+                self.monitor.untrack(cand.model)
+                self.report.changed()
 
 
 def _revocation(trust: Any, name: Any, version: Any, bundle_path: Path) -> str | None:

@@ -75,10 +75,11 @@ class ModelStore:
     """`device_class`: refuse bundles built for another class before unpacking anything."""
 
     def __init__(self, state_dir: Path, keep: int = 3, device_class: str | None = None,
-                 space_margin: float = SPACE_MARGIN) -> None:
+                 space_margin: float = SPACE_MARGIN, max_bundle_bytes: int | None = None) -> None:
         self.root = Path(state_dir) / "models"
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = keep
+        self.max_bundle_bytes = max_bundle_bytes  # per bundle member; None: the bundle reader's default
         self.device_class = device_class
         self.space_margin = space_margin
         self._clean_staging()
@@ -130,7 +131,9 @@ class ModelStore:
     def unpack(self, bundle_path: Path, keyring: Keyring, installed_version: int | None,
                rollback_approval: RollbackApproval | None = None,
                max_bytes: int | None = None) -> tuple[InstalledModel, VerifiedBundle]:
-        """Verify and unpack in one streaming pass; an identical version already on disk is kept."""
+        """Verify and unpack in one streaming pass; an identical version already on disk is kept.
+        `max_bytes` defaults to the store's `max_bundle_bytes`."""
+        max_bytes = max_bytes or self.max_bundle_bytes
         kwargs: dict[str, Any] = {"max_member_bytes": max_bytes} if max_bytes else {}
         self.check_space(bundle_path)
         incoming = self.root / f".incoming-{os.getpid()}-{time.monotonic_ns()}"

@@ -12,7 +12,7 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,9 @@ from agent.spec_check import InputError, TensorSpec, check_inputs, specs_from_ma
 from agent.telemetry import DriftSketcher, WindowStats
 
 if TYPE_CHECKING:
+    from agent.interfaces import Probation
     from agent.outcomes import OutcomeStore
+    from agent.shadow import ShadowRunner
     from agent.telemetry import Telemetry
 
 
@@ -97,18 +99,34 @@ class Candidate:
     fraction: float
 
 
+def _checked_inputs(m: LoadedModel, inputs: Mapping[str, Any] | np.ndarray) -> dict[str, np.ndarray]:
+    """Raw features by name go through the model's feature pipeline; then the spec check."""
+    try:
+        if m.features is not None and m.features.accepts(inputs):  # raw features by name
+            inputs, violations = m.features.transform(inputs)
+            if violations and m.stats is not None:
+                m.stats.data_quality_add(violations)
+        return check_inputs(inputs, m.inputs)
+    except InputError:
+        if m.stats is not None:
+            m.stats.error("invalid_input")
+        raise
+
+
 class Predictor:
-    def __init__(self, telemetry: Telemetry | None = None,
-                 on_shadow: Callable[[LoadedModel, dict[str, np.ndarray], list[np.ndarray]], None] | None = None,
-                 on_runtime_error: Callable[[LoadedModel], None] | None = None) -> None:
+    """Serves requests from the active model. `probation` (the Lifecycle) hears about a freshly
+    switched model's runtime errors and the end of its probation; `shadow` takes the sampled
+    requests a shadow candidate re-runs off the request path."""
+
+    def __init__(self, telemetry: Telemetry | None = None, shadow: ShadowRunner | None = None,
+                 probation: Probation | None = None) -> None:
         self.active: LoadedModel | None = None
         self.previous: LoadedModel | None = None
         self.candidate: Candidate | None = None
         self.telemetry = telemetry
         self.telemetry_enabled = telemetry is not None
-        self.on_shadow = on_shadow
-        self.on_runtime_error = on_runtime_error
-        self.on_probation_end: Callable[[LoadedModel], None] | None = None
+        self.shadow = shadow
+        self.probation = probation
         self._rand = random.random
         self.outcomes: OutcomeStore | None = None   # set by the agent: request id -> prediction
         # Request ids: a random per-process prefix and a counter (unique across restarts, ~0.2 us).
@@ -128,30 +146,8 @@ class Predictor:
         if cand is not None and cand.mode == "ab" and self._rand() < cand.fraction:
             m = cand.model
         t0 = time.perf_counter_ns()
-        try:
-            if m.features is not None and m.features.accepts(inputs):  # raw features by name
-                inputs, violations = m.features.transform(inputs)
-                if violations and m.stats is not None:
-                    m.stats.data_quality_add(violations)
-            x = check_inputs(inputs, m.inputs)
-        except InputError:
-            if m.stats is not None:
-                m.stats.error("invalid_input")
-            raise
-        m.attempts += 1
-        try:
-            outs = m.runtime.run(x)
-        except InputError:  # a check only the runtime can make (e.g. int64 ids into an int32 tensor)
-            if m.stats is not None:
-                m.stats.error("invalid_input")
-            raise
-        except Exception as exc:
-            m.runtime_errors += 1
-            if m.stats is not None:
-                m.stats.error("runtime")
-            if m.probation and self.on_runtime_error is not None:
-                self.on_runtime_error(m)
-            raise PredictError(f"model {m.installed.name} v{m.version} failed: {exc}") from exc
+        x = _checked_inputs(m, inputs)
+        outs = self._run(m, x)
         # Read the window's stats only now, right before recording: the window closer swaps them
         # and then waits a moment, which covers the tiny gap between this read and the append.
         stats = m.stats
@@ -168,16 +164,36 @@ class Predictor:
         if store is not None and m.monitor is not None and m.monitor.output < len(outs):
             store.record(rid, m, outs[m.monitor.output], slice_key)
         if m.probation:
-            m.probation_latencies_us.append((time.perf_counter_ns() - t0) / 1000.0)
-            m.probation -= 1
-            if m.probation == 0 and self.on_probation_end is not None:
-                self.on_probation_end(m)
-        if cand is not None and cand.mode == "shadow" and m is not cand.model and self.on_shadow is not None \
+            self._probation_step(m, t0)
+        if cand is not None and cand.mode == "shadow" and m is not cand.model and self.shadow is not None \
                 and self._rand() < cand.fraction:
-            self.on_shadow(m, x, outs)
+            self.shadow.offer(m, x, outs)
         result = Prediction(zip(m.output_names, outs, strict=False))
         result.request_id = rid
         return result
+
+    def _run(self, m: LoadedModel, x: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The runtime call; a failure is counted (and reported to probation) and raised as PredictError."""
+        m.attempts += 1
+        try:
+            return m.runtime.run(x)
+        except InputError:  # a check only the runtime can make (e.g. int64 ids into an int32 tensor)
+            if m.stats is not None:
+                m.stats.error("invalid_input")
+            raise
+        except Exception as exc:
+            m.runtime_errors += 1
+            if m.stats is not None:
+                m.stats.error("runtime")
+            if m.probation and self.probation is not None:
+                self.probation.check_probation(m)
+            raise PredictError(f"model {m.installed.name} v{m.version} failed: {exc}") from exc
+
+    def _probation_step(self, m: LoadedModel, t0: int) -> None:
+        m.probation_latencies_us.append((time.perf_counter_ns() - t0) / 1000.0)
+        m.probation -= 1
+        if m.probation == 0 and self.probation is not None:
+            self.probation.end_probation(m)
 
     def swap(self, new: LoadedModel) -> LoadedModel | None:
         """Make `new` active; the old active becomes previous (still loaded)."""

@@ -48,16 +48,16 @@ def uninstall(lc: Lifecycle, name: Any, version: Any, command_id: str | None = N
         if drop_active and active is not None:
             if new_active is not None:
                 new_active.probation = 0
-                lc.track(new_active, "active")
-            lc.untrack(active)
+                lc.monitor.track(new_active, "active")
+            lc.monitor.untrack(active)
         pred.active, pred.previous = new_active, new_prev
         removed = _delete_files(lc, name, version)
         serving = new_active.installed.public() if new_active else None
         log.warning("event=uninstalled name=%s version=%s removed=%s serving=%s", name, version, removed,
                     serving and f"{serving['name']} v{serving['version']}")
         details = {"name": name, "version": version, "removed": removed, "serving": serving}
-        lc.emit("uninstalled", command_id=command_id, reason=None, details=details)
-        lc.on_change()
+        lc.report.emit_event("uninstalled", command_id=command_id, reason=None, details=details)
+        lc.report.changed()
         return details
 
 

@@ -98,8 +98,8 @@ def test_probation_rollback_on_a_full_disk_swaps_at_once_and_saves_the_pointer_l
     state = small_disk / "state"
     a = Agent(make_config(state, fleet_keys["pub"], device_id="disk-rb")).start()
     events: list[tuple[str, dict]] = []
-    emit = a.lifecycle.emit
-    a.lifecycle.emit = lambda kind, **kw: (events.append((kind, kw)), emit(kind, **kw))
+    emit = a.emit_event   # the agent is the lifecycle's Reporter
+    a.emit_event = lambda kind, **kw: (events.append((kind, kw)), emit(kind, **kw))
     try:
         a.install(bundles["v1"])
         a.install(bundles["v2"])

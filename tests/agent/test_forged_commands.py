@@ -39,8 +39,8 @@ def test_forged_copy_of_an_accepted_install_changes_nothing(agent_factory, bundl
                                                             tmp_path) -> None:
     a = agent_factory("forge-1")
     events: list[dict] = []
-    real_emit = a.commands.emit
-    a.commands.emit = lambda kind, **kw: (events.append({"kind": kind, **kw}), real_emit(kind, **kw))
+    real_emit = a.emit_event   # the agent is the command handler's Reporter
+    a.emit_event = lambda kind, **kw: (events.append({"kind": kind, **kw}), real_emit(kind, **kw))
 
     fleet = load_private_key(fleet_keys["priv"])
     cmd = make_command(a.cfg.device_id, 1, "install", {"model": model_ref(bundles["v1"], bundle_server.url,

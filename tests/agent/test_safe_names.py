@@ -121,6 +121,6 @@ def test_agent_refuses_a_device_id_outside_the_grammar(tmp_path: Path, fleet_key
 def test_download_file_name_from_a_command_is_a_digest_not_a_path(tmp_path: Path, agent_factory, sha: str) -> None:
     a = agent_factory()
     with pytest.raises(InstallError) as err:
-        a.commands._fetch({"url": "http://127.0.0.1:9/x.bundle", "bundle_sha256": sha, "size": 10})
+        a.commands.fetch({"url": "http://127.0.0.1:9/x.bundle", "bundle_sha256": sha, "size": 10})
     assert err.value.reason == "malformed" and "SHA-256" in str(err.value)
     assert not list(tmp_path.rglob("*PWNED*"))
