@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from agent.commands import CommandHandler
+from agent.config import AgentConfig
 from agent.keys import Keyring, generate_keypair, load_private_key, sign_document
 from agent.protocol import make_command
 
@@ -23,6 +24,22 @@ class _Lifecycle:
         self.stopped += 1
 
 
+class _Reporter:
+    """The handler's Reporter and TelemetryControl (agent.interfaces): records events."""
+
+    def __init__(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        self.events = events
+
+    def emit_event(self, kind: str, **kw: Any) -> None:
+        self.events.append((kind, kw))
+
+    def changed(self) -> None:
+        pass
+
+    def set_telemetry_config(self, window_s: float | None, sample_rate: float | None) -> None:
+        pass
+
+
 def _handler(tmp_path: Path) -> tuple[CommandHandler, Any, list[tuple[str, dict[str, Any]]], _Lifecycle]:
     priv, _ = generate_keypair(tmp_path / "keys", "fleet")
     key = load_private_key(priv)
@@ -30,8 +47,9 @@ def _handler(tmp_path: Path) -> tuple[CommandHandler, Any, list[tuple[str, dict[
     events: list[tuple[str, dict[str, Any]]] = []
     lc = _Lifecycle()
     (tmp_path / "state").mkdir()
-    h = CommandHandler("dev-1", tmp_path / "state", SimpleNamespace(fleet=ring, keyring=ring), lc,  # type: ignore[arg-type]
-                       lambda kind, **kw: events.append((kind, kw)), lambda: None, lambda w, r: None, 1 << 20)
+    cfg = AgentConfig(device_id="dev-1", state_dir=str(tmp_path / "state"), max_bundle_bytes=1 << 20)
+    h = CommandHandler(cfg, SimpleNamespace(fleet=ring, keyring=ring), lc,  # type: ignore[arg-type]
+                       _Reporter(events), _Reporter(events))
     return h, key, events, lc
 
 
