@@ -55,6 +55,7 @@ dist: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy agent   # settings: [tool.mypy] in pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache benchmarks/out dist

@@ -11,7 +11,7 @@ import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -175,7 +175,7 @@ def canonical_bundle_digest(manifest_bytes: bytes, signature_bytes: bytes, paylo
                             entries: list[dict[str, Any]]) -> str:
     """SHA-256 of the canonical tar for these members, computed without writing it."""
     sink = _HashSink()
-    _write_canonical_tar(sink, manifest_bytes, signature_bytes, entries,
+    _write_canonical_tar(cast(IO[bytes], sink), manifest_bytes, signature_bytes, entries,
                          {e["path"]: payload_dir / e["path"] for e in entries})
     return sink.hexdigest()
 
@@ -187,7 +187,7 @@ class _HashSink(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, b: Any) -> int:  # type: ignore[override]
+    def write(self, b: Any) -> int:
         self._h.update(b)
         return len(b)
 

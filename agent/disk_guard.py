@@ -85,7 +85,8 @@ class DiskGuard:
     def window_report(self) -> dict[str, Any]:
         """For one telemetry window: was the disk full at any time in it, and how many writes failed."""
         with self._lock:
-            report = {"disk_full": self._full_in_window or self.full, "disk_write_failures": self._window_failures}
+            report: dict[str, Any] = {"disk_full": self._full_in_window or self.full,
+                                      "disk_write_failures": self._window_failures}
             self._window_failures = 0
             self._full_in_window = self.full
         if self.path is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from agent.names import InvalidName, validate_name
 
@@ -54,7 +54,7 @@ def parse_json_bounded(data: bytes, what: str, max_depth: int = MAX_JSON_DEPTH) 
     return doc
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -94,9 +94,9 @@ def check_tensor_specs(specs: Any, key: str) -> None:
         if fixed > MAX_FIXED_ELEMENTS:
             raise ManifestRefused("bad-tensor-spec", f"{where}: fixed dims hold {fixed} elements, at most"
                                                      f" {MAX_FIXED_ELEMENTS}")
-        axis = spec.get("batch_axis")
-        if axis is not None and not (_is_int(axis) and 0 <= axis < max(1, len(shape))):
-            raise ManifestRefused("bad-tensor-spec", f"{where}: batch_axis {axis!r} is not an axis of the shape")
+        batch_axis = spec.get("batch_axis")
+        if batch_axis is not None and not (_is_int(batch_axis) and 0 <= batch_axis < max(1, len(shape))):
+            raise ManifestRefused("bad-tensor-spec", f"{where}: batch_axis {batch_axis!r} is not an axis of the shape")
 
 
 def check_manifest(manifest: Mapping[str, Any], safe_member_path: Any) -> None:

@@ -122,7 +122,7 @@ class MqttLink:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 7 * 24 * 3600
             connect_kwargs.update(clean_start=False, properties=props)
-        c.connect_async(u.hostname, port, **connect_kwargs)
+        c.connect_async(u.hostname or "", port, **connect_kwargs)  # config.validate checked the host
         c.loop_start()
         log.info("event=mqtt-connecting url=%s protocol=%s", s.url, "5" if self.protocol == mqtt.MQTTv5 else "3.1.1")
         return c
@@ -177,11 +177,11 @@ class MqttLink:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == self.cmd_topic:
             try:
-                self.on_command(msg.payload)
+                self.on_command(bytes(msg.payload))
             except Exception:
                 log.exception("event=command-dispatch-failed")
         elif mqtt.topic_matches_sub(self.ingest_topics, msg.topic):
-            self._ingest_status(msg.topic, msg.payload)
+            self._ingest_status(msg.topic, bytes(msg.payload))
 
     def _ingest_status(self, topic_: str, payload: bytes) -> None:
         try:

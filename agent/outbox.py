@@ -19,6 +19,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,7 +167,7 @@ class Outbox:
                 raise
             return seq
 
-    def put(self, topic: str, build: callable, kind: str = "telemetry", retain: bool = False) -> int:  # type: ignore[valid-type]
+    def put(self, topic: str, build: Callable[[int], bytes], kind: str = "telemetry", retain: bool = False) -> int:
         """Store `build(seq)` (bytes) under a fresh seq; drops the oldest telemetry when full."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")

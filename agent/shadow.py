@@ -17,7 +17,9 @@ from agent.confidence import observe
 from agent.telemetry import prediction_values
 
 if TYPE_CHECKING:
-    from agent.serving import Predictor
+    from agent.serving import LoadedModel, Predictor
+
+_Offer = tuple["LoadedModel", dict[str, np.ndarray], list[np.ndarray]]  # active model, inputs, its outputs
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,12 @@ def agreement(active_out: np.ndarray, cand_out: np.ndarray, as_class: bool) -> t
 class ShadowRunner:
     def __init__(self, predictor: Predictor, queue_size: int = 64) -> None:
         self.predictor = predictor
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[_Offer | None] = queue.Queue(maxsize=queue_size)
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
         self._thread.start()
 
-    def offer(self, active, inputs, outputs) -> None:  # noqa: ANN001 - hot path, kept minimal
+    def offer(self, active: LoadedModel, inputs: dict[str, np.ndarray], outputs: list[np.ndarray]) -> None:
         try:
             self._queue.put_nowait((active, inputs, outputs))
         except queue.Full:
@@ -67,7 +69,7 @@ class ShadowRunner:
             finally:
                 self._queue.task_done()
 
-    def _compare(self, active, inputs, outputs) -> None:  # noqa: ANN001
+    def _compare(self, active: LoadedModel, inputs: dict[str, np.ndarray], outputs: list[np.ndarray]) -> None:
         cand = self.predictor.candidate
         if cand is None or cand.mode != "shadow":
             return

@@ -50,7 +50,7 @@ class TrustStore:
         self.path = Path(state_dir) / "keyring.json"
         self._lock = threading.Lock()
         self.roles = RoleKeys()
-        self.migrated, self.retired = Keyring(), []  # version 0 only: what a pre-roles keyring left
+        self.migrated, self.retired = Keyring(), list[str]()  # version 0 only: what a pre-roles keyring left
         fleet_paths, build_paths = list(fleet_keys), list(build_keys)
         if not build_paths:  # an old enrol wrote trust/build-N.pub into trusted_keys: that is its source
             build_paths = [p for p in fleet_paths if Path(p).name.startswith("build")]

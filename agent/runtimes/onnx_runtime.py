@@ -48,4 +48,4 @@ class OnnxRuntime:
         return self.session.run(self.output_names, inputs)
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.session = None
