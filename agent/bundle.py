@@ -16,7 +16,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from agent.manifest_check import (  # noqa: F401 (re-exported)
     check_device_class,
     parse_json_bounded,
 )
-from agent.tar_reader import BoundedTar, TarRefused
+from agent.tar_reader import BoundedTar, Member, TarRefused
 
 # --------------------------------------------------------------------------------------------
 # Verifying
@@ -217,33 +217,9 @@ def _verify_stream(
             except ManifestRefused as exc:
                 raise BundleError(exc.reason, str(exc)) from None
         manifest_sha = sha256_hex(manifest_bytes)
-        if installed_version is not None and manifest["model"]["version"] < installed_version:
-            if rollback_approval is None:
-                raise BundleError(
-                    "downgrade",
-                    f"version {manifest['model']['version']} is lower than installed {installed_version}"
-                    " and no fleet-signed rollback approves it",
-                )
-            rollback_approval.check(keyring, manifest, manifest_sha)
+        _check_downgrade(manifest, manifest_sha, installed_version, rollback_approval, keyring)
         expected_files = {e["path"]: e for e in manifest["files"]}
-        seen: set[str] = set()
-        for info in members:
-            safe_member_path(info.name)
-            if not info.name.startswith(PAYLOAD_DIR + "/"):
-                raise BundleError("extra-file", f"member {info.name!r} is outside {PAYLOAD_DIR}/")
-            rel = info.name[len(PAYLOAD_DIR) + 1:]
-            entry = expected_files.get(rel)
-            if entry is None:
-                raise BundleError("extra-file", f"member {rel!r} is not listed in the manifest")
-            if rel in seen:
-                raise BundleError("extra-file", f"member {rel!r} appears twice")
-            seen.add(rel)
-            if info.size != entry["size"]:
-                raise BundleError("size-mismatch", f"{rel}: {info.size} bytes, manifest says {entry['size']}")
-            _copy_and_check(tar, entry, staging)
-        missing = sorted(set(expected_files) - seen)
-        if missing:
-            raise BundleError("missing-file", f"listed in the manifest but absent: {', '.join(missing)}")
+        _unpack_members(tar, members, expected_files, staging)
         tar.drain()  # end blocks and padding go into the hash too
     digest = file_hash.hexdigest()
     expected_digest = canonical_bundle_digest(manifest_bytes, signature_bytes, staging,
@@ -251,6 +227,43 @@ def _verify_stream(
     if digest != expected_digest:
         raise BundleError("malformed", "bundle layout is not canonical (padding, headers or order changed)")
     return VerifiedBundle(manifest, kid, digest, manifest_sha)
+
+
+def _check_downgrade(manifest: dict[str, Any], manifest_sha: str, installed_version: int | None,
+                     rollback_approval: RollbackApproval | None, keyring: Keyring) -> None:
+    """A version below the installed one needs a rollback approval that checks out."""
+    if installed_version is None or manifest["model"]["version"] >= installed_version:
+        return
+    if rollback_approval is None:
+        raise BundleError(
+            "downgrade",
+            f"version {manifest['model']['version']} is lower than installed {installed_version}"
+            " and no fleet-signed rollback approves it",
+        )
+    rollback_approval.check(keyring, manifest, manifest_sha)
+
+
+def _unpack_members(tar: BoundedTar, members: Iterator[Member], expected_files: dict[str, Any],
+                    staging: Path) -> None:
+    """Each payload member once, listed in the manifest with its size, copied and hash-checked."""
+    seen: set[str] = set()
+    for info in members:
+        safe_member_path(info.name)
+        if not info.name.startswith(PAYLOAD_DIR + "/"):
+            raise BundleError("extra-file", f"member {info.name!r} is outside {PAYLOAD_DIR}/")
+        rel = info.name[len(PAYLOAD_DIR) + 1:]
+        entry = expected_files.get(rel)
+        if entry is None:
+            raise BundleError("extra-file", f"member {rel!r} is not listed in the manifest")
+        if rel in seen:
+            raise BundleError("extra-file", f"member {rel!r} appears twice")
+        seen.add(rel)
+        if info.size != entry["size"]:
+            raise BundleError("size-mismatch", f"{rel}: {info.size} bytes, manifest says {entry['size']}")
+        _copy_and_check(tar, entry, staging)
+    missing = sorted(set(expected_files) - seen)
+    if missing:
+        raise BundleError("missing-file", f"listed in the manifest but absent: {', '.join(missing)}")
 
 
 def _verify_any(manifest: dict[str, Any], signatures: list[Any], keyring: Keyring) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -39,8 +40,6 @@ def download(url: str, dest: Path, *, expected_size: int | None, expected_sha256
     """Fetch `url` to `dest` (a partial `dest.part` is resumed). Returns dest.
     `ca_file` trusts a private CA for https:// (the system store otherwise). `attempts` caps
     the tries (default: as many as `backoff`'s time budget allows)."""
-    import ssl
-
     context = ssl.create_default_context(cafile=ca_file) if ca_file and url.startswith("https://") else None
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -58,35 +57,14 @@ def download(url: str, dest: Path, *, expected_size: int | None, expected_sha256
     attempt = 0
     while True:
         attempt += 1
-        have = part.stat().st_size if part.exists() else 0
-        if have > limit:
-            part.unlink()
-            have = 0
-        if expected_size is not None and have == expected_size:
-            break
-        req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp:  # noqa: S310 - http(s) only, checked in config
-                if have and resp.status != 206:
-                    have = 0  # server ignored Range: start over
-                mode = "ab" if have else "wb"
-                with open(part, mode) as out:
-                    while chunk := resp.read(_CHUNK):
-                        have += len(chunk)
-                        if have > limit:
-                            raise DownloadError(f"download exceeds {limit} bytes")
-                        out.write(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-            if expected_size is not None and have < expected_size:
-                # the server went away mid-body (urllib then just ends the stream): resume
-                raise ConnectionResetError(f"transfer cut short at {have} of {expected_size} bytes")
+            _attempt(url, part, limit, expected_size, timeout_s, context)
             break
         except DownloadError:
             part.unlink(missing_ok=True)
             raise
         except urllib.error.HTTPError as exc:
-            if exc.code == 416 and have:  # range not satisfiable: our partial file is stale
+            if exc.code == 416 and part.exists():  # range not satisfiable: our partial file is stale
                 part.unlink(missing_ok=True)
             elif exc.code not in RETRYABLE_HTTP:
                 raise DownloadError(f"cannot download {url}: {exc}") from exc
@@ -98,6 +76,38 @@ def download(url: str, dest: Path, *, expected_size: int | None, expected_sha256
             raise DownloadError(f"cannot download {url} after {attempt} attempts: {last}")
         log.warning("event=download-retry url=%s attempt=%d delay_s=%.2f error=%s", url, attempt, delay, last)
         sleep(delay)
+    return _finish(url, part, dest, expected_size, expected_sha256, last)
+
+
+def _attempt(url: str, part: Path, limit: int, expected_size: int | None, timeout_s: float,
+             context: ssl.SSLContext | None) -> None:
+    """One try: resume `part` with Range where it has bytes; raise what the retry loop judges."""
+    have = part.stat().st_size if part.exists() else 0
+    if have > limit:
+        part.unlink()
+        have = 0
+    if expected_size is not None and have == expected_size:
+        return
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp:  # noqa: S310 - http(s) only, checked in config
+        if have and resp.status != 206:
+            have = 0  # server ignored Range: start over
+        with open(part, "ab" if have else "wb") as out:
+            while chunk := resp.read(_CHUNK):
+                have += len(chunk)
+                if have > limit:
+                    raise DownloadError(f"download exceeds {limit} bytes")
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    if expected_size is not None and have < expected_size:
+        # the server went away mid-body (urllib then just ends the stream): resume
+        raise ConnectionResetError(f"transfer cut short at {have} of {expected_size} bytes")
+
+
+def _finish(url: str, part: Path, dest: Path, expected_size: int | None, expected_sha256: str | None,
+            last: Exception | None) -> Path:
+    """Check the complete file's size and digest, then move it into place."""
     if not part.exists():
         raise DownloadError(f"cannot download {url}: {last}")
     size = part.stat().st_size
