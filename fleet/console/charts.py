@@ -27,13 +27,15 @@ def psi_bars(features: Sequence[dict], warn: float, alert: float, width: int = 7
     for i, f in enumerate(features):
         y = 10 + i * row
         colour = LEVEL_COLOURS.get(f.get("level", "ok"), "var(--accent)")
+        has_data = bool(f.get("n_current", 1) and f.get("n_reference", 1))
+        value = f"{float(f['psi']):.3f}" if has_data else "no data"
+        title = f"PSI {float(f['psi']):.4f}, JS {float(f.get('js', 0)):.4f}" if has_data else "no data"
         parts.append(f'<text x="{label_w - pad}" y="{y + 14}" text-anchor="end" class="lbl">{escape(str(f["name"]))}'
                      "</text>")
         parts.append(f'<rect class="bar" data-feature="{escape(str(f["name"]))}" x="{label_w}" y="{y + 3}" '
                      f'width="{max(1.0, x(float(f["psi"])) - label_w):.1f}" height="{row - 8}" rx="3" '
-                     f'fill="{colour}"><title>{escape(str(f["name"]))}: PSI {float(f["psi"]):.4f}, JS '
-                     f'{float(f.get("js", 0)):.4f}</title></rect>')
-        parts.append(f'<text x="{x(float(f["psi"])) + 6:.1f}" y="{y + 14}" class="val">{float(f["psi"]):.3f}</text>')
+                     f'fill="{colour}"><title>{escape(str(f["name"]))}: {title}</title></rect>')
+        parts.append(f'<text x="{x(float(f["psi"])) + 6:.1f}" y="{y + 14}" class="val">{value}</text>')
     for v, cls, name in ((warn, "thr-warn", "warn"), (alert, "thr-alert", "alert")):
         parts.append(f'<line class="{cls}" x1="{x(v):.1f}" x2="{x(v):.1f}" y1="4" y2="{height - 18}"/>'
                      f'<text x="{x(v):.1f}" y="{height - 4}" text-anchor="middle" class="axis">{name} {v:g}</text>')

@@ -13,9 +13,10 @@ from fleet.api.telemetry import overview_data
 from fleet.api.validation import offset_arg
 from fleet.app import fleet_context
 from fleet.catalogue import versions as catalogue
-from fleet.console import charts, device_view, model_view, status
+from fleet.console import charts, device_view, drift_view, model_view, status
 from fleet.console.views import bp
 from fleet.drift import alerts
+from fleet.drift.engine import DriftParams
 from fleet.models import (
     Aggregate,
     AuditEntry,
@@ -138,13 +139,17 @@ def drift(name: str, version: int):  # type: ignore[no-untyped-def]
     with ctx.session() as db:
         cohorts = sorted({c for c in db.exec(select(Aggregate.cohort).where(
             Aggregate.model_name == name, Aggregate.model_version == version).distinct())})
+        # a rolled-out version is judged with its rollout's gate settings (?settings=fleet: the fleet's)
+        rollout = drift_view.for_version(db, name, version, request.args.get("rollout", type=int))
+        params = rollout.params if rollout is not None and request.args.get("settings") != "fleet" else None
         try:
-            rep = alerts.fleet_drift(db, ctx.settings, name, version, reference=ref, cohort=cohort)
+            rep = alerts.fleet_drift(db, params or ctx.settings, name, version, reference=ref, cohort=cohort)
             report, error = rep.to_dict(), None
         except alerts.NoReference as exc:
             report, error = None, str(exc)
         return render_template("console/drift.html", name=name, version=version, report=report, error=error,
-                               reference=ref, cohort=cohort, cohorts=cohorts, ds=ctx.settings.drift)
+                               reference=ref, cohort=cohort, cohorts=cohorts, rollout=rollout,
+                               ds=params or DriftParams.of(ctx.settings))
 
 
 @bp.get("/alerts")

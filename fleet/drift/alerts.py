@@ -9,7 +9,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from fleet import audit
-from fleet.drift.engine import DriftReport, compare
+from fleet.drift.engine import DriftParams, DriftReport, compare
 from fleet.models import Aggregate, DriftAlert, ModelVersion, now
 from fleet.settings import FleetSettings
 
@@ -51,7 +51,7 @@ def control_version(db: Session, name: str, version: int) -> int | None:
     return None if row is None else int(row)
 
 
-def fleet_drift(db: Session, settings: FleetSettings, name: str, version: int, *, reference: str = "baseline",
+def fleet_drift(db: Session, settings: FleetSettings | DriftParams, name: str, version: int, *, reference: str = "baseline",
                 role: str = "active", cohort: str | None = None, device_class: str | None = None,
                 since: float | None = None, until: float | None = None,
                 window_start: float | None = None) -> DriftReport:
