@@ -17,7 +17,7 @@ from sqlmodel import Session, func, select
 from fleet import audit
 from fleet.drift import alerts
 from fleet.models import Device, ModelVersion
-from fleet.rollouts import commands
+from fleet.rollouts import commands, machine
 from fleet.rollouts.assignment import assign_waves
 from fleet.rollouts.config import ACTOR, EvaluatorConfig
 from fleet.rollouts.machine import can, transition
@@ -306,7 +306,9 @@ def rollout_detail(s: Session, r: Rollout, *, history: int = 200) -> dict[str, A
                        "gates": (w.last_verdict or {}).get("results")} for w in waves],
             "gate_history": [{"at": e.at, "wave": e.wave_index, "status": e.status, "devices": e.devices,
                               "values": {x["gate"]: x["value"] for x in e.results},
-                              "statuses": {x["gate"]: x["status"] for x in e.results}} for e in reversed(evals)]}
+                              "statuses": {x["gate"]: x["status"] for x in e.results}} for e in reversed(evals)],
+            "status_history": [{"at": m.at, "wave": m.wave_index, "event": m.event, "from": m.from_status,
+                                "to": m.to_status, "reason": m.reason} for m in machine.history(s, r.id)[-history:]]}
 
 
 def rollout_targets(s: Session, r: Rollout, wave: int | None = None) -> list[dict[str, Any]]:

@@ -53,6 +53,8 @@ def test_create_follow_breach_and_read_the_reason_through_the_api(fleet):
     assert d["reason"]["gates"][0]["gate"] == "latency_p99"
     assert d["waves"][0]["status"] == "failed" and d["waves"][0]["targets"] == {"rolled-back": 1}
     assert d["gate_history"] and "latency_p99" in d["gate_history"][-1]["values"]
+    breach = [m for m in d["status_history"] if m["event"] == "breach"]
+    assert [(m["wave"], m["from"], m["to"]) for m in breach] == [(0, "active", "failed"), (None, "running", "paused")]
     gates = c.get(f"/api/rollouts/{rid}/gates", headers=auth("view")).get_json()["evaluations"]
     assert gates[-1]["status"] == "fail"
     targets = c.get(f"/api/rollouts/{rid}/targets?wave=0", headers=auth("view")).get_json()["targets"]
@@ -62,6 +64,7 @@ def test_create_follow_breach_and_read_the_reason_through_the_api(fleet):
     # console page shows the reason
     page = c.get(f"/console/rollouts/{rid}", headers=auth("view"))
     assert page.status_code == 200 and b"latency_p99" in page.data and b"Gate values over time" in page.data
+    assert b"Status history" in page.data and "running → paused".encode() in page.data
     assert c.get("/console/rollouts", headers=auth("view")).status_code == 200
     # operator actions
     assert c.post(f"/api/rollouts/{rid}/approve", headers=auth("op")).status_code == 409

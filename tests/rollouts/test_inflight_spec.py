@@ -36,6 +36,8 @@ def test_a_rollout_stored_with_the_old_spec_shape_runs_to_completion(engine, tmp
     assert h.rollout(rid).status == "completed"
     with Session(engine) as s:
         moves = [(m.wave_index, m.event, m.to_status) for m in history(s, rid)]
+        shown = service.rollout_detail(s, s.get(Rollout, rid))["status_history"]   # API and console
+        assert [(m["wave"], m["event"], m["to"]) for m in shown] == moves
         assert "success_threshold" in s.get(Rollout, rid).spec["waves"][0]["gates"]   # stored as it was
     assert moves[:3] == [(0, "start", "active"), (0, "soak", "soaking"), (0, "await-approval", "awaiting-approval")]
     assert (None, "await-approval", "awaiting-approval") in moves and (None, "approve", "running") in moves
