@@ -43,7 +43,7 @@ def quantile_edges(values: np.ndarray, n_bins: int = 10) -> list[float]:
 @dataclass
 class FixedBinHistogram:
     edges: list[float]
-    counts: np.ndarray = field(default=None)  # type: ignore[assignment]
+    counts: np.ndarray = field(default=None)  # type: ignore[arg-type]
     nan: int = 0
 
     def __post_init__(self) -> None:
@@ -121,7 +121,7 @@ class CategoricalHistogram:
     """Counts per class index 0..n_classes-1 (predictions of a classifier)."""
 
     n_classes: int
-    counts: np.ndarray = field(default=None)  # type: ignore[assignment]
+    counts: np.ndarray = field(default=None)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         self.counts = (np.zeros(self.n_classes, dtype=np.int64) if self.counts is None
@@ -158,7 +158,7 @@ _LOG_GROWTH = math.log(LATENCY_GROWTH)
 
 @dataclass
 class LatencyHistogram:
-    counts: np.ndarray = field(default=None)  # type: ignore[assignment]
+    counts: np.ndarray = field(default=None)  # type: ignore[arg-type]
     sum_us: float = 0.0
 
     def __post_init__(self) -> None:
