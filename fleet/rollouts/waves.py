@@ -59,8 +59,9 @@ class TickContext:
 
 
 def _command_body(kind: str, ref: dict[str, Any], fraction: float) -> dict[str, Any]:
-    return {"install": {"model": ref}, "shadow": {"model": ref, "fraction": fraction},
-            "ab": {"model": ref, "share": fraction}}[kind]
+    bodies: dict[str, dict[str, Any]] = {"install": {"model": ref}, "shadow": {"model": ref, "fraction": fraction},
+                                         "ab": {"model": ref, "share": fraction}}
+    return bodies[kind]
 
 
 def command_wave(c: TickContext, wave: RolloutWave, phase: str, event: str) -> None:
