@@ -59,6 +59,7 @@ class CompileConfig:
     max_slice_gap: float | None = None  # absolute worst-slice gap (None: the device class's, else not gated)
     min_slice_accuracy: float | None = None  # the worst slice's own accuracy (classification)
     slice_mitigation: bool = True  # a failed slice gate: retry INT8 with slice-balanced calibration
+    slices: list[str] = field(default_factory=list)  # slice keys the device keeps outcomes by (compiler/slice_keys.py)
     max_size_mb: float | None = None
     max_latency_ms: float | None = None
     min_cosine: float | None = None  # embedding: worst sample's cosine to FP32 (default in compiler.gates)
@@ -119,6 +120,12 @@ class CompileConfig:
             raise CompileInputError("--version must be a non-negative integer")
         if self.signing_key is None:
             raise CompileInputError("--signing-key is required: bundles are always signed")
+        if self.slices:  # syntax here; columns against the data in compile_model (compiler/slice_keys.py)
+            from compiler.slice_keys import parse
+
+            self.slices = [k.spec for k in parse(self.slices)]
+            if self.task == "embedding":
+                raise CompileInputError("--slice-key needs a classification or regression model (labels per slice)")
 
     def hyperparameters(self) -> dict[str, Any]:
         """The knobs that change the artifact (recorded in provenance and in the cache key): every
