@@ -164,7 +164,8 @@ def _bundle(cfg: CompileConfig, progress: Any, dc: DeviceClass, prep: Prepared, 
     manifest_fields = manifest_for(
         art, name=cfg.name, version=cfg.version, device_class=dc.name, precision=MANIFEST_PRECISION[chosen.precision],
         metrics=metrics, provenance=provenance, evaluation=prep.ctx.evaluation, predictions=chosen.outputs,
-        task=cfg.task, n_classes=prep.n_classes, threads=dc.threads, source_onnx=prep.ctx.onnx_fp32)
+        task=cfg.task, n_classes=prep.n_classes, threads=dc.threads, source_onnx=prep.ctx.onnx_fp32,
+        slice_keys=cfg.slices)
     from compiler.explain import add_explain  # global explanations per version (issue 15)
 
     add_explain(manifest_fields, art, prep.ctx.evaluation, cfg.task, prep.ctx.torch_model, dc.threads)

@@ -17,6 +17,7 @@ from agent.sketches import build_drift_baseline
 from compiler.data import Dataset
 from compiler.formats import get_format
 from compiler.passes import Artifact
+from compiler.slice_keys import monitoring_slices
 
 
 def _drift_baseline(art_inputs: list[dict[str, Any]], ds: Dataset, predictions: np.ndarray, task: str,
@@ -68,7 +69,7 @@ def runtime_manifest(art: Artifact, source_onnx: Path | None, threads: int) -> d
 def manifest_for(art: Artifact, *, name: str, version: int, device_class: str, precision: str,
                  metrics: dict[str, Any], provenance: dict[str, Any], evaluation: Dataset, predictions: np.ndarray,
                  task: str, n_classes: int | None, threads: int = 1,
-                 source_onnx: Path | None = None) -> dict[str, Any]:
+                 source_onnx: Path | None = None, slice_keys: list[str] | None = None) -> dict[str, Any]:
     """Everything build_bundle needs except the file list (it hashes the files itself)."""
     rt = runtime_manifest(art, source_onnx, threads)
     inputs, outputs = rt["inputs"], rt["outputs"]
@@ -80,7 +81,7 @@ def manifest_for(art: Artifact, *, name: str, version: int, device_class: str, p
         "drift_baseline": _drift_baseline(inputs, evaluation, predictions, task, n_classes),
     }
     fields["runtime_config"] = rt["runtime_config"]
-    monitoring = monitoring_for(task, predictions, n_classes)
+    monitoring = monitoring_for(task, predictions, n_classes, monitoring_slices(slice_keys, evaluation.inputs))
     if monitoring is not None:
         fields["monitoring"] = monitoring
     return fields

@@ -96,6 +96,10 @@ def compile_model(cfg: CompileConfig) -> list[BuildResult]:
 
     raw = prepare_raw(cfg)  # before load_inputs: may derive the eval tensors from the raw rows (issue 15)
     src = load_inputs(cfg, progress)
+    if cfg.slices:  # an unknown slice column: one line, exit 2, before any build work (issue 14)
+        from compiler.slice_keys import monitoring_slices
+
+        monitoring_slices(cfg.slices, src.evaluation.inputs)
     if raw is not None:
         lineage["preprocess_sha256"] = raw.pre.sha256
     common = {"inputs": src.inputs_sha, "code_version": code_version(), "tools": tool_versions(),
