@@ -54,6 +54,9 @@ EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
 @click.option("--accuracy-control/--no-accuracy-control", default=None,
               help="OpenVINO INT8 with nncf.quantize_with_accuracy_control (default on, classification).")
 @click.option("--latency-iterations", type=int, show_default="50", help="Timed runs for the latency gate.")
+@click.option("--slice-key", "slices", multiple=True,
+              help="Slice key the devices keep outcomes by (repeatable): a request metadata key (region), or "
+              "KEY=INDEX / KEY=INPUT[INDEX]: quartile bins of one input column.")
 @click.option("--task", type=click.Choice(TASKS), show_default="classification", help="What the metric measures.")
 @click.option("--name", show_default="model", help="Model name in the bundle.")
 @click.option("--version", type=int, show_default="1", help="Model version (integer, increasing).")
@@ -87,8 +90,9 @@ def compile_command(ctx: click.Context, config_path: Path | None, quiet: bool, *
     rename = {"torch_src": "torch", "eval_data": "eval", "fmt": "format"}
     given = {rename.get(k, k): v for k, v in flags.items()
              if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT and v not in (None, ())}
-    if "device_classes" in given:
-        given["device_classes"] = list(given["device_classes"])
+    for many in ("device_classes", "slices"):
+        if many in given:
+            given[many] = list(given[many])
     if quiet:
         given["progress"] = False
     try:
