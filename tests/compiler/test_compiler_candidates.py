@@ -116,10 +116,13 @@ def test_a_candidate_the_runtime_refuses_is_a_fail_row_and_auto_moves_on(build, 
     """The quantizer writes a graph onnxruntime refuses: that candidate fails with ORT's words, FP16 is tried."""
     import compiler.quantize_onnx as qo
 
+    real_static = qo.quantize_static_int8
+
     def bad_static(src, dst, calib, cfg):
-        model = onnx.load(str(src))
-        node = next(n for n in model.graph.node if n.op_type == "Relu")
-        node.attribute.append(helper.make_attribute("axis", 1))  # Relu has no such attribute
+        real_static(src, dst, calib, cfg)  # a real INT8 graph (one with nothing quantized is refused earlier)
+        model = onnx.load(str(dst))
+        node = next(n for n in model.graph.node if n.op_type in ("Relu", "Conv"))
+        node.attribute.append(helper.make_attribute("axis", 1))  # neither op has such an attribute
         dst.write_bytes(model.SerializeToString())
         return dst
 
@@ -139,7 +142,7 @@ def test_every_candidate_failing_fails_the_build_with_each_message(build, tmp_pa
     def converter_gap(src, dst, calib, cfg):
         raise RuntimeError("Unsupported model IR version: 99")
 
-    monkeypatch.setitem(qo.MODES, "static", converter_gap)
+    monkeypatch.setattr(qo, "quantize_static_int8", converter_gap)
     src = _opset12_convnet(tmp_path / "old.onnx")
     [res] = build(onnx=str(src), calib=_images(16, 1), eval=_images(20, 2), task="embedding",
                   device_classes=["x86-64-generic"], precision="int8")
