@@ -9,7 +9,9 @@ in `compiler.formats`; `build_artifact` looks the format up there.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -92,6 +94,16 @@ class Artifact:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files.values())
 
+    def snapshot(self) -> Artifact:
+        """This artifact as built (later passes append to a candidate's lineage, not to this)."""
+        return Artifact(self.fmt, self.precision, dict(self.files), self.entrypoint, copy.deepcopy(self.lineage))
+
+    def copy_to(self, work: Path) -> Artifact:
+        """The same files under `work` (each candidate owns its folder) with its own lineage list."""
+        work.mkdir(parents=True, exist_ok=True)
+        files = {name: Path(shutil.copyfile(src, work / name)) for name, src in self.files.items()}
+        return Artifact(self.fmt, self.precision, files, self.entrypoint, copy.deepcopy(self.lineage))
+
 
 @dataclass
 class PassContext:
@@ -109,6 +121,10 @@ class PassContext:
     float_nodes: tuple[str, ...] = ()  # layers the accuracy fallback returned to float
     scheme: str | None = None  # a quantization scheme the accuracy fallback chose over the architecture's
     tflite_src: Path | None = None  # --tflite: the source model (compiler.tflite_source builds from it)
+    # Pass outputs of this build by PassConfig.key: a pass that already ran with the same config on
+    # the same inputs (another device class, the sensitivity probe) is copied, not run again.
+    # dataclasses.replace keeps the same dict, so every variant of the context shares it.
+    built: dict[str, Artifact] = field(default_factory=dict, repr=False)
 
     @property
     def architecture(self) -> Architecture:

@@ -9,9 +9,26 @@ from typing import Any
 
 from agent.runtimes.config import runtime_config
 from compiler.errors import CompileInputError
-from compiler.passes import Artifact, PassContext
+from compiler.passes import Artifact, PassConfig, PassContext, jsonable
+from compiler.provenance import json_sha256
 
 Specs = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pass a format runs for a precision: its config, why the config is what it is (recorded
+    beside it: architecture, scheme), and the hashes of what the pass reads (model, data)."""
+
+    config: PassConfig
+    why: dict[str, Any]
+    reads: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        """The config's key with the why beside it: a reused output's record is word for word
+        the record this step would have written."""
+        return json_sha256({"config": self.config.key(*self.reads), "why": jsonable(self.why)})
 
 
 @dataclass(frozen=True)
@@ -37,7 +54,24 @@ class Format:
         return Artifact(self.name, precision, files, self.entrypoint, lineage)
 
     def build(self, precision: str, ctx: PassContext, work: Path) -> Artifact:
-        """Run this format's passes for `precision`; the artifact carries their lineage records."""
+        """The candidate for `precision`: its pass's output, reused when the same pass with the
+        same config already ran on the same inputs in this build (the step's key says so)."""
+        step = self.step(precision, ctx)
+        if step is None:
+            return self.run(precision, None, ctx, work)
+        done = ctx.built.get(step.key)
+        if done is not None:
+            return done.copy_to(work)
+        art = self.run(precision, step, ctx, work)
+        ctx.built[step.key] = art.snapshot()
+        return art
+
+    def step(self, precision: str, ctx: PassContext) -> Step | None:
+        """The pass for `precision` (None: nothing to run, e.g. the FP32 reference bundled as is)."""
+        raise NotImplementedError(self.name)
+
+    def run(self, precision: str, step: Step | None, ctx: PassContext, work: Path) -> Artifact:
+        """Run the step into `work`; the artifact carries its lineage record."""
         raise NotImplementedError(self.name)
 
     def io_specs(self, path: Path, source: tuple[Specs, Specs] | None) -> tuple[Specs, Specs, dict[str, Any] | None]:

@@ -129,6 +129,7 @@ def test_formats_are_one_registry_matching_the_bundle_formats() -> None:
 
 # Files others own that still spell a format name (each is a job for a plugin attribute).
 _STILL_SPELLED = {"candidates.py", "inputs.py", "schemes.py", "target.py", "tflite_source.py",
+                  "architecture.py",  # check_quantized's per-format INT8 count: a plugin method to be
                   "provenance.py"}  # provenance: package names (onnx, openvino), not formats
 
 
@@ -178,3 +179,40 @@ def test_off_target_latency_is_a_speedup_gate_or_not_gated() -> None:
     blind = {g.gate: g for g in check_gates(q, 10, Latency(9.0, on_target=False, why_not="arm"), budgets)}
     assert "min-speedup" not in blind and blind["max-latency-ms"].passed and "not gated" in blind["max-latency-ms"].detail
     assert isinstance(GateResult("parity", 0.0, 1e-4, True, "ok"), GateVerdict)
+
+
+def _bundle_files(path: Path) -> tuple[bytes, list[dict[str, Any]]]:
+    import json
+    import tarfile
+
+    from agent.bundle_build import PAYLOAD_DIR
+
+    with tarfile.open(path) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        model = tar.extractfile(f"{PAYLOAD_DIR}/{manifest['entrypoint']}").read()  # type: ignore[union-attr]
+        return model, manifest["provenance"]["lineage"]
+
+
+@pytest.mark.slow
+def test_a_pass_with_the_same_key_runs_once_per_build(build, mlp, digits, monkeypatch) -> None:
+    """Two classes that want the same ONNX INT8 pass share its output (the key says it is the same
+    pass on the same inputs); the bundles carry the same model and the same lineage record."""
+    from compiler_zoo import calib_set, eval_set
+
+    import compiler.quantize_onnx as qo
+
+    calls: list[Path] = []
+    real = qo.quantize_static_int8
+
+    def counted(src, dst, calib, cfg):  # type: ignore[no-untyped-def]
+        calls.append(dst)
+        return real(src, dst, calib, cfg)
+
+    monkeypatch.setattr(qo, "quantize_static_int8", counted)
+    a, b = build(torch=mlp, calib=calib_set(digits), eval=eval_set(digits), format="onnx", precision="int8",
+                 device_classes=["x86-64-generic", "x86-avx512-vnni"])
+    assert a.passed and b.passed and len(calls) == 1
+    (model_a, lineage_a), (model_b, lineage_b) = _bundle_files(a.bundle_path), _bundle_files(b.bundle_path)
+    quantize = [next(p for p in lin if p["pass"] == "quantize") for lin in (lineage_a, lineage_b)]
+    assert model_a == model_b and quantize[0] == quantize[1]
+    assert [p["pass"] for p in lineage_b] == ["export", "quantize", "evaluate"]  # one evaluate: its own
