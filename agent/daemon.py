@@ -111,7 +111,7 @@ class Agent:
         self.predictor.shadow = self.shadow
         from agent.explain import ExplainRequests
 
-        self.explain_requests = ExplainRequests(self.explain, self.emit_event, lambda: self.cfg.telemetry.raw_samples)
+        self.explain_requests = ExplainRequests(self.explain, self, config.telemetry)
         self.lifecycle = Lifecycle(self.store, self.predictor, self.keys, self.device_class, config.health,
                                    report=self, monitor=TelemetryMonitor(self.telemetry, self.outcomes),
                                    disk=self.disk)

@@ -14,7 +14,7 @@ An explanation never contains the raw input, only attributions, so it may travel
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +22,8 @@ import numpy as np
 from agent.spec_check import InputError, check_inputs
 
 if TYPE_CHECKING:
+    from agent.config import TelemetryConfig
+    from agent.interfaces import Reporter
     from agent.serving import LoadedModel
 
 MAX_ELEMENTS = 256  # per-sample tensors up to this size are explained per element, larger ones per channel
@@ -166,12 +168,15 @@ class ExplainRequests:
     drops explanations, never requests). Each result is an `explanation` event carrying the
     attributions only; the raw input rides along only where raw sampling is enabled."""
 
-    def __init__(self, explain: Any, emit: Any, raw_allowed: Any) -> None:
+    def __init__(self, explain: Callable[[Any, int | None], dict[str, Any]], report: Reporter,
+                 telemetry: TelemetryConfig) -> None:
+        """`explain` is Agent.explain; events go to the Reporter; the `[telemetry]` section says
+        whether raw inputs may leave the device (read at each explanation: it may change)."""
         import queue
         import random
         import threading
 
-        self._explain, self._emit, self._raw_allowed = explain, emit, raw_allowed
+        self._explain, self._emit, self._telemetry = explain, report.emit_event, telemetry
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[str, int, Any] | None] = queue.Queue(maxsize=MAX_ROWS)
         self._rand = random.random
@@ -233,7 +238,7 @@ class ExplainRequests:
                 self._emit("explanation-failed", command_id=cid, reason=str(exc)[:300], details={"index": index})
                 continue
             details: dict[str, Any] = {"index": index, "of": self.count, "explanation": result}
-            if self._raw_allowed():
+            if self._telemetry.raw_samples:
                 raw = {k: np.asarray(v).tolist() if isinstance(v, np.ndarray) else v for k, v in inputs.items()} \
                     if isinstance(inputs, Mapping) else np.asarray(inputs).tolist() \
                     if isinstance(inputs, np.ndarray) else inputs
