@@ -38,6 +38,15 @@ def detect_format(path: Path) -> str | None:
     return next((fmt for fmt in ("tflite", "openvino", "onnx") if MAGIC[fmt][0](head)), None)
 
 
+def label_dims(dims: list[int | str | None]) -> list[int | str]:
+    """Manifest dims for one tensor (static ints; symbolic ones by name or None): its batch axis is
+    "batch" - axis 0 when that is symbolic, else (a recurrent state (2, ?, 128)) the first symbolic
+    axis; a fixed leading 1 and a scalar have none. Other symbolic dims keep their name or `dim<axis>`."""
+    lead = dims[0] if dims else 1
+    batch = next((a for a, d in enumerate(dims) if not isinstance(d, int)), None) if lead != 1 else None
+    return [d if isinstance(d, int) else ("batch" if a == batch else (d or f"dim{a}")) for a, d in enumerate(dims)]
+
+
 def _dims(shape: list[Any]) -> list[int | str]:
     return [d if isinstance(d, int) else (d or "batch") for d in shape]
 
@@ -57,8 +66,7 @@ def openvino_io_specs(xml: Path) -> tuple[Specs, Specs]:
     model = ov.Core().read_model(str(xml))
 
     def spec(port: Any, i: int) -> dict[str, Any]:
-        dims = [d.get_length() if d.is_static else ("batch" if axis == 0 else f"dim{axis}")
-                for axis, d in enumerate(port.get_partial_shape())]
+        dims = label_dims([d.get_length() if d.is_static else None for d in port.get_partial_shape()])
         name = port.get_any_name() if port.get_names() else f"tensor{i}"
         return {"name": name, "shape": dims, "dtype": np.dtype(port.get_element_type().to_dtype()).name}
 

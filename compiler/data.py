@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +22,51 @@ RESERVED_KEYS = ("labels", "slices")
 
 @dataclass
 class Dataset:
-    """Named model inputs (each with a leading sample axis), optional labels and slice ids."""
+    """Named model inputs in the model's own layout, optional labels and slice ids.
+
+    Each input's samples lie on its batch axis (`batch_axes`, default 0): a recurrent state
+    (2, batch, 128) has them on axis 1. An input with axis None is a constant (a scalar such as a
+    sample rate) given whole to every call."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     slices: np.ndarray | None = None
     source: str = "<memory>"
+    batch_axes: dict[str, int | None] = field(default_factory=dict)
+
+    def axis(self, name: str) -> int | None:
+        return self.batch_axes.get(name, 0)
 
     @property
     def n(self) -> int:
-        return int(next(iter(self.inputs.values())).shape[0])
+        batched = [(v, a) for k, v in self.inputs.items() if (a := self.axis(k)) is not None]
+        return int(batched[0][0].shape[batched[0][1]]) if batched else 1
+
+    def _rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        out = {}
+        for k, v in self.inputs.items():
+            a = self.axis(k)
+            out[k] = v if a is None else v[(slice(None),) * a + (slice(start, stop),)]
+        return out
 
     def take(self, count: int) -> Dataset:
         """The first `count` samples (calibration uses a small prefix)."""
         count = min(count, self.n)
-        return Dataset({k: v[:count] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[:count],
-                       None if self.slices is None else self.slices[:count], self.source)
+        return Dataset(self._rows(0, count), None if self.labels is None else self.labels[:count],
+                       None if self.slices is None else self.slices[:count], self.source, dict(self.batch_axes))
+
+    def select(self, index: np.ndarray) -> Dataset:
+        """The samples at `index` (a slice-balanced calibration subset), each input on its batch axis."""
+        inputs = {k: v if (a := self.axis(k)) is None else np.take(v, index, axis=a) for k, v in self.inputs.items()}
+        return Dataset(inputs, None if self.labels is None else self.labels[index],
+                       None if self.slices is None else self.slices[index], self.source, dict(self.batch_axes))
 
     def batches(self, size: int = 1) -> list[dict[str, np.ndarray]]:
-        return [{k: v[i:i + size] for k, v in self.inputs.items()} for i in range(0, self.n, size)]
+        """Model feeds of `size` samples: every input cut on its own batch axis, constants whole."""
+        return [self._rows(i, i + size) for i in range(0, self.n, size)]
 
     def sha256(self) -> str:
-        """Content hash (names, dtypes, shapes, bytes) for the cache key and provenance."""
+        """Content hash (names, dtypes, shapes, bytes, non-default batch axes) for the cache key and provenance."""
         h = hashlib.sha256()
         for key, arr in sorted({**self.inputs, "__labels": self.labels, "__slices": self.slices}.items()):
             if arr is None:
@@ -52,6 +74,9 @@ class Dataset:
             a = np.ascontiguousarray(arr)
             h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
             h.update(a.tobytes() if a.dtype != object else repr(a.tolist()).encode())
+        moved = {k: a for k, a in sorted(self.batch_axes.items()) if a != 0}
+        if moved:
+            h.update(f"__batch_axes|{moved}".encode())
         return h.hexdigest()
 
 
@@ -113,6 +138,56 @@ def load_dataset(spec: str | Path | Dataset | Mapping[str, Any], input_names: Se
     raise CompileInputError(f"data {text!r} is neither an existing .npz file nor a module:function")
 
 
+def spec_batch_axis(spec: Mapping[str, Any]) -> int | None:
+    """Where an input's samples lie: the axis its spec names "batch" (agent.runtime_specs.label_dims),
+    none for a scalar, else 0 (a fixed leading 1 is fed sample by sample)."""
+    shape = list(spec["shape"])
+    return shape.index("batch") if "batch" in shape else (None if not shape else 0)
+
+
+def align_to_specs(ds: Dataset, input_specs: Sequence[Mapping[str, Any]], role: str = "data") -> Dataset:
+    """The data with each input's batch axis from its spec; a scalar input given once per sample
+    (all the same value, as .npz files store it) becomes the one constant the model takes per call."""
+    inputs = dict(ds.inputs)
+    for spec in input_specs:
+        arr = inputs.get(spec["name"])
+        if arr is None or spec_batch_axis(spec) is not None or arr.ndim != 1:
+            continue
+        values = np.unique(arr)
+        if len(values) != 1:
+            shown = ", ".join(map(str, values[:3].tolist()))
+            raise CompileInputError(f"{role} ({ds.source}): input {spec['name']!r} is a scalar the model takes once "
+                                    f"per call, but the data holds {len(values)} different values ({shown}); give one")
+        inputs[spec["name"]] = np.asarray(arr[0])
+    axes = {s["name"]: spec_batch_axis(s) for s in input_specs}
+    return Dataset(inputs, ds.labels, ds.slices, ds.source, {k: a for k, a in axes.items() if a != 0})
+
+
+def _check_input(where: str, spec: Mapping[str, Any], arr: np.ndarray, batch: int | None) -> int | None:
+    """One input against its spec; returns its sample count (None for a constant)."""
+    name, want, got = spec["name"], list(spec["shape"]), list(arr.shape)
+    if batch is not None and (arr.ndim <= batch or arr.shape[batch] == 0):
+        raise CompileInputError(f"{where}: input {name!r} is empty")
+    if len(want) != len(got):
+        raise CompileInputError(f"{where}: input {name!r} has shape {tuple(got)}, the model expects rank "
+                                f"{len(want)} {tuple(want)}")
+    for axis, (w, g) in enumerate(zip(want, got, strict=True)):
+        if isinstance(w, int) and axis != batch and w != g:
+            hint = f"; its samples go on axis {batch}" if batch else ""
+            raise CompileInputError(f"{where}: input {name!r} has shape {tuple(got)}, the model expects "
+                                    f"{tuple(want)} (axis {axis} is {g}, expected {w}{hint})")
+    kind = np.dtype(spec["dtype"]).kind
+    if arr.dtype.kind not in "biuf":
+        raise CompileInputError(f"{where}: input {name!r} has dtype {arr.dtype}, expected {spec['dtype']}")
+    if kind == "f" and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        rows = arr.reshape(1, -1) if batch is None else np.moveaxis(arr, batch, 0).reshape(arr.shape[batch], -1)
+        bad = int(np.argmax((~np.isfinite(rows)).any(axis=1)))
+        raise CompileInputError(f"{where}: input {name!r} holds NaN or infinite values (first at sample {bad})")
+    if kind in "iu" and arr.dtype.kind == "f":
+        raise CompileInputError(f"{where}: input {name!r} is {arr.dtype}, the model expects integers ({spec['dtype']})")
+    return None if batch is None else int(arr.shape[batch])
+
+
 def validate_dataset(
     ds: Dataset,
     input_specs: Sequence[Mapping[str, Any]],
@@ -130,31 +205,19 @@ def validate_dataset(
         name = spec["name"]
         if name not in ds.inputs:
             raise CompileInputError(f"{where}: no array for model input {name!r}")
-        arr = ds.inputs[name]
-        if arr.ndim == 0 or arr.shape[0] == 0:
-            raise CompileInputError(f"{where}: input {name!r} is empty")
+        count = _check_input(where, spec, ds.inputs[name], ds.axis(name))
         if n is None:
-            n = arr.shape[0]
-        elif arr.shape[0] != n:
-            raise CompileInputError(f"{where}: input {name!r} has {arr.shape[0]} samples, others have {n}")
-        want = list(spec["shape"])
-        got = list(arr.shape)
-        if len(want) != len(got):
-            raise CompileInputError(f"{where}: input {name!r} has shape {tuple(got)}, the model expects rank "
-                                    f"{len(want)} {tuple(want)}")
-        for axis, (w, g) in enumerate(zip(want, got, strict=True)):
-            if isinstance(w, int) and axis > 0 and w != g:
-                raise CompileInputError(f"{where}: input {name!r} has shape {tuple(got)}, the model expects "
-                                        f"{tuple(want)} (axis {axis} is {g}, expected {w})")
-        kind = np.dtype(spec["dtype"]).kind
-        if arr.dtype.kind not in "biuf":
-            raise CompileInputError(f"{where}: input {name!r} has dtype {arr.dtype}, expected {spec['dtype']}")
-        if kind == "f" and arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            bad = int(np.argmax((~np.isfinite(arr.reshape(arr.shape[0], -1))).any(axis=1)))
-            raise CompileInputError(f"{where}: input {name!r} holds NaN or infinite values (first at sample {bad})")
-        if kind in "iu" and arr.dtype.kind == "f":
-            raise CompileInputError(f"{where}: input {name!r} is {arr.dtype}, the model expects integers ({spec['dtype']})")
-    assert n is not None
+            n = count
+        elif count is not None and count != n:
+            raise CompileInputError(f"{where}: input {name!r} has {count} samples, others have {n}")
+    if n is None:
+        raise CompileInputError(f"{where}: no input has a batch axis to hold samples")
+    _check_labels_and_slices(ds, where, n, task=task, n_classes=n_classes, need_labels=need_labels,
+                             min_slice_size=min_slice_size)
+
+
+def _check_labels_and_slices(ds: Dataset, where: str, n: int, *, task: str, n_classes: int | None,
+                             need_labels: bool, min_slice_size: int) -> None:
     if ds.labels is None:
         if need_labels:
             raise CompileInputError(f"{where}: a 'labels' array is needed for task {task!r}")
@@ -188,6 +251,7 @@ def validate_dataset(
 
 
 def cast_to_spec(ds: Dataset, input_specs: Sequence[Mapping[str, Any]]) -> Dataset:
-    """Arrays in the model's dtype (e.g. float64 npz data fed to a float32 model)."""
-    return Dataset({s["name"]: np.ascontiguousarray(ds.inputs[s["name"]], dtype=np.dtype(s["dtype"]))
-                    for s in input_specs}, ds.labels, ds.slices, ds.source)
+    """Arrays in the model's dtype (e.g. float64 npz data fed to a float32 model), batch axes kept."""
+    # np.ascontiguousarray would make a scalar input 1-D.
+    return Dataset({s["name"]: np.array(ds.inputs[s["name"]], dtype=np.dtype(s["dtype"]), order="C")
+                    for s in input_specs}, ds.labels, ds.slices, ds.source, dict(ds.batch_axes))

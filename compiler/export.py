@@ -110,23 +110,21 @@ def export_torch(model: Any, example: dict[str, np.ndarray], path: Path, cfg: Ex
 
 
 def onnx_tensor_specs(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Manifest input/output specs read from the graph: names, dims ("batch" for symbolic), dtypes."""
+    """Manifest input/output specs read from the graph: names, dims ("batch" on each tensor's batch
+    axis, see agent.runtime_specs.label_dims), dtypes."""
     import onnx
     from onnx import helper
+
+    from agent.runtime_specs import label_dims
 
     model = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
 
     def spec(vi: Any) -> dict[str, Any]:
         tt = vi.type.tensor_type
-        dims: list[Any] = []
-        for i, d in enumerate(tt.shape.dim):
-            if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            else:
-                # Exporters may write an expression ("floor(height/2 - 1/2) + 1"): not a name a manifest takes.
-                name = d.dim_param if _SYMBOL.match(d.dim_param or "") else f"dim{i}"
-                dims.append(BATCH if i == 0 else name)
+        # Exporters may write an expression ("floor(height/2 - 1/2) + 1"): not a name a manifest takes.
+        dims = label_dims([int(d.dim_value) if d.HasField("dim_value")
+                           else (d.dim_param if _SYMBOL.match(d.dim_param or "") else None) for d in tt.shape.dim])
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
         return {"name": vi.name, "shape": dims, "dtype": dtype}
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from agent.canonical import file_sha256
 from compiler.config import CompileConfig
-from compiler.data import Dataset, cast_to_spec, load_dataset, validate_dataset
+from compiler.data import Dataset, align_to_specs, cast_to_spec, load_dataset, validate_dataset
 from compiler.errors import CompileInputError
 from compiler.provenance import torch_model_sha256
 
@@ -105,6 +105,7 @@ def load_inputs(cfg: CompileConfig, progress: Any) -> Inputs:
             if cfg.task == "classification":
                 n_out = int(torch_forward(torch_model, evaluation.take(2)).shape[-1])
     n_classes = n_out if cfg.task == "classification" and isinstance(n_out, int) else None
+    evaluation, calib = align_to_specs(evaluation, specs, "--eval"), align_to_specs(calib, specs, "--calib")
     validate_dataset(evaluation, specs, task=cfg.task, n_classes=n_classes,
                      need_labels=cfg.task == "classification", min_slice_size=cfg.min_slice_size, role="--eval")
     validate_dataset(calib, specs, task=cfg.task, n_classes=n_classes, min_slice_size=1, role="--calib")

@@ -40,8 +40,7 @@ def slice_balanced(calib: Dataset) -> Dataset | None:
     if calib.slices is None or len(np.unique(calib.slices)) < 2:
         return None
     idx = balanced_order(np.asarray(calib.slices))
-    return Dataset({k: v[idx] for k, v in calib.inputs.items()},
-                   None if calib.labels is None else calib.labels[idx], calib.slices[idx], calib.source)
+    return calib.select(idx)
 
 
 def _slice_summary(res: CandidateResult) -> dict[str, Any]:

@@ -64,10 +64,10 @@ class SideBySide:
         return self.fp32_p50_ms / self.p50_ms if self.p50_ms > 0 else 0.0
 
 
-def side_by_side(candidate: Any, fp32: Any, sample: dict[str, np.ndarray], iterations: int = 50,
-                 warmup: int = 5) -> SideBySide:
-    """Batch-1 latency of the candidate and of FP32 ONNX Runtime, alternating call by call."""
-    one = {k: v[:1] for k, v in sample.items()}
+def side_by_side(candidate: Any, fp32: Any, sample: Any, iterations: int = 50, warmup: int = 5) -> SideBySide:
+    """Batch-1 latency of the candidate and of FP32 ONNX Runtime, alternating call by call; `sample`
+    is a compiler.data.Dataset (each input cut on its own batch axis) or arrays with samples on axis 0."""
+    one = sample.batches(1)[0] if hasattr(sample, "batches") else {k: v[:1] for k, v in sample.items()}
     for _ in range(warmup):
         candidate.run(one)
         fp32.run(one)

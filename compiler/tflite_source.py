@@ -80,7 +80,7 @@ def prepare_context(cfg: Any, src: Path, calib: Any, evaluation: Any) -> tuple[A
     from compiler.passes import PassContext
     from compiler.runtimes import open_runner, predict
 
-    reference = predict(open_runner("tflite", src), evaluation.inputs)
+    reference = predict(open_runner("tflite", src), evaluation)
     ctx = PassContext(src, None, None, evaluation.take(2).inputs, calib, evaluation, False, cfg.calibrate_method,
                       cfg.calibration_samples, tflite_src=src)
     return ctx, reference
