@@ -2,8 +2,9 @@
 
 Hot path: `Predictor.predict` appends one tuple (request id, model, output, slice) to a list.
 `OutcomeStore.flush` (the telemetry timer, once a second, or a feedback call) turns the pending
-requests into rows in one numpy pass per model (predicted class, top-1 probability bucket) and
-writes them to `outcomes.sqlite` in the state dir: bounded by `horizon_s` (default 24 h) and
+requests into columns in one numpy pass per model (predicted class, top-1 probability bucket) and
+writes them to `outcomes.sqlite` in the state dir, one packed row per flush and model
+(agent/outcome_blocks.py): bounded by `horizon_s` (default 24 h) and
 `max_records`, oldest pruned first. It holds no inputs, only version, prediction, confidence
 bucket and slice key, so it is not sealed (0600 like the rest of the state dir). A full disk
 is counted by DiskGuard and the pending rows are dropped (feedback for them answers unknown).
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent import outcome_blocks as blocks
 from agent.confidence import (
     ALL_SLICE,
     CONFIDENCE_EDGES,
@@ -161,6 +163,8 @@ class OutcomeStore:
         # Rows are appended in time order, so rowid order is age order: pruning walks rowids and
         # no index on `at` has to be kept up to date on every insert (a third of the write cost).
         self._db.execute("DROP INDEX IF EXISTS predictions_at")
+        for sql in blocks.SCHEMA:   # the agent's own ids: one row per flush and model (agent/outcome_blocks.py)
+            self._db.execute(sql)
         self._rows_stored = self._count()
 
     # -- hot path -----------------------------------------------------------------------------
@@ -176,13 +180,20 @@ class OutcomeStore:
                 return 0
             now = time.time() if now is None else now
             rows: list[tuple[Any, ...]] = []
+            packed: list[tuple[Any, ...]] = []
             groups: dict[int, list[tuple[str, Any, np.ndarray, str]]] = {}
             for item in pending:
                 groups.setdefault(id(item[1]), []).append(item)
             for group in groups.values():
-                rows.extend(self._rows(group, now))
+                for cols in self._columns(group):
+                    block = blocks.pack(cols, now)
+                    if block is None:
+                        rows.extend(cols.rows(now))
+                    else:
+                        packed.append(block)
+            written = len(rows) + sum(b[5] for b in packed)
             try:
-                self._write(rows, now)
+                self._write(rows, packed, written, now)
             except sqlite3.Error as exc:
                 try:
                     self._db.execute("ROLLBACK")
@@ -190,31 +201,39 @@ class OutcomeStore:
                     pass
                 if self.disk is None or not self.disk.failed("outcomes", exc):
                     raise
-                self.dropped += len(rows)
+                self.dropped += written
                 return 0
             if self.disk is not None:
                 self.disk.ok()
-            return len(rows)
+            return written
 
-    def _write(self, rows: list[tuple[Any, ...]], now: float) -> None:
-        """Insert, prune the expired (oldest rowids first) and keep at most max_records; the row
-        count is kept as a running total (COUNT(*) walks the whole table)."""
+    def _write(self, rows: list[tuple[Any, ...]], packed: list[tuple[Any, ...]], written: int, now: float) -> None:
+        """Insert, prune the expired (oldest rowids first) and keep at most max_records (oldest
+        first); the count is kept as a running total (COUNT(*) walks the whole table)."""
+        cutoff = now - self.horizon_s
         self._db.execute("BEGIN")
         self._db.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self._db.executemany(blocks.INSERT, packed)
         cur = self._db.execute("DELETE FROM predictions WHERE rowid < COALESCE((SELECT rowid FROM predictions "
                                "WHERE at >= ? ORDER BY rowid LIMIT 1), (SELECT MAX(rowid) + 1 FROM predictions))",
-                               (now - self.horizon_s,))
+                               (cutoff,))
+        gone = max(int(getattr(cur, "rowcount", 0) or 0), 0) + blocks.prune(self._db, cutoff)
         self._db.execute("COMMIT")
-        self._rows_stored += len(rows) - max(int(getattr(cur, "rowcount", 0) or 0), 0)
-        if self.max_records and self._rows_stored > self.max_records:
+        self._rows_stored += written - gone
+        excess = self._rows_stored - self.max_records if self.max_records else 0
+        if excess > 0:
+            self._db.executemany("DELETE FROM blocks WHERE rowid = ?",
+                                 [(r,) for r in blocks.oldest(self._db, excess)])
             self._db.execute("DELETE FROM predictions WHERE rowid IN (SELECT rowid FROM predictions ORDER BY rowid "
-                             "LIMIT (SELECT COUNT(*) FROM predictions) - ?)", (self.max_records,))
+                             "LIMIT MAX(0, (SELECT COUNT(*) FROM predictions) + (SELECT COALESCE(SUM(left), 0) "
+                             "FROM blocks) - ?))", (self.max_records,))
             self._rows_stored = self._count()
 
     @staticmethod
-    def _rows(group: list[tuple[str, Any, np.ndarray, str]], now: float) -> list[tuple[Any, ...]]:
-        """Rows of one model's pending requests: one numpy pass for predicted class and confidence
-        bucket. The usual case (one row per request, same shape) skips per-request numpy calls."""
+    def _columns(group: list[tuple[str, Any, np.ndarray, str]]) -> list[blocks.Columns]:
+        """One model's pending requests as columns: one numpy pass for predicted class and
+        confidence bucket. The usual case (one row per request, same shape) skips per-request
+        numpy calls; outputs that do not stack are taken one request at a time."""
         model = group[0][1]
         spec: MonitorSpec | None = getattr(model, "monitor", None)
         version = int(model.version)
@@ -223,39 +242,43 @@ class OutcomeStore:
         one = shapes.pop() if len(shapes) == 1 else None
         if one is not None and len(one) >= 1 and one[0] == 1:
             y = np.concatenate(outs).reshape(len(outs), -1)
-            rids = [(g[0], g[3]) for g in group]
+            rids, slices = [g[0] for g in group], [g[3] for g in group]
         else:
             try:
                 y = np.concatenate([np.asarray(o).reshape(np.asarray(o).shape[0] if np.ndim(o) else 1, -1)
                                     for o in outs])
             except ValueError:
-                return [r for g in group for r in OutcomeStore._rows([g], now)]
-            rids = []
+                return [c for g in group for c in OutcomeStore._columns([g])]
+            rids, slices = [], []
             for rid, _, out, sl in group:
                 n = np.asarray(out).shape[0] if np.ndim(out) else 1
-                rids.extend([(rid, sl)] if n == 1 else [(f"{rid}/{i}", sl) for i in range(n)])
+                rids.extend([rid] if n == 1 else [f"{rid}/{i}" for i in range(n)])
+                slices.extend([sl] * n)
         if spec is not None and spec.classification:
             pred, conf, _ = top2(probabilities(y, spec.softmax))
-            buckets = bucket(conf, CONFIDENCE_EDGES)
-            return [(rid, version, p, None, b, sl, now)
-                    for (rid, sl), p, b in zip(rids, pred.tolist(), buckets.tolist(), strict=False)]
-        vals = y[:, 0].astype(np.float64).tolist()
-        return [(rid, version, None, v, None, sl, now) for (rid, sl), v in zip(rids, vals, strict=False)]
+            return [blocks.Columns(version, rids, slices, predicted=pred, bucket=bucket(conf, CONFIDENCE_EDGES))]
+        return [blocks.Columns(version, rids, slices, value=y[:, 0].astype(np.float64))]
 
     def _count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
+        return int(self._db.execute("SELECT (SELECT COUNT(*) FROM predictions) + "
+                                    "(SELECT COALESCE(SUM(left), 0) FROM blocks)").fetchone()[0])
 
     def take(self, request_id: str, now: float | None = None) -> tuple[Any, ...]:
         """The stored prediction of `request_id`, removed (a label counts once); UnknownRequest if none."""
         self.flush(now)
         now = time.time() if now is None else now
         with self._lock:
-            row = self._db.execute("SELECT id, version, predicted, value, conf_bucket, slice, at FROM predictions "
-                                   "WHERE id = ?", (str(request_id),)).fetchone()
+            hit = blocks.find(self._db, str(request_id))
+            row = hit[3] if hit is not None else self._db.execute(
+                "SELECT id, version, predicted, value, conf_bucket, slice, at FROM predictions WHERE id = ?",
+                (str(request_id),)).fetchone()
             if row is None or row[6] < now - self.horizon_s:
                 raise UnknownRequest(request_id)
             try:
-                self._db.execute("DELETE FROM predictions WHERE id = ?", (str(request_id),))
+                if hit is not None:
+                    blocks.mark_taken(self._db, hit[0], hit[2], hit[1])
+                else:
+                    self._db.execute("DELETE FROM predictions WHERE id = ?", (str(request_id),))
                 self._rows_stored -= 1
             except sqlite3.Error as exc:
                 if self.disk is None or not self.disk.failed("outcomes", exc):
