@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "benchmarks" / "out"
+BATCH_WAIT_S = 0.5  # a writer batch fills for up to 0.5 s: the per-batch work is shared (docs/deploy.md, Sizing)
 TARGETS = {"devices": 10000, "loss": 0, "lag_p99_windows": 1.0, "windows_per_ingest_cpu_s": 10000.0,
            "api_p99_ms": 100.0}
 
@@ -47,6 +48,7 @@ def _settings(url: str, fleet_id: str, verify: str, rate: float) -> Any:
                       api_tokens={"bench-token": "viewer"})
     s.ingest.shared_group = f"g{fleet_id}"
     s.ingest.device_cache_s = 3600
+    s.ingest.batch_wait_s = BATCH_WAIT_S
     s.ingest.verify, s.ingest.sample_rate = verify, rate
     return s
 

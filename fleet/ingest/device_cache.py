@@ -34,6 +34,7 @@ class DeviceInfo:
     seen_written: float = 0.0
     broken: bool = False  # the stored public key cannot be loaded: never cached, logged
     quarantined: bool = False  # a sampled signature check failed: telemetry refused (fleet.ingest.trust)
+    public_key: str = ""  # as stored: a refresh that finds the same key keeps the loaded keyring
 
 
 class DeviceCache:
@@ -81,13 +82,16 @@ class DeviceCache:
             if r is None or r.status != "active" or not r.public_key:
                 out[device_id] = DeviceInfo(None, "", "", t, seen)
                 continue
-            try:
-                keyring = Keyring.from_public_keys([public_key_from_b64(r.public_key)])
-            except Exception:  # noqa: BLE001 - one bad row must not stop the others' messages
-                log.exception("device %s has an unusable public key", device_id)
-                out[device_id] = DeviceInfo(None, "", "", t, seen, broken=True)
-                continue
+            if prev is not None and prev.keyring is not None and prev.public_key == r.public_key:
+                keyring = prev.keyring  # loading an Ed25519 key costs more than reading its row
+            else:
+                try:
+                    keyring = Keyring.from_public_keys([public_key_from_b64(r.public_key)])
+                except Exception:  # noqa: BLE001 - one bad row must not stop the others' messages
+                    log.exception("device %s has an unusable public key", device_id)
+                    out[device_id] = DeviceInfo(None, "", "", t, seen, broken=True)
+                    continue
             out[device_id] = DeviceInfo(keyring, r.device_class, aggregate.cohort_of(r.attributes,
                                                                                      self.settings.cohort_keys),
-                                        t, seen, quarantined=r.quarantined_at is not None)
+                                        t, seen, quarantined=r.quarantined_at is not None, public_key=r.public_key)
         return out

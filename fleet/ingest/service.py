@@ -15,6 +15,10 @@
   `edgefleet/ingest/<fleet>/<client id>/status` (Last Will: retained "offline"; a graceful stop
   clears it). Agents with `mqtt.hold_until_ingest` drain their outbox only while one is online,
   so windows flushed after a broker restart are not dropped before ingest resubscribes.
+* Receiving: the MQTT thread hands each read's messages on as one batch (fleet.ingest.mqtt_client,
+  fleet.ingest.inbox); the writer takes up to ingest.batch_size of them, waiting at most
+  ingest.batch_wait_s for a batch to fill, so the per-batch work (one transaction, one aggregate
+  merge) is shared by many messages even when they trickle in.
 * Malformed, oversized, unknown-device and wrongly signed messages are counted by reason and
   dropped (fleet.ingest.store.Processor); ingest never crashes on them.
 """
@@ -36,6 +40,7 @@ from sqlalchemy.engine import Engine
 from agent.protocol import ingest_status_topic
 from fleet.ingest.broker import broker_address, speaks_mqtt5
 from fleet.ingest.health import Heartbeat
+from fleet.ingest.inbox import Inbox
 from fleet.ingest.mqtt_client import BufferedClient
 from fleet.ingest.store import IngestStats, Processor
 from fleet.settings import FleetSettings
@@ -44,6 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = ["IngestService", "IngestStats", "Processor", "ingest_client_id", "run_forever"]
 _OFFLINE = json.dumps({"status": "offline"}).encode()
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 2   # paho's default backoff grows to 120 s: minutes of blindness
+COALESCE_S = 0.05  # after a read of a few messages the MQTT thread waits this long: fewer wake-ups per message
 
 
 def ingest_client_id(settings: FleetSettings, slot: str = "") -> str:
@@ -65,7 +71,7 @@ class IngestService:
         self.settings = settings
         self.processor = Processor(settings, engine)
         # (topic, payload, mid, connection generation): mid is acked once stored (persistent sessions)
-        self.queue: queue.Queue[tuple[str, bytes, int, int]] = queue.Queue(maxsize=settings.ingest.queue_size)
+        self.inbox = Inbox(settings.ingest.queue_size)
         self.client_id = client_id or ingest_client_id(settings, slot)
         self.status_topic = ingest_status_topic(settings.fleet_id, self.client_id)
         self.mqtt5 = False
@@ -110,7 +116,8 @@ class IngestService:
         kwargs["manual_ack"] = self.manual_ack
         client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto, **kwargs)
         client.on_connect = self._on_connect
-        client.on_message = self._on_message
+        client.on_batch = self._on_batch
+        client.coalesce_s = COALESCE_S
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.max_inflight_messages_set(1000)
@@ -149,7 +156,7 @@ class IngestService:
         return self
 
     def _probe(self) -> tuple[bool, float | None, int]:
-        return self.connected.is_set(), self.connected_since, self.queue.unfinished_tasks
+        return self.connected.is_set(), self.connected_since, self.inbox.unfinished
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if rc.is_failure:
@@ -188,14 +195,10 @@ class IngestService:
         if not self._stop.is_set():
             log.warning("ingest disconnected (%s); paho reconnects", rc)
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _on_batch(self, messages: list[tuple[str, bytes, int]]) -> None:
         # Blocks when the writer falls behind: back-pressure reaches the broker via TCP.
-        while not self._stop.is_set():
-            try:
-                self.queue.put((msg.topic, msg.payload, msg.mid, self._generation), timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        gen = self._generation
+        self.inbox.put_many([(t, p, m, gen) for t, p, m in messages], self._stop)
 
     def _write_loop(self) -> None:
         """First stage: batches off the queue, parsed and verified, handed to the store thread
@@ -203,23 +206,13 @@ class IngestService:
         cfg = self.settings.ingest
         last_gc = time.monotonic()
         try:
-            while not (self._stop.is_set() and self.queue.empty()):
+            while not (self._stop.is_set() and not len(self.inbox)):
                 if time.monotonic() - last_gc > FULL_GC_EVERY_S:
                     gc.collect()
                     last_gc = time.monotonic()
-                try:
-                    first = self.queue.get(timeout=0.2)
-                except queue.Empty:
+                batch = self.inbox.take(cfg.batch_size, cfg.batch_wait_s, timeout=0.2)
+                if not batch:
                     continue
-                batch = [first]
-                deadline = time.monotonic() + cfg.batch_wait_s
-                while len(batch) < cfg.batch_size:
-                    try:
-                        batch.append(self.queue.get_nowait())
-                    except queue.Empty:
-                        if time.monotonic() >= deadline:
-                            break
-                        time.sleep(0.002)
                 try:
                     parsed = self.processor.parse_many([(t, p) for t, p, _, _ in batch])
                 except Exception:  # noqa: BLE001
@@ -238,16 +231,13 @@ class IngestService:
                 log.exception("ingest batch failed")
             if self.manual_ack and self._client is not None:
                 self._client.ack_many([m for m, g in acks if g == self._generation and m])
-            with self.queue.all_tasks_done:  # queue.task_done() n times, under one lock
-                self.queue.unfinished_tasks -= n
-                if self.queue.unfinished_tasks <= 0:
-                    self.queue.all_tasks_done.notify_all()
+            self.inbox.done(n)
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every message received so far is stored or dropped (tests)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.queue.unfinished_tasks == 0:
+            if self.inbox.unfinished == 0:
                 return True
             time.sleep(0.02)
         return False

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -24,13 +24,13 @@ from agent.protocol import EVENT_SCHEMA, STATE_SCHEMA, ProtocolError, parse_topi
 from fleet import ops_metrics
 from fleet.ingest import aggregate, fastjson
 from fleet.ingest.aggregate import Hist
+from fleet.ingest.aggregate_store import AggregateWriter
 from fleet.ingest.device_cache import DeviceCache, DeviceInfo
-from fleet.ingest.records import insert_ignore as _insert_ignore
 from fleet.ingest.records import store_events, store_states
 from fleet.ingest.trust import TrustPolicy, quarantine
 from fleet.ingest.verification import MAX_INT, check_telemetry, fast_verify, trusted_payload
 from fleet.ingest.window_insert import WindowInserter
-from fleet.models import Aggregate, Device, TelemetryWindow, now
+from fleet.models import Device, TelemetryWindow, now
 from fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,7 @@ class _Parsed:
     hist: Hist | None = None  # telemetry: the histograms, flattened by the checks
 
 
-_AGG, _DEVICE = Aggregate.__table__, Device.__table__  # type: ignore[attr-defined]
-_AGG_KEY = ("model_name", "model_version", "role", "device_class", "cohort", "window_start")
-_AGG_SELECT = select(_AGG.c.id, _AGG.c.payload).where(
-    *[_AGG.c[c] == bindparam(f"k_{c}") for c in _AGG_KEY]).with_for_update()
-_AGG_UPDATE = update(_AGG).where(_AGG.c.id == bindparam("agg_id")).values(
-    payload=bindparam("payload"), n_windows=bindparam("n_windows"), requests=bindparam("requests"),
-    errors=bindparam("errors"), updated_at=bindparam("updated_at"))
+_DEVICE = Device.__table__  # type: ignore[attr-defined]
 
 
 MIN_PER_THREAD = 32  # smaller batches are verified by the calling thread alone
@@ -106,7 +100,7 @@ class Processor:
         self.stats = IngestStats()
         self.devices = DeviceCache(settings, engine)
         self._windows = WindowInserter(engine)
-        self._agg_insert = _insert_ignore(engine, _AGG).on_conflict_do_nothing(index_elements=list(_AGG_KEY))
+        self._aggregates = AggregateWriter(engine)
         self._last_prune = 0.0
         self.trust = TrustPolicy(settings.ingest.verify, settings.ingest.sample_rate)
 
@@ -140,8 +134,9 @@ class Processor:
         routes = [self._guard(tally, topic, self._route, tally, topic) for topic, _ in messages]
         infos = self.devices.lookup(r[1] for r in routes if r is not None)
         items = [(r, topic, raw) for r, (topic, raw) in zip(routes, messages, strict=True)]
-        # Signature checks dominate and release the GIL: split a large batch across threads.
-        n = max(1, min(self.settings.ingest.verify_threads, len(items) // MIN_PER_THREAD))
+        # Signature checks release the GIL: a batch with many of them is split across threads
+        # (under sampling most windows are not checked, and threads would only contend for the GIL).
+        n = max(1, min(self.settings.ingest.verify_threads, self.trust.expected_checks(routes) // MIN_PER_THREAD))
         step = max(1, -(-len(items) // n))
         chunks = [items[i:i + step] for i in range(step, len(items), step)]
         futures = [_verify_pool(n - 1).submit(self._verify_chunk, c, infos) for c in chunks]
@@ -317,29 +312,12 @@ class Processor:
             hs = [hists[k] for k in keys]
             partial[akey] = aggregate.merge_many([rows[k]["payload"] for k in keys],
                                                  None if any(h is None for h in hs) else hs)  # type: ignore[arg-type]
-        self._merge_aggregates(db, partial, seconds, ts)
+        self._aggregates.merge(db.connection(), partial, seconds, ts)
         return len(inserted), dups
 
     def _insert_windows(self, db: Session, rows: list[dict[str, Any]]) -> set[tuple[str, int]]:
         """Insert, skipping (device, seq) already stored; returns the keys really inserted."""
         return self._windows.insert(db, rows)
-
-    def _merge_aggregates(self, db: Session, partial: dict[tuple[Any, ...], dict[str, Any]],
-                          seconds: dict[tuple[Any, ...], float], ts: float) -> None:
-        # Core statements built once (the ORM's per-statement work cost more than the merge).
-        keys = sorted(partial)  # a fixed lock order: two ingest processes never deadlock
-        conn = db.connection()
-        conn.execute(self._agg_insert, [{**dict(zip(_AGG_KEY, k, strict=True)), "window_seconds": seconds[k],
-                                         "n_windows": 0, "requests": 0, "errors": 0, "payload": aggregate.empty(),
-                                         "updated_at": ts} for k in keys])
-        updates = []
-        for k in keys:
-            row = conn.execute(_AGG_SELECT, {f"k_{c}": v for c, v in zip(_AGG_KEY, k, strict=True)}).one()
-            merged = aggregate.merge_into(dict(row.payload or aggregate.empty()), partial[k])
-            updates.append({"agg_id": row.id, "payload": merged, "n_windows": merged["n_windows"],
-                            "requests": merged["requests"], "errors": sum(int(v) for v in merged["errors"].values()),
-                            "updated_at": ts})
-        conn.execute(_AGG_UPDATE, updates)
 
     def _touch_devices(self, db: Session, parsed: list[_Parsed], ts: float) -> None:
         """last_seen for devices heard from (written at most every few seconds per device)."""
@@ -354,10 +332,14 @@ class Processor:
                 todo.append(device_id)
                 if info is not None:
                     info.seen_written = ts
-        if todo:  # one statement for the whole batch, after the states' changes (flushed first)
-            db.flush()
-            db.connection().execute(update(_DEVICE).where(_DEVICE.c.id.in_(sorted(todo))).values(
-                last_seen=ts, online=True))
+        if not todo:
+            return
+        db.flush()  # one statement for the whole batch, after the states' changes
+        if self._windows.postgres:  # one array parameter: SQLAlchemy would compile an IN item per device
+            with db.connection().connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+                cur.execute("UPDATE device SET last_seen = %s, online = true WHERE id = ANY(%s)", (ts, sorted(todo)))
+            return
+        db.connection().execute(update(_DEVICE).where(_DEVICE.c.id.in_(sorted(todo))).values(last_seen=ts, online=True))
 
     def prune(self) -> int:
         """Delete per-device windows older than the retention period (aggregates stay)."""

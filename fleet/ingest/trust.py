@@ -39,6 +39,13 @@ class TrustPolicy:
     def must_verify(self, kind: str) -> bool:
         return not self.sampling or kind not in SAMPLED_KINDS or self._random() < self.rate
 
+    def expected_checks(self, routes: list[tuple[str, str] | None]) -> int:
+        """About how many of these (kind, device) messages will have their signature checked."""
+        if not self.sampling:
+            return len(routes)
+        sampled = sum(1 for r in routes if r is not None and r[0] in SAMPLED_KINDS)
+        return len(routes) - sampled + int(sampled * self.rate)
+
 
 def quarantine(engine: Engine, device_id: str, reason: str) -> bool:
     """Flag the device (once; the first reason stays); True when this call flagged it."""
