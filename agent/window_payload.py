@@ -146,7 +146,9 @@ def layout_of(features: Sequence[FeatureCounts] | Sequence[Mapping[str, Any]]) -
         fs: Sequence[FeatureCounts] = features  # type: ignore[assignment]
         return (tuple(f.name for f in fs), tuple(f.edges_hash for f in fs), tuple(len(f.counts) for f in fs))
     ws: Sequence[Mapping[str, Any]] = features  # type: ignore[assignment]
-    return (tuple(f["name"] for f in ws), tuple(f.get("edges_hash") for f in ws), tuple(len(f["counts"]) for f in ws))
+    # list comprehensions (the fastest form measured): drift reads call this for thousands of payloads
+    return (tuple([f["name"] for f in ws]), tuple([f.get("edges_hash") for f in ws]),
+            tuple([len(f["counts"]) for f in ws]))
 
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
+from operator import itemgetter, methodcaller
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from agent.window_payload import Layout, layout_of
 
@@ -109,8 +112,10 @@ class Hist(NamedTuple):
 
 def hist_of(p: Mapping[str, Any]) -> Hist:
     feats = p.get("features") or []
-    return Hist(layout_of(feats), list(chain.from_iterable(f["counts"] for f in feats)),
-                [f.get("nan", 0) for f in feats])
+    return Hist(layout_of(feats), list(chain.from_iterable(map(_COUNTS, feats))), list(map(_NAN, feats)))
+
+
+_COUNTS, _NAN = itemgetter("counts"), methodcaller("get", "nan", 0)
 
 
 def merge_many(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] | None = None) -> dict[str, Any]:
@@ -136,22 +141,28 @@ class HistSum(NamedTuple):
 def sum_histograms(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] | None = None, *,
                    layout: Layout | None = None, prediction_size: int | None = None) -> HistSum:
     """Add the feature and prediction histograms of payloads that share `layout` (default: the
-    first payload's) and, when there is one, a prediction of `prediction_size` bins."""
+    first payload's) and, when there is one, a prediction of `prediction_size` bins. Ingest passes
+    `hists` (flattened by its checks); reads of thousands of stored payloads go through numpy."""
     with_hist = [i for i, p in enumerate(payloads) if p.get("features") or p.get("prediction")]
     if not with_hist:
         return HistSum(None, None, 0, 0)
-    if hists is None:
-        hists = [hist_of(p) for p in payloads]
-    h0, pred0 = hists[with_hist[0]], payloads[with_hist[0]].get("prediction")
-    want = h0.layout if layout is None else layout
+    layouts = [h.layout for h in hists] if hists is not None else [
+        layout_of(p.get("features") or ()) for p in payloads]
+    pred0 = payloads[with_hist[0]].get("prediction")
+    want = layouts[with_hist[0]] if layout is None else layout
     pred_size = (len(pred0["counts"]) if pred0 else 0) if prediction_size is None else prediction_size
-    good = [i for i in with_hist if hists[i].layout == want and (pred_size == 0 or (
+    good = [i for i in with_hist if layouts[i] == want and (pred_size == 0 or (
         payloads[i].get("prediction") is not None and len(payloads[i]["prediction"]["counts"]) == pred_size))]
     names, hashes, sizes = want
     feats = None
     if names and good:
-        sums = _column_sums([hists[i].counts for i in good]) if sum(sizes) else []
-        nan = _column_sums([hists[i].nan for i in good])
+        if hists is not None:
+            sums = _column_sums([hists[i].counts for i in good]) if sum(sizes) else []
+            nan = _column_sums([hists[i].nan for i in good])
+        else:
+            rows = [payloads[i]["features"] for i in good]
+            sums = _numpy_sums((chain.from_iterable(map(_COUNTS, r)) for r in rows), len(rows), sum(sizes))
+            nan = _numpy_sums((map(_NAN, r) for r in rows), len(rows), len(sizes))
         feats, at = [], 0
         for n, eh, size, k in zip(names, hashes, sizes, nan, strict=True):
             feats.append({"name": n, "edges_hash": eh, "counts": sums[at:at + size], "nan": int(k)})
@@ -162,6 +173,14 @@ def sum_histograms(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] 
         pred = {**dict(first), "counts": _column_sums([payloads[i]["prediction"]["counts"] for i in good]),
                 "nan": sum(int(payloads[i]["prediction"].get("nan", 0)) for i in good)}
     return HistSum(feats, pred, len(good), len(with_hist) - len(good))
+
+
+def _numpy_sums(rows: Iterable[Iterable[int]], n: int, width: int) -> list[int]:
+    """Column sums of n rows of `width` counts, read once into one int64 matrix."""
+    if not width:
+        return []
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=n * width)
+    return [int(x) for x in flat.reshape(n, width).sum(axis=0)]
 
 
 def _column_sums(rows: list[list[int]]) -> list[int]:
