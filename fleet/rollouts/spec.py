@@ -196,8 +196,11 @@ class RolloutSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["target"]["attributes"] = dict(self.target.attributes)
-        for w in d["waves"]:
-            w["gates"]["enabled"] = list(w["gates"]["enabled"])
+        everything = _registered()
+        for w in d["waves"]:   # all gates (the default) is left out: GATES_BY_VERSION says which they were
+            enabled = w["gates"].pop("enabled")
+            if tuple(enabled) != everything:
+                w["gates"]["enabled"] = list(enabled)
         return {"schema_version": SCHEMA_VERSION, **d}
 
     @classmethod

@@ -3,6 +3,9 @@ spec of an older version before it is parsed. A Rollout row keeps the spec it wa
 for its whole life, so a renamed field is migrated here, never broken in a tick.
 
 To rename a `Gates` field: bump SCHEMA_VERSION and add a Migration naming the old and new name.
+To register a new rollout gate: bump SCHEMA_VERSION, list the gates in GATES_BY_VERSION and add a
+Migration that pins `enabled` of older specs (which leave it out: "every gate of my version") to
+the gates of their version, so a rollout in flight is never judged by a gate it did not know.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from typing import Any
 
 SCHEMA_VERSION = 2
 
-# The gates every wave of a version-1 spec was judged by (that spec named none).
+# The gates a wave that names none is judged by, per schema version (gates.REGISTRY must equal the
+# current version's: a test checks it).
 GATES_V1 = ("installs", "success", "reporting", "errors", "latency_p99", "prediction_drift", "feature_drift",
             "shadow_agreement", "online_accuracy", "slice_gap")
+GATES_BY_VERSION: Mapping[int, tuple[str, ...]] = {1: GATES_V1, 2: GATES_V1}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from fleet.rollouts import blind, commands
 from fleet.rollouts.config import ACTOR, EvaluatorConfig
 from fleet.rollouts.evidence import EvidenceQuery, collect, load_devices
 from fleet.rollouts.gates import device_outcome, evaluate_wave
-from fleet.rollouts.machine import target_outcomes, transition
+from fleet.rollouts.machine import can, target_outcomes, transition
 from fleet.rollouts.models import Rollout, RolloutTarget, RolloutWave
 from fleet.rollouts.rollback import track_rollbacks
 from fleet.rollouts.spec import RolloutSpec
@@ -49,7 +49,9 @@ def step(s: Session, r: Rollout, signer: commands.FleetSigner, cfg: EvaluatorCon
             start_wave(c, wave)
         elif wave.status == WaveState.AWAITING_APPROVAL:
             if wave.approved_at is not None:
-                transition(s, r, RolloutEvent.APPROVE, at=at, reason=f"wave {wave.index} approved by {wave.approved_by}")
+                if can(r, RolloutEvent.APPROVE):   # not when an operator paused and resumed it meanwhile
+                    transition(s, r, RolloutEvent.APPROVE, at=at,
+                               reason=f"wave {wave.index} approved by {wave.approved_by}")
                 finish_wave(c, wave)
         elif wave.status in (WaveState.ACTIVE, WaveState.SOAKING):
             evaluate(c, wave)

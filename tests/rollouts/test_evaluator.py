@@ -157,6 +157,27 @@ def test_human_approval_holds_the_next_wave(engine, tmp_path):
     assert h.waves(rid)[0].approved_by == "alice"
 
 
+def test_a_wave_awaiting_approval_survives_pause_and_resume(engine, tmp_path):
+    h = Harness(engine, tmp_path, n_devices=10)
+    spec = spec_dict(percents=(10, 100))
+    spec["waves"][0]["gates"] = {"require_approval": True}
+    rid = create(h, spec)
+    t = h.run(rid, now0())
+    with Session(engine) as s:
+        service.pause(s, rid, "bob", "change freeze")
+        s.commit()
+        with pytest.raises(service.RolloutError, match="rollout is paused"):
+            service.pause(s, rid, "bob")                   # the table has no pause from paused: 409
+        service.resume(s, rid, "bob")
+        s.commit()
+    assert h.rollout(rid).status == "running" and h.waves(rid)[0].status == "awaiting-approval"
+    with Session(engine) as s:
+        service.approve(s, rid, "alice")
+        s.commit()
+    h.run(rid, t)
+    assert h.rollout(rid).status == "completed"
+
+
 def test_soak_time_keeps_a_healthy_wave_waiting(engine, tmp_path):
     h = Harness(engine, tmp_path, n_devices=10)
     rid = create(h, spec_dict(percents=(10, 100), soak_s=35))

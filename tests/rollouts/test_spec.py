@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from fleet.rollouts.spec import Gates, RolloutSpec, SpecError, TargetFilter, WaveSpec, standard_waves
-from fleet.rollouts.spec_migrations import GATES_V1, SCHEMA_VERSION
+from fleet.rollouts.spec_migrations import GATES_BY_VERSION, GATES_V1, SCHEMA_VERSION
 
 
 def base(**kw):
@@ -109,3 +109,12 @@ def test_a_stored_spec_is_not_revalidated_so_a_tightened_rule_never_stops_a_roll
     assert RolloutSpec.from_stored(stored).waves[0].gates.min_windows == 0
     with pytest.raises(SpecError):
         RolloutSpec.from_dict(stored)
+
+
+def test_a_new_gate_needs_a_new_schema_version_so_rollouts_in_flight_keep_their_gates():
+    from fleet.rollouts.gates import REGISTRY
+
+    assert REGISTRY.names() == GATES_BY_VERSION[SCHEMA_VERSION]
+    some = base(gates={"enabled": ["installs", "success", "errors"]})
+    assert RolloutSpec.from_dict(some).to_dict()["waves"][0]["gates"]["enabled"] == ["installs", "success", "errors"]
+    assert "enabled" not in RolloutSpec.from_dict(base()).to_dict()["waves"][0]["gates"]   # all: the default
