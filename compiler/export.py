@@ -11,12 +11,13 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from compiler.errors import CompileInputError
 from compiler.loading import eval_mode
+from compiler.passes import PassConfig
 
 log = logging.getLogger(__name__)
 BATCH = "batch"
@@ -24,7 +25,10 @@ _SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(PassConfig):
+    """The export pass: its fields are the lineage record's config and the pass's key."""
+
+    PASS: ClassVar[str] = "export"
     exporter: str = "auto"  # auto (dynamo, legacy on failure) | dynamo | legacy
     opset: int = 20
 

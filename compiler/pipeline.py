@@ -236,7 +236,7 @@ def _export(cfg: CompileConfig, progress: _Progress, model: Any, torch_sha: str,
     with progress.step("exporting to ONNX"):
         exp = export_torch(model, evaluation.take(2).inputs, fp32, ecfg)
     ran = {"used": exp.exporter, "dynamic_batch": True, "fallback_reason": exp.fallback_reason or None}
-    return lineage_record("export", {**config_fields(ecfg), **ran}, f"torch:{torch_sha}", fp32)
+    return ecfg.record(f"torch:{torch_sha}", fp32, ran)
 
 
 def _upgrade(onnx_src: Path, fp32: Path) -> list[dict[str, Any]]:
