@@ -25,6 +25,7 @@ from fleet.rollouts import commands, keyrotation, service
 from fleet.rollouts.evaluator import EvaluatorConfig
 from fleet.rollouts.models import GateEvaluation, Rollout
 from fleet.rollouts.spec import SpecError, TargetFilter
+from fleet.rollouts.states import IllegalTransition
 
 log = logging.getLogger(__name__)
 bp = Blueprint("rollouts", __name__, template_folder="templates")
@@ -66,6 +67,8 @@ def _guard(fn: Any, *args: Any, **kw: Any) -> Any:
         raise ApiError(422, "invalid-spec", str(exc)) from exc
     except LifecycleError as exc:  # issue 16: retired versions
         raise ApiError(exc.status, exc.code, exc.message) from exc
+    except IllegalTransition as exc:   # the state table refused a move (e.g. raced with the evaluator)
+        raise ApiError(409, "illegal-transition", str(exc)) from exc
 
 
 def _rollout(db: Session, rollout_id: int) -> Rollout:

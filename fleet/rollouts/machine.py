@@ -6,7 +6,7 @@ back (`target_outcomes`), as hawkBit computes its thresholds from the action sta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlmodel import Session, select
@@ -119,11 +119,6 @@ def _history(row: Any, kind: str, move: Move, before: str, event: str, at: float
                                at=at, event=str(event), from_status=before, to_status=str(move.to), reason=reason)
 
 
-def transition_all(s: Session, rows: Iterable[RolloutTarget], event: str, *, at: float,
-                   reason: str | None = None, **args: Any) -> int:
-    return sum(transition(s, t, event, at=at, reason=reason, **args) for t in rows)
-
-
 # ------------------------------------------------------------------------------------------
 # reading the trail back
 
@@ -159,5 +154,4 @@ def history(s: Session, rollout_id: int) -> list[RolloutStatusChange]:
                        .order_by(RolloutStatusChange.id)))
 
 
-__all__ = ["EFFECTS", "IllegalTransition", "can", "history", "kind_of", "target_outcomes", "transition",
-           "transition_all"]
+__all__ = ["EFFECTS", "IllegalTransition", "can", "history", "kind_of", "target_outcomes", "transition"]
