@@ -29,10 +29,6 @@ def empty() -> dict[str, Any]:
             "dropped_windows": 0, "edge_mismatch": 0}
 
 
-def _add_counts(a: list[int], b: list[int]) -> list[int]:
-    return [int(x) + int(y) for x, y in zip(a, b, strict=True)]
-
-
 def merge_into(acc: dict[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
     """Add telemetry payload (or another aggregate payload) `p` to `acc` in place; returns acc."""
     _merge_scalars(acc, p)
@@ -79,27 +75,18 @@ def _merge_scalars(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
 
 
 def _merge_histograms(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
-    feats = p.get("features")
-    if isinstance(feats, list) and feats:
-        if acc["features"] is None:
-            acc["features"] = [{"name": f["name"], "edges_hash": f.get("edges_hash"), "counts": list(f["counts"]),
-                                "nan": int(f.get("nan", 0))} for f in feats]
-        elif layout_of(acc["features"]) == layout_of(feats):
-            for a, f in zip(acc["features"], feats, strict=True):
-                a["counts"] = _add_counts(a["counts"], f["counts"])
-                a["nan"] += int(f.get("nan", 0))
-        else:
-            acc["edge_mismatch"] += 1
-    pred = p.get("prediction")
-    if isinstance(pred, Mapping) and "counts" in pred:
-        if acc["prediction"] is None:
-            acc["prediction"] = {**dict(pred), "counts": list(pred["counts"])}
-        elif (len(acc["prediction"]["counts"]) == len(pred["counts"])
-              and acc["prediction"].get("edges_hash") == pred.get("edges_hash")):
-            acc["prediction"]["counts"] = _add_counts(acc["prediction"]["counts"], pred["counts"])
-            acc["prediction"]["nan"] = int(acc["prediction"].get("nan", 0)) + int(pred.get("nan", 0))
-        else:
-            acc["edge_mismatch"] += 1
+    """Add p's histograms to acc's with the one merge (sum_histograms); on another layout they are
+    counted in edge_mismatch and left out."""
+    if not (p.get("features") or p.get("prediction")):
+        return
+    if acc["features"] is None and acc["prediction"] is None:
+        hs = sum_histograms([p])
+    else:
+        hs = sum_histograms([{"features": acc["features"], "prediction": acc["prediction"]}, p])
+    if hs.skipped:
+        acc["edge_mismatch"] += hs.skipped
+        return
+    acc["features"], acc["prediction"] = hs.features, hs.prediction
 
 
 class Hist(NamedTuple):
@@ -151,14 +138,18 @@ def sum_histograms(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] 
     pred0 = payloads[with_hist[0]].get("prediction")
     want = layouts[with_hist[0]] if layout is None else layout
     pred_size = (len(pred0["counts"]) if pred0 else 0) if prediction_size is None else prediction_size
-    good = [i for i in with_hist if layouts[i] == want and (pred_size == 0 or (
-        payloads[i].get("prediction") is not None and len(payloads[i]["prediction"]["counts"]) == pred_size))]
+    pred_hash = pred0.get("edges_hash") if pred0 and layout is None else None
+    good = [i for i in with_hist if layouts[i] == want and (pred_size == 0 or _same_prediction(
+        payloads[i].get("prediction"), pred_size, pred_hash))]
     names, hashes, sizes = want
     feats = None
     if names and good:
         if hists is not None:
             sums = _column_sums([hists[i].counts for i in good]) if sum(sizes) else []
             nan = _column_sums([hists[i].nan for i in good])
+        elif len(good) < 64:   # a few payloads (ingest folding a batch into a stored aggregate)
+            sums = _column_sums([list(chain.from_iterable(map(_COUNTS, payloads[i]["features"]))) for i in good])
+            nan = _column_sums([list(map(_NAN, payloads[i]["features"])) for i in good])
         else:
             rows = [payloads[i]["features"] for i in good]
             sums = _numpy_sums((chain.from_iterable(map(_COUNTS, r)) for r in rows), len(rows), sum(sizes))
@@ -173,6 +164,11 @@ def sum_histograms(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] 
         pred = {**dict(first), "counts": _column_sums([payloads[i]["prediction"]["counts"] for i in good]),
                 "nan": sum(int(payloads[i]["prediction"].get("nan", 0)) for i in good)}
     return HistSum(feats, pred, len(good), len(with_hist) - len(good))
+
+
+def _same_prediction(pred: Any, size: int, edges_hash: str | None) -> bool:
+    return isinstance(pred, Mapping) and len(pred["counts"]) == size and (
+        edges_hash is None or pred.get("edges_hash") == edges_hash)
 
 
 def _numpy_sums(rows: Iterable[Iterable[int]], n: int, width: int) -> list[int]:
