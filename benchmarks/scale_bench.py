@@ -15,7 +15,10 @@ per message for the ingest processes (their own process CPU), the same split by 
 (decode, verify, aggregate, store: client + PostgreSQL backend, each timed alone on a batch of
 fresh messages; receive = the ingest processes' CPU per message minus the rest), bytes per
 device-day of raw telemetry (partitions + indexes + TOAST) and of aggregates, and the p99 of
-the device-list API at this fleet size. Canary stop time is measured by rollout_bench.py.
+the device-list API at this fleet size. Canary stop time (benchmarks/scale_canary.py): during the
+load a bad version is rolled out to the whole fleet; its 1% canary runs as live simulated agents,
+and the table gives the windows from its first bad window to every canary device rolled back and
+the devices outside the canary that got any command.
 Prints a table and writes benchmarks/out/scale_bench.json.
 """
 
@@ -33,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "benchmarks" / "out"
+SIGN_LEAD_S = 500e-6  # the first window is scheduled this long per window ahead: signing must finish first
 BATCH_WAIT_S = 0.5  # a writer batch fills for up to 0.5 s: the per-batch work is shared (docs/deploy.md, Sizing)
 TARGETS = {"devices": 10000, "loss": 0, "lag_p99_windows": 1.0, "windows_per_ingest_cpu_s": 10000.0,
-           "api_p99_ms": 100.0}
+           "api_p99_ms": 100.0, "canary_stop_windows": 2.0}
 
 
 def _settings(url: str, fleet_id: str, verify: str, rate: float) -> Any:
@@ -65,7 +69,8 @@ def _ingest_child(url: str, fleet_id: str, verify: str, rate: float, i: int, rea
     svc.drain(30)
     cpu = time.process_time() - cpu0
     svc.stop()
-    out.put({"cpu_s": cpu, **svc.stats.snapshot()})
+    snap = svc.stats.snapshot()
+    out.put({**snap, "cpu_s": cpu, "stages": snap["cpu_s"]})
 
 
 def make_windows(devs: list[Any], baseline: dict[str, Any], t0: float, window_s: float, per_device: int,
@@ -114,12 +119,13 @@ def publish(msgs: list[tuple[float, str, bytes]], fleet_id: str) -> float:
 
 
 def stage_costs(url: str, settings: Any, devs: list[Any], baseline: dict[str, Any], n: int = 3000) -> dict[str, float]:
-    """CPU-seconds per message of each stage, each timed alone over fresh (never stored) windows."""
+    """The parse stage split (CPU-seconds per message): decode, signature check, shape check, each
+    timed alone over fresh windows; and PostgreSQL's backend CPU per stored window."""
     import psutil
     from sqlalchemy import create_engine, text
 
     from fleet.db import json_dumps
-    from fleet.ingest import aggregate, fastjson
+    from fleet.ingest import fastjson
     from fleet.ingest.device_cache import DeviceCache
     from fleet.ingest.store import Processor
     from fleet.ingest.verification import check_telemetry, fast_verify, trusted_payload
@@ -140,22 +146,19 @@ def stage_costs(url: str, settings: Any, devs: list[Any], baseline: dict[str, An
                                     for (d, raw), doc in zip(raws, docs, strict=True)])
     trusted, _ = cpu(lambda: [trusted_payload(raw, doc, infos[d].keyring)
                               for (d, raw), doc in zip(raws, docs, strict=True)])
-    aggr, _ = cpu(lambda: [aggregate.merge_many(payloads[i:i + 500], [check_telemetry(p) for p in payloads[i:i + 500]])
-                           for i in range(0, len(payloads), 500)])
+    check, _ = cpu(lambda: [check_telemetry(p) for p in payloads])
     proc = Processor(settings, engine)
     parsed = proc.parse_many([(t, raw) for _, t, raw in msgs])
     with engine.connect() as c:
         backend = psutil.Process(int(c.execute(text("SELECT pg_backend_pid()")).scalar()))
     b0 = sum(backend.cpu_times()[:2])
-    c0 = time.process_time()
     for i in range(0, len(parsed), 500):
         proc.store(parsed[i:i + 500])
-    store_client = (time.process_time() - c0) / len(raws)
     store_db = (sum(backend.cpu_times()[:2]) - b0) / len(raws)
     engine.dispose()
     rate = settings.ingest.sample_rate if settings.ingest.verify == "sample" else 1.0
     return {"decode": decode, "verify_all": verify, "verify_effective": rate * verify + (1 - rate) * trusted,
-            "aggregate": aggr, "store_client": store_client, "store_db": store_db}
+            "shape_check": check, "store_db": store_db}
 
 
 def api_p99_ms(settings: Any, device_ids: list[str], n: int = 40) -> dict[str, float]:
@@ -184,6 +187,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--verify", choices=["sample", "all"], default="sample")
     ap.add_argument("--sample-rate", type=float, default=0.05)
     ap.add_argument("--no-stages", dest="stages", action="store_false", help="skip the per-stage and API timing")
+    ap.add_argument("--no-canary", dest="canary", action="store_false", help="skip the bad-version canary rollout")
     ap.add_argument("--out", default=str(OUT / "scale_bench.json"))
     return ap.parse_args(argv)
 
@@ -201,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     ok = result["loss"] == 0 and result["lag_p99_windows"] < TARGETS["lag_p99_windows"]
+    c = result.get("canary") or {}
+    ok = ok and (not c or (c.get("devices_outside_canary_commanded") == 0
+                           and (c.get("windows_to_rolled_back") or 99) <= TARGETS["canary_stop_windows"]))
     return 0 if ok else 1
 
 
@@ -210,6 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.fleet_bench import BenchDB
     from benchmarks.fleet_bench import _cpu_by_command as cpu_by_command
     from benchmarks.fleet_bench import _enrol_devices as enrol_devices
+    from benchmarks.scale_canary import Canary
     from fleet.devsim import SimDevice, make_baseline
     from fleet.ingest import partitions
 
@@ -220,7 +228,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     baseline = make_baseline(seed=2, n_features=16)
     devs = [SimDevice(f"{fleet_id}-{i:05d}", fleet=fleet_id) for i in range(args.devices)]
     enrol_devices(url, fleet_id, devs)
+    live: set[str] = set()
     per_device = max(1, int(args.duration // args.window))
+    canary = Canary(url, fleet_id, devs, args.window) if args.canary else None
     ctx = mp.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
     readies = [ctx.Event() for _ in range(args.ingest)]
@@ -232,26 +242,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for r in readies:
             if not r.wait(90):
                 raise RuntimeError("an ingest process did not subscribe")
+        if canary is not None:
+            live = set(canary.start().ids)
         t_gen = time.perf_counter()  # signed after ingest is up: the first window ends soon after
-        msgs = make_windows(devs, baseline, time.time() + 1 + args.devices * per_device * 250e-6, args.window,
+        load = [d for d in devs if d.device_id not in live]
+        msgs = make_windows(load, baseline, time.time() + 2 + args.devices * per_device * SIGN_LEAD_S, args.window,
                             per_device)
         gen_s = time.perf_counter() - t_gen
+        if canary is not None:
+            canary.run_in_background(start_after_s=2.5 * args.window)
         cpu_before = cpu_by_command()
         late = publish(msgs, fleet_id)
         engine = create_engine(url)
         stored, progress = 0, time.time()  # wait while ingest still makes progress (20 s without: lost)
+        replayed = text("SELECT count(*) FROM telemetrywindow WHERE NOT (device_id = ANY(:live))")
         with engine.connect() as c:
             while stored < len(msgs) and time.time() - progress < 20:
                 time.sleep(0.5)
-                n = c.execute(text("SELECT count(*) FROM telemetrywindow")).scalar() or 0
+                n = c.execute(replayed, {"live": sorted(live)}).scalar() or 0
                 if n > stored:
                     stored, progress = n, time.time()
         drain_s = time.time() - msgs[-1][0]
+        canary_result = canary.finish(timeout=15 * args.window) if canary is not None else None
         cpu_after = cpu_by_command()
         stop.set()
         children = [out.get(timeout=60) for _ in procs]
     finally:
         stop.set()
+        if canary is not None:
+            canary.stop()
         for p in procs:
             p.join(30)
     pg_cpu = sum(c - cpu_before.get(pid, (n, 0.0))[1] for pid, (n, c) in cpu_after.items() if n == "postgres")
@@ -264,13 +283,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         parts = len(partitions.existing(c))
     ingest_cpu = sum(ch["cpu_s"] for ch in children)
     stages = stage_costs(url, settings, devs, baseline) if args.stages else dict.fromkeys(
-        ("decode", "verify_all", "verify_effective", "aggregate", "store_client", "store_db"), 0.0)
+        ("decode", "verify_all", "verify_effective", "shape_check", "store_db"), 0.0)
     api = api_p99_ms(settings, [d.device_id for d in devs]) if args.stages else {}
     engine.dispose()
     db.close()
-    per_msg = ingest_cpu / max(1, stored)
-    receive = max(0.0, per_msg - stages["decode"] - stages["verify_effective"] - stages["aggregate"]
-                  - stages["store_client"])
+    windows = sum(ch["stored"].get("telemetry", 0) for ch in children)  # replayed and canary windows
+    per_msg = ingest_cpu / max(1, windows)
+    measured = {k: sum(ch["stages"].get(k, 0.0) for ch in children) for k in ("parse", "aggregate", "store")}
+    by_stage = {"receive (MQTT thread, hand-off; the rest)": ingest_cpu - sum(measured.values()), **measured}
     windows_per_day = 86400 / args.window
     return {
         "devices": args.devices, "window_s": args.window, "duration_s": per_device * args.window,
@@ -284,17 +304,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "lag_p99_windows": round(float(lag[0] or 0) / args.window, 3),
         "ingest_cpu_s": round(ingest_cpu, 2), "ingest_cpu_per_msg_us": round(per_msg * 1e6, 1),
         "windows_per_ingest_cpu_s": round(1 / per_msg, 0) if per_msg else None,
-        "postgres_cpu_s_host": round(pg_cpu, 2),
-        "stage_us": {"receive (by difference)": round(receive * 1e6, 1),
-                     **{k: round(v * 1e6, 1) for k, v in stages.items()}},
+        "ingest_windows": windows, "postgres_cpu_s_host": round(pg_cpu, 2),
+        "stage_us": {k: round(v / max(1, windows) * 1e6, 1) for k, v in by_stage.items()},
+        "parse_split_us": {k: round(v * 1e6, 1) for k, v in stages.items() if k != "store_db"},
+        "store_db_us": round(stages["store_db"] * 1e6, 1), "canary": canary_result,
         "raw_bytes_per_window": round(raw_bytes / max(1, stored), 1),
         "raw_bytes_per_device_day": round(raw_bytes / max(1, stored) * windows_per_day),
         "aggregate_bytes_total": agg_bytes, "partitions": parts,
         "per_ingest_process": [{"cpu_s": round(ch["cpu_s"], 2), "stored": ch["stored"].get("telemetry", 0),
+                                "stages_cpu_s": {k: round(v, 3) for k, v in ch["stages"].items()},
                                 "duplicates": ch["duplicates"].get("telemetry", 0), "dropped": ch["dropped"]}
                                for ch in children],
         "api_p99_ms": {k: round(v, 1) for k, v in api.items()},
     }
+
+
+def canary_rows(c: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if not c:
+        return []
+    if "windows_to_rolled_back" not in c:
+        return [("bad version at the canary", f"{c.get('status')}", "stopped")]
+    return [(f"bad version: canary ({c['canary_devices']} devices) rolled back after",
+             f"{c['windows_to_rolled_back']} windows (breach at {c['detect_windows']}; {c['gates']})",
+             f"<= {TARGETS['canary_stop_windows']:g} windows"),
+            ("bad version: devices outside the canary commanded", f"{c['devices_outside_canary_commanded']}", "0")]
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -309,7 +342,10 @@ def print_table(r: dict[str, Any]) -> None:
          f"{r['windows_per_ingest_cpu_s']}", f"{TARGETS['windows_per_ingest_cpu_s']:.0f}"),
         ("ingest CPU per message", f"{r['ingest_cpu_per_msg_us']} us ({r['ingest_processes']} processes)", ""),
         *[(f"  stage {k}", f"{v} us", "") for k, v in r["stage_us"].items()],
+        *[(f"    parse: {k} (timed alone)", f"{v} us", "") for k, v in r["parse_split_us"].items()],
+        ("PostgreSQL backend CPU per stored window (timed alone)", f"{r['store_db_us']} us", ""),
         ("PostgreSQL CPU during load (host)", f"{r['postgres_cpu_s_host']} s", ""),
+        *canary_rows(r.get("canary")),
         ("raw telemetry bytes / window", f"{r['raw_bytes_per_window']}", ""),
         (f"raw telemetry bytes / device-day (1 per {r['window_s']:.0f} s)", f"{r['raw_bytes_per_device_day']}", ""),
         ("aggregate table bytes (whole run)", f"{r['aggregate_bytes_total']}", ""),

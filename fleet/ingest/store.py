@@ -44,12 +44,17 @@ class IngestStats:
     duplicates: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
     batches: int = 0
+    # CPU seconds by stage (thread CPU time, taken per batch): parse = decode, verify and shape
+    # checks (verify threads included); aggregate = merging and the aggregate rows; store = the rest
+    # of storing (client side). What a process spent beyond these is receiving (MQTT thread).
+    cpu_s: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {"received": dict(self.received), "stored": dict(self.stored),
-                    "duplicates": dict(self.duplicates), "dropped": dict(self.dropped), "batches": self.batches}
+                    "duplicates": dict(self.duplicates), "dropped": dict(self.dropped), "batches": self.batches,
+                    "cpu_s": dict(self.cpu_s)}
 
 
 @dataclass(slots=True)
@@ -84,11 +89,12 @@ class _Tally:
     """Counts of one batch, added to the stats and metrics once (a lock and a metric per
     message would cost more than parsing it)."""
 
-    __slots__ = ("received", "dropped")
+    __slots__ = ("received", "dropped", "cpu_s")
 
     def __init__(self) -> None:
         self.received: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
+        self.cpu_s = 0.0
 
 
 class Processor:
@@ -102,6 +108,7 @@ class Processor:
         self._windows = WindowInserter(engine)
         self._aggregates = AggregateWriter(engine)
         self._last_prune = 0.0
+        self._aggregate_cpu = 0.0  # of the batch being stored (one store thread)
         self.trust = TrustPolicy(settings.ingest.verify, settings.ingest.sample_rate)
 
     def forget_device(self, device_id: str) -> None:
@@ -117,6 +124,7 @@ class Processor:
         with self.stats.lock:
             self.stats.received.update(tally.received)
             self.stats.dropped.update(tally.dropped)
+            self.stats.cpu_s["parse"] += tally.cpu_s
         for kind, n in tally.received.items():
             ops_metrics.INGEST_RECEIVED.labels(kind).inc(n)
         for reason, n in tally.dropped.items():
@@ -130,6 +138,7 @@ class Processor:
         """Verify messages (None for each one dropped, counted by reason). The devices their
         topics name are looked up together first; then each message is decoded, verified and
         checked in one go, while its parsed objects are still in the CPU cache."""
+        cpu0 = time.thread_time()
         tally = _Tally()
         routes = [self._guard(tally, topic, self._route, tally, topic) for topic, _ in messages]
         infos = self.devices.lookup(r[1] for r in routes if r is not None)
@@ -145,14 +154,16 @@ class Processor:
         for parsed, t in results:
             out.extend(parsed)
             tally.dropped.update(t.dropped)
+        tally.cpu_s = time.thread_time() - cpu0 + sum(t.cpu_s for _, t in results[1:])
         self._record(tally)
         return out
 
     def _verify_chunk(self, items: list[tuple[Any, str, bytes]], infos: dict[str, DeviceInfo]
                       ) -> tuple[list[_Parsed | None], _Tally]:
-        tally = _Tally()
-        return [None if r is None else self._guard(tally, topic, self._verify, r, raw, infos)
-                for r, topic, raw in items], tally
+        cpu0, tally = time.thread_time(), _Tally()
+        out = [None if r is None else self._guard(tally, topic, self._verify, r, raw, infos) for r, topic, raw in items]
+        tally.cpu_s = time.thread_time() - cpu0
+        return out, tally
 
     def _guard(self, tally: _Tally, topic: str, fn: Any, *args: Any) -> Any:
         """fn(*args), or None with the drop counted: a message must never take ingest down."""
@@ -221,6 +232,7 @@ class Processor:
         parsed = [p for p in verified if p is not None]
         if not parsed:
             return
+        cpu0, self._aggregate_cpu = time.thread_time(), 0.0
         try:
             self._store_retrying(parsed)
         except Exception:  # noqa: BLE001
@@ -233,6 +245,8 @@ class Processor:
                     self._drop("store-error")
         with self.stats.lock:
             self.stats.batches += 1
+            self.stats.cpu_s["aggregate"] += self._aggregate_cpu
+            self.stats.cpu_s["store"] += time.thread_time() - cpu0 - self._aggregate_cpu
         if time.monotonic() - self._last_prune > 600:
             self._last_prune = time.monotonic()
             self.prune()
@@ -307,12 +321,13 @@ class Processor:
             akey = (r["model_name"], r["model_version"], r["role"], r["device_class"], r["cohort"], bucket)
             groups[akey].append(key)
             seconds[akey] = secs
-        partial = {}
+        cpu0, partial = time.thread_time(), {}
         for akey, keys in groups.items():
             hs = [hists[k] for k in keys]
             partial[akey] = aggregate.merge_many([rows[k]["payload"] for k in keys],
                                                  None if any(h is None for h in hs) else hs)  # type: ignore[arg-type]
         self._aggregates.merge(db.connection(), partial, seconds, ts)
+        self._aggregate_cpu += time.thread_time() - cpu0
         return len(inserted), dups
 
     def _insert_windows(self, db: Session, rows: list[dict[str, Any]]) -> set[tuple[str, int]]:
