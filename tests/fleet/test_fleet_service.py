@@ -35,7 +35,7 @@ def test_settings_file_then_env(tmp_path) -> None:  # type: ignore[no-untyped-de
 def test_migrations_create_schema_and_keep_data(db_url) -> None:  # type: ignore[no-untyped-def]
     engine = make_engine(db_url)
     init_db(engine)
-    assert current(engine) == "0006"
+    assert current(engine) == "0007"
     tables = set(inspect(engine).get_table_names())
     assert {"device", "modelversion", "telemetrywindow", "aggregate", "auditentry", "apitoken",
             "enrolmenttoken", "driftalert", "deviceevent", "alembic_version", "rollout", "rollout_wave",
@@ -47,7 +47,7 @@ def test_migrations_create_schema_and_keep_data(db_url) -> None:  # type: ignore
     init_db(engine)  # upgrading again is a no-op that keeps data
     with Session(engine) as db:
         assert db.get(Device, "keep-me").attributes == {"region": "eu"}
-        assert db.exec(text("select version_num from alembic_version")).one()[0] == "0006"
+        assert db.exec(text("select version_num from alembic_version")).one()[0] == "0007"
     engine.dispose()
 
 
@@ -63,7 +63,7 @@ def test_migration_0002_adopts_rollout_tables_made_by_create_all(tmp_path) -> No
     SQLModel.metadata.create_all(engine)
     assert current(engine) == "0001"
     init_db(engine)
-    assert current(engine) == "0006"
+    assert current(engine) == "0007"
     engine.dispose()
 
 
@@ -75,7 +75,7 @@ def test_cli_commands(tmp_path, build_keys, baseline, monkeypatch) -> None:  # t
     r = CliRunner()
     d = ["--data-dir", str(tmp_path / "data")]
     out = r.invoke(fleet_cli, d + ["db", "upgrade"])
-    assert out.exit_code == 0 and "0006" in out.output
+    assert out.exit_code == 0 and "0007" in out.output
     tok = r.invoke(fleet_cli, d + ["token", "create", "--role", "operator"])
     assert tok.exit_code == 0 and tok.stdout.strip().startswith("eft_")  # stderr says which database
     enr = r.invoke(fleet_cli, d + ["enrol-token", "create", "--attr", "region=eu"])
