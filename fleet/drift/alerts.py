@@ -101,7 +101,7 @@ def evaluate(db: Session, settings: FleetSettings, *, since: float | None = None
             if exists is not None:
                 continue
             top = sorted(rep.features, key=lambda f: -f.psi)[:3]
-            summary = (f"{rep.level}: {len(rep.drifted_features)}/{len(rep.features)} features drifted vs "
+            summary = (f"{rep.level}: {len(rep.drifted_features)}/{len(rep.judged)} features drifted vs "
                        f"{rep.reference}; top " + ", ".join(f"{f.name} PSI {f.psi:.3f}" for f in top))
             if rep.prediction is not None:
                 summary += f"; prediction PSI {rep.prediction.psi:.3f}"
