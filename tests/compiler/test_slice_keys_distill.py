@@ -86,3 +86,26 @@ def test_unknown_weighting_is_bad_input(small_student) -> None:
     with pytest.raises(CompileInputError, match="slice_weighting must be one of balanced, none"):
         distill(nn.Linear(64, 10), train, DistillConfig(small_student, slice_weighting="inverse"), evaluation,
                 progress=False)
+
+
+def test_a_distilled_build_records_the_weighting_in_its_lineage(build, mlp, digits) -> None:
+    """Through compile_model: training data with slices -> the distil pass's lineage and the
+    manifest's metrics say which weights each slice had and what the student scored per slice."""
+    import json
+    import tarfile
+
+    from compiler_zoo import eval_set
+
+    s = np.where(np.arange(len(digits["y_train"])) % 10 == 0, "rare", "common")
+    train = {"inputs": digits["x_train"], "labels": digits["y_train"], "slices": s}
+    [res] = build(torch=mlp, calib=train, eval=eval_set(digits), device_classes=["x86-64-generic"],
+                  distill="compiler_zoo:make_student", epochs=5, seed=1, max_accuracy_drop=1.0,
+                  max_slice_gap_increase=1.0)
+    assert res.passed, res.failed_gates
+    with tarfile.open(res.bundle_path) as tar:
+        m = json.loads(tar.extractfile("manifest.json").read())
+    distil = m["provenance"]["lineage"][0]
+    assert distil["pass"] == "distill" and distil["config"]["slice_weighting"] == "balanced"
+    assert distil["metrics"]["slice_weights"] == {"common": pytest.approx(1200 / 2160, abs=1e-5),
+                                                  "rare": pytest.approx(5.0)}
+    assert set(m["metrics"]["distillation"]["student_slice_accuracy"]) == {"region-a", "region-b"}
