@@ -215,9 +215,9 @@ def test_benchmark_command_always_answers(tmp_path: Path) -> None:
     def fetch(_model: dict[str, Any]) -> Path:
         raise InstallError("download-failed", "HTTP 404 for the candidate")
 
-    handler = SimpleNamespace(lifecycle=None, _fetch=fetch, downloads=tmp_path, max_bundle_bytes=None,
-                              emit=lambda kind, **kw: events.append((kind, kw)),
-                              _result=lambda p, result, reason: results.append((result, reason)))
+    report = SimpleNamespace(emit_event=lambda kind, **kw: events.append((kind, kw)))
+    handler = SimpleNamespace(lifecycle=None, fetch=fetch, downloads=tmp_path, max_bundle_bytes=None, report=report,
+                              record=lambda p, result, reason: results.append((result, reason)))
     execute(handler, {"id": "c1", "kind": "benchmark", "candidate": {"url": "http://x/a", "bundle_sha256": "0" * 64}})
     execute(handler, {"id": "c2", "kind": "benchmark", "candidate": {}, "runs": 0})
     assert [(k, kw["command_id"], kw["details"]["code"]) for k, kw in events] == [
