@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["compile_bench", "agent_bench", "fleet_bench", "rollout_bench", "rollout_faults", "scale_bench"]
+BENCHMARKS = ["compile_bench", "agent_bench", "field_loop_bench", "explain_bench", "parity_bench",
+              "fleet_bench", "console_bench", "rollout_bench", "rollout_faults", "scale_bench"]
 
 
 def machine() -> dict[str, str]:
