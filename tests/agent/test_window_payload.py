@@ -27,10 +27,12 @@ def test_agent_windows_round_trip_through_the_type(agent_factory, bundles, digit
     ({"schema": "x/v9"}, "unknown schema"),
     ({"requests": -1}, "'requests'"),
     ({"model": {"name": "m", "version": "1", "role": "active"}}, "model needs"),
-    ({"features": [{"name": "f", "edges_hash": "h", "counts": [1, -2]}]}, "feature 'f' counts"),
+    ({"features": [{"name": "f", "edges_hash": "h", "counts": [1, -2]}]}, "feature counts"),
     ({"features": [{"name": "f", "counts": [1.5]}]}, "non-negative integers"),
     ({"prediction": {"kind": "class", "n_classes": 3, "counts": [1, 2]}}, "n_classes"),
     ({"latency_us": None}, "'latency_us'"),
+    ({"latency_us": {"buckets": {"500": 1}}}, "latency bucket index"),
+    ({"latency_us": {"buckets": {"3": -1}}}, "latency bucket counts"),
 ])
 def test_bad_shapes_are_one_clear_line(change: dict, fault: str) -> None:
     p = {"schema": "edgefleet.telemetry/v1", "fleet": "f", "device": "d", "seq": 1, "sent_at": 1.0,
