@@ -95,14 +95,9 @@ class Agent:
         self.outbox = open_outbox(config)  # sealed with the storage key
         self.store = ModelStore(self.state_dir, device_class=self.device_class.name,
                                 max_bundle_bytes=config.max_bundle_bytes)
-        self.telemetry = Telemetry(
-            fleet=config.fleet_id, device=config.device_id, device_class=self.device_class.name,
-            window_s=config.telemetry.window_s, sample_rate=config.telemetry.sample_rate,
-            sink=self._store_telemetry, resources=self._resources,
-            dropped_windows=lambda: self.outbox.dropped_windows,
-            raw_samples_per_window=config.telemetry.raw_samples_per_window if config.telemetry.raw_samples else 0,
-            max_samples_per_s=config.telemetry.max_samples_per_s,
-            records_per_window=config.telemetry.prediction_records_per_window)
+        self.telemetry = Telemetry.of(
+            config.telemetry, fleet=config.fleet_id, device=config.device_id, device_class=self.device_class.name,
+            sink=self._store_telemetry, resources=self._resources, dropped_windows=lambda: self.outbox.dropped_windows)
         self.predictor = Predictor(self.telemetry if config.telemetry.enabled else None)
         self.outcomes = open_outcomes(self.state_dir, config.telemetry, self.disk)
         self.predictor.outcomes = self.outcomes.store if self.outcomes is not None else None

@@ -31,6 +31,7 @@ from agent.sketches import (
 from agent.window_payload import ModelRef, build_window
 
 if TYPE_CHECKING:
+    from agent.config import TelemetryConfig
     from agent.outcomes import Outcomes
     from agent.serving import LoadedModel
 
@@ -162,6 +163,16 @@ class Telemetry:
         self.window_start = time.time()
         self._threads: list[threading.Thread] = []
         self._last_refill = time.monotonic()
+
+    @classmethod
+    def of(cls, cfg: TelemetryConfig, *, fleet: str, device: str, device_class: str,
+           sink: Callable[[dict[str, Any]], None], resources: Callable[[], dict[str, Any]],
+           dropped_windows: Callable[[], int] = lambda: 0) -> Telemetry:
+        """From the agent's whole [telemetry] section (a new setting needs no wiring in the daemon)."""
+        return cls(fleet=fleet, device=device, device_class=device_class, window_s=cfg.window_s,
+                   sample_rate=cfg.sample_rate, sink=sink, resources=resources, dropped_windows=dropped_windows,
+                   raw_samples_per_window=cfg.raw_samples_per_window if cfg.raw_samples else 0,
+                   max_samples_per_s=cfg.max_samples_per_s, records_per_window=cfg.prediction_records_per_window)
 
     # -- registration -------------------------------------------------------------------------
     def track(self, model: LoadedModel, role: str, **extra: Any) -> None:
