@@ -28,7 +28,7 @@ from fleet.ingest.aggregate_store import AggregateWriter
 from fleet.ingest.device_cache import DeviceCache, DeviceInfo
 from fleet.ingest.records import store_events, store_states
 from fleet.ingest.trust import TrustPolicy, quarantine
-from fleet.ingest.verification import MAX_INT, check_telemetry, fast_verify, trusted_payload
+from fleet.ingest.verification import MAX_INT, check_telemetry, fast_verify, open_signed, trusted_payload
 from fleet.ingest.window_insert import WindowInserter
 from fleet.models import Device, TelemetryWindow, now
 from fleet.settings import FleetSettings
@@ -190,26 +190,15 @@ class Processor:
 
     def _verify(self, route: tuple[str, str], raw: bytes, infos: dict[str, DeviceInfo]) -> _Parsed:
         kind, device = route
-        doc = fastjson.decode(raw)
         info = infos[device]
-        if info.broken:
-            raise ProtocolError("malformed", f"device {device} has an unusable key")
-        if info.keyring is None:
-            raise ProtocolError("unknown-device", device)
-        if kind == "state" and doc.get("status") == "offline" and "signature" not in doc:
-            return _Parsed(kind, device, None, info)
-        if info.quarantined and kind != "state":
-            raise ProtocolError("quarantined", device)
-        if not self.trust.must_verify(kind):
-            payload = trusted_payload(raw, doc, info.keyring)
-        else:
-            try:
-                payload = fast_verify(raw, doc, info.keyring)
-            except ProtocolError as exc:  # sampling trusted this device's other windows: stop that
-                if self.trust.sampling and exc.reason == "bad-signature":
-                    quarantine(self.engine, device, f"{kind}: {exc}")
-                    info.quarantined = True
-                raise
+        check = self.trust.must_verify(kind)
+        payload = None
+        if info.keyring is not None and not info.broken and not (info.quarantined and kind != "state"):
+            payload = open_signed(raw, info.keyring, check)  # what agents send: parsed once, from the signed bytes
+        if payload is None:
+            payload = self._verify_envelope(kind, device, raw, info, check)
+            if payload is None:
+                return _Parsed(kind, device, None, info)  # the Last Will
         if payload.get("device") != device:
             raise ProtocolError("device-mismatch", f"payload names {payload.get('device')!r}")
         if kind == "telemetry":
@@ -222,6 +211,29 @@ class Processor:
         if kind == "events" and not isinstance(payload.get("kind"), str):
             raise ProtocolError("malformed", "event lacks kind")
         return _Parsed(kind, device, payload, info)
+
+    def _verify_envelope(self, kind: str, device: str, raw: bytes, info: DeviceInfo, check: bool
+                         ) -> dict[str, Any] | None:
+        """Any other message: the whole document decoded, then the general checks (None: the
+        unsigned Last Will)."""
+        doc = fastjson.decode(raw)
+        if info.broken:
+            raise ProtocolError("malformed", f"device {device} has an unusable key")
+        if info.keyring is None:
+            raise ProtocolError("unknown-device", device)
+        if kind == "state" and doc.get("status") == "offline" and "signature" not in doc:
+            return None
+        if info.quarantined and kind != "state":
+            raise ProtocolError("quarantined", device)
+        if not check:
+            return trusted_payload(raw, doc, info.keyring)
+        try:
+            return fast_verify(raw, doc, info.keyring)
+        except ProtocolError as exc:  # sampling trusted this device's other windows: stop that
+            if self.trust.sampling and exc.reason == "bad-signature":
+                quarantine(self.engine, device, f"{kind}: {exc}")
+                info.quarantined = True
+            raise
 
     # -- storing --------------------------------------------------------------------------
     def process(self, messages: Sequence[tuple[str, bytes]]) -> None:

@@ -16,6 +16,7 @@ from agent.canonical import canonical_json
 from agent.keys import Keyring
 from agent.protocol import ProtocolError, validate_telemetry, verify_signed
 from fleet.db import RawJSON
+from fleet.ingest import fastjson
 from fleet.ingest.aggregate import Hist
 
 MAX_INT = 2**62
@@ -107,6 +108,37 @@ def fast_verify(raw: bytes, doc: dict[str, Any], keyring: Keyring) -> dict[str, 
             else:
                 return RawJSON(doc["payload"], body.decode())
     return verify_signed(doc, keyring)
+
+
+def open_signed(raw: bytes, keyring: Keyring, verify: bool) -> dict[str, Any] | None:
+    """The payload of a canonical envelope `{"payload":P,"signature":S}` (what agents send), decoded
+    from exactly the bytes P that the signature covers, kept as RawJSON; with `verify` the
+    signature over those bytes is checked, else only that it names one of the device's keys.
+    When P and S both parse, the envelope holds just these two keys. None for anything else
+    (another layout, or bytes that do not verify): the general path decides and reports."""
+    if not (raw.startswith(_PREFIX) and raw.endswith(b"}")):
+        return None
+    i = raw.rfind(_MARK)
+    if i < 0:
+        return None
+    body = raw[len(_PREFIX):i]
+    try:
+        payload, sig = fastjson.decode(body), fastjson.decode(raw[i + len(_MARK):-1])
+    except ProtocolError:
+        return None
+    kid = sig.get("key_id")
+    key = keyring.keys.get(kid) if isinstance(kid, str) else None
+    if not verify:
+        if key is None:
+            raise ProtocolError("bad-signature", "unknown key id")
+        return RawJSON(payload, body.decode())
+    if key is None or sig.get("alg") != "Ed25519":
+        return None
+    try:
+        key.verify(base64.b64decode(str(sig.get("sig", "")), validate=True), body)
+    except (InvalidSignature, ValueError):
+        return None  # maybe signed over a different encoding: the general path decides
+    return RawJSON(payload, body.decode())
 
 
 def trusted_payload(raw: bytes, doc: dict[str, Any], keyring: Keyring) -> dict[str, Any]:

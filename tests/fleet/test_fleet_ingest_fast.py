@@ -248,3 +248,30 @@ def test_buffered_client_receives_every_message_intact_and_acks_it(broker, mqtt5
     finally:
         sub.disconnect()
         sub.loop_stop()
+
+
+def test_open_signed_parses_the_signed_bytes_or_leaves_the_message_to_the_general_path(baseline) -> None:  # type: ignore[no-untyped-def]
+    from agent.keys import Keyring
+    from fleet.ingest.verification import open_signed, verify_signed
+
+    dev, other = SimDevice("o"), SimDevice("other")
+    ring = Keyring.from_public_keys([dev.key.public_key()])
+    p = dev.telemetry(np.random.default_rng(1), baseline)
+    p["device_class"] = 'x",' + '"signature":{"a":1}'  # the envelope's marker inside a string of the payload
+    raw = dev.sign(p)
+    for verify in (True, False):
+        got = open_signed(raw, ring, verify)
+        assert got == p and json.loads(got.raw) == p  # the stored text is the signed payload
+    forged = other.sign(p)  # right layout, another device's key
+    assert open_signed(forged, ring, True) is None  # general path: bad-signature (and quarantine)
+    with pytest.raises(ProtocolError) as exc:
+        open_signed(forged, ring, False)
+    assert exc.value.reason == "bad-signature"
+    doc = json.loads(raw)
+    for odd in ({**doc, "extra": 1}, {"signature": doc["signature"], "payload": doc["payload"]}):
+        text = json.dumps(odd, separators=(",", ":")).encode()
+        assert open_signed(text, ring, True) is None and open_signed(text, ring, False) is None
+        if "extra" not in odd:
+            assert verify_signed(odd, ring) == p  # the general path still accepts the reordered envelope
+    tampered = raw.replace(b'"requests":200', b'"requests":201')
+    assert open_signed(tampered, ring, True) is None  # the signature covers the bytes parsed
