@@ -260,13 +260,28 @@ def run_demo(opts: DemoOptions, view: DemoView) -> DemoOutcome:
 def _scenario(opts: DemoOptions, view: DemoView, work: Path, fleet: DemoFleet, client: FleetClient,
               stack: contextlib.ExitStack, outcome: DemoOutcome) -> None:
     """Build, upload, enrol, roll v1 out, roll v2 out and watch the canary come back."""
-    srv = fleet.server
-    builds = build_models(work, fleet.build_key, view)
-    for version, results in builds.items():
+    for version, results in build_models(work, fleet.build_key, view).items():
         for r in results:
             client.upload_bundle(r.bundle_path)
         view.say(f"uploaded digits v{version} ({len(results)} signed bundles) to the catalogue")
+    agents = _start_agents(opts, view, work, fleet, client, stack)
+    from edgefleet.demo_model import load_digits_data
 
+    d = load_digits_data()  # raw pixels, as the devices' cameras deliver them; the true digits fed back later
+    traffic = Traffic([a.http_port for a in agents], d.traffic_x, y=d.traffic_y)
+    traffic.start()
+    stack.callback(traffic.stop)
+    view.say("local apps are sending raw digit images to every agent")
+    _act_v1(opts, view, client, outcome, len(agents))
+    _act_v2(opts, view, client, outcome)
+    from edgefleet.demo_concept import concept_act  # third act: concept drift (issue 14)
+
+    concept_act(view, work, fleet, client, outcome, opts.timeout_s)
+
+
+def _start_agents(opts: DemoOptions, view: DemoView, work: Path, fleet: DemoFleet, client: FleetClient,
+                  stack: contextlib.ExitStack) -> list[DemoAgent]:
+    """Enrol one agent process per device spec with a one-time token, and wait for their signed state."""
     from fleet.ingest.broker import free_port
 
     agents: list[DemoAgent] = []
@@ -275,7 +290,7 @@ def _scenario(opts: DemoOptions, view: DemoView, work: Path, fleet: DemoFleet, c
         tok = client.post("/api/enrolment-tokens", {"device_class": spec.device_class, "ttl_s": 600})["token"]
         agent = DemoAgent(spec, work / "agents", free_port())
         try:
-            agent.enrol(srv.url, tok)
+            agent.enrol(fleet.server.url, tok)
         except RuntimeError as exc:
             raise DemoFailed(str(exc)) from None
         agent.start()
@@ -287,20 +302,20 @@ def _scenario(opts: DemoOptions, view: DemoView, work: Path, fleet: DemoFleet, c
                lambda: len([d for d in view.poll(force=True).devices if d.get("state_seq", 0) > 0]) == len(agents),
                60)
     view.say(f"{len(agents)} agents running, each its own process, state directory and device key")
+    return agents
 
-    traffic_x, traffic_y = _traffic_data()
-    traffic = Traffic([a.http_port for a in agents], traffic_x, y=traffic_y)  # true labels fed back later
-    traffic.start()
-    stack.callback(traffic.stop)
-    view.say("local apps are sending raw digit images to every agent")
 
+def _act_v1(opts: DemoOptions, view: DemoView, client: FleetClient, outcome: DemoOutcome, n_agents: int) -> None:
     outcome.v1_rollout = _roll(client, view, 1, [("everyone", 100)], opts.timeout_s)
     if outcome.v1_rollout["status"] != "completed":
         raise DemoFailed(f"v1 rollout {outcome.v1_rollout['id']} ended {outcome.v1_rollout['status']}")
-    view.panel("v1 is live", f"digits v1 installed on {len(agents)} devices of {len(CLASSES)} classes", "green")
+    view.panel("v1 is live", f"digits v1 installed on {n_agents} devices of {len(CLASSES)} classes", "green")
     if not view.console.is_terminal:  # on a terminal the live table already shows it
         view.print_tables()
 
+
+def _act_v2(opts: DemoOptions, view: DemoView, client: FleetClient, outcome: DemoOutcome) -> None:
+    """v2 (skewed) is stopped at the canary and the canary comes back to v1 by itself."""
     outcome.v2_rollout = r2 = _roll(client, view, 2, [("canary", 33), ("rest", 100)], opts.timeout_s)
     if r2["status"] not in ("paused", "rolled-back"):
         raise DemoFailed(f"v2 was expected to be stopped at the canary, but it ended {r2['status']}")
@@ -317,16 +332,6 @@ def _scenario(opts: DemoOptions, view: DemoView, work: Path, fleet: DemoFleet, c
     view.panel("automatic rollback", explain_stop(r2, canary), "yellow")
     if not view.console.is_terminal:  # on a terminal the live table already shows it
         view.print_tables()
-    from edgefleet.demo_concept import concept_act  # third act: concept drift (issue 14)
-
-    concept_act(view, work, fleet, client, outcome, opts.timeout_s)
-
-
-def _traffic_data() -> tuple[Any, Any]:
-    from edgefleet.demo_model import load_digits_data
-
-    d = load_digits_data()
-    return d.traffic_x, d.traffic_y  # raw pixels, as the devices' cameras deliver them; the true digits
 
 
 def _roll(client: FleetClient, view: DemoView, version: int, waves: list[tuple[str, float]],
