@@ -47,8 +47,11 @@ class Gate(Protocol[E, P]):
     """A named check of evidence against parameters. `needs` names the evidence it reads (for
     docs, the console and for skipping gates whose evidence a deployment never produces)."""
 
-    name: str
-    needs: tuple[str, ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs(self) -> tuple[str, ...]: ...
 
     def evaluate(self, evidence: E, params: P) -> GateVerdict | None:
         """The verdict, or None when the gate does not apply (an optional budget nobody set)."""
