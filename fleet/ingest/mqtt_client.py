@@ -107,9 +107,14 @@ class BufferedClient(mqtt.Client):
                 self._last_bytes_received = time.monotonic()
 
     def _sock_close(self) -> None:
-        # bytes (and unacknowledged messages) of a dead connection are never handed on
-        self._rbuf, self._rpos, self._acks, self._batch = b"", 0, [], []
-        super()._sock_close()
+        # Messages already cut out of complete packets are handed on (a read often ends with the
+        # broker's last messages and then EOF): storing is idempotent, and unacknowledged ones come
+        # again from a persistent session. A partial packet and unsent acks die with the connection.
+        try:
+            self._deliver(locked=False)  # paho may close from inside a callback: no callback lock here
+        finally:
+            self._rbuf, self._rpos, self._acks, self._batch = b"", 0, [], []
+            super()._sock_close()
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         # Handle every packet already buffered: select() cannot see bytes that left the socket.
@@ -155,10 +160,13 @@ class BufferedClient(mqtt.Client):
         if not self._in_read:
             self._deliver()
 
-    def _deliver(self) -> None:
+    def _deliver(self, locked: bool = True) -> None:
         if self._batch and self.on_batch is not None:
             batch, self._batch = self._batch, []
             self._read_msgs += len(batch)
+            if not locked:
+                self.on_batch(batch)
+                return
             with self._in_callback_mutex:
                 self.on_batch(batch)
 
