@@ -209,14 +209,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sqlalchemy import create_engine, text
-
     from benchmarks.fleet_bench import BenchDB
     from benchmarks.fleet_bench import _cpu_by_command as cpu_by_command
     from benchmarks.fleet_bench import _enrol_devices as enrol_devices
     from benchmarks.scale_canary import Canary
     from fleet.devsim import SimDevice, make_baseline
-    from fleet.ingest import partitions
 
     fleet_id = f"scale{int(time.time()) % 10**6}"
     db = BenchDB("postgres")
@@ -233,6 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     readies = [ctx.Event() for _ in range(args.ingest)]
     procs = [ctx.Process(target=_ingest_child, args=(url, fleet_id, args.verify, args.sample_rate, i, readies[i],
                                                      stop, out)) for i in range(args.ingest)]
+    m: dict[str, Any] = {"per_device": per_device}
     try:
         for p in procs:
             p.start()
@@ -241,27 +239,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError("an ingest process did not subscribe")
         if canary is not None:
             live = set(canary.start().ids)
-        load = [d for d in devs if d.device_id not in live]
-        t_gen = time.perf_counter()  # signed after ingest is up: the first window ends soon after
-        make_windows(load[:200], baseline, time.time(), args.window, per_device)  # how fast this machine signs
-        lead = 2 + 1.5 * (time.perf_counter() - t_gen) / (min(200, len(load)) * per_device) * len(load) * per_device
-        msgs = make_windows(load, baseline, time.time() + lead, args.window, per_device)
-        gen_s = time.perf_counter() - t_gen
+        msgs, m["gen_s"] = _signed_load([d for d in devs if d.device_id not in live], baseline, args.window,
+                                        per_device)
         if canary is not None:
             canary.run_in_background(start_after_s=2.5 * args.window)
         cpu_before = cpu_by_command()
-        late = publish(msgs, fleet_id)
-        engine = create_engine(url)
-        stored, progress = 0, time.time()  # wait while ingest still makes progress (20 s without: lost)
-        replayed = text("SELECT count(*) FROM telemetrywindow WHERE NOT (device_id = ANY(:live))")
-        with engine.connect() as c:
-            while stored < len(msgs) and time.time() - progress < 20:
-                time.sleep(0.5)
-                n = c.execute(replayed, {"live": sorted(live)}).scalar() or 0
-                if n > stored:
-                    stored, progress = n, time.time()
-        drain_s = time.time() - msgs[-1][0]
-        canary_result = canary.finish(timeout=15 * args.window) if canary is not None else None
+        m["late"] = publish(msgs, fleet_id)
+        m["offered"], m["stored"] = len(msgs), _wait_stored(url, len(msgs), live)
+        m["drain_s"] = time.time() - msgs[-1][0]
+        m["canary"] = canary.finish(timeout=15 * args.window) if canary is not None else None
         cpu_after = cpu_by_command()
         stop.set()
         children = [out.get(timeout=60) for _ in procs]
@@ -271,44 +257,86 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             canary.stop()
         for p in procs:
             p.join(30)
-    pg_cpu = sum(c - cpu_before.get(pid, (n, 0.0))[1] for pid, (n, c) in cpu_after.items() if n == "postgres")
+    m["pg_cpu"] = sum(c - cpu_before.get(pid, (n, 0.0))[1] for pid, (n, c) in cpu_after.items() if n == "postgres")
+    m.update(_db_figures(url))
+    stages = stage_costs(url, settings, devs, baseline) if args.stages else dict.fromkeys(
+        ("decode", "verify_all", "verify_effective", "shape_check", "store_db"), 0.0)
+    api = api_p99_ms(settings, [d.device_id for d in devs]) if args.stages else {}
+    db.close()
+    return _report(args, m, children, stages, api)
+
+
+def _signed_load(load: list[Any], baseline: dict[str, Any], window_s: float, per_device: int
+                 ) -> tuple[list[tuple[float, str, bytes]], float]:
+    """The replayed windows, signed after ingest is up; the first is scheduled after the signing
+    is done (its speed measured on a sample first: a loaded host signs several times slower)."""
+    t_gen = time.perf_counter()
+    make_windows(load[:200], baseline, time.time(), window_s, per_device)
+    lead = 2 + 1.5 * (time.perf_counter() - t_gen) / (min(200, len(load)) * per_device) * len(load) * per_device
+    msgs = make_windows(load, baseline, time.time() + lead, window_s, per_device)
+    return msgs, time.perf_counter() - t_gen
+
+
+def _wait_stored(url: str, offered: int, live: set[str]) -> int:
+    """Replayed windows stored, waited for while ingest still makes progress (20 s without: lost)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    stored, progress = 0, time.time()
+    replayed = text("SELECT count(*) FROM telemetrywindow WHERE NOT (device_id = ANY(:live))")
+    with engine.connect() as c:
+        while stored < offered and time.time() - progress < 20:
+            time.sleep(0.5)
+            n = c.execute(replayed, {"live": sorted(live)}).scalar() or 0
+            if n > stored:
+                stored, progress = n, time.time()
+    engine.dispose()
+    return stored
+
+
+def _db_figures(url: str) -> dict[str, Any]:
+    from sqlalchemy import create_engine, text
+
+    from fleet.ingest import partitions
+
+    engine = create_engine(url)
     with engine.connect() as c:
         lag = c.execute(text("SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY received_at - sent), max(received_at "
                              "- sent) FROM (SELECT received_at, (payload->>'sent_at')::float8 AS sent "
                              "FROM telemetrywindow) w")).one()
-        raw_bytes = partitions.table_bytes(c)
-        agg_bytes = int(c.execute(text("SELECT pg_total_relation_size('aggregate')")).scalar() or 0)
-        parts = len(partitions.existing(c))
-    ingest_cpu = sum(ch["cpu_s"] for ch in children)
-    stages = stage_costs(url, settings, devs, baseline) if args.stages else dict.fromkeys(
-        ("decode", "verify_all", "verify_effective", "shape_check", "store_db"), 0.0)
-    api = api_p99_ms(settings, [d.device_id for d in devs]) if args.stages else {}
+        out = {"lag_p99": float(lag[0] or 0), "lag_max": float(lag[1] or 0), "raw_bytes": partitions.table_bytes(c),
+               "agg_bytes": int(c.execute(text("SELECT pg_total_relation_size('aggregate')")).scalar() or 0),
+               "parts": len(partitions.existing(c))}
     engine.dispose()
-    db.close()
+    return out
+
+
+def _report(args: argparse.Namespace, m: dict[str, Any], children: list[dict[str, Any]], stages: dict[str, float],
+            api: dict[str, float]) -> dict[str, Any]:
+    ingest_cpu = sum(ch["cpu_s"] for ch in children)
     windows = sum(ch["stored"].get("telemetry", 0) for ch in children)  # replayed and canary windows
     per_msg = ingest_cpu / max(1, windows)
     measured = {k: sum(ch["stages"].get(k, 0.0) for ch in children) for k in ("parse", "aggregate", "store")}
     by_stage = {"receive (MQTT thread, hand-off; the rest)": ingest_cpu - sum(measured.values()), **measured}
-    windows_per_day = 86400 / args.window
+    stored, secs = m["stored"], m["per_device"] * args.window
     return {
-        "devices": args.devices, "window_s": args.window, "duration_s": per_device * args.window,
+        "devices": args.devices, "window_s": args.window, "duration_s": secs,
         "ingest_processes": args.ingest, "verify": args.verify, "sample_rate": args.sample_rate,
-        "generate_s": round(gen_s, 1), "publisher_max_late_s": round(late, 3),
-        "stored_by_s_after_last_publish": round(drain_s, 1),
-        "offered": len(msgs), "stored": stored, "loss": len(msgs) - stored,
-        "offered_per_s": round(args.devices / args.window, 1),
-        "stored_per_s": round(stored / (per_device * args.window), 1),
-        "lag_p99_s": round(float(lag[0] or 0), 3), "lag_max_s": round(float(lag[1] or 0), 3),
-        "lag_p99_windows": round(float(lag[0] or 0) / args.window, 3),
+        "generate_s": round(m["gen_s"], 1), "publisher_max_late_s": round(m["late"], 3),
+        "stored_by_s_after_last_publish": round(m["drain_s"], 1),
+        "offered": m["offered"], "stored": stored, "loss": m["offered"] - stored,
+        "offered_per_s": round(args.devices / args.window, 1), "stored_per_s": round(stored / secs, 1),
+        "lag_p99_s": round(m["lag_p99"], 3), "lag_max_s": round(m["lag_max"], 3),
+        "lag_p99_windows": round(m["lag_p99"] / args.window, 3),
         "ingest_cpu_s": round(ingest_cpu, 2), "ingest_cpu_per_msg_us": round(per_msg * 1e6, 1),
         "windows_per_ingest_cpu_s": round(1 / per_msg, 0) if per_msg else None,
-        "ingest_windows": windows, "postgres_cpu_s_host": round(pg_cpu, 2),
+        "ingest_windows": windows, "postgres_cpu_s_host": round(m["pg_cpu"], 2),
         "stage_us": {k: round(v / max(1, windows) * 1e6, 1) for k, v in by_stage.items()},
         "parse_split_us": {k: round(v * 1e6, 1) for k, v in stages.items() if k != "store_db"},
-        "store_db_us": round(stages["store_db"] * 1e6, 1), "canary": canary_result,
-        "raw_bytes_per_window": round(raw_bytes / max(1, stored), 1),
-        "raw_bytes_per_device_day": round(raw_bytes / max(1, stored) * windows_per_day),
-        "aggregate_bytes_total": agg_bytes, "partitions": parts,
+        "store_db_us": round(stages["store_db"] * 1e6, 1), "canary": m["canary"],
+        "raw_bytes_per_window": round(m["raw_bytes"] / max(1, stored), 1),
+        "raw_bytes_per_device_day": round(m["raw_bytes"] / max(1, stored) * 86400 / args.window),
+        "aggregate_bytes_total": m["agg_bytes"], "partitions": m["parts"],
         "per_ingest_process": [{"cpu_s": round(ch["cpu_s"], 2), "stored": ch["stored"].get("telemetry", 0),
                                 "stages_cpu_s": {k: round(v, 3) for k, v in ch["stages"].items()},
                                 "duplicates": ch["duplicates"].get("telemetry", 0), "dropped": ch["dropped"]}
