@@ -94,17 +94,14 @@ def _require(payload: Mapping[str, Any], fields: Mapping[str, type | tuple[type,
 
 
 def validate_telemetry(p: Mapping[str, Any]) -> None:
-    """Shape checks for a telemetry payload (see docs/telemetry.schema.json)."""
-    _require(p, {"schema": str, "device": str, "seq": int, "window": dict, "model": dict,
-                 "requests": int, "errors": dict, "latency_us": dict}, "telemetry")
-    if p["schema"] != TELEMETRY_SCHEMA:
-        raise ProtocolError("malformed", f"unknown schema {p['schema']!r}")
-    _require(p["window"], {"start": (int, float), "end": (int, float)}, "telemetry.window")
-    _require(p["model"], {"name": str, "version": int, "role": str}, "telemetry.model")
-    if p["model"]["role"] not in MODEL_ROLES:
-        raise ProtocolError("malformed", f"unknown model role {p['model']['role']!r}")
-    if p["requests"] < 0 or any(not isinstance(v, int) or v < 0 for v in p["errors"].values()):
-        raise ProtocolError("malformed", "negative counts")
+    """Shape checks for a telemetry payload (docs/telemetry.schema.json): the one check,
+    agent.window_payload.check_wire, with the seq every sent window carries."""
+    from agent.window_payload import check_wire  # it imports this module's constants
+
+    try:
+        check_wire(p, require_seq=True)
+    except ValueError as exc:
+        raise ProtocolError("malformed", str(exc)) from None
 
 
 @dataclass

@@ -32,8 +32,12 @@ def _fail(what: str) -> ValueError:
 
 
 def check_counts(v: Any, what: str) -> list[int]:
-    """A list of non-negative ints (map(type) and min/max run in C: ingest calls this per feature)."""
-    if not isinstance(v, list) or (v and (set(map(type, v)) != {int} or min(v) < 0 or max(v) > MAX_COUNT)):
+    """A list of ints (not bools), none negative, none over MAX_COUNT. On ingest's hot path for
+    every window: set(map(type)) and sum() run in C, and summing small ints is several times
+    cheaper than min() and max(): a negative item makes sum(abs) exceed sum, and when the sum is
+    at most MAX_COUNT so is every item (max() runs only when it is not)."""
+    if not isinstance(v, list) or (v and (set(map(type, v)) != {int} or (total := sum(v)) != sum(map(abs, v))
+                                          or (total > MAX_COUNT and max(v) > MAX_COUNT))):
         raise _fail(f"{what} must be a list of non-negative integers")
     return v
 
@@ -154,7 +158,7 @@ def layout_of(features: Sequence[FeatureCounts] | Sequence[Mapping[str, Any]]) -
 
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "fleet": str, "device": str, "window": dict, "model": dict, "requests": int, "errors": dict,
+    "device": str, "window": dict, "model": dict, "requests": int, "errors": dict,
     "latency_us": dict}
 _KNOWN = frozenset(("schema", "fleet", "device", "device_class", "window", "model", "requests", "sampled",
                     "errors", "latency_us", "resources", "features", "prediction", "dropped_windows", "seq",
@@ -174,23 +178,24 @@ def _model(m: Mapping[str, Any]) -> ModelRef:
     return ModelRef(name, version, role, str(m.get("manifest_sha256") or ""))
 
 
-def _features(raw: Any) -> list[FeatureCounts]:
-    """Every feature's counts checked in one flattened pass (ingest parses thousands a second)."""
+_NAME, _COUNTS, _HASH, _NAN = itemgetter("name"), itemgetter("counts"), methodcaller("get", "edges_hash"), \
+    methodcaller("get", "nan", 0)
+
+
+def _feature_counts(raw: Any) -> tuple[Layout, list[list[int]], list[int], list[int]]:
+    """Every feature's counts checked in one flattened pass (ingest parses thousands a second):
+    the layout, each feature's counts, all counts one after the other, and the nan counts."""
     if not isinstance(raw, list) or not all(map(isinstance, raw, repeat(dict))):
         raise _fail("features must be a list of objects")
     try:
-        names, counts = list(map(_NAME, raw)), list(map(_COUNTS, raw))
+        names, counts = tuple(map(_NAME, raw)), list(map(_COUNTS, raw))
     except KeyError as exc:
         raise _fail(f"a feature lacks {exc}") from None
     if set(map(type, names)) - {str} or set(map(type, counts)) - {list}:
         raise _fail("feature names must be strings and counts lists")
-    check_counts(list(chain.from_iterable(counts)), "feature counts")
+    flat = check_counts(list(chain.from_iterable(counts)), "feature counts")
     nan = check_counts(list(map(_NAN, raw)), "feature nan")
-    return list(map(FeatureCounts, names, map(_HASH, raw), counts, nan))
-
-
-_NAME, _COUNTS, _HASH, _NAN = itemgetter("name"), itemgetter("counts"), methodcaller("get", "edges_hash"), \
-    methodcaller("get", "nan", 0)
+    return (names, tuple(map(_HASH, raw)), tuple(map(len, counts))), counts, flat, nan
 
 
 def _latency(lat: dict[str, Any]) -> dict[str, Any]:
@@ -217,8 +222,10 @@ def _prediction(p: Any) -> PredictionCounts | None:
     return PredictionCounts(p["kind"], counts, n_classes, p.get("edges_hash"), _int(p.get("nan", 0), "nan"))
 
 
-def from_wire(d: Mapping[str, Any]) -> WindowPayload:
-    """See WindowPayload.from_wire. Lists are kept, not copied: parse once, then treat as read-only."""
+def check_wire(d: Any, *, require_seq: bool = False) -> tuple[Layout, list[int], list[int]]:
+    """The one shape check of a telemetry payload, down to every count aggregation adds up (the
+    agent's own windows, ingest on every message, from_wire). Returns what aggregation reads: the
+    features' layout, their counts one after the other, and their nan counts. ValueError("telemetry: ...")."""
     if not isinstance(d, Mapping):
         raise _fail("payload must be a JSON object")
     if d.get("schema") != TELEMETRY_SCHEMA:
@@ -227,24 +234,37 @@ def from_wire(d: Mapping[str, Any]) -> WindowPayload:
         v = d.get(name)
         if not isinstance(v, typ) or isinstance(v, bool):
             raise _fail(f"field '{name}' is missing or has the wrong type")
-    w = d["window"]
-    start, end = w.get("start"), w.get("end")
-    if not isinstance(start, (int, float)) or not isinstance(end, (int, float)):
+    start, end = d["window"].get("start"), d["window"].get("end")
+    if type(start) not in (int, float) or type(end) not in (int, float):
         raise _fail("window needs numeric start and end")
-    errors = d["errors"]
-    for v in errors.values():
-        _int(v, "errors")
+    _model(d["model"])
+    _int(d["requests"], "requests")
+    check_counts(list(d["errors"].values()), "errors")
     seq = d.get("seq")
-    resources = d.get("resources", {})
-    if not isinstance(resources, dict) or not isinstance(d.get("shadow", {}), dict):
+    if require_seq or seq is not None:
+        _int(seq, "seq")
+    if not isinstance(d.get("resources", {}) or {}, dict) or not isinstance(d.get("shadow", {}) or {}, dict):
         raise _fail("resources and shadow must be objects")
+    _prediction(d.get("prediction"))
+    _latency(d["latency_us"])
+    layout, _, flat, nan = _feature_counts(d.get("features", []))
+    return layout, flat, nan
+
+
+def from_wire(d: Mapping[str, Any]) -> WindowPayload:
+    """See WindowPayload.from_wire. Lists are kept, not copied: parse once, then treat as read-only."""
+    check_wire(d)
+    if not isinstance(d.get("fleet"), str):
+        raise _fail("field 'fleet' is missing or has the wrong type")
+    w, seq = d["window"], d.get("seq")
+    (names, hashes, _), counts, _, nan = _feature_counts(d.get("features", []))
     return WindowPayload(
         fleet=d["fleet"], device=d["device"], device_class=str(d.get("device_class") or ""),
-        model=_model(d["model"]), start=start, end=end, seconds=w.get("seconds", round(end - start, 3)),
-        requests=_int(d["requests"], "requests"), sampled=_int(d.get("sampled", 0), "sampled"), errors=errors,
-        latency_us=_latency(d["latency_us"]), resources=resources, features=_features(d.get("features", [])),
-        prediction=_prediction(d.get("prediction")), dropped_windows=_int(d.get("dropped_windows", 0), "dropped_windows"),
-        seq=None if seq is None else _int(seq, "seq"), sent_at=d.get("sent_at"),
+        model=_model(d["model"]), start=w["start"], end=w["end"], seconds=w.get("seconds", round(w["end"] - w["start"], 3)),
+        requests=d["requests"], sampled=_int(d.get("sampled", 0), "sampled"), errors=d["errors"],
+        latency_us=d["latency_us"], resources=d.get("resources", {}) or {},
+        features=list(map(FeatureCounts, names, hashes, counts, nan)), prediction=_prediction(d.get("prediction")),
+        dropped_windows=_int(d.get("dropped_windows", 0), "dropped_windows"), seq=seq, sent_at=d.get("sent_at"),
         extra={k: v for k, v in d.items() if k not in _KNOWN})
 
 

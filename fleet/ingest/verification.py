@@ -6,71 +6,28 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping
-from itertools import chain, repeat
-from operator import itemgetter
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
 from agent.canonical import canonical_json
 from agent.keys import Keyring
-from agent.protocol import ProtocolError, validate_telemetry, verify_signed
+from agent.protocol import ProtocolError, verify_signed
+from agent.window_payload import MAX_COUNT, check_wire
 from fleet.db import RawJSON
 from fleet.ingest import fastjson
 from fleet.ingest.aggregate import Hist
 
-MAX_INT = 2**62
-
-
-def _check_counts(v: Any, what: str) -> None:
-    """Every item an int (not a bool), none negative, none over MAX_INT. On the hot path for every
-    message: set(map(type)) and sum() run in C, and summing small ints is several times cheaper
-    than min() and max(): a negative item makes sum(abs) exceed sum, and when the sum is at most
-    MAX_INT so is every item (max() runs only when it is not)."""
-    if not isinstance(v, list) or (v and (set(map(type, v)) != {int} or (total := sum(v)) != sum(map(abs, v))
-                                          or (total > MAX_INT and max(v) > MAX_INT))):
-        raise ProtocolError("malformed", f"{what} must be a list of non-negative integers")
+MAX_INT = MAX_COUNT  # the largest count or seq accepted (the one check, agent.window_payload)
 
 
 def check_telemetry(p: Mapping[str, Any]) -> Hist:
-    """Contract shape plus the nested parts that aggregation reads; returns the histograms
-    flattened for fleet.ingest.aggregate.merge_many (the check has to walk them anyway)."""
-    validate_telemetry(p)
-    if not 0 <= p["seq"] <= MAX_INT or p["requests"] > MAX_INT:
-        raise ProtocolError("malformed", "seq or counts out of range")
-    feats = p.get("features", [])
-    if not isinstance(feats, list) or not all(map(isinstance, feats, repeat(dict))):
-        raise ProtocolError("malformed", "features must be a list of objects")
+    """The one shape check (agent.window_payload.check_wire) with the seq ingest keys windows by;
+    returns the histograms flattened for fleet.ingest.aggregate.merge_many (the check walks them anyway)."""
     try:
-        names = tuple(map(itemgetter("name"), feats))
-        if set(map(type, names)) - {str}:
-            raise ProtocolError("malformed", "feature names must be strings")
-        counts = list(map(itemgetter("counts"), feats))
-        if set(map(type, counts)) - {list}:
-            raise ProtocolError("malformed", "feature counts must be lists")
-    except KeyError as exc:
-        raise ProtocolError("malformed", f"feature lacks {exc}") from exc
-    flat = list(chain.from_iterable(counts))
-    _check_counts(flat, "feature counts")
-    nan = [f.get("nan", 0) for f in feats]
-    _check_counts(nan, "feature nan")
-    pred = p.get("prediction")
-    if pred is not None:
-        if not isinstance(pred, dict):
-            raise ProtocolError("malformed", "prediction must be an object")
-        _check_counts(pred.get("counts"), "prediction counts")
-    buckets = p["latency_us"].get("buckets", {})
-    if not isinstance(buckets, dict):
-        raise ProtocolError("malformed", "latency buckets must map to non-negative integers")
-    values = list(buckets.values())
-    if not all(map(isinstance, values, repeat(int))) or (values and min(values) < 0):
-        raise ProtocolError("malformed", "latency buckets must map to non-negative integers")
-    keys = list(map(str, buckets))
-    if not all(map(str.isdigit, keys)) or (keys and max(map(int, keys)) >= 194):
-        raise ProtocolError("malformed", "latency bucket index out of range")
-    if not isinstance(p.get("resources", {}) or {}, dict) or not isinstance(p.get("shadow", {}) or {}, dict):
-        raise ProtocolError("malformed", "resources and shadow must be objects")
-    return Hist((names, tuple(map(dict.get, feats, repeat("edges_hash"))), tuple(map(len, counts))), flat, nan)
+        return Hist(*check_wire(p, require_seq=True))
+    except ValueError as exc:
+        raise ProtocolError("malformed", str(exc)) from None
 
 
 _PREFIX, _MARK = b'{"payload":', b',"signature":'
