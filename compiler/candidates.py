@@ -18,15 +18,19 @@ from agent.canonical import file_sha256
 from compiler.architecture import check_quantized
 from compiler.errors import CompileInputError
 from compiler.evaluate import QualityMetrics, quality
-from compiler.gates import Budgets, GateResult, Latency, check_gates, failed
+from compiler.gates import (
+    QUALITY_GATE_NAMES,
+    Budgets,
+    GateResult,
+    Latency,
+    check_gates,
+    failed,
+)
 from compiler.passes import Artifact, PassContext, build_artifact
 from compiler.target import TargetMatch, side_by_side
 
-# Gates a layer returned to float can fix (size and latency it cannot).
-QUALITY_GATE_NAMES = frozenset({"max-accuracy-drop", "max-slice-gap-increase", "max-slice-gap", "min-slice-accuracy",
-                                "min-cosine", "min-p1-cosine",
-                                "max-p99-error"})
-LATENCY_GATE_NAMES = frozenset({"max-latency-ms", "min-speedup"})
+# QUALITY_GATE_NAMES: the gates a layer returned to float can fix (size and latency it cannot),
+# derived from the compiler's gate registry.
 
 
 @dataclass

@@ -143,8 +143,8 @@ def _device_evaluator() -> type:
     from dataclasses import replace
 
     from agent.canonical import file_sha256
-    from compiler.candidates import LATENCY_GATE_NAMES, Evaluator
-    from compiler.gates import GateResult
+    from compiler.candidates import Evaluator
+    from compiler.gates import LATENCY_GATE_NAMES, GateResult
     from compiler.manifest import runtime_manifest
 
     @dc
