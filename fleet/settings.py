@@ -58,8 +58,13 @@ class IngestSettings:
     name: str = ""                 # client id edgefleet-ingest-<name>; one per ingest process ("" = fleet-host)
     verify: str = "all"            # "all" signatures, or "sample": telemetry sampled, state/events all (docs/security.md)
     sample_rate: float = 0.05      # share of telemetry windows verified when verify = "sample"
+    # "paho": every packet through paho's parser; "batched": QoS 1 PUBLISHes cut out of each read and
+    # handed on as one batch, with a 50 ms pause after a trickle (about 8x less receive CPU, docs/deploy.md)
+    receive: str = "paho"
 
     def __post_init__(self) -> None:
+        if self.receive not in ("paho", "batched"):
+            raise SettingsError(f"fleet setting 'ingest.receive' must be \"paho\" or \"batched\", not {self.receive!r}")
         if self.verify not in ("all", "sample"):
             raise SettingsError(f"fleet setting 'ingest.verify' must be \"all\" or \"sample\", not {self.verify!r}")
         if not 0.0 <= self.sample_rate <= 1.0:

@@ -116,8 +116,11 @@ class IngestService:
         kwargs["manual_ack"] = self.manual_ack
         client = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=proto, **kwargs)
         client.on_connect = self._on_connect
-        client.on_batch = self._on_batch
-        client.coalesce_s = COALESCE_S
+        if self.settings.ingest.receive == "batched":
+            client.on_batch = self._on_batch
+            client.coalesce_s = COALESCE_S
+        else:
+            client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.max_inflight_messages_set(1000)
@@ -194,6 +197,9 @@ class IngestService:
                       "own ingest.name", self.client_id)
         if not self._stop.is_set():
             log.warning("ingest disconnected (%s); paho reconnects", rc)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self._on_batch([(msg.topic, msg.payload, msg.mid if msg.qos else 0)])
 
     def _on_batch(self, messages: list[tuple[str, bytes, int]]) -> None:
         # Blocks when the writer falls behind: back-pressure reaches the broker via TCP.
