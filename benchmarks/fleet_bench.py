@@ -122,7 +122,8 @@ def _ingest_child(url: str, fleet_id: str, mqtt_url: str, group: str, client_id:
     svc = IngestService(s, engine, client_id=client_id).start()
     stop.wait()
     svc.stop()
-    out.put({"client_id": client_id, "cpu_s": time.process_time() - cpu0, **svc.stats.snapshot()})
+    snap = svc.stats.snapshot()
+    out.put({"client_id": client_id, **snap, "cpu_s": time.process_time() - cpu0, "stages": snap["cpu_s"]})
 
 
 def _messages(n: int, fleet_id: str, n_devices: int) -> tuple[list[Any], list[tuple[str, bytes]]]:
