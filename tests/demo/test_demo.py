@@ -1,4 +1,4 @@
-"""`edgefleet demo --once` end to end: a real fleet manager, broker, compiled models and agent
+"""`edgefleet demo` end to end: a real fleet manager, broker, compiled models and agent
 processes; v1 reaches every device, v2 is stopped at the canary by the drift gates and rolled
 back, and the fleet's own database records all of it."""
 
@@ -17,29 +17,74 @@ from fleet.models import AuditEntry, Device
 from fleet.rollouts.models import Rollout, RolloutCommand, RolloutTarget
 
 pytestmark = [pytest.mark.slow, pytest.mark.mqtt]
-REPO = Path(__file__).resolve().parents[2]
 
 
-def test_demo_once_reaches_the_rollback(tmp_path: Path) -> None:
-    """As README.md and .ci/run do it: `edgefleet demo --once` in a fresh clone's root, no --workdir
+def _start_demo(clone: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    """`edgefleet demo` as `make demo` runs it: in a fresh clone's root, no flags, no --workdir
     (issue 11: the relative .edgefleet/demo made GET /artifacts answer 500 and every install fail)."""
-    from tests.doorstep.checkout import fresh_checkout
+    import threading
 
-    clone = fresh_checkout(tmp_path / "clone")
-    work = clone / ".edgefleet" / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_") and k != "DATABASE_URL"}
     env["PYTHONPATH"] = str(clone)  # the clone's code, with the project venv's libraries
     env.pop("MQTT_URL", None)  # the demo's own private broker
-    res = subprocess.run([sys.executable, "-m", "edgefleet", "demo", "--once"],
-                         capture_output=True, text=True, cwd=clone, timeout=900, env=env)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-4000:]
+    proc = subprocess.Popen([sys.executable, "-m", "edgefleet", "demo"], cwd=clone, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    return proc, lines
+
+
+def _console_while_up(text: str) -> None:
+    """Without --once the console stays up at the printed URL, with the demo's token."""
+    import re
+
+    import requests
+
+    url = re.search(r"open (http://127\.0\.0\.1:\d+)/console", text).group(1)
+    token = re.search(r"\b(demo_[A-Za-z0-9_-]+)", text).group(1)
+    s = requests.Session()
+    assert s.post(f"{url}/console/login", data={"token": token}).status_code == 200
+    page = s.get(f"{url}/console/rollouts").text
+    assert "paused" in page and "completed" in page
+    assert requests.get(f"{url}/api/devices", headers={"Authorization": f"Bearer {token}"}).json()["total"] == 6
+
+
+def test_demo_reaches_the_rollback_and_keeps_the_console_up_until_interrupted(tmp_path: Path) -> None:
+    """The README's `make demo` path (.ci/run runs the same with --once after the suite): v1 on
+    every device, v2 stopped at the canary and rolled back, v3 stopped by online accuracy; the
+    console stays up until Ctrl-C (SIGINT), which stops the fleet and every agent."""
+    import re
+    import signal
+
+    from tests.doorstep.checkout import fresh_checkout
+    from tests.waiting import wait_for
+
+    clone = fresh_checkout(tmp_path / "clone")
+    work = clone / ".edgefleet" / "demo"
+    proc, lines = _start_demo(clone)
+    try:
+        wait_for(lambda: any("Ctrl-C" in x for x in lines) or proc.poll() is not None, 600, "the console to be up")
+        out = "".join(lines)
+        assert proc.poll() is None, out[-4000:]
+        _console_while_up(out)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    out = "".join(lines)
+    assert "stopping the demo" in out
     assert "automatic rollback" in out and "demo finished" in out
     assert "parity gate FAILED at compile time: feature 'pixels'" in " ".join(out.split())  # issue 15: caught first
     assert "Traceback" not in out
     assert f"working directory: {work}" in " ".join(out.split())
     # waves are numbered from 1, as in the console
     assert "wave 0" not in out and "stopped at wave 1" in out
+    # the agents went with it: their local HTTP ports no longer answer
+    agent_ports = [int(p) for p in re.findall(r"http_port = (\d+)", "".join(
+        (work / "agents" / f).read_text() for f in os.listdir(work / "agents") if f.endswith(".toml")))]
+    assert len(agent_ports) == 6
+    from fleet.ingest.broker import reachable
+
+    assert not any(reachable("127.0.0.1", p) for p in agent_ports)
 
     # nine signed bundles: three versions for each of the three device classes
     bundles = sorted(p.name for p in (work / "build").glob("*.bundle"))
@@ -89,47 +134,3 @@ def test_demo_once_reaches_the_rollback(tmp_path: Path) -> None:
     assert all(d in page for d in canary)
     listing = client.get("/console/rollouts").get_data(as_text=True)
     assert "completed" in listing and "paused" in listing
-
-
-def test_demo_keeps_the_console_up_until_interrupted(tmp_path: Path) -> None:
-    """Without --once the console stays up at the printed URL; Ctrl-C (SIGINT) stops everything."""
-    import re
-    import signal
-    import threading
-
-    import requests
-
-    from tests.waiting import wait_for
-
-    work = tmp_path / "demo"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("MQTT_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "edgefleet", "demo", "--workdir", str(work), "--port", "0",
-                             "--agents-per-class", "1"], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
-    try:
-        wait_for(lambda: any("Ctrl-C" in x for x in lines) or proc.poll() is not None, 600, "the console to be up")
-        text = "".join(lines)
-        assert proc.poll() is None, text[-3000:]
-        url = re.search(r"open (http://127\.0\.0\.1:\d+)/console", text).group(1)
-        token = re.search(r"\b(demo_[A-Za-z0-9_-]+)", text).group(1)
-        s = requests.Session()
-        assert s.post(f"{url}/console/login", data={"token": token}).status_code == 200
-        page = s.get(f"{url}/console/rollouts").text
-        assert "paused" in page and "completed" in page
-        assert requests.get(f"{url}/api/devices", headers={"Authorization": f"Bearer {token}"}).json()["total"] == 3
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 0
-    reader.join(5)
-    assert "stopping the demo" in "".join(lines)
-    # the agents went with it: their local HTTP ports no longer answer
-    agent_ports = [int(p) for p in re.findall(r"http_port = (\d+)", "".join(
-        (work / "agents" / f).read_text() for f in os.listdir(work / "agents") if f.endswith(".toml")))]
-    assert len(agent_ports) == 3
-    from fleet.ingest.broker import reachable
-
-    assert not any(reachable("127.0.0.1", p) for p in agent_ports)
