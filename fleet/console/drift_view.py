@@ -7,7 +7,7 @@ version the gate stopped."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from sqlmodel import Session, select
@@ -45,16 +45,15 @@ class RolloutDrift:
 
 
 def gate_settings(spec: Mapping[str, Any], wave: int | None) -> Any:
-    """The drift gates' settings of a stored spec (read leniently: only the fields drift needs)."""
-    from fleet.rollouts.spec import Gates
+    """The gates of a stored spec's wave (the first before any verdict), read as the evaluator
+    reads it (RolloutSpec.from_stored: migrated, lenient); defaults for a spec it cannot read."""
+    from fleet.rollouts.spec import Gates, RolloutSpec, SpecError
 
-    stored = dict(spec.get("gates") or {})
-    waves = spec.get("waves") or []
-    if wave is not None and 0 <= wave < len(waves) and isinstance(waves[wave], Mapping):
-        stored.update(waves[wave].get("gates") or {})
-    names = {f.name for f in fields(Gates)} & {"max_feature_psi", "max_prediction_psi", "min_requests",
-                                                 "min_drift_samples"}
-    return Gates(**{k: v for k, v in stored.items() if k in names})
+    try:
+        waves = RolloutSpec.from_stored(spec).waves
+    except SpecError:
+        return Gates()
+    return waves[wave if wave is not None and 0 <= wave < len(waves) else 0].gates
 
 
 def for_version(db: Session, name: str, version: int, rollout_id: int | None = None) -> RolloutDrift | None:
