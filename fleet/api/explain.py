@@ -8,7 +8,7 @@ The domain rules live in fleet/drift/explain_requests.py; this module only maps 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from flask import Blueprint, jsonify
 from pydantic import Field
@@ -18,7 +18,6 @@ from fleet.api.schemas import Strict
 from fleet.api.validation import api, body
 from fleet.app import fleet_context
 from fleet.drift import explain_requests as er
-from fleet.errors import ApiError
 from fleet.registry.auth import actor, require_role
 
 bp = Blueprint("api_explain", __name__, url_prefix="/api/devices")
@@ -45,13 +44,6 @@ class ExplainRequestView(r.Open):
     failures: list[r.Obj]
 
 
-def _guard(fn: Any, *args: Any, **kw: Any) -> Any:
-    try:
-        return fn(*args, **kw)
-    except er.ExplainRequestError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from exc
-
-
 @bp.post("/<device_id>/explain")
 @require_role("operator")
 @api(body=ExplainBody, body_required=False, responses={202: ExplainRequestView})
@@ -63,8 +55,8 @@ def request_explain(device_id: str):  # type: ignore[no-untyped-def]
 
     ctx, b = fleet_context(), body()
     with ctx.session() as db:
-        view = _guard(er.request_for, db, device_id, rollouts_api._signer(db), actor(), count=b.count,
-                      sample_rate=b.sample_rate, top_k=b.top_k, ttl_s=b.ttl_s)
+        view = er.request_for(db, device_id, rollouts_api._signer(db), actor(), count=b.count,
+                              sample_rate=b.sample_rate, top_k=b.top_k, ttl_s=b.ttl_s)
     rollouts_api._publish()
     return jsonify(view), 202
 
@@ -76,4 +68,4 @@ def show_explanations(device_id: str, command_id: str):  # type: ignore[no-untyp
     """One explain request: status (queued, sent, partial, complete, refused, expired) and the
     device's explanations so far, oldest first."""
     with fleet_context().session() as db:
-        return jsonify(_guard(er.request_status, db, device_id, command_id))
+        return jsonify(er.request_status(db, device_id, command_id))

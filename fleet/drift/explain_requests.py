@@ -9,12 +9,12 @@ The REST API (fleet/api/explain.py) and `edgefleet explain` (edgefleet/ops/expla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sqlmodel import Session, select
 
 from fleet import audit
+from fleet.errors import ApiError
 from fleet.models import Device, DeviceEvent, now
 from fleet.rollouts.commands import FleetSigner, queue_command
 from fleet.rollouts.models import RolloutCommand
@@ -23,16 +23,9 @@ MAX_COUNT = 100  # agent.explain.MAX_COUNT
 ANSWERS = ("explanation", "explanation-failed", "command-refused")  # the device's answers to the command
 
 
-@dataclass
-class ExplainRequestError(Exception):
-    """Why the fleet will not ask this device now: an HTTP status, a stable code, one line."""
-
-    status: int
-    code: str
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
+class ExplainRequestError(ApiError):
+    """Why the fleet will not ask this device now: an HTTP status, a stable code, one line (the
+    API's error handler answers it as it is)."""
 
 
 # (condition, status, code, message): checked in order; the first that holds refuses the request
