@@ -91,10 +91,15 @@ class TelemetryWindow(SQLModel, table=True):
 
 
 class Aggregate(SQLModel, table=True):
-    """Telemetry merged over devices per (model version, role, device class, cohort, window)."""
+    """Telemetry merged over devices per (model version, role, device class, cohort, window, wave).
+
+    `wave` is "<rollout id>:<wave index>" for devices that are targets of an open rollout of the
+    model (fleet.ingest.rollout_view), "" otherwise: rollout evidence sums a wave's rows instead of
+    reading raw windows; every other reader merges the rows of a key whatever their wave."""
 
     __table_args__ = (UniqueConstraint("model_name", "model_version", "role", "device_class", "cohort",
-                                       "window_start", name="uq_aggregate_key"),)
+                                       "window_start", "wave", name="uq_aggregate_key"),
+                      Index("ix_aggregate_wave", "model_name", "wave", "window_start"))
     id: int | None = Field(default=None, primary_key=True)
     model_name: str = Field(index=True)
     model_version: int
@@ -108,6 +113,25 @@ class Aggregate(SQLModel, table=True):
     errors: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     payload: dict[str, Any] = _json(dict)
     updated_at: float = Field(default_factory=now)
+    wave: str = Field(default="", max_length=64)
+
+
+class DeviceWindowRun(SQLModel, table=True):
+    """A device's current run of telemetry windows per model and role: the version it reports,
+    since when and how many windows (ingest keeps it, fleet.ingest.rollout_view). A window of
+    another, newer version starts a new run. The rollout reporting gate and the model-health
+    device counts read this instead of counting raw windows (which retention drops)."""
+
+    __tablename__ = "device_window_run"
+    __table_args__ = (Index("ix_device_window_run_model", "model_name", "model_version", "last_end"),)
+    device_id: str = Field(primary_key=True, max_length=128)
+    model_name: str = Field(primary_key=True, max_length=128)
+    role: str = Field(primary_key=True, max_length=16)
+    model_version: int
+    device_class: str = ""
+    run_start: float
+    last_end: float
+    windows: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
 
 
 class DeviceEvent(SQLModel, table=True):

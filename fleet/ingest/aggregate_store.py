@@ -1,6 +1,6 @@
 """Fold a batch's partial aggregates into the aggregate table, in the batch's transaction.
 
-Each key (model, version, role, class, cohort, slot) is inserted empty if new, locked, merged in
+Each key (model, version, role, class, cohort, slot, rollout wave) is inserted empty if new, locked, merged in
 Python (fleet.ingest.aggregate.merge_into) and written back. Keys are handled in sorted order,
 so two ingest processes merging overlapping keys lock them in the same order and never deadlock.
 
@@ -27,10 +27,10 @@ try:
 except ImportError:  # pragma: no cover - the fleet extra installs orjson
     from json import loads as _loads
 
-KEY = ("model_name", "model_version", "role", "device_class", "cohort", "window_start")
+KEY = ("model_name", "model_version", "role", "device_class", "cohort", "window_start", "wave")
 Key = tuple[Any, ...]
 _AGG = Aggregate.__table__  # type: ignore[attr-defined]
-_KEY_ARRAYS = "%b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::float8[]"
+_KEY_ARRAYS = "%b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::text[]"
 _PG_INSERT = (f"INSERT INTO aggregate ({', '.join(KEY)}, window_seconds, n_windows, requests, errors, payload, "
               f"updated_at) SELECT k.*, 0, 0, 0, %s::json, %s FROM unnest({_KEY_ARRAYS}, %b::float8[]) AS k "
               f"ON CONFLICT ({', '.join(KEY)}) DO NOTHING")

@@ -27,6 +27,7 @@ from fleet.ingest.aggregate import Hist
 from fleet.ingest.aggregate_store import AggregateWriter
 from fleet.ingest.device_cache import DeviceCache, DeviceInfo
 from fleet.ingest.records import store_events, store_states
+from fleet.ingest.rollout_view import RolloutView
 from fleet.ingest.trust import TrustPolicy, quarantine
 from fleet.ingest.verification import MAX_INT, check_telemetry, fast_verify, open_signed, trusted_payload
 from fleet.ingest.window_insert import WindowInserter
@@ -107,6 +108,7 @@ class Processor:
         self.devices = DeviceCache(settings, engine)
         self._windows = WindowInserter(engine)
         self._aggregates = AggregateWriter(engine)
+        self._rollouts = RolloutView(engine)
         self._last_prune = 0.0
         self._aggregate_cpu = 0.0  # of the batch being stored (one store thread)
         self.trust = TrustPolicy(settings.ingest.verify, settings.ingest.sample_rate)
@@ -327,10 +329,12 @@ class Processor:
             return 0, dups
         groups: dict[tuple[Any, ...], list[tuple[str, int]]] = defaultdict(list)
         seconds: dict[tuple[Any, ...], float] = {}
-        for key in inserted:
+        stored = sorted(inserted)
+        waves = self._rollouts.record(db.connection(), [rows[k] for k in stored])  # wave tags, device runs
+        for key, wave in zip(stored, waves, strict=True):
             r = rows[key]
             secs, bucket = aggregate_bucket(r["window_start"], r["window_end"])
-            akey = (r["model_name"], r["model_version"], r["role"], r["device_class"], r["cohort"], bucket)
+            akey = (r["model_name"], r["model_version"], r["role"], r["device_class"], r["cohort"], bucket, wave)
             groups[akey].append(key)
             seconds[akey] = secs
         cpu0, partial = time.thread_time(), {}
