@@ -7,6 +7,7 @@ is what was gated (OpenVINO precision hint, threads, TFLite tensor mapping and q
     "runtime_config": {
       "threads": 2,                                   # intra-op threads the gate ran with
       "openvino": {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
+      "shape_cache": 4,                               # OpenVINO: static-shape variants of a dynamic model
       "tflite": {"io": "float",                       # quantized tensors take and give float
                  "inputs":  [{"name": "input", "tensor": "serving_default_args_0",
                               "dtype": "int8", "quantization": {"scale": 0.02, "zero_point": -3}}],
@@ -15,7 +16,12 @@ is what was gated (OpenVINO precision hint, threads, TFLite tensor mapping and q
 
 Bundles without the section (older compilers, `bundle build` of a plain file) get the defaults:
 OpenVINO in f32 (CPUs with AVX512-BF16/AMX otherwise run f32 graphs in bf16, about 1e-2 error, which
-wrecked a small INT8 transformer: cosine 0.65 vs 0.999), TFLite tensors by position.
+wrecked a small INT8 transformer: cosine 0.65 vs 0.999), TFLite tensors by position, no shape cache.
+
+`shape_cache` (OpenVINO): a model with dynamic input dimensions (nudenet's YOLOv8n takes any H x W)
+runs 6-10% faster compiled for one static shape (no per-call shape inference, in-place memory, fused
+subgraphs) with bitwise-equal outputs, so the agent compiles a static variant for each input shape it
+is asked for, up to this many (least recently used first out); the interface stays dynamic.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ OPENVINO_KEYS = {
     "PERFORMANCE_HINT": ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"),
     "EXECUTION_MODE_HINT": ("ACCURACY", "PERFORMANCE"),
 }
+SHAPE_CACHE = 4  # what the compiler writes for OpenVINO bundles
+MAX_SHAPE_CACHE = 64
 TFLITE_IO = ("float",)  # quantized tensors: q = round(x / scale) + zero_point in, (q - zero_point) * scale out
 MAX_THREADS = 256
 
@@ -80,6 +88,14 @@ def openvino_config(manifest: Mapping[str, Any] | None, options: RuntimeOptions)
     return config
 
 
+def shape_cache(manifest: Mapping[str, Any] | None) -> int:
+    """How many static-shape variants an OpenVINO runtime may compile (0: the dynamic model only)."""
+    n = _section(manifest).get("shape_cache", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_SHAPE_CACHE:
+        raise RuntimeLoadError(f"runtime_config.shape_cache must be an integer 0..{MAX_SHAPE_CACHE}, got {n!r}")
+    return n
+
+
 def _bindings(items: Any, where: str) -> list[TensorBinding]:
     if not isinstance(items, list):
         raise RuntimeLoadError(f"{where} must be a list")
@@ -109,6 +125,7 @@ def runtime_config(fmt: str, *, threads: int, tflite: Mapping[str, Any] | None =
     rc: dict[str, Any] = {"threads": int(threads)}
     if fmt == "openvino":
         rc["openvino"] = dict(OPENVINO_DEFAULTS)
+        rc["shape_cache"] = SHAPE_CACHE
     if fmt == "tflite" and tflite is not None:
         rc["tflite"] = {"io": "float", **tflite}
     return rc

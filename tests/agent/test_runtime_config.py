@@ -30,9 +30,26 @@ def test_openvino_applies_the_manifest_properties_and_threads(model_files) -> No
     assert int(plain.compiled.get_property("INFERENCE_NUM_THREADS")) == 2
 
 
+def test_openvino_serves_static_shape_variants_equal_to_the_dynamic_model(model_files, digits) -> None:
+    """shape_cache: a variant per input shape (the interface stays dynamic), least recently used out,
+    outputs bitwise equal to the dynamic model's; without the field only the dynamic model runs."""
+    xml = model_files["openvino_v1"]
+    cached = load_runtime("openvino", xml, RuntimeOptions(), {"runtime_config": {"threads": 1, "shape_cache": 2}})
+    plain = load_runtime("openvino", xml, RuntimeOptions(), {"runtime_config": {"threads": 1}})
+    assert plain.static is None and cached.static is not None
+    x = digits[0]
+    for n in (1, 3, 1, 5):
+        (got,), (want,) = cached.run({"x": x[:n]}), plain.run({"x": x[:n]})
+        assert got.shape == (n, 10) and np.array_equal(got, want)
+    shapes = [dict(k)["x"] for k in cached.static.variants]
+    assert shapes == [(1, 64), (5, 64)] and cached.static.compiles == 3  # batch 3 was evicted, batch 1 reused
+
+
 @pytest.mark.parametrize("fmt, rc, message", [
     ("openvino", {"openvino": {"CACHE_DIR": "/tmp"}}, "'CACHE_DIR' is not one a bundle may set"),
     ("openvino", {"openvino": {"INFERENCE_PRECISION_HINT": "f8"}}, "INFERENCE_PRECISION_HINT must be one of"),
+    ("openvino", {"shape_cache": -1}, "runtime_config.shape_cache must be an integer 0..64"),
+    ("openvino", {"shape_cache": "4"}, "runtime_config.shape_cache must be an integer 0..64"),
     ("onnx", {"threads": 0}, "runtime_config.threads must be an integer"),
     ("onnx", {"threads": True}, "runtime_config.threads must be an integer"),
     ("tflite", {"tflite": {"inputs": [{"name": "x", "tensor": "nope"}]}}, "do not match the model's input tensors"),
