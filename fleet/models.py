@@ -116,20 +116,19 @@ class Aggregate(SQLModel, table=True):
     wave: str = Field(default="", max_length=64)
 
 
-class DeviceWindowRun(SQLModel, table=True):
-    """A device's current run of telemetry windows per model and role: the version it reports,
-    since when and how many windows (ingest keeps it, fleet.ingest.rollout_view). A window of
-    another, newer version starts a new run. The rollout reporting gate and the model-health
+class DeviceVersionWindows(SQLModel, table=True):
+    """How many telemetry windows a device sent per model, role and version, from when to when
+    (ingest keeps it, fleet.ingest.rollout_view). The rollout reporting gate and the model-health
     device counts read this instead of counting raw windows (which retention drops)."""
 
-    __tablename__ = "device_window_run"
-    __table_args__ = (Index("ix_device_window_run_model", "model_name", "model_version", "last_end"),)
+    __tablename__ = "device_version_windows"
+    __table_args__ = (Index("ix_device_version_windows_model", "model_name", "model_version", "last_end"),)
     device_id: str = Field(primary_key=True, max_length=128)
     model_name: str = Field(primary_key=True, max_length=128)
     role: str = Field(primary_key=True, max_length=16)
-    model_version: int
+    model_version: int = Field(primary_key=True)
     device_class: str = ""
-    run_start: float
+    first_start: float
     last_end: float
     windows: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
 

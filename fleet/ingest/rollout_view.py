@@ -2,11 +2,9 @@
 
 - the wave tag of each stored window ("<rollout id>:<wave index>" while its device is a target of
   an open rollout of the window's model, "" otherwise), an aggregate key column: a wave's
-  candidate and control telemetry are sums of Aggregate rows (fleet.rollouts.evidence);
-- each device's current run of windows per (model, role) in DeviceWindowRun: the version it
-  reports, since when, how many windows. A window of another version starts a new run when it
-  is newer than the run's last one (a late window of the old version changes nothing). The
-  reporting gate reads this per-device count instead of counting raw windows.
+  candidate and control telemetry are sums of Aggregate rows (fleet.rollouts.wave_telemetry);
+- how many windows each device sent per (model, role, version), from when to when
+  (DeviceVersionWindows): the reporting gate's per-device count and model health's devices.
 
 Tags are cached per device. The set of open rollouts is read with every batch (one query on a
 small table); when it changed, the cache is cleared and each device's tags are read again, in one
@@ -28,23 +26,18 @@ from fleet.rollouts.states import OPEN_ROLLOUTS
 CHUNK = 500
 _NONE: Mapping[str, str] = {}
 _OPEN = select(Rollout.id).where(Rollout.status.in_([str(s) for s in OPEN_ROLLOUTS])).order_by(Rollout.id)
-_RUN_COLS = ("device_id", "model_name", "role", "model_version", "device_class", "run_start", "last_end", "windows")
-# the stored run (device_window_run.*) against the incoming one (excluded.*); both dialects read
-# the old values in every SET expression
-_SAME = "device_window_run.model_version = excluded.model_version"
-_NEWER = "excluded.last_end > device_window_run.last_end"
+_RUN_COLS = ("device_id", "model_name", "role", "model_version", "device_class", "first_start", "last_end",
+             "windows")
 _UPSERT_SET = (
-    "ON CONFLICT (device_id, model_name, role) DO UPDATE SET "
-    f"windows = CASE WHEN {_SAME} THEN device_window_run.windows + excluded.windows "
-    f"WHEN {_NEWER} THEN excluded.windows ELSE device_window_run.windows END, "
-    f"run_start = CASE WHEN {_SAME} AND excluded.run_start < device_window_run.run_start THEN excluded.run_start "
-    f"WHEN NOT ({_SAME}) AND {_NEWER} THEN excluded.run_start ELSE device_window_run.run_start END, "
-    f"model_version = CASE WHEN {_NEWER} THEN excluded.model_version ELSE device_window_run.model_version END, "
-    f"device_class = CASE WHEN {_NEWER} THEN excluded.device_class ELSE device_window_run.device_class END, "
-    f"last_end = CASE WHEN {_NEWER} THEN excluded.last_end ELSE device_window_run.last_end END")
-_PG_RUNS = (f"INSERT INTO device_window_run ({', '.join(_RUN_COLS)}) SELECT * FROM unnest(%b::text[], %b::text[], "
-            "%b::text[], %b::int[], %b::text[], %b::float8[], %b::float8[], %b::int8[]) " + _UPSERT_SET)
-_LITE_RUNS = text(f"INSERT INTO device_window_run ({', '.join(_RUN_COLS)}) "
+    "ON CONFLICT (device_id, model_name, role, model_version) DO UPDATE SET "
+    "windows = device_version_windows.windows + excluded.windows, device_class = excluded.device_class, "
+    "first_start = CASE WHEN excluded.first_start < device_version_windows.first_start "
+    "THEN excluded.first_start ELSE device_version_windows.first_start END, "
+    "last_end = CASE WHEN excluded.last_end > device_version_windows.last_end "
+    "THEN excluded.last_end ELSE device_version_windows.last_end END")
+_PG_RUNS = (f"INSERT INTO device_version_windows ({', '.join(_RUN_COLS)}) SELECT * FROM unnest(%b::text[], "
+            "%b::text[], %b::text[], %b::int[], %b::text[], %b::float8[], %b::float8[], %b::int8[]) " + _UPSERT_SET)
+_LITE_RUNS = text(f"INSERT INTO device_version_windows ({', '.join(_RUN_COLS)}) "
                   f"VALUES ({', '.join(':' + c for c in _RUN_COLS)}) " + _UPSERT_SET)
 
 
@@ -62,7 +55,7 @@ class RolloutView:
         self._tags: dict[str, Mapping[str, str]] = {}  # device -> {model name: wave tag}
 
     def record(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Write the runs of these stored window rows; returns each row's wave tag."""
+        """Count these stored window rows per device and version; returns each row's wave tag."""
         if not rows:
             return []
         self._refresh(conn, {r["device_id"] for r in rows})
@@ -87,14 +80,14 @@ class RolloutView:
             self._tags[d] = found.get(d, _NONE)
 
     def _write_runs(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
-        runs: dict[tuple[str, str, str], list[Any]] = {}
+        runs: dict[tuple[str, str, str, int], list[Any]] = {}
         for r in rows:
-            key = (r["device_id"], r["model_name"], r["role"])
-            run = runs.get(key)
+            key = (r["device_id"], r["model_name"], r["role"], r["model_version"])
             start, end = float(r["window_start"]), float(r["window_end"])
-            if run is None or (run[3] != r["model_version"] and end > run[6]):
-                runs[key] = [*key, r["model_version"], r["device_class"], start, end, 1]
-            elif run[3] == r["model_version"]:
+            run = runs.get(key)
+            if run is None:
+                runs[key] = [*key, r["device_class"], start, end, 1]
+            else:
                 run[5], run[6], run[7] = min(run[5], start), max(run[6], end), run[7] + 1
         ordered = [runs[k] for k in sorted(runs)]  # one lock order in every ingest process
         if self.postgres:

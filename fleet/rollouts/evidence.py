@@ -1,8 +1,10 @@
 """Reads the evidence a wave is judged on from the fleet database: the devices' verified signed
-state (Device rows, DeviceEvent rows) and their verified telemetry (TelemetryWindow rows), for
-the wave's devices (candidate) and for the rest of the rollout's devices still on the version
-before (control). Only what ingest verified is read; nothing the server assumed. The one write:
-a signature refusal under a real command id is audited (note_unverified), never counted.
+state (Device rows, DeviceEvent rows) and their verified telemetry as ingest merged it (Aggregate
+rows tagged with the wave, per-device window runs: fleet.rollouts.wave_telemetry), for the wave's
+devices (candidate) and for the rest of the rollout's devices still on the version before
+(control). Raw telemetry windows are never read here. Only what ingest verified is read; nothing
+the server assumed. The one write: a signature refusal under a real command id is audited
+(note_unverified), never counted.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from agent.sketches import LatencyHistogram
 from fleet import audit
 from fleet.analytics.quality import OnlineQuality
 from fleet.ingest.aggregate import sum_histograms
-from fleet.models import AuditEntry, Device, DeviceEvent, TelemetryWindow
+from fleet.ingest.rollout_view import wave_tag
+from fleet.models import Aggregate, AuditEntry, Device, DeviceEvent, TelemetryWindow
+from fleet.rollouts import wave_telemetry
 from fleet.rollouts.blind import clock_start
 from fleet.rollouts.gates import CohortStats, DeviceEvidence, WaveEvidence
 from fleet.rollouts.models import RolloutCommand, RolloutTarget
@@ -36,8 +40,8 @@ DUPLICATE_REASONS = ("stale",)
 SIGNATURE_REASONS = ("bad-signature", "no-signature", "unknown-key", "untrusted-key")
 UNVERIFIED_ACTION = "device.command-unverified"
 CONTROL_LOOKBACK_S = 900.0
-MAX_CONTROL_DEVICES = 200
-MAX_CONTROL_WINDOWS = 2000   # newest control/previous-version windows read per evaluation (per 500 devices)
+MAX_CONTROL_ROWS = 2000   # newest control/previous-version aggregate rows read per evaluation
+MAX_LABEL_CONTROL_DEVICES = 200   # control devices whose backend-joined labels are read
 _CHUNK = 500
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,8 @@ def load_devices(session: Session, ids: Sequence[str]) -> dict[str, Device]:
 
 def load_windows(session: Session, ids: Sequence[str], model_name: str, since: float, *,
                  exclude_version: int | None = None, limit: int | None = None) -> list[TelemetryWindow]:
-    """Telemetry windows of these devices ending after `since`; with `limit`, only the newest
-    ones (the control reference stays cheap however long the lookback and however many devices)."""
+    """Raw telemetry windows of these devices ending after `since` (with `limit`, the newest ones):
+    for a few devices' own windows (tests, per-device views); wave evidence reads aggregates."""
     out: list[TelemetryWindow] = []
     for chunk in _chunks(list(ids)):
         q = select(TelemetryWindow).where(TelemetryWindow.device_id.in_(chunk),
@@ -72,10 +76,12 @@ def load_windows(session: Session, ids: Sequence[str], model_name: str, since: f
     return out
 
 
-def merge_windows(windows: Iterable[TelemetryWindow]) -> CohortStats:
-    """Add up telemetry windows: counts, latency per device class, and the prediction/feature
+def merge_windows(windows: Iterable[TelemetryWindow | Aggregate]) -> CohortStats:
+    """Add up telemetry windows, or Aggregate rows (windows ingest already merged: the same
+    payload shape plus n_windows): counts, latency per device class, and the prediction/feature
     histograms by the one merge (fleet.ingest.aggregate.sum_histograms: windows on other edges
-    than the first one's are left out, never mixed in)."""
+    than the first one's are left out, never mixed in). `devices` counts raw windows' devices
+    only (an aggregate row does not say which devices it holds)."""
     s = CohortStats()
     s.quality = OnlineQuality()   # online accuracy, confidence (issue 14: fleet.analytics)
     devices: set[str] = set()
@@ -84,8 +90,11 @@ def merge_windows(windows: Iterable[TelemetryWindow]) -> CohortStats:
         p: Mapping[str, Any] = w.payload or {}
         s.requests += int(w.requests)
         s.errors += int(w.errors)
-        s.windows += 1
-        devices.add(w.device_id)
+        if isinstance(w, Aggregate):
+            s.windows += int(w.n_windows)
+        else:
+            s.windows += 1
+            devices.add(w.device_id)
         _add_latency(s, w.device_class or p.get("device_class") or "", p.get("latency_us"))
         payloads.append(p)
         s.quality.add_payload(p)
@@ -203,54 +212,79 @@ def collect(session: Session, q: EvidenceQuery, wave_targets: Sequence[RolloutTa
     ids = [t.device_id for t in wave_targets]
     devices = load_devices(session, ids)
     role = {"install": "active", "shadow": "shadow", "ab": "ab"}[q.phase]
-    cand_windows = [w for w in load_windows(session, ids, q.model_name, q.since)
-                    if w.model_version == q.version and w.role == role]
-    per_device: dict[str, int] = {}
-    for w in cand_windows:
-        per_device[w.device_id] = per_device.get(w.device_id, 0) + 1
-    events: dict[str, list[DeviceEvent]] = {}
+    rid, wave = (wave_targets[0].rollout_id, wave_targets[0].wave_index) if wave_targets else (0, -1)
+    per_device = wave_telemetry.device_windows(session, q.model_name, rid, wave, q.version, role, q.since)
     cmd_ids = [t.command_id for t in wave_targets if t.command_id]
-    for chunk in _chunks(ids):
-        evq = select(DeviceEvent).where(DeviceEvent.device_id.in_(chunk), DeviceEvent.time >= q.since - 1)
-        for ev in session.exec(evq).all():
-            if ev.command_id in cmd_ids or ev.kind == "local-rollback":
-                events.setdefault(ev.device_id, []).append(ev)
-                if ev.command_id in cmd_ids and is_unverified(ev.kind, ev.reason, ev.details
-                                                              if isinstance(ev.details, Mapping) else None):
-                    note_unverified(session, ev)
+    events = _command_events(session, ids, cmd_ids, q.since)
     sent = delivered_at(session, cmd_ids)
-    dev_evidence = []
-    for t in wave_targets:
-        d = devices.get(t.device_id)
-        # the report clock runs from delivery (broker PUBACK), never while the fleet was blind
-        delivered = sent.get(t.command_id or "")
-        if delivered is not None and t.commanded_at is not None:
-            delivered = max(delivered, t.commanded_at)
-        started = clock_start(delivered, q.blind, now)
-        if d is None:
-            dev_evidence.append(DeviceEvidence(t.device_id, t.device_class, started, failure="unknown-device"))
-            continue
-        loaded = candidate_loaded(d, q)
-        failure = device_failure(d, t, events)
-        if failure is None and not loaded and t.installed_at is not None and q.phase == "install":
-            failure = "local-rollback"   # it had the candidate and no longer has it
-        dev_evidence.append(DeviceEvidence(t.device_id, d.device_class, started, installed=loaded,
-                                           installed_at=t.installed_at, failure=failure,
-                                           windows=per_device.get(t.device_id, 0)))
-    control_ids = [t.device_id for t in other_targets][:MAX_CONTROL_DEVICES]
-    ref_windows = load_windows(session, control_ids + ids, q.model_name, q.since - CONTROL_LOOKBACK_S,
-                               exclude_version=q.version, limit=MAX_CONTROL_WINDOWS)
-    if q.phase != "install":
-        # shadow/ab: the wave's own active model over the same period is the best control
-        control = merge_windows(w for w in ref_windows if w.window_end >= q.since)
-    else:
-        control_set = set(control_ids)
-        control = merge_windows(w for w in ref_windows if w.device_id in control_set)
-    previous = merge_windows(ref_windows)
-    ev = WaveEvidence(now=now, mode=q.phase, devices=dev_evidence, candidate=merge_windows(cand_windows),
+    dev_evidence = [_device_evidence(t, devices.get(t.device_id), q, events, sent, per_device.get(t.device_id, 0),
+                                     now) for t in wave_targets]
+    cand = merge_windows(wave_telemetry.aggregates(session, q.model_name, rid, [wave], q.since, role=role,
+                                                   version=q.version))
+    cand.devices = sum(1 for t in wave_targets if per_device.get(t.device_id))
+    control, previous = _reference(session, q, rid, wave, other_targets)
+    ev = WaveEvidence(now=now, mode=q.phase, devices=dev_evidence, candidate=cand,
                       control=control, previous=previous, baseline=q.baseline)
     from fleet.analytics.join import add_wave_labels  # labels posted at the backend (issue 14)
 
+    control_ids = [t.device_id for t in other_targets][:MAX_LABEL_CONTROL_DEVICES] if q.phase == "install" else ids
     add_wave_labels(session, ev.candidate.quality, control.quality, model=q.model_name, version=q.version,
-                    wave_devices=ids, control_devices=control_ids if q.phase == "install" else ids, since=q.since)
+                    wave_devices=ids, control_devices=control_ids, since=q.since)
     return ev, devices
+
+
+def _reference(session: Session, q: EvidenceQuery, rid: int, wave: int, other_targets: Sequence[RolloutTarget]
+               ) -> tuple[CohortStats, CohortStats]:
+    """(control, previous) from the merged rows of other versions than the candidate, role active:
+    install phase: control = the rollout's later waves' devices over the phase plus a lookback;
+    shadow/ab: the wave's own active model over the phase (the best control). previous (latency
+    reference) = both, the newest MAX_CONTROL_ROWS rows."""
+    later = sorted({t.wave_index for t in other_targets})
+    since = q.since - CONTROL_LOOKBACK_S
+    rows = wave_telemetry.aggregates(session, q.model_name, rid, [*later, wave], since,
+                                     exclude_version=q.version, limit=MAX_CONTROL_ROWS)
+    own = wave_tag(rid, wave)
+    if q.phase != "install":
+        control = merge_windows(a for a in rows if a.wave == own and a.window_start + a.window_seconds > q.since)
+        control.devices = wave_telemetry.devices_reporting(session, q.model_name, rid, [wave], q.since,
+                                                           exclude_version=q.version)
+    else:
+        control = merge_windows(a for a in rows if a.wave != own)
+        control.devices = wave_telemetry.devices_reporting(session, q.model_name, rid, later, since,
+                                                           exclude_version=q.version)
+    return control, merge_windows(rows)
+
+
+def _command_events(session: Session, ids: Sequence[str], cmd_ids: Sequence[str], since: float
+                    ) -> dict[str, list[DeviceEvent]]:
+    """The devices' events about our commands (and local rollbacks) since the phase started;
+    signature refusals under a real command id are audited on the way."""
+    events: dict[str, list[DeviceEvent]] = {}
+    wanted = set(cmd_ids)
+    for chunk in _chunks(ids):
+        evq = select(DeviceEvent).where(DeviceEvent.device_id.in_(chunk), DeviceEvent.time >= since - 1)
+        for ev in session.exec(evq).all():
+            if ev.command_id in wanted or ev.kind == "local-rollback":
+                events.setdefault(ev.device_id, []).append(ev)
+                if ev.command_id in wanted and is_unverified(ev.kind, ev.reason, ev.details
+                                                             if isinstance(ev.details, Mapping) else None):
+                    note_unverified(session, ev)
+    return events
+
+
+def _device_evidence(t: RolloutTarget, d: Device | None, q: EvidenceQuery, events: Mapping[str, list[DeviceEvent]],
+                     sent: Mapping[str, float], windows: int, now: float) -> DeviceEvidence:
+    """What the fleet verified about one wave device: candidate loaded, its own failure reports,
+    candidate windows; the report clock runs from delivery (broker PUBACK), never while blind."""
+    delivered = sent.get(t.command_id or "")
+    if delivered is not None and t.commanded_at is not None:
+        delivered = max(delivered, t.commanded_at)
+    started = clock_start(delivered, q.blind, now)
+    if d is None:
+        return DeviceEvidence(t.device_id, t.device_class, started, failure="unknown-device")
+    loaded = candidate_loaded(d, q)
+    failure = device_failure(d, t, events)
+    if failure is None and not loaded and t.installed_at is not None and q.phase == "install":
+        failure = "local-rollback"   # it had the candidate and no longer has it
+    return DeviceEvidence(t.device_id, d.device_class, started, installed=loaded, installed_at=t.installed_at,
+                          failure=failure, windows=windows)
