@@ -1,5 +1,5 @@
 """Online quality of a model version from the database: device-reported outcomes and confidence
-in telemetry windows plus labels joined at the backend; judged against the build-time eval.
+in the telemetry ingest merged (aggregates) plus labels joined at the backend; judged against the build-time eval.
 What the console, alerts and the REST API show (gates use the same OnlineQuality and verdicts
 on the wave's cohorts, fleet.rollouts.gates)."""
 
@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 from fleet.analytics.join import joined_quality, sync_records
 from fleet.analytics.quality import OnlineQuality
 from fleet.analytics.verdicts import build_accuracy, build_slice_gap, concept_drift, slice_gap
-from fleet.models import ModelVersion, TelemetryWindow
+from fleet.models import Aggregate, ModelVersion
 
 
 def manifest_of(session: Session, model: str, version: int) -> dict[str, Any]:
@@ -25,16 +25,16 @@ def manifest_of(session: Session, model: str, version: int) -> dict[str, Any]:
 def version_quality(session: Session, model: str, version: int, *, since: float | None = None,
                     cohort: str | None = None, device_class: str | None = None,
                     include_joined: bool = True) -> OnlineQuality:
-    """Outcomes and confidence of served predictions (roles active and ab; shadow runs have no labels)."""
-    stmt = select(TelemetryWindow.payload).where(TelemetryWindow.model_name == model,
-                                                 TelemetryWindow.model_version == int(version),
-                                                 TelemetryWindow.role != "shadow")
+    """Outcomes and confidence of served predictions (roles active and ab; shadow runs have no
+    labels), from the windows ingest merged (Aggregate rows whose slot ends after `since`)."""
+    stmt = select(Aggregate.payload).where(Aggregate.model_name == model, Aggregate.model_version == int(version),
+                                           Aggregate.role != "shadow")
     if since is not None:
-        stmt = stmt.where(TelemetryWindow.window_end >= since)
+        stmt = stmt.where(Aggregate.window_start + Aggregate.window_seconds > since)
     if cohort is not None:
-        stmt = stmt.where(TelemetryWindow.cohort == cohort)
+        stmt = stmt.where(Aggregate.cohort == cohort)
     if device_class is not None:
-        stmt = stmt.where(TelemetryWindow.device_class == device_class)
+        stmt = stmt.where(Aggregate.device_class == device_class)
     q = OnlineQuality()
     for payload in session.exec(stmt):
         q.add_payload(payload or {})

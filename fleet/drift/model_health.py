@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func
+from sqlalchemy import case, func
 from sqlmodel import Session, select
 
 from fleet import ops_metrics
 from fleet.drift import alerts
 from fleet.drift.data_quality import violation_rate
-from fleet.models import Aggregate, DriftAlert, ModelVersion, TelemetryWindow
+from fleet.models import Aggregate, DeviceVersionWindows, DriftAlert, ModelVersion
 
 LABELS = ["model", "version", "device_class"]
 # How far back a scrape looks (aggregates and reporting devices), and for "last telemetry" how far.
@@ -120,6 +120,24 @@ def _build_metrics(db: Session, name: str, version: int, device_class: str) -> d
     return out
 
 
+def _reporting(db: Session, since: float, horizon: float) -> tuple[dict[tuple[str, int, str], float],
+                                                                  dict[tuple[str, int, str], int]]:
+    """Per (model, version, device class), active role: the end of the newest window (within the
+    horizon) and how many devices sent one after `since`, from ingest's per-device window counts
+    (DeviceVersionWindows): no raw window is read."""
+    key = (DeviceVersionWindows.model_name, DeviceVersionWindows.model_version, DeviceVersionWindows.device_class)
+    rows = db.exec(select(*key, func.max(DeviceVersionWindows.last_end),
+                          func.sum(case((DeviceVersionWindows.last_end >= since, 1), else_=0)))
+                   .where(DeviceVersionWindows.role == "active", DeviceVersionWindows.last_end >= horizon)
+                   .group_by(*key))
+    last: dict[tuple[str, int, str], float] = {}
+    devices: dict[tuple[str, int, str], int] = {}
+    for n, v, c, end, k in rows:
+        last[(n, int(v), c or "")] = float(end)
+        devices[(n, int(v), c or "")] = int(k or 0)
+    return last, devices
+
+
 def group_values(db: Session, settings: Any, *, now: float | None = None, lookback_s: float = LOOKBACK_S,
                  max_series: int = MAX_SERIES) -> tuple[dict[tuple[str, int, str], dict[str, Any]], int]:
     """Per (model, version, device class): the values FAMILIES export, and how many groups were dropped."""
@@ -129,20 +147,7 @@ def group_values(db: Session, settings: Any, *, now: float | None = None, lookba
     groups: dict[tuple[str, int, str], list[Aggregate]] = defaultdict(list)
     for a in rows:
         groups[(a.model_name, a.model_version, a.device_class)].append(a)
-    last: dict[tuple[str, int, str], float] = {}
-    for n, v, c, ws in db.exec(select(TelemetryWindow.model_name, TelemetryWindow.model_version,
-                                      TelemetryWindow.device_class, func.max(TelemetryWindow.window_end))
-                               .where(TelemetryWindow.received_at >= now - LAST_SEEN_HORIZON_S)
-                               .group_by(TelemetryWindow.model_name, TelemetryWindow.model_version,
-                                         TelemetryWindow.device_class)):
-        last[(n, int(v), c or "")] = float(ws)
-    devices: dict[tuple[str, int, str], int] = {}
-    for n, v, c, k in db.exec(select(TelemetryWindow.model_name, TelemetryWindow.model_version,
-                                     TelemetryWindow.device_class, func.count(func.distinct(TelemetryWindow.device_id)))
-                              .where(TelemetryWindow.window_end >= since)
-                              .group_by(TelemetryWindow.model_name, TelemetryWindow.model_version,
-                                        TelemetryWindow.device_class)):
-        devices[(n, int(v), c or "")] = int(k)
+    last, devices = _reporting(db, since, now - LAST_SEEN_HORIZON_S)
     keys = sorted(set(groups) | set(last), key=lambda k: -last.get(k, 0.0))
     kept, dropped = keys[:max_series], max(0, len(keys) - max_series)
     out: dict[tuple[str, int, str], dict[str, Any]] = {}

@@ -15,7 +15,8 @@ from sqlmodel import Session, select
 from agent.config import TelemetryConfig
 from fleet.db import init_db, make_engine
 from fleet.drift import alerts, retraining
-from fleet.models import DriftAlert, ModelVersion, RetrainingRequest, TelemetryWindow
+from fleet.ingest import aggregate
+from fleet.models import Aggregate, DriftAlert, ModelVersion, RetrainingRequest, TelemetryWindow
 from fleet.settings import FleetSettings
 
 pytestmark = pytest.mark.slow
@@ -36,6 +37,14 @@ def _store(db: Session, payloads: list[dict[str, Any]], device: str, at: float, 
                                model_name=p["model"]["name"], model_version=p["model"]["version"],
                                role=p["model"]["role"], device_class=p["device_class"], requests=p["requests"],
                                errors=sum(p["errors"].values()), payload=p))
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for p in payloads:   # and merged, as ingest does (quality is read from the aggregates)
+        groups.setdefault((p["model"]["name"], p["model"]["version"], p["model"]["role"], p["device_class"]), []).append(p)
+    for (name, version, role, cls), ps in groups.items():
+        merged = aggregate.merge_all(ps)
+        db.add(Aggregate(model_name=name, model_version=version, role=role, device_class=cls, cohort=device,
+                         window_start=at - 60, n_windows=merged["n_windows"], requests=merged["requests"],
+                         errors=sum(merged["errors"].values()), payload=merged))
     db.commit()
 
 
