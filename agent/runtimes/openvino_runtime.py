@@ -22,6 +22,7 @@ from agent.runtimes.config import openvino_config, shape_cache
 log = logging.getLogger(__name__)
 
 ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
+VARIANT_BYTES = 256 * 2**20  # the static variants' weights, all together
 
 
 class StaticShapes:
@@ -30,12 +31,14 @@ class StaticShapes:
     Why: OpenVINO's CPU plugin runs a model compiled for one shape faster than the dynamic one
     (nudenet's YOLOv8n INT8: 6-10% at batch 1), with bitwise-equal outputs. A variant is compiled
     on a shape's first call (about 0.5 s for YOLOv8n); after 4x capacity compiles (the shapes churn)
-    no more are made and the dynamic model serves the rest.
+    no more are made and the dynamic model serves the rest. Each variant holds its own copy of the
+    weights, so the variants' weights are capped at VARIANT_BYTES (a 200 MB model gets one variant).
     """
 
     def __init__(self, core: Any, model: Any, config: dict[str, Any], capacity: int) -> None:
         self.core, self.model, self.config, self.capacity = core, model, config, capacity
         self.variants: OrderedDict[ShapeKey, Any] = OrderedDict()
+        self.failed: set[ShapeKey] = set()
         self.compiles = 0
         self._lock = threading.Lock()
 
@@ -46,7 +49,7 @@ class StaticShapes:
             if key in self.variants:
                 self.variants.move_to_end(key)
                 return self.variants[key]
-            if self.compiles >= 4 * self.capacity:
+            if self.compiles >= 4 * self.capacity or key in self.failed:
                 return None
             self.compiles += 1
             model = self.model.clone()
@@ -55,6 +58,7 @@ class StaticShapes:
                 compiled = self.core.compile_model(model, "CPU", self.config)
             except Exception as exc:  # a shape the model cannot take: the dynamic model says why
                 log.info("event=static-shape-skipped shape=%s error=%s", key, str(exc)[:200])
+                self.failed.add(key)
                 return None
             self.variants[key] = compiled
             if len(self.variants) > self.capacity:
@@ -79,6 +83,9 @@ class OpenVinoRuntime:
         except Exception as exc:
             raise RuntimeLoadError(f"OpenVINO cannot load {Path(model_path).name}: {exc}") from exc
         dynamic = any(p.get_partial_shape().is_dynamic for p in model.inputs)
+        weights = Path(model_path).with_suffix(".bin")
+        if weights.is_file():
+            capacity = min(capacity, VARIANT_BYTES // max(1, weights.stat().st_size))
         self.static = StaticShapes(core, model, self.config, capacity) if dynamic and capacity else None
         graph_outputs = [o.get_any_name() for o in self.compiled.outputs]
         names = output_names(manifest)
