@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from orjson import dumps
 from sqlalchemy import select, text
 from sqlalchemy.engine import Connection, Engine
 
@@ -35,8 +36,10 @@ _UPSERT_SET = (
     "THEN excluded.first_start ELSE device_version_windows.first_start END, "
     "last_end = CASE WHEN excluded.last_end > device_version_windows.last_end "
     "THEN excluded.last_end ELSE device_version_windows.last_end END")
-_PG_RUNS = (f"INSERT INTO device_version_windows ({', '.join(_RUN_COLS)}) SELECT * FROM unnest(%b::text[], "
-            "%b::text[], %b::text[], %b::int[], %b::text[], %b::float8[], %b::float8[], %b::int8[]) " + _UPSERT_SET)
+# one JSON document (dumped by orjson) instead of eight arrays: psycopg dumps array elements in
+# Python, about 1.4 us each, which was most of this module's cost per window
+_PG_RUNS = (f"INSERT INTO device_version_windows ({', '.join(_RUN_COLS)}) SELECT {', '.join(_RUN_COLS)} "
+            "FROM json_populate_recordset(NULL::device_version_windows, %s::json) " + _UPSERT_SET)
 _LITE_RUNS = text(f"INSERT INTO device_version_windows ({', '.join(_RUN_COLS)}) "
                   f"VALUES ({', '.join(':' + c for c in _RUN_COLS)}) " + _UPSERT_SET)
 
@@ -89,11 +92,11 @@ class RolloutView:
                 runs[key] = [*key, r["device_class"], start, end, 1]
             else:
                 run[5], run[6], run[7] = min(run[5], start), max(run[6], end), run[7] + 1
-        ordered = [runs[k] for k in sorted(runs)]  # one lock order in every ingest process
+        ordered = [dict(zip(_RUN_COLS, runs[k], strict=True)) for k in sorted(runs)]  # one lock order everywhere
         if self.postgres:
             raw = conn.connection.driver_connection
             assert raw is not None
             with raw.cursor() as cur:
-                cur.execute(_PG_RUNS, [list(c) for c in zip(*ordered, strict=True)])
+                cur.execute(_PG_RUNS, [dumps(ordered).decode()])
             return
-        conn.execute(_LITE_RUNS, [dict(zip(_RUN_COLS, r, strict=True)) for r in ordered])
+        conn.execute(_LITE_RUNS, ordered)
