@@ -7,6 +7,8 @@ slice, from the analytics engine (fleet.analytics) over the same windows.
 The numbers come from the same stores and functions as the rest of the fleet: Aggregate rows
 (merged at ingest) or a device's own TelemetryWindow rows, summarised by ops_metrics.summarise
 and compared by fleet.drift.engine.compare, so a chart and the drift API can never disagree.
+Only the one-device view reads raw windows (that device's, at most MAX_WINDOWS * 20 of them, as far
+back as retention keeps them): fleet-wide views, drift and rollouts read aggregates (issue 19).
 """
 
 from __future__ import annotations

@@ -35,11 +35,11 @@ def test_settings_file_then_env(tmp_path) -> None:  # type: ignore[no-untyped-de
 def test_migrations_create_schema_and_keep_data(db_url) -> None:  # type: ignore[no-untyped-def]
     engine = make_engine(db_url)
     init_db(engine)
-    assert current(engine) == "0007"
+    assert current(engine) == "0008"
     tables = set(inspect(engine).get_table_names())
     assert {"device", "modelversion", "telemetrywindow", "aggregate", "auditentry", "apitoken",
             "enrolmenttoken", "driftalert", "deviceevent", "alembic_version", "rollout", "rollout_wave",
-            "rollout_target", "rollout_command", "model_owner", "model_version_status", "model_review", "predictionrecord",
+            "rollout_target", "rollout_command", "device_version_windows", "model_owner", "model_version_status", "model_review", "predictionrecord",
             "outcomelabel"} <= tables
     with Session(engine) as db:
         db.add(Device(id="keep-me", attributes={"region": "eu"}))
@@ -47,7 +47,7 @@ def test_migrations_create_schema_and_keep_data(db_url) -> None:  # type: ignore
     init_db(engine)  # upgrading again is a no-op that keeps data
     with Session(engine) as db:
         assert db.get(Device, "keep-me").attributes == {"region": "eu"}
-        assert db.exec(text("select version_num from alembic_version")).one()[0] == "0007"
+        assert db.exec(text("select version_num from alembic_version")).one()[0] == "0008"
     engine.dispose()
 
 
@@ -63,7 +63,7 @@ def test_migration_0002_adopts_rollout_tables_made_by_create_all(tmp_path) -> No
     SQLModel.metadata.create_all(engine)
     assert current(engine) == "0001"
     init_db(engine)
-    assert current(engine) == "0007"
+    assert current(engine) == "0008"
     engine.dispose()
 
 
