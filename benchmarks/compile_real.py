@@ -11,6 +11,7 @@ Then every device class is compiled with default budgets: it builds, or the row 
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "compiler"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 CLASSES = ["x86-64-generic", "x86-avx512-vnni", "arm64-cortex-a", "mcu-class-int8", "nvidia-jetson"]
 TARGETS = {"minilm": {"speedup": 2.6, "mean": 0.995, "min": 0.98}, "yolov8n": {"speedup": 2.5, "map50_points": 1.0}}
@@ -115,7 +117,7 @@ def _case(name: str, src: Path, calib: dict[str, np.ndarray], ev: dict[str, np.n
           quality: Any, work: Path, key: tuple[Path, Path], quick: bool) -> tuple[list[dict], list[dict]]:
     from agent.bundle import verify_bundle
     from agent.keys import Keyring
-    from compiler.runtimes import open_runner, predict
+    from compiler.runtimes import predict, timing_runner
 
     runners = _peers(src, calib, work)
     classes: list[dict[str, Any]] = []
@@ -124,8 +126,13 @@ def _case(name: str, src: Path, calib: dict[str, np.ndarray], ev: dict[str, np.n
         classes.append(_class_row(name, dc, res))
         if not isinstance(res, str) and res.passed and dc.startswith("x86"):
             vb = verify_bundle(res.bundle_path, Keyring.from_files([key[1]]), unpack_to=work / f"unpacked-{dc}")
-            runners[f"EdgeFleet {dc} ({res.format} {res.precision})"] = open_runner(
-                res.format, vb.path / vb.manifest["entrypoint"], threads=1)
+            # The bundle's own manifest (runtime_config: precision hint, shape cache) on one thread.
+            runners[f"EdgeFleet {dc} ({res.format} {res.precision})"] = timing_runner(
+                res.format, vb.path / vb.manifest["entrypoint"], vb.manifest)
+            if name == "yolov8n" and res.format == "openvino":
+                (work / "ir").mkdir(exist_ok=True)
+                for f in ("model.xml", "model.bin"):
+                    (work / "ir" / f).write_bytes((vb.path / f).read_bytes())
     ref = predict(runners["ORT FP32"], ev, batch=8)
     one = {k: v[:1] for k, v in ev.items()}
     lat = _interleaved(runners, one, rounds=3 if quick else 8, per_round=5 if quick else 15)
@@ -146,6 +153,7 @@ def bench_real(quick: bool = False, only: tuple[str, ...] = ("minilm", "yolov8n"
     torch.set_num_threads(1)
     peers: list[dict[str, Any]] = []
     classes: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {"load_average_before": [round(v, 2) for v in os.getloadavg()]}
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         work = Path(tmp)
         key = generate_keypair(work, "bench")
@@ -175,9 +183,15 @@ def bench_real(quick: bool = False, only: tuple[str, ...] = ("minilm", "yolov8n"
                          work / "yolo", key, quick)
             peers += p
             classes += c
+            if (work / "yolo" / "ir" / "model.xml").is_file():
+                from detector_profile import conv_micro, profile
+
+                prof = profile(rm.nudenet_onnx(), work / "yolo" / "ir" / "model.xml", {"images": ev_img[:1]})
+                extra["yolov8n_profile"] = {**prof, "micro": conv_micro()}
         if "silero" in only and rm.have("silero_vad"):
             classes += _silero_classes(rm, work, key)
-    return {"targets": TARGETS, "peers": peers, "classes": classes}
+    extra["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    return {"targets": TARGETS, "peers": peers, "classes": classes, **extra}
 
 
 def _silero_classes(rm: Any, work: Path, key: tuple[Path, Path]) -> list[dict[str, Any]]:
@@ -219,6 +233,12 @@ def print_real(doc: dict[str, Any]) -> None:
                                   + ("" if lat.get("on_target", True) else f" ({lat.get('note', '')})"))
         ct.add_row(r["model"], r["device_class"], result, detail)
     console.print(ct)
+    if "yolov8n_profile" in doc:
+        from detector_profile import print_profile
+
+        print_profile(doc["yolov8n_profile"])
+    print(f"load average before {doc.get('load_average_before')}, after {doc.get('load_average_after')} "
+          f"(2 cores shared: a loaded host slows ORT FP32 more than INT8, so ratios read high under load)")
 
 
 if __name__ == "__main__":  # one model alone: python benchmarks/compile_real.py --only yolov8n

@@ -108,6 +108,9 @@ def test_agent_serves_the_gated_outputs_for_every_format(digit_builds, gated, di
             assert m["runtime_config"]["threads"] >= 1
             served = np.concatenate([a.predict({"input": x[j:j + 64]})[m["outputs"][0]["name"]]
                                      for j in range(0, len(x), 64)])
+            if r.format == "openvino":  # served by static-shape variants, as the gate ran
+                assert m["runtime_config"]["shape_cache"] == 4
+                assert a.predictor.active.runtime.static.variants
         finally:
             a.stop()
         gate = gated[(r.format, r.precision)][-1]
