@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event
+from sqlalchemy import delete, event, func
 from sqlmodel import Session, select
 
-from fleet.models import Aggregate, TelemetryWindow
+from fleet.models import Aggregate, DeviceVersionWindows, TelemetryWindow
 from tests.rollouts.harness import Harness, now0, spec_dict
 from tests.rollouts.simdevice import Behaviour
 from tests.rollouts.test_evaluator import create, installs_per_device
@@ -114,3 +114,9 @@ def test_a_bad_wave_device_among_good_control_devices_breaches(engine, tmp_path)
         tags = {(v, w) for v, w in s.exec(select(Aggregate.model_version, Aggregate.wave).distinct()).all()}
     assert (2, f"{rid}:0") in tags and {w for v, w in tags if v == 2} == {f"{rid}:0"}
     assert {(1, f"{rid}:1"), (1, f"{rid}:2")} <= tags
+    with Session(engine) as s:   # the per-device counts the reporting gate reads agree with the raw rows
+        raw = {(d, v, r): int(n) for d, v, r, n in s.exec(
+            select(TelemetryWindow.device_id, TelemetryWindow.model_version, TelemetryWindow.role, func.count())
+            .group_by(TelemetryWindow.device_id, TelemetryWindow.model_version, TelemetryWindow.role)).all()}
+        kept = {(c.device_id, c.model_version, c.role): c.windows for c in s.exec(select(DeviceVersionWindows)).all()}
+    assert kept == raw and any(v == 2 for _, v, _ in kept)
