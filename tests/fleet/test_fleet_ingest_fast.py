@@ -83,6 +83,29 @@ def test_count_checks_accept_exactly_what_the_plain_checks_accept(baseline, valu
         assert got[1].counts == [c for f in p["features"] for c in f["counts"]]
 
 
+@pytest.mark.parametrize("field", ["sampled", "dropped_windows", "shadow.compared", "shadow.agreed"])
+@pytest.mark.parametrize("value", [0, 5, 2**62, 2**62 + 1, -1, True, 1.5, "3", None])
+def test_every_aggregated_count_is_checked(baseline, field, value) -> None:  # type: ignore[no-untyped-def]
+    """Aggregation adds sampled, dropped_windows and the shadow counts too: the shape check holds
+    them to what it holds the histogram counts to."""
+    p = SimDevice("c").telemetry(np.random.default_rng(0), baseline)
+    if field.startswith("shadow."):
+        p["shadow"] = {"compared": 4, "agreed": 3, field.split(".")[1]: value}
+    else:
+        p[field] = value
+    ok = type(value) is int and 0 <= value <= MAX_INT
+    assert (_outcome(check_telemetry, p)[0] == "ok") == ok
+
+
+@pytest.mark.parametrize(("key", "ok"), [("0", True), ("193", True), ("194", False), ("007", True), ("1000", False),
+                                         ("-1", False), ("x", False), ("", False), ("\u0663", True)])
+def test_latency_bucket_keys(baseline, key, ok) -> None:  # type: ignore[no-untyped-def]
+    """The usual keys are found in one set look-up; any other key is parsed as before."""
+    p = SimDevice("c").telemetry(np.random.default_rng(0), baseline)
+    p["latency_us"]["buckets"][key] = 2
+    assert (_outcome(check_telemetry, p)[0] == "ok") == ok
+
+
 def test_count_checks_on_odd_shapes(baseline) -> None:  # type: ignore[no-untyped-def]
     base = SimDevice("c").telemetry(np.random.default_rng(0), baseline)
     cases = []
@@ -118,6 +141,29 @@ def test_merge_many_over_checked_histograms_equals_plain_merging(baseline) -> No
     plain = aggregate.merge_all(ps)
     assert fast["features"] == plain["features"] and fast["prediction"] == plain["prediction"]
     assert fast["edge_mismatch"] == 1 and fast["n_windows"] == 7
+
+
+def test_batch_scalar_merge_equals_one_payload_at_a_time(baseline) -> None:  # type: ignore[no-untyped-def]
+    """merge_many adds the scalars a field at a time over the batch: same sums (floats folded in
+    the same order), counts, maxima and key order as merging the payloads one by one."""
+    rng = np.random.default_rng(7)
+    ps = [SimDevice(f"s{i}").telemetry(rng, baseline, errors=i) for i in range(7)]
+    ps[0]["resources"] = {"cpu_percent": 0.1, "rss_mb": 3, "temp_c": None, "ok": True, "note": "x"}
+    ps[1]["resources"] = None
+    ps[2]["resources"] = {"temp_c": 41.5, "cpu_percent": 1e-17}
+    ps[3]["shadow"] = {"compared": 5, "agreed": 4}
+    ps[4]["latency_us"] = {"buckets": {"3": 2, "90": 1}, "sum_us": 0.3}
+    ps[5]["errors"] = {"new_kind": 2, "runtime": 1}
+    ps[6]["sampled"], ps[6]["dropped_windows"] = 11, 2
+    del ps[6]["latency_us"]["sum_us"]
+    one_by_one = aggregate.empty()
+    for p in ps:
+        aggregate._merge_scalars(one_by_one, p)
+    batch = aggregate.merge_many(ps)
+    for k in ("n_windows", "devices", "requests", "sampled", "dropped_windows", "errors", "latency_us",
+              "resources_sum", "resources_n", "resources_max", "shadow"):
+        assert json.dumps(batch[k]) == json.dumps(one_by_one[k]), k  # exact, key order included
+    assert batch["resources_n"] == {"cpu_percent": 6, "rss_mb": 5, "mem_percent": 4, "temp_c": 1}
 
 
 def _enrol(fleet, dev: SimDevice) -> None:  # type: ignore[no-untyped-def]
