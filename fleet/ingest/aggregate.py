@@ -10,8 +10,9 @@ payloads on other edges are not added but counted (`edge_mismatch`, `skipped`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import reduce
 from itertools import chain
-from operator import itemgetter, methodcaller
+from operator import add, itemgetter, methodcaller
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -97,12 +98,52 @@ class Hist(NamedTuple):
     nan: list[int]
 
 
+def _merge_telemetry_scalars(acc: dict[str, Any], ps: Sequence[Mapping[str, Any]]) -> None:
+    """_merge_scalars of each telemetry payload in turn, with the same result (float sums folded
+    in the same order), a field at a time over the batch: a few C-level passes instead of a
+    Python loop per payload and key (ingest merges thousands of windows a second)."""
+    n = len(ps)
+    acc["n_windows"] += n
+    acc["devices"] += n
+    for k in ("requests", "sampled", "dropped_windows", "edge_mismatch"):
+        acc[k] += sum(map(int, map(methodcaller("get", k, 0), ps)))
+    _add_sparse(acc["errors"], [p.get("errors") or {} for p in ps])
+    lats = [p.get("latency_us") or {} for p in ps]
+    lat = acc["latency_us"]
+    _add_sparse(lat["buckets"], [q.get("buckets") or {} for q in lats])
+    lat["sum_us"] = reduce(add, map(float, map(methodcaller("get", "sum_us", 0.0), lats)), float(lat["sum_us"]))
+    res = [r for r in map(methodcaller("get", "resources"), ps) if r]
+    for k in dict.fromkeys(chain.from_iterable(res)):  # first seen first, as one payload at a time
+        vs = [float(v) for v in map(methodcaller("get", k), res) if isinstance(v, _NUMBER) and not isinstance(v, bool)]
+        if vs:
+            acc["resources_sum"][k] = reduce(add, vs, acc["resources_sum"].get(k, 0.0))
+            acc["resources_n"][k] = acc["resources_n"].get(k, 0) + len(vs)
+            acc["resources_max"][k] = max(acc["resources_max"].get(k, float("-inf")), *vs)
+    for sh in map(methodcaller("get", "shadow"), ps):
+        if isinstance(sh, Mapping):
+            acc["shadow"]["compared"] += int(sh.get("compared", 0))
+            acc["shadow"]["agreed"] += int(sh.get("agreed", 0))
+    for p in ps:
+        if "confidence" in p or "outcomes" in p or "data_quality" in p:  # field loop (issue 14), data quality (15)
+            from fleet.ingest.aggregate_quality import merge_quality
+
+            merge_quality(acc, p)
+
+
+def _add_sparse(into: dict[str, int], dicts: list[Mapping[str, Any]]) -> None:
+    """Add sparse {key: count} maps into `into` (keys in first-seen order, exact ints)."""
+    get = into.get
+    for k, v in zip(chain.from_iterable(dicts), map(int, chain.from_iterable(map(_VALUES, dicts))), strict=True):
+        into[k] = get(k, 0) + v
+
+
 def hist_of(p: Mapping[str, Any]) -> Hist:
     feats = p.get("features") or []
     return Hist(layout_of(feats), list(chain.from_iterable(map(_COUNTS, feats))), list(map(_NAN, feats)))
 
 
 _COUNTS, _NAN = itemgetter("counts"), methodcaller("get", "nan", 0)
+_VALUES, _NUMBER = methodcaller("values"), (int, float)
 
 
 def merge_many(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] | None = None) -> dict[str, Any]:
@@ -110,8 +151,11 @@ def merge_many(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] | No
     the flattened counts (`hists`, aligned with `payloads`, saves flattening them again).
     Payloads whose layout differs from the first one's are counted in edge_mismatch."""
     acc = empty()
-    for p in payloads:
-        _merge_scalars(acc, p)
+    if any("n_windows" in p or "devices" in p or not isinstance(p.get("resources") or {}, Mapping) for p in payloads):
+        for p in payloads:
+            _merge_scalars(acc, p)
+    else:
+        _merge_telemetry_scalars(acc, payloads)
     hs = sum_histograms(payloads, hists)
     acc["edge_mismatch"] += hs.skipped
     acc["features"], acc["prediction"] = hs.features, hs.prediction
