@@ -185,9 +185,24 @@ class BufferedClient(mqtt.Client):
         """Hand on the messages read so far, then acknowledge them (automatic acks)."""
         self._deliver()
         if self._acks and self._sock is not None:
-            blob = b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in self._acks)
-            self._packet_queue(mqtt.PUBACK, blob, 0, 0)
+            self._send_now(b"".join(_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in self._acks))
         self._acks = []
+
+    def _send_now(self, blob: bytes) -> None:
+        """Write acks from the loop thread at once when nothing else waits to go out; queued, they
+        cost a socket-pair wake-up and a second pass of paho's loop (select, loop_misc) per read.
+        What the socket does not take is queued behind, as paho would."""
+        if not self._out_packet:
+            try:
+                sent = self._sock_send(blob)
+            except (BlockingIOError, ConnectionError, OSError):
+                sent = 0
+            if sent:
+                with self._msgtime_mutex:
+                    self._last_msg_out = time.monotonic()
+            blob = blob[sent:]
+        if blob:
+            self._packet_queue(mqtt.PUBACK, blob, 0, 0)
 
 
 class _Received(mqtt.MQTTMessage):
