@@ -63,14 +63,33 @@ def _ingest_child(url: str, fleet_id: str, verify: str, rate: float, i: int, rea
 
     svc = IngestService(_settings(url, fleet_id, verify, rate), make_engine(url), client_id=f"{fleet_id}-in{i}")
     svc.start(timeout=30)
-    cpu0 = time.process_time()  # from subscribed to drained: the load period (idle polling included)
+    cpu0, threads0 = time.process_time(), thread_cpu()  # from subscribed to drained: the load period
     ready.set()
     stop.wait()
     svc.drain(30)
-    cpu = time.process_time() - cpu0
+    cpu, threads = time.process_time() - cpu0, thread_cpu()
     svc.stop()
     snap = svc.stats.snapshot()
-    out.put({**snap, "cpu_s": cpu, "stages": snap["cpu_s"]})
+    by_thread = {k: [round(u - threads0.get(k, (0.0, 0.0))[0], 3), round(s - threads0.get(k, (0.0, 0.0))[1], 3)]
+                 for k, (u, s) in threads.items()}
+    out.put({**snap, "cpu_s": cpu, "stages": snap["cpu_s"], "threads": by_thread})
+
+
+def thread_cpu() -> dict[str, tuple[float, float]]:
+    """(user, system) CPU seconds of each live thread of this process, by thread name (the
+    verify pool's threads summed): where the CPU that no stage timer sees goes (system calls,
+    GIL hand-offs, the heartbeat)."""
+    import threading
+
+    import psutil
+
+    names = {t.native_id: t.name.split("_")[0] for t in threading.enumerate()}
+    out: dict[str, tuple[float, float]] = {}
+    for t in psutil.Process().threads():
+        name = names.get(t.id, "other")
+        u, s = out.get(name, (0.0, 0.0))
+        out[name] = (u + t.user_time, s + t.system_time)
+    return out
 
 
 def make_windows(devs: list[Any], baseline: dict[str, Any], t0: float, window_s: float, per_device: int,
@@ -127,9 +146,11 @@ def stage_costs(url: str, settings: Any, devs: list[Any], baseline: dict[str, An
 
     from fleet.db import json_dumps
     from fleet.ingest.device_cache import DeviceCache
+    from fleet.ingest.service import tune_gc
     from fleet.ingest.store import Processor
     from fleet.ingest.verification import check_telemetry, open_signed
 
+    tune_gc()  # as in an ingest process: timed without the young collections every few messages
     msgs = make_windows(devs[:n], baseline, time.time(), 10.0, 1, seq0=10**6)[:n]
     engine = create_engine(url, json_serializer=json_dumps, pool_size=1, max_overflow=0)
     cache = DeviceCache(settings, engine)
@@ -340,7 +361,8 @@ def _report(args: argparse.Namespace, m: dict[str, Any], children: list[dict[str
         "aggregate_bytes_total": m["agg_bytes"], "partitions": m["parts"],
         "per_ingest_process": [{"cpu_s": round(ch["cpu_s"], 2), "stored": ch["stored"].get("telemetry", 0),
                                 "stages_cpu_s": {k: round(v, 3) for k, v in ch["stages"].items()},
-                                "duplicates": ch["duplicates"].get("telemetry", 0), "dropped": ch["dropped"]}
+                                "duplicates": ch["duplicates"].get("telemetry", 0), "dropped": ch["dropped"],
+                                "threads_user_sys_s": ch.get("threads", {})}
                                for ch in children],
         "api_p99_ms": {k: round(v, 1) for k, v in api.items()},
     }
