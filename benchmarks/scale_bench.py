@@ -41,7 +41,7 @@ TARGETS = {"devices": 10000, "loss": 0, "lag_p99_windows": 1.0, "windows_per_ing
            "api_p99_ms": 100.0, "canary_stop_windows": 2.0}
 
 
-def _settings(url: str, fleet_id: str, verify: str, rate: float) -> Any:
+def _settings(url: str, fleet_id: str, verify: str, rate: float, batch_wait_s: float = BATCH_WAIT_S) -> Any:
     import tempfile
 
     from fleet.settings import FleetSettings
@@ -51,17 +51,18 @@ def _settings(url: str, fleet_id: str, verify: str, rate: float) -> Any:
                       api_tokens={"bench-token": "viewer"})
     s.ingest.shared_group = f"g{fleet_id}"
     s.ingest.device_cache_s = 3600
-    s.ingest.batch_wait_s = BATCH_WAIT_S
+    s.ingest.batch_wait_s = batch_wait_s
     s.ingest.receive = "batched"  # QoS 1 publishes cut out of each read (docs/deploy.md, Sizing)
     s.ingest.verify, s.ingest.sample_rate = verify, rate
     return s
 
 
-def _ingest_child(url: str, fleet_id: str, verify: str, rate: float, i: int, ready: Any, stop: Any, out: Any) -> None:
+def _ingest_child(url: str, fleet_id: str, verify: str, rate: float, wait_s: float, i: int, ready: Any, stop: Any,
+                  out: Any) -> None:
     from fleet.db import make_engine
     from fleet.ingest.service import IngestService
 
-    svc = IngestService(_settings(url, fleet_id, verify, rate), make_engine(url), client_id=f"{fleet_id}-in{i}")
+    svc = IngestService(_settings(url, fleet_id, verify, rate, wait_s), make_engine(url), client_id=f"{fleet_id}-in{i}")
     svc.start(timeout=30)
     cpu0, threads0 = time.process_time(), thread_cpu()  # from subscribed to drained: the load period
     ready.set()
@@ -205,6 +206,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ingest", type=int, default=3, help="ingest processes on the shared subscription")
     ap.add_argument("--verify", choices=["sample", "all"], default="sample")
     ap.add_argument("--sample-rate", type=float, default=0.05)
+    ap.add_argument("--batch-wait", type=float, default=BATCH_WAIT_S, help="ingest.batch_wait_s of the ingest processes")
     ap.add_argument("--no-stages", dest="stages", action="store_false", help="skip the per-stage and API timing")
     ap.add_argument("--no-canary", dest="canary", action="store_false", help="skip the bad-version canary rollout")
     ap.add_argument("--out", default=str(OUT / "scale_bench.json"))
@@ -240,7 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fleet_id = f"scale{int(time.time()) % 10**6}"
     db = BenchDB("postgres")
     url = db.fresh_url()
-    settings = _settings(url, fleet_id, args.verify, args.sample_rate)
+    settings = _settings(url, fleet_id, args.verify, args.sample_rate, args.batch_wait)
     baseline = make_baseline(seed=2, n_features=16)
     devs = [SimDevice(f"{fleet_id}-{i:05d}", fleet=fleet_id) for i in range(args.devices)]
     enrol_devices(url, fleet_id, devs)
@@ -250,8 +252,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
     readies = [ctx.Event() for _ in range(args.ingest)]
-    procs = [ctx.Process(target=_ingest_child, args=(url, fleet_id, args.verify, args.sample_rate, i, readies[i],
-                                                     stop, out)) for i in range(args.ingest)]
+    procs = [ctx.Process(target=_ingest_child, args=(url, fleet_id, args.verify, args.sample_rate, args.batch_wait, i,
+                                                     readies[i], stop, out)) for i in range(args.ingest)]
     m: dict[str, Any] = {"per_device": per_device}
     try:
         for p in procs:
@@ -344,6 +346,7 @@ def _report(args: argparse.Namespace, m: dict[str, Any], children: list[dict[str
     return {
         "devices": args.devices, "window_s": args.window, "duration_s": secs,
         "ingest_processes": args.ingest, "verify": args.verify, "sample_rate": args.sample_rate,
+        "batch_wait_s": args.batch_wait,
         "generate_s": round(m["gen_s"], 1), "publisher_max_late_s": round(m["late"], 3),
         "stored_by_s_after_last_publish": round(m["drain_s"], 1),
         "offered": m["offered"], "stored": stored, "loss": m["offered"] - stored,
@@ -387,7 +390,7 @@ def print_table(r: dict[str, Any]) -> None:
         ("loss", f"{r['loss']}", "0"),
         ("ingest lag p99 (max)", f"{r['lag_p99_s']} s = {r['lag_p99_windows']} windows ({r['lag_max_s']} s)",
          "< 1 window"),
-        (f"windows per ingest CPU-s ({r['verify']}, rate {r['sample_rate']})",
+        (f"windows per ingest CPU-s ({r['verify']}, rate {r['sample_rate']}, batch wait {r.get('batch_wait_s')} s)",
          f"{r['windows_per_ingest_cpu_s']}", f"{TARGETS['windows_per_ingest_cpu_s']:.0f}"),
         ("ingest CPU per message", f"{r['ingest_cpu_per_msg_us']} us ({r['ingest_processes']} processes)", ""),
         *[(f"  stage {k}", f"{v} us", "") for k, v in r["stage_us"].items()],
