@@ -75,7 +75,7 @@ def test_cli_commands(tmp_path, build_keys, baseline, monkeypatch) -> None:  # t
     r = CliRunner()
     d = ["--data-dir", str(tmp_path / "data")]
     out = r.invoke(fleet_cli, d + ["db", "upgrade"])
-    assert out.exit_code == 0 and "0007" in out.output
+    assert out.exit_code == 0 and "0008" in out.output
     tok = r.invoke(fleet_cli, d + ["token", "create", "--role", "operator"])
     assert tok.exit_code == 0 and tok.stdout.strip().startswith("eft_")  # stderr says which database
     enr = r.invoke(fleet_cli, d + ["enrol-token", "create", "--attr", "region=eu"])
