@@ -27,13 +27,15 @@ from fleet.analytics.verdicts import (
     low_confidence_spike,
     slice_gap,
 )
-from fleet.models import DriftAlert, TelemetryWindow
+from fleet.models import DeviceVersionWindows, DriftAlert
 from fleet.settings import AnalyticsSettings
 
 
 def _versions(db: Session, since: float) -> list[tuple[str, int]]:
-    rows = db.exec(select(TelemetryWindow.model_name, TelemetryWindow.model_version)
-                   .where(TelemetryWindow.window_end >= since, TelemetryWindow.role != "shadow").distinct())
+    """Versions that served (not shadow) since then, from ingest's per-device window counts
+    (never the raw windows, which retention drops and which grow with the fleet)."""
+    W = DeviceVersionWindows
+    rows = db.exec(select(W.model_name, W.model_version).where(W.last_end >= since, W.role != "shadow").distinct())
     return sorted({(str(n), int(v)) for n, v in rows})
 
 

@@ -1,7 +1,7 @@
 """Retention by age (issue 16): the fleet deletes what its policy no longer keeps, on a schedule
 (fleet.catalogue.housekeeping). Raw per-device telemetry windows follow `ingest.retention_days`;
-aggregates, device events and the audit log follow `lifecycle.*_retention_days` (0 keeps
-forever). Each run that deletes anything leaves an audit entry saying how much and why.
+aggregates (and the per-device window counts rollouts read beside them), device events and the
+audit log follow `lifecycle.*_retention_days` (0 keeps forever). Each run that deletes anything leaves an audit entry saying how much and why.
 On PostgreSQL raw windows are day partitions (fleet.ingest.partitions): whole days are dropped."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from fleet import audit
 from fleet.ingest import partitions
-from fleet.models import Aggregate, AuditEntry, DeviceEvent, TelemetryWindow
+from fleet.models import Aggregate, AuditEntry, DeviceEvent, DeviceVersionWindows, TelemetryWindow
 from fleet.settings import FleetSettings
 
 DAY = 86400.0
@@ -25,6 +25,8 @@ def policy(settings: FleetSettings) -> list[tuple[str, Any, Any, float]]:
     lc = settings.lifecycle
     return [("raw telemetry windows", TelemetryWindow, TelemetryWindow.received_at, settings.ingest.retention_days),
             ("telemetry aggregates", Aggregate, Aggregate.window_start, lc.aggregate_retention_days),
+            ("device window counts", DeviceVersionWindows, DeviceVersionWindows.last_end,
+             lc.aggregate_retention_days),
             ("device events", DeviceEvent, DeviceEvent.received_at, lc.event_retention_days),
             ("audit entries", AuditEntry, AuditEntry.at, lc.audit_retention_days)]
 

@@ -16,7 +16,14 @@ from agent.config import TelemetryConfig
 from fleet.db import init_db, make_engine
 from fleet.drift import alerts, retraining
 from fleet.ingest import aggregate
-from fleet.models import Aggregate, DriftAlert, ModelVersion, RetrainingRequest, TelemetryWindow
+from fleet.models import (
+    Aggregate,
+    DeviceVersionWindows,
+    DriftAlert,
+    ModelVersion,
+    RetrainingRequest,
+    TelemetryWindow,
+)
 from fleet.settings import FleetSettings
 
 pytestmark = pytest.mark.slow
@@ -45,6 +52,12 @@ def _store(db: Session, payloads: list[dict[str, Any]], device: str, at: float, 
         db.add(Aggregate(model_name=name, model_version=version, role=role, device_class=cls, cohort=device,
                          window_start=at - 60, n_windows=merged["n_windows"], requests=merged["requests"],
                          errors=sum(merged["errors"].values()), payload=merged))
+        # and counted per device, as ingest does (which versions reported is read from these)
+        row = db.get(DeviceVersionWindows, (device, name, role, version)) or DeviceVersionWindows(
+            device_id=device, model_name=name, role=role, model_version=version, device_class=cls,
+            first_start=at - 60, last_end=at, windows=0)
+        row.last_end, row.windows = max(row.last_end, at), row.windows + len(ps)
+        db.add(row)
     db.commit()
 
 

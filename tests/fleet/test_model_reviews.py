@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 
 from fleet.catalogue import housekeeping
 from fleet.devsim import make_baseline, make_bundle
-from fleet.models import Aggregate, AuditEntry, DeviceEvent, TelemetryWindow
+from fleet.models import Aggregate, AuditEntry, DeviceEvent, DeviceVersionWindows, TelemetryWindow
 
 DAY = 86400.0
 
@@ -80,13 +80,17 @@ def test_retention_by_age(fleet) -> None:  # type: ignore[no-untyped-def]
             db.add(TelemetryWindow(device_id="d", seq=i, window_start=t, window_end=t + 60, model_name="m",
                                    model_version=1, received_at=t))
             db.add(Aggregate(model_name="m", model_version=1, window_start=t))
+            db.add(DeviceVersionWindows(device_id=f"d{i}", model_name="m", role="active", model_version=1,
+                                        first_start=t, last_end=t + 60, windows=3))
             db.add(DeviceEvent(device_id="d", seq=i, time=t, kind="install-ok", received_at=t))
             db.add(AuditEntry(actor="x", action="test.old" if t == old else "test.new", at=t))
         db.commit()
     out = housekeeping.run_once(fleet.ctx, now)
-    assert out["deleted"] == {"raw telemetry windows": 1, "telemetry aggregates": 1, "device events": 1}
+    assert out["deleted"] == {"raw telemetry windows": 1, "telemetry aggregates": 1, "device window counts": 1,
+                              "device events": 1}
     with Session(fleet.ctx.engine) as db:
         assert len(db.exec(select(TelemetryWindow)).all()) == 1 and len(db.exec(select(Aggregate)).all()) == 1
+        assert [r.device_id for r in db.exec(select(DeviceVersionWindows)).all()] == ["d1"]  # the recent one
         assert len(db.exec(select(DeviceEvent)).all()) == 1
         assert db.exec(select(AuditEntry).where(AuditEntry.action == "test.old")).first() is not None  # kept
         assert db.exec(select(AuditEntry).where(AuditEntry.action == "retention.apply")).first() is not None
