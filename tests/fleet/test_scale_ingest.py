@@ -24,6 +24,11 @@ def test_three_ingest_processes_lose_nothing(broker, pg_database) -> None:  # ty
     # CPU by stage, measured in the ingest processes themselves: every stage ran, receive included
     assert all(p["stages_cpu_s"]["parse"] > 0 and p["stages_cpu_s"]["store"] > 0 for p in per)
     assert r["stage_us"]["receive (MQTT thread, hand-off; the rest)"] > 0
+    # and by thread ([user, system] CPU-s; clock ticks, so a short run may read 0): every ingest thread named
+    assert all({"edgefleet-ingest-writer", "edgefleet-ingest-store", "edgefleet-ingest-heartbeat"}
+               <= p["threads_user_sys_s"].keys() for p in per)
+    assert sum(sum(sum(v) for v in p["threads_user_sys_s"].values()) for p in per) > 0
+    assert r["batch_wait_s"] == scale_bench.BATCH_WAIT_S
     assert r["partitions"] >= 5  # today, yesterday and three days ahead
 
 
@@ -33,7 +38,7 @@ def test_a_bad_version_under_load_is_stopped_at_the_canary(broker, pg_database) 
     from benchmarks import scale_bench
 
     args = scale_bench.parse(["--devices", "200", "--window", "2", "--duration", "16", "--ingest", "2",
-                              "--no-stages", "--out", "/dev/null"])
+                              "--batch-wait", "0.5", "--no-stages", "--out", "/dev/null"])  # 2 s windows: a short wait
     r = scale_bench.run(args)
     c = r["canary"]
     assert c["status"] == "paused" and c["canary_as_planned"] and c["canary_devices"] == 2, c
