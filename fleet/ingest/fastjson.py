@@ -7,6 +7,7 @@ or more digits (orjson would read an integer beyond 64 bits as a float; the stdl
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from agent.protocol import MAX_MESSAGE_BYTES
@@ -52,3 +53,16 @@ def decode(raw: bytes) -> dict[str, Any]:
         if isinstance(doc, dict):
             return doc
     return _std_decode(raw)
+
+
+def loads(text: str) -> Any:
+    """json.loads for trusted text the database returns (any JSON value, no size limit), with
+    orjson when the result is the same."""
+    if orjson is not None:
+        raw = text.encode()
+        if not _long_number(raw):
+            try:
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                pass
+    return json.loads(text)

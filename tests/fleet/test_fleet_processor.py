@@ -242,3 +242,30 @@ def test_vectorised_merge_equals_plain_merge(baseline) -> None:  # type: ignore[
     assert fast["features"] == plain["features"] and fast["prediction"] == plain["prediction"]
     assert fast["errors"] == plain["errors"] and fast["latency_us"] == plain["latency_us"]
     assert sum(f["nan"] for f in fast["features"]) == sum(range(9)) and fast["prediction"]["nan"] == 9
+
+
+def test_device_cache_reads_keys_labels_and_status_alike_on_both_databases(fleet) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL reads the rows with one array parameter and the attributes through fastjson;
+    the result is what SQLAlchemy's rows give on SQLite: keys, class, cohort (an integer of 20
+    digits kept exact), decommissioned and quarantined devices."""
+    from agent.keys import key_id
+    from fleet.ingest.device_cache import DeviceCache
+
+    devs = [SimDevice(f"k{i}") for i in range(4)]
+    _enrol(fleet, devs[0], {"region": "eu"})
+    _enrol(fleet, devs[1], {"cohort": "beta", "region": "us"})
+    _enrol(fleet, devs[2], {"region": 12345678901234567890123})
+    _enrol(fleet, devs[3], {"region": "ap"})
+    with fleet.ctx.session() as db:
+        decommission(db, devs[3].device_id, "test")
+        d = db.get(Device, devs[2].device_id)
+        d.quarantined_at = 5.0
+        db.add(d)
+        db.commit()
+    cache = DeviceCache(fleet.settings, fleet.ctx.engine)
+    infos = cache.lookup([d.device_id for d in devs] + ["nobody"])
+    assert [infos[d.device_id].cohort for d in devs[:3]] == ["region=eu", "beta", "region=12345678901234567890123"]
+    assert all(key_id(devs[i].key) in infos[devs[i].device_id].keyring.keys for i in range(3))
+    assert [infos[d.device_id].quarantined for d in devs[:3]] == [False, False, True]
+    assert infos[devs[3].device_id].keyring is None and infos["nobody"].keyring is None
+    assert infos[devs[0].device_id].device_class == devs[0].device_class
