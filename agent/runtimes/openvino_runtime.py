@@ -29,7 +29,7 @@ class StaticShapes:
     """Compiled static-shape variants of a dynamic-shape model, least recently used first out.
 
     Why: OpenVINO's CPU plugin runs a model compiled for one shape faster than the dynamic one
-    (nudenet's YOLOv8n INT8: 6-10% at batch 1), with bitwise-equal outputs. A variant is compiled
+    (nudenet's YOLOv8n INT8: 6-11% at batch 1), with bitwise-equal outputs. A variant is compiled
     on a shape's first call (about 0.5 s for YOLOv8n); after 4x capacity compiles (the shapes churn)
     no more are made and the dynamic model serves the rest. Each variant holds its own copy of the
     weights, so the variants' weights are capped at VARIANT_BYTES (a 200 MB model gets one variant).
