@@ -19,8 +19,8 @@ OpenVINO in f32 (CPUs with AVX512-BF16/AMX otherwise run f32 graphs in bf16, abo
 wrecked a small INT8 transformer: cosine 0.65 vs 0.999), TFLite tensors by position, no shape cache.
 
 `shape_cache` (OpenVINO): a model with dynamic input dimensions (nudenet's YOLOv8n takes any H x W)
-runs 6-11% faster compiled for one static shape (no per-call shape inference, in-place memory, fused
-subgraphs) with bitwise-equal outputs, so the agent compiles a static variant for each input shape it
+runs 6-11% faster compiled for one static shape (no per-call shape inference; the f32 head fused into one
+Subgraph) with bitwise-equal outputs, so the agent compiles a static variant for each input shape it
 is asked for, up to this many (least recently used first out); the interface stays dynamic.
 """
 
