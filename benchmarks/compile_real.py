@@ -41,7 +41,6 @@ def _interleaved(runners: dict[str, Any], one: dict[str, np.ndarray], rounds: in
     for r in runners.values():
         for _ in range(3):
             r.run(one)
-        getattr(r, "settle", lambda: None)()  # a shape compiled in the background is ready
     for _ in range(rounds):
         for key, r in runners.items():
             for _ in range(per_round):

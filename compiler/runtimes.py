@@ -50,13 +50,6 @@ class Runner:
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(self.runtime.run(check_inputs(self._feed(inputs), self.specs))[0], dtype=np.float32)
 
-    def settle(self) -> None:
-        """Wait for what the warm-up started in the background (OpenVINO's static-shape variant of
-        a new input shape), so a timing measures what a device serves once warm."""
-        static = getattr(self.runtime, "static", None)
-        if static is not None:
-            static.wait()
-
 
 class OnnxRunner(Runner):
     """FP32 ONNX Runtime (the reference and the side-by-side latency peer)."""
@@ -90,7 +83,6 @@ def measure_latency(runner: Runner, sample: Any, iterations: int = 50, warmup: i
     one = sample.batches(1)[0] if hasattr(sample, "batches") else {k: v[:1] for k, v in sample.items()}
     for _ in range(warmup):
         runner.run(one)
-    runner.settle()
     times = np.empty(iterations)
     for i in range(iterations):
         t0 = time.perf_counter()

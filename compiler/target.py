@@ -71,8 +71,6 @@ def side_by_side(candidate: Any, fp32: Any, sample: Any, iterations: int = 50, w
     for _ in range(warmup):
         candidate.run(one)
         fp32.run(one)
-    for r in (candidate, fp32):
-        getattr(r, "settle", lambda: None)()
     a, b = np.empty(iterations), np.empty(iterations)
     for i in range(iterations):
         t0 = time.perf_counter()

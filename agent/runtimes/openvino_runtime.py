@@ -29,12 +29,10 @@ class StaticShapes:
     """Compiled static-shape variants of a dynamic-shape model, least recently used first out.
 
     Why: OpenVINO's CPU plugin runs a model compiled for one shape faster than the dynamic one
-    (nudenet's YOLOv8n INT8: 6-11% at batch 1), with bitwise-equal outputs. The first shape (the
-    install's warm-up, the compiler's gate) is compiled on its call; a later new shape is compiled
-    on a background thread (about 0.5 s for YOLOv8n) while the dynamic model serves it, so no
-    request waits for a compile and other shapes keep running. After 4x capacity compiles (the
-    shapes churn) no more are made. Each variant holds its own copy of the weights, so the
-    variants' weights are capped at VARIANT_BYTES (a 200 MB model gets one variant).
+    (nudenet's YOLOv8n INT8: 6-11% at batch 1), with bitwise-equal outputs. A variant is compiled
+    on a shape's first call (about 0.5 s for YOLOv8n); after 4x capacity compiles (the shapes churn)
+    no more are made and the dynamic model serves the rest. Each variant holds its own copy of the
+    weights, so the variants' weights are capped at VARIANT_BYTES (a 200 MB model gets one variant).
     """
 
     def __init__(self, core: Any, model: Any, config: dict[str, Any], capacity: int) -> None:
@@ -43,48 +41,29 @@ class StaticShapes:
         self.failed: set[ShapeKey] = set()
         self.compiles = 0
         self._lock = threading.Lock()
-        self._pending: dict[ShapeKey, threading.Thread] = {}
 
     def get(self, inputs: dict[str, np.ndarray]) -> Any | None:
-        """The variant for these inputs' shapes; None: use the dynamic model (meanwhile or for good)."""
+        """The variant for these inputs' shapes, compiled now if need be; None: use the dynamic model."""
         key = tuple(sorted((name, tuple(np.shape(a))) for name, a in inputs.items()))
         with self._lock:
             if key in self.variants:
                 self.variants.move_to_end(key)
                 return self.variants[key]
-            if self.compiles >= 4 * self.capacity or key in self.failed or key in self._pending:
+            if self.compiles >= 4 * self.capacity or key in self.failed:
                 return None
             self.compiles += 1
-            first = not self.variants and not self._pending
-            if not first:
-                t = self._pending[key] = threading.Thread(target=self._compile, args=(key,), daemon=True,
-                                                          name="edgefleet-openvino-shape")
-                t.start()
-                return None
-        return self._compile(key)
-
-    def _compile(self, key: ShapeKey) -> Any | None:
-        model = self.model.clone()
-        try:
-            model.reshape(dict(key))
-            compiled = self.core.compile_model(model, "CPU", self.config)
-        except Exception as exc:  # a shape the model cannot take: the dynamic model says why
-            log.info("event=static-shape-skipped shape=%s error=%s", key, str(exc)[:200])
-            compiled = None
-        with self._lock:
-            self._pending.pop(key, None)
-            if compiled is None:
+            model = self.model.clone()
+            try:
+                model.reshape(dict(key))
+                compiled = self.core.compile_model(model, "CPU", self.config)
+            except Exception as exc:  # a shape the model cannot take: the dynamic model says why
+                log.info("event=static-shape-skipped shape=%s error=%s", key, str(exc)[:200])
                 self.failed.add(key)
                 return None
             self.variants[key] = compiled
             if len(self.variants) > self.capacity:
                 self.variants.popitem(last=False)
-        return compiled
-
-    def wait(self, timeout: float = 30.0) -> None:
-        """Until the background compiles started so far are done (tests, benchmarks)."""
-        for t in list(self._pending.values()):
-            t.join(timeout)
+            return compiled
 
 
 class OpenVinoRuntime:

@@ -38,12 +38,9 @@ def test_openvino_serves_static_shape_variants_equal_to_the_dynamic_model(model_
     plain = load_runtime("openvino", xml, RuntimeOptions(), {"runtime_config": {"threads": 1}})
     assert plain.static is None and cached.static is not None
     x = digits[0]
-    (got,), (want,) = cached.run({"x": x[:1]}), plain.run({"x": x[:1]})
-    assert list(cached.static.variants) == [(("x", (1, 64)),)]  # the first shape: compiled on its call
-    for n in (3, 3, 1, 5, 5):
+    for n in (1, 3, 1, 5):
         (got,), (want,) = cached.run({"x": x[:n]}), plain.run({"x": x[:n]})
-        assert got.shape == (n, 10) and np.array_equal(got, want)  # dynamic or variant: the same bits
-        cached.static.wait()  # later shapes compile in the background, the dynamic model serves meanwhile
+        assert got.shape == (n, 10) and np.array_equal(got, want)
     shapes = [dict(k)["x"] for k in cached.static.variants]
     assert shapes == [(1, 64), (5, 64)] and cached.static.compiles == 3  # batch 3 was evicted, batch 1 reused
 
