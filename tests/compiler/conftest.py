@@ -90,3 +90,46 @@ def build(keys: tuple[Path, Path], tmp_path: Path):
         return compile_model(CompileConfig(**{**defaults, **kwargs}))
 
     return run
+
+
+ALL_CLASSES = ["x86-64-generic", "x86-avx512-vnni", "arm64-cortex-a", "mcu-class-int8", "nvidia-jetson"]
+MLP_BUILD = {"name": "digits-mlp", "version": 3, "latency_iterations": 10}
+
+
+class MlpBuilds(list):
+    """BuildResults, one per class, plus the gate's eval-set outputs per class (`gated`)."""
+
+    gated: dict[str, list[np.ndarray]]
+
+
+@pytest.fixture(scope="session")
+def mlp_builds(mlp: Any, digits: dict[str, np.ndarray], keys: tuple[Path, Path],
+               tmp_path_factory: pytest.TempPathFactory) -> MlpBuilds:
+    """The digits MLP compiled once for every device class (each at its own format and precision).
+
+    Why session-wide: the format, serving and reproducibility tests each compiled this same model
+    for the same classes; one build serves them all. `gated[device_class]` holds the eval-set
+    outputs the gate computed for each candidate of that class, in order (the last is the chosen one's
+    when the class passed on its first candidate)."""
+    from compiler import candidates
+    from compiler.config import CompileConfig
+    from compiler.pipeline import compile_model
+
+    gated: dict[str, list[np.ndarray]] = {}
+    original = candidates.Evaluator.__call__
+
+    def spy(self: Any, art: Any, ctx: Any) -> Any:
+        res = original(self, art, ctx)
+        if res.outputs is not None:
+            dc = next(c for c in ALL_CLASSES if c in Path(art.entry_path).parts)
+            gated.setdefault(dc, []).append(np.array(res.outputs))
+        return res
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(candidates.Evaluator, "__call__", spy)
+        results = compile_model(CompileConfig(torch=mlp, calib=calib_set(digits, "mlp"), eval=eval_set(digits, "mlp"),
+                                              device_classes=ALL_CLASSES, signing_key=keys[0],
+                                              out=tmp_path_factory.mktemp("mlp-builds"), progress=False, **MLP_BUILD))
+    builds = MlpBuilds(results)
+    builds.gated = gated
+    return builds

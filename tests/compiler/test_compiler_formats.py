@@ -33,9 +33,8 @@ def _compile(model: Any, digits: dict, kind: str, classes: list[str], keys: tupl
                                        latency_iterations=10, name=f"digits-{kind}", version=3, **budgets))
 
 
-@pytest.fixture(scope="module")
-def mlp_builds(mlp, digits, keys, tmp_path_factory) -> list[BuildResult]:
-    return _compile(mlp, digits, "mlp", ALL_CLASSES, keys, tmp_path_factory.mktemp("mlp"))
+# mlp_builds (the MLP for every class, name digits-mlp, version 3) is a session fixture in conftest.py:
+# the serving and reproducibility tests check the same build.
 
 
 @pytest.fixture(scope="module")
