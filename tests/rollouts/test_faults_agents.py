@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections import Counter
 
 import pytest
@@ -73,7 +72,10 @@ def test_real_agents_survive_a_frozen_canary_and_a_fleet_kill(built, tmp_path, p
         canary = wait_for(lambda: [t.device_id for t in _targets(w, rid) if t.wave_index == 0
                                    and t.status == "commanded"], 60, "canary commanded")[0]
         os.kill(by_id[canary].proc.pid, signal.SIGSTOP)
-        time.sleep(5)                               # > 1.5 x keepalive: the broker drops it
+        # > 1.5 x keepalive: wait until the broker has dropped it (its own log line), not a fixed 5 s
+        dropped = f"Client edgefleet-{w.fleet_id}-{canary} has exceeded timeout"
+        wait_for(lambda: dropped in (w.broker.dir / "mosquitto.log").read_text(errors="replace"), 30,
+                 "the broker to drop the frozen canary")
         os.kill(by_id[canary].proc.pid, signal.SIGCONT)
         wait_for(lambda: w.rollout(rid).current_wave >= 1 or w.rollout(rid).status != "running", 90, "wave 1")
         w.restart_fleet(signal.SIGKILL)
