@@ -79,7 +79,7 @@ def test_a_device_that_never_answers_fails_its_wave_over_mqtt(world_factory):
 
 def test_fleet_restart_mid_rollout_resumes_where_it_was(world_factory, tmp_path):
     w = world_factory(n_devices=10, database_url=f"sqlite:///{tmp_path / 'restart.db'}")
-    rid = w.create(spec_dict(percents=(10, 50, 100), soak_s=3, **FAST))
+    rid = w.create(spec_dict(percents=(10, 50, 100), soak_s=1, **FAST))   # soak: holds wave 1 open for the stop
     wait_for(lambda: w.rollout(rid).current_wave == 1, 40, "second wave")
     before = Counter(c.device_id for c in w.commands(rid) if c.kind == "install")
     holder_before = w.rollout(rid).last_holder
