@@ -96,15 +96,9 @@ def test_a_bad_version_stops_at_the_canary_when_the_fleet_is_killed_during_it(wo
     assert not w.installs_accepted(3).keys() - {t.device_id for t in _targets(w, rid) if t.wave_index == 0}
 
 
-@pytest.mark.parametrize("down_s", [20, 60], ids=["broker-down-20s", "broker-down-60s"])
-def test_a_broker_outage_makes_rollouts_wait_not_fail(world_factory, down_s):
-    """What was seen 4: a broker outage blinded the fleet; devices timed out from the decision and
-    a good version was rolled back. Now the wave waits (visible in API, console and an open alert)
-    and resumes; the issue's fault suite asks for 20 s and 60 s outages."""
-    w = world_factory()
-    rid = w.create(2, (25, 100), report_timeout_s=6)
-    wait_for(lambda: w.rollout(rid).current_wave >= 1 and _wave_has(w, rid, 1, ("commanded", "installed")),
-             60, "wave 1 commanded")
+def _broker_outage(w: FaultWorld, rid: int, down_s: float) -> None:
+    """Stop the broker for down_s while the rollout's current wave is judged; the wave must say it
+    waits (API, console, an open alert) rather than time its devices out."""
     down_at = time.monotonic()
     w.broker.stop()                            # longer than report_timeout_s
     api = requests.Session()
@@ -119,6 +113,20 @@ def test_a_broker_outage_makes_rollouts_wait_not_fail(world_factory, down_s):
                for a in alerts["items"]), alerts
     time.sleep(max(0.0, down_s - (time.monotonic() - down_at)))
     w.broker.start()
+
+
+def test_a_broker_outage_makes_rollouts_wait_not_fail(world_factory):
+    """What was seen 4: a broker outage blinded the fleet; devices timed out from the decision and
+    a good version was rolled back. Now the wave waits (visible in API, console and an open alert)
+    and resumes; the issue's fault suite asks for 20 s and 60 s outages. One rollout meets both
+    (20 s while wave 1 is judged, 60 s while wave 2 is): one world and canary wave instead of two."""
+    w = world_factory()
+    rid = w.create(2, (25, 50, 100), report_timeout_s=6)
+    for wave, down_s in ((1, 20), (2, 60)):
+        wait_for(lambda wave=wave: w.rollout(rid).current_wave >= wave
+                 and _wave_has(w, rid, wave, ("commanded", "installed")), 60, f"wave {wave} commanded")
+        assert w.rollout(rid).status == "running"
+        _broker_outage(w, rid, down_s)
     _assert_good_run(w, rid, 2)
     # mosquitto 2.0 restores neither MQTT 5 sessions nor shared subscriptions after a restart:
     # devices with mqtt.hold_until_ingest (as enrolled) keep their windows until ingest has
