@@ -33,6 +33,19 @@ PYTHON = sys.executable
 BROKER_URL = "mqtt://127.0.0.1:1883"
 
 
+# The session fixtures below are imported by other directories' conftests and modules (analytics,
+# explain, fleet/test_drift_agreement); pytest gives each importer its own copy, which retrained the
+# models and re-signed the bundles there. One value per process instead: keys, models and bundles
+# stay consistent (the bundles are signed by these keys) and are made once.
+_ONCE: dict[str, Any] = {}
+
+
+def _once(name: str, make: Any) -> Any:
+    if name not in _ONCE:
+        _ONCE[name] = make()
+    return _ONCE[name]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,6 +54,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return _once("fleet_keys", lambda: _fleet_keys(tmp_path_factory))
+
+
+def _fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("keys")
     priv, pub = generate_keypair(d, "fleet")
     priv2, pub2 = generate_keypair(d, "fleet2")
@@ -53,6 +70,10 @@ def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _once("model_files", lambda: _model_files(tmp_path_factory))
+
+
+def _model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("models")
     m1, m2 = models.train_mlp(seed=0), models.train_mlp(seed=1)
     w1, w2 = models.mlp_weights(m1), models.mlp_weights(m2)
@@ -76,6 +97,11 @@ def _bundle(out: Path, files: dict[str, Path], version: int, fmt: str, entry: st
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory: pytest.TempPathFactory, model_files: dict[str, Any],
             fleet_keys: dict[str, Path]) -> dict[str, Path]:
+    return _once("bundles", lambda: _bundles(tmp_path_factory, model_files, fleet_keys))
+
+
+def _bundles(tmp_path_factory: pytest.TempPathFactory, model_files: dict[str, Any],
+             fleet_keys: dict[str, Path]) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("bundles")
     k = fleet_keys["build"]
     mf = model_files
@@ -101,7 +127,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, model_files: dict[str, Any
 
 @pytest.fixture(scope="session")
 def digits() -> tuple[np.ndarray, np.ndarray]:
-    return models.digits_data()
+    return _once("digits", models.digits_data)
 
 
 def make_config(state_dir: Path, fleet_pub: Path | None, *, device_id: str = "dev-1", mqtt_url: str = "",
