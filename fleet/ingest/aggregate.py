@@ -32,47 +32,70 @@ def empty() -> dict[str, Any]:
 
 def merge_into(acc: dict[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
     """Add telemetry payload (or another aggregate payload) `p` to `acc` in place; returns acc."""
-    _merge_scalars(acc, p)
+    _merge_scalars(acc, [p])
     _merge_histograms(acc, p)
     return acc
 
 
-def _merge_scalars(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
-    """Everything but the feature and prediction histograms."""
-    is_agg = "n_windows" in p
-    acc["n_windows"] += int(p.get("n_windows", 1))
-    acc["devices"] += int(p.get("devices", 1))
-    acc["requests"] += int(p.get("requests", 0))
-    acc["sampled"] += int(p.get("sampled", 0))
-    acc["dropped_windows"] += int(p.get("dropped_windows", 0))
-    acc["edge_mismatch"] += int(p.get("edge_mismatch", 0))
-    for k, v in (p.get("errors") or {}).items():
-        acc["errors"][k] = acc["errors"].get(k, 0) + int(v)
-    lat_in = p.get("latency_us") or {}
-    lat = acc["latency_us"]
-    for k, v in (lat_in.get("buckets") or {}).items():
-        lat["buckets"][k] = lat["buckets"].get(k, 0) + int(v)
-    lat["sum_us"] = float(lat["sum_us"]) + float(lat_in.get("sum_us", 0.0))
-    if is_agg:
-        for k, v in (p.get("resources_sum") or {}).items():
-            acc["resources_sum"][k] = acc["resources_sum"].get(k, 0.0) + float(v)
-            acc["resources_n"][k] = acc["resources_n"].get(k, 0) + int(p["resources_n"].get(k, 0))
-        for k, v in (p.get("resources_max") or {}).items():
-            acc["resources_max"][k] = max(acc["resources_max"].get(k, float("-inf")), float(v))
-    else:
-        for k, v in (p.get("resources") or {}).items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                acc["resources_sum"][k] = acc["resources_sum"].get(k, 0.0) + float(v)
-                acc["resources_n"][k] = acc["resources_n"].get(k, 0) + 1
-                acc["resources_max"][k] = max(acc["resources_max"].get(k, float("-inf")), float(v))
-    sh = p.get("shadow")
-    if isinstance(sh, Mapping):
-        acc["shadow"]["compared"] += int(sh.get("compared", 0))
-        acc["shadow"]["agreed"] += int(sh.get("agreed", 0))
-    if "confidence" in p or "outcomes" in p or "data_quality" in p:  # field loop (issue 14), data quality (15)
-        from fleet.ingest.aggregate_quality import merge_quality
+_COUNTED = (("n_windows", 1), ("devices", 1), ("requests", 0), ("sampled", 0), ("dropped_windows", 0),
+            ("edge_mismatch", 0))  # (field, what a telemetry payload counts as when it lacks it)
 
-        merge_quality(acc, p)
+
+def _merge_scalars(acc: dict[str, Any], ps: Sequence[Mapping[str, Any]]) -> None:
+    """Everything but the feature and prediction histograms, of telemetry or aggregate payloads.
+    A field at a time over the batch, so ingest's thousands of windows a second cost a few C-level
+    passes instead of a Python loop per payload and key; the same sums (floats folded in payload
+    order), maxima and key order as adding the payloads one by one."""
+    for k, default in _COUNTED:
+        acc[k] += sum(map(int, map(methodcaller("get", k, default), ps)))
+    _add_sparse(acc["errors"], [p.get("errors") or {} for p in ps])
+    lats = [p.get("latency_us") or {} for p in ps]
+    lat = acc["latency_us"]
+    _add_sparse(lat["buckets"], [q.get("buckets") or {} for q in lats])
+    lat["sum_us"] = reduce(add, map(float, map(methodcaller("get", "sum_us", 0.0), lats)), float(lat["sum_us"]))
+    if any("n_windows" in p for p in ps):
+        for p in ps:  # aggregates carry resource sums, counts and maxima: payload by payload
+            _merge_resources(acc, p)
+    else:
+        _merge_telemetry_resources(acc, ps)
+    for sh in map(methodcaller("get", "shadow"), ps):
+        if isinstance(sh, Mapping):
+            acc["shadow"]["compared"] += int(sh.get("compared", 0))
+            acc["shadow"]["agreed"] += int(sh.get("agreed", 0))
+    for p in ps:
+        if "confidence" in p or "outcomes" in p or "data_quality" in p:  # field loop (issue 14), data quality (15)
+            from fleet.ingest.aggregate_quality import merge_quality
+
+            merge_quality(acc, p)
+
+
+def _merge_resources(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
+    if "n_windows" not in p:
+        _merge_telemetry_resources(acc, [p])
+        return
+    for k, v in (p.get("resources_sum") or {}).items():
+        acc["resources_sum"][k] = acc["resources_sum"].get(k, 0.0) + float(v)
+        acc["resources_n"][k] = acc["resources_n"].get(k, 0) + int(p["resources_n"].get(k, 0))
+    for k, v in (p.get("resources_max") or {}).items():
+        acc["resources_max"][k] = max(acc["resources_max"].get(k, float("-inf")), float(v))
+
+
+def _merge_telemetry_resources(acc: dict[str, Any], ps: Sequence[Mapping[str, Any]]) -> None:
+    """Devices' resource readings (numbers only), a key at a time in first-seen order."""
+    res = [r for r in map(methodcaller("get", "resources"), ps) if isinstance(r, Mapping) and r]
+    for k in dict.fromkeys(chain.from_iterable(res)):
+        vs = [float(v) for v in map(methodcaller("get", k), res) if isinstance(v, _NUMBER) and not isinstance(v, bool)]
+        if vs:
+            acc["resources_sum"][k] = reduce(add, vs, acc["resources_sum"].get(k, 0.0))
+            acc["resources_n"][k] = acc["resources_n"].get(k, 0) + len(vs)
+            acc["resources_max"][k] = max(acc["resources_max"].get(k, float("-inf")), *vs)
+
+
+def _add_sparse(into: dict[str, int], dicts: list[Mapping[str, Any]]) -> None:
+    """Add sparse {key: count} maps into `into` (keys in first-seen order, exact ints)."""
+    get = into.get
+    for k, v in zip(chain.from_iterable(dicts), map(int, chain.from_iterable(map(_VALUES, dicts))), strict=True):
+        into[k] = get(k, 0) + v
 
 
 def _merge_histograms(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
@@ -98,45 +121,6 @@ class Hist(NamedTuple):
     nan: list[int]
 
 
-def _merge_telemetry_scalars(acc: dict[str, Any], ps: Sequence[Mapping[str, Any]]) -> None:
-    """_merge_scalars of each telemetry payload in turn, with the same result (float sums folded
-    in the same order), a field at a time over the batch: a few C-level passes instead of a
-    Python loop per payload and key (ingest merges thousands of windows a second)."""
-    n = len(ps)
-    acc["n_windows"] += n
-    acc["devices"] += n
-    for k in ("requests", "sampled", "dropped_windows", "edge_mismatch"):
-        acc[k] += sum(map(int, map(methodcaller("get", k, 0), ps)))
-    _add_sparse(acc["errors"], [p.get("errors") or {} for p in ps])
-    lats = [p.get("latency_us") or {} for p in ps]
-    lat = acc["latency_us"]
-    _add_sparse(lat["buckets"], [q.get("buckets") or {} for q in lats])
-    lat["sum_us"] = reduce(add, map(float, map(methodcaller("get", "sum_us", 0.0), lats)), float(lat["sum_us"]))
-    res = [r for r in map(methodcaller("get", "resources"), ps) if r]
-    for k in dict.fromkeys(chain.from_iterable(res)):  # first seen first, as one payload at a time
-        vs = [float(v) for v in map(methodcaller("get", k), res) if isinstance(v, _NUMBER) and not isinstance(v, bool)]
-        if vs:
-            acc["resources_sum"][k] = reduce(add, vs, acc["resources_sum"].get(k, 0.0))
-            acc["resources_n"][k] = acc["resources_n"].get(k, 0) + len(vs)
-            acc["resources_max"][k] = max(acc["resources_max"].get(k, float("-inf")), *vs)
-    for sh in map(methodcaller("get", "shadow"), ps):
-        if isinstance(sh, Mapping):
-            acc["shadow"]["compared"] += int(sh.get("compared", 0))
-            acc["shadow"]["agreed"] += int(sh.get("agreed", 0))
-    for p in ps:
-        if "confidence" in p or "outcomes" in p or "data_quality" in p:  # field loop (issue 14), data quality (15)
-            from fleet.ingest.aggregate_quality import merge_quality
-
-            merge_quality(acc, p)
-
-
-def _add_sparse(into: dict[str, int], dicts: list[Mapping[str, Any]]) -> None:
-    """Add sparse {key: count} maps into `into` (keys in first-seen order, exact ints)."""
-    get = into.get
-    for k, v in zip(chain.from_iterable(dicts), map(int, chain.from_iterable(map(_VALUES, dicts))), strict=True):
-        into[k] = get(k, 0) + v
-
-
 def hist_of(p: Mapping[str, Any]) -> Hist:
     feats = p.get("features") or []
     return Hist(layout_of(feats), list(chain.from_iterable(map(_COUNTS, feats))), list(map(_NAN, feats)))
@@ -151,11 +135,7 @@ def merge_many(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] | No
     the flattened counts (`hists`, aligned with `payloads`, saves flattening them again).
     Payloads whose layout differs from the first one's are counted in edge_mismatch."""
     acc = empty()
-    if any("n_windows" in p or "devices" in p or not isinstance(p.get("resources") or {}, Mapping) for p in payloads):
-        for p in payloads:
-            _merge_scalars(acc, p)
-    else:
-        _merge_telemetry_scalars(acc, payloads)
+    _merge_scalars(acc, payloads)
     hs = sum_histograms(payloads, hists)
     acc["edge_mismatch"] += hs.skipped
     acc["features"], acc["prediction"] = hs.features, hs.prediction

@@ -158,7 +158,7 @@ def test_batch_scalar_merge_equals_one_payload_at_a_time(baseline) -> None:  # t
     del ps[6]["latency_us"]["sum_us"]
     one_by_one = aggregate.empty()
     for p in ps:
-        aggregate._merge_scalars(one_by_one, p)
+        aggregate.merge_into(one_by_one, p)
     batch = aggregate.merge_many(ps)
     for k in ("n_windows", "devices", "requests", "sampled", "dropped_windows", "errors", "latency_us",
               "resources_sum", "resources_n", "resources_max", "shadow"):
