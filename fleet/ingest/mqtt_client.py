@@ -191,18 +191,23 @@ class BufferedClient(mqtt.Client):
     def _send_now(self, blob: bytes) -> None:
         """Write acks from the loop thread at once when nothing else waits to go out; queued, they
         cost a socket-pair wake-up and a second pass of paho's loop (select, loop_misc) per read.
-        What the socket does not take is queued behind, as paho would."""
-        if not self._out_packet:
-            try:
-                sent = self._sock_send(blob)
-            except (BlockingIOError, ConnectionError, OSError):
-                sent = 0
-            if sent:
-                with self._msgtime_mutex:
-                    self._last_msg_out = time.monotonic()
-            blob = blob[sent:]
-        if blob:
+        What the socket does not take goes to the FRONT of paho's queue: only this (loop) thread
+        writes, so a packet another thread queued meanwhile is still unwritten and must follow the
+        rest of these bytes, never land inside them."""
+        if self._out_packet:
             self._packet_queue(mqtt.PUBACK, blob, 0, 0)
+            return
+        try:
+            sent = self._sock_send(blob)
+        except (BlockingIOError, ConnectionError, OSError):
+            sent = 0
+        if sent:
+            with self._msgtime_mutex:
+                self._last_msg_out = time.monotonic()
+        if sent < len(blob):
+            rest = blob[sent:]
+            self._out_packet.appendleft({"command": mqtt.PUBACK, "mid": 0, "qos": 0, "pos": 0,
+                                         "to_process": len(rest), "packet": rest, "info": None})
 
 
 class _Received(mqtt.MQTTMessage):

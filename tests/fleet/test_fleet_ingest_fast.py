@@ -324,3 +324,29 @@ def test_open_signed_parses_the_signed_bytes_or_leaves_the_message_to_the_genera
             assert verify_signed(odd, ring) == p  # the general path still accepts the reordered envelope
     tampered = raw.replace(b'"requests":200', b'"requests":201')
     assert open_signed(tampered, ring, True) is None  # the signature covers the bytes parsed
+
+
+def test_acks_the_socket_does_not_take_stay_ahead_of_a_packet_queued_meanwhile() -> None:
+    """The MQTT thread writes a read's PUBACKs at once; when the socket takes only part of them and
+    another thread queues a packet during that write, the rest of the acks must still go out
+    first (else that packet's bytes would land inside an ack: a broken stream)."""
+    import paho.mqtt.client as mqtt
+
+    from fleet.ingest.mqtt_client import BufferedClient
+
+    c = BufferedClient(mqtt.CallbackAPIVersion.VERSION2, client_id="partial-acks")
+    c._thread = threading.current_thread()  # as after loop_start(): only the loop thread writes
+
+    class ShortWrites:  # a socket whose buffer is nearly full: it takes 3 bytes
+        def send(self, buf: bytes) -> int:
+            c._packet_queue(mqtt.PUBLISH, b"other thread's packet", 1, 1)  # queued during the write
+            return 3
+
+        def close(self) -> None:
+            pass
+
+    c._sock = ShortWrites()
+    c._sock_send = lambda buf: c._sock.send(buf)  # paho's own wraps TLS errors; not needed here
+    acks = b"\x40\x02\x00\x01\x40\x02\x00\x02"
+    c._send_now(acks)
+    assert [bytes(p["packet"]) for p in c._out_packet] == [acks[3:], b"other thread's packet"]
