@@ -59,23 +59,6 @@ def load_devices(session: Session, ids: Sequence[str]) -> dict[str, Device]:
     return out
 
 
-def load_windows(session: Session, ids: Sequence[str], model_name: str, since: float, *,
-                 exclude_version: int | None = None, limit: int | None = None) -> list[TelemetryWindow]:
-    """Raw telemetry windows of these devices ending after `since` (with `limit`, the newest ones):
-    for a few devices' own windows (tests, per-device views); wave evidence reads aggregates."""
-    out: list[TelemetryWindow] = []
-    for chunk in _chunks(list(ids)):
-        q = select(TelemetryWindow).where(TelemetryWindow.device_id.in_(chunk),
-                                          TelemetryWindow.model_name == model_name,
-                                          TelemetryWindow.window_end >= since)
-        if exclude_version is not None:
-            q = q.where(TelemetryWindow.model_version != exclude_version, TelemetryWindow.role == "active")
-        if limit is not None:
-            q = q.order_by(TelemetryWindow.window_end.desc()).limit(limit)
-        out.extend(session.exec(q).all())
-    return out
-
-
 def merge_windows(windows: Iterable[TelemetryWindow | Aggregate]) -> CohortStats:
     """Add up telemetry windows, or Aggregate rows (windows ingest already merged: the same
     payload shape plus n_windows): counts, latency per device class, and the prediction/feature

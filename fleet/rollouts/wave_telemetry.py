@@ -72,8 +72,10 @@ def device_windows(session: Session, model: str, rollout_id: int, wave: int, ver
 
 def devices_reporting(session: Session, model: str, rollout_id: int, waves: Sequence[int], since: float, *,
                       role: str = "active", exclude_version: int | None = None) -> int:
-    """How many of these waves' devices report another version than `exclude_version` after `since`."""
+    """How many of these waves' devices report another version than `exclude_version` after `since`
+    (a device counts once, however many other versions it sent)."""
     if not waves:
         return 0
-    q = _runs(rollout_id, waves, model, role, since, None, exclude_version, func.count())
+    q = _runs(rollout_id, waves, model, role, since, None, exclude_version,
+              func.count(func.distinct(DeviceVersionWindows.device_id)))
     return int(session.exec(q).one())

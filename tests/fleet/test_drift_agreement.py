@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from agent.config import TelemetryConfig
 from agent.keys import public_key_to_b64
@@ -19,7 +19,7 @@ from fleet.console import drift_view
 from fleet.db import init_db, make_engine
 from fleet.drift import alerts
 from fleet.ingest.store import Processor
-from fleet.models import Device, ModelVersion
+from fleet.models import Aggregate, Device, ModelVersion
 from fleet.rollouts import evidence
 from fleet.rollouts.gates import CohortStats, gate_feature_drift, gate_prediction_drift
 from fleet.rollouts.models import Rollout, RolloutWave
@@ -84,12 +84,13 @@ def test_console_and_gate_agree_on_agent_telemetry(inputs: str, agent_factory, b
     assert _text(empty.data, "drifted-count") == "no data" and "0.000" not in empty.data.decode()
     Processor(settings, engine).process(msgs)
 
-    # the gate: the wave's windows merged as rollout evidence, judged against the baseline
+    # the gate: what ingest merged (Aggregate rows, as rollout evidence reads them), judged against the baseline
     g = Gates(**GATES)
     with Session(engine) as s:
-        windows = evidence.load_windows(s, [a.cfg.device_id for a in devices], "digits", 0.0)
-    assert len(windows) == 4 and all(w.model_version == 2 for w in windows)
-    cand = evidence.merge_windows(windows)
+        rows = s.exec(select(Aggregate).where(Aggregate.model_name == "digits")).all()
+    assert rows and all(r.model_version == 2 for r in rows)
+    cand = evidence.merge_windows(rows)
+    assert cand.windows == 4
     feature, prediction = (gate(cand, CohortStats(), baseline, g)
                            for gate in (gate_feature_drift, gate_prediction_drift))
     assert feature.status == ("fail" if inputs == "drifted" else "pass"), feature.detail

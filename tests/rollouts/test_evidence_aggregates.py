@@ -120,3 +120,20 @@ def test_a_bad_wave_device_among_good_control_devices_breaches(engine, tmp_path)
             .group_by(TelemetryWindow.device_id, TelemetryWindow.model_version, TelemetryWindow.role)).all()}
         kept = {(c.device_id, c.model_version, c.role): c.windows for c in s.exec(select(DeviceVersionWindows)).all()}
     assert kept == raw and any(v == 2 for _, v, _ in kept)
+
+
+def test_a_control_device_on_two_older_versions_counts_once(engine):
+    """The control's device count reads the per-device counts: a device that sent windows of two
+    versions other than the candidate (v1, then v0 after a local rollback) is one device."""
+    from fleet.rollouts import wave_telemetry
+    from fleet.rollouts.models import RolloutTarget
+
+    with Session(engine) as s:
+        for dev, versions in (("c-1", (0, 1)), ("c-2", (1,)), ("c-3", (3,))):  # c-3 runs the candidate
+            s.add(RolloutTarget(rollout_id=7, wave_index=1, device_id=dev))
+            for v in versions:
+                s.add(DeviceVersionWindows(device_id=dev, model_name="m", role="active", model_version=v,
+                                           first_start=100.0, last_end=200.0, windows=4))
+        s.commit()
+        assert wave_telemetry.devices_reporting(s, "m", 7, [1], 150.0, exclude_version=3) == 2  # c-1 and c-2
+        assert wave_telemetry.devices_reporting(s, "m", 7, [1], 250.0, exclude_version=3) == 0  # none since
