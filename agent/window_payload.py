@@ -1,6 +1,6 @@
 """The one telemetry window type: what an agent reports per (window, model role) and what the
 fleet's ingest, aggregation, drift and every simulator read. docs/telemetry.schema.json is its
-wire form (`to_wire()`); `from_wire(dict)` is the one shape check, cheap enough for ingest.
+wire form (`to_wire()`); `from_wire(dict)` checks it with the one shape check (agent.window_schema).
 
     payload = WindowPayload.from_wire(doc)   # ValueError("telemetry: ...") on a bad shape
     payload.features[0].counts, payload.layout, payload.to_wire()
@@ -11,41 +11,15 @@ simulators, so tests feed the fleet exactly what a device would send.
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
-from operator import itemgetter, methodcaller
 from typing import Any
 
-from agent.protocol import MODEL_ROLES, TELEMETRY_SCHEMA
-from agent.sketches import LATENCY_BUCKETS, CategoricalHistogram, FixedBinHistogram, LatencyHistogram
+from agent.protocol import TELEMETRY_SCHEMA
+from agent.sketches import CategoricalHistogram, FixedBinHistogram, LatencyHistogram
+from agent.window_schema import MAX_COUNT, OPTIONAL, Layout, WireCounts, check_wire, decode_wire
 
-MAX_COUNT = 2**62
-# Optional wire blocks kept as they came (docs/telemetry.md): the fleet reads them by key.
-OPTIONAL = ("samples_dropped", "shadow", "raw_samples", "data_quality", "confidence", "slices",
-            "prediction_records", "outcomes")
-Layout = tuple[tuple[str, ...], tuple[str | None, ...], tuple[int, ...]]
-
-
-def _fail(what: str) -> ValueError:
-    return ValueError(f"telemetry: {what}")
-
-
-def check_counts(v: Any, what: str) -> list[int]:
-    """A list of ints (not bools), none negative, none over MAX_COUNT. On ingest's hot path for
-    every window, so every pass runs in C: the items' types counted by identity (cheaper than a
-    set of them), an unsigned 64-bit array refuses negatives and anything larger, and when the
-    sum is at most MAX_COUNT so is every item (max() runs only when it is not)."""
-    if not isinstance(v, list) or (v and list(map(type, v)).count(int) != len(v)):
-        raise _fail(f"{what} must be a list of non-negative integers")
-    try:
-        array("Q", v)
-    except OverflowError:
-        raise _fail(f"{what} must be a list of non-negative integers") from None
-    if sum(v) > MAX_COUNT and max(v) > MAX_COUNT:
-        raise _fail(f"{what} must be a list of non-negative integers")
-    return v
+__all__ = ["MAX_COUNT", "OPTIONAL", "Layout", "WireCounts", "check_wire", "decode_wire"]  # re-exported
 
 
 @dataclass(slots=True)
@@ -163,137 +137,27 @@ def layout_of(features: Sequence[FeatureCounts] | Sequence[Mapping[str, Any]]) -
             tuple([len(f["counts"]) for f in ws]))
 
 
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "device": str, "window": dict, "model": dict, "requests": int, "errors": dict,
-    "latency_us": dict}
 _KNOWN = frozenset(("schema", "fleet", "device", "device_class", "window", "model", "requests", "sampled",
                     "errors", "latency_us", "resources", "features", "prediction", "dropped_windows", "seq",
                     "sent_at"))
 
 
-def _int(v: Any, what: str) -> int:
-    if type(v) is not int or not 0 <= v <= MAX_COUNT:
-        raise _fail(f"'{what}' must be a non-negative integer")
-    return v
-
-
-def _check_model(m: Mapping[str, Any]) -> None:
-    if not isinstance(m.get("name"), str) or type(m.get("version")) is not int or m.get("role") not in MODEL_ROLES:
-        raise _fail("model needs a name, an integer version and a role in " + "/".join(MODEL_ROLES))
-
-
-def _model(m: Mapping[str, Any]) -> ModelRef:
-    _check_model(m)
-    return ModelRef(m["name"], m["version"], m["role"], str(m.get("manifest_sha256") or ""))
-
-
-_NAME, _COUNTS, _HASH, _NAN = itemgetter("name"), itemgetter("counts"), methodcaller("get", "edges_hash"), \
-    methodcaller("get", "nan", 0)
-
-
-def _feature_counts(raw: Any) -> tuple[Layout, list[list[int]], list[int], list[int]]:
-    """Every feature's counts checked in one flattened pass (ingest parses thousands a second):
-    the layout, each feature's counts, all counts one after the other, and the nan counts."""
-    if not isinstance(raw, list) or not all(map(isinstance, raw, repeat(dict))):
-        raise _fail("features must be a list of objects")
-    try:
-        names, counts = tuple(map(_NAME, raw)), list(map(_COUNTS, raw))
-    except KeyError as exc:
-        raise _fail(f"a feature lacks {exc}") from None
-    if set(map(type, names)) - {str} or set(map(type, counts)) - {list}:
-        raise _fail("feature names must be strings and counts lists")
-    flat = check_counts(list(chain.from_iterable(counts)), "feature counts")
-    nan = check_counts(list(map(_NAN, raw)), "feature nan")
-    return (names, tuple(map(_HASH, raw)), tuple(map(len, counts))), counts, flat, nan
-
-
-_BUCKET_KEYS = frozenset(map(str, range(LATENCY_BUCKETS)))
-
-
-def _latency(lat: dict[str, Any]) -> dict[str, Any]:
-    """Sparse log buckets {index: count} (agent.sketches.LatencyHistogram), added up by aggregation."""
-    buckets = lat.get("buckets", {})
-    if not isinstance(buckets, dict):
-        raise _fail("latency buckets must map bucket indexes to counts")
-    check_counts(list(buckets.values()), "latency bucket counts")
-    if _BUCKET_KEYS.issuperset(buckets):  # what agents send: one hashed pass instead of parsing each key
-        return lat
-    keys = list(map(str, buckets))
-    if not all(map(str.isdigit, keys)) or (keys and max(map(int, keys)) >= LATENCY_BUCKETS):
-        raise _fail("latency bucket index out of range")
-    return lat
-
-
-def _check_prediction(p: Any) -> list[int] | None:
-    """The prediction's counts once checked (None: no prediction)."""
-    if p is None:
-        return None
-    if not isinstance(p, dict) or p.get("kind") not in ("class", "value"):
-        raise _fail("prediction must be null or an object of kind class or value")
-    counts = check_counts(p.get("counts"), "prediction counts")
-    n_classes = p.get("n_classes")
-    if p["kind"] == "class" and (type(n_classes) is not int or n_classes != len(counts)):
-        raise _fail("class prediction needs n_classes equal to the number of counts")
-    _int(p.get("nan", 0), "nan")
-    return counts
-
-
-def _prediction(p: Any) -> PredictionCounts | None:
-    counts = _check_prediction(p)
-    if counts is None:
-        return None
-    return PredictionCounts(p["kind"], counts, p.get("n_classes"), p.get("edges_hash"), p.get("nan", 0))
-
-
-def check_wire(d: Any, *, require_seq: bool = False) -> tuple[Layout, list[int], list[int]]:
-    """The one shape check of a telemetry payload, down to every count aggregation adds up (the
-    agent's own windows, ingest on every message, from_wire). Returns what aggregation reads: the
-    features' layout, their counts one after the other, and their nan counts. ValueError("telemetry: ...")."""
-    if not (isinstance(d, dict) or isinstance(d, Mapping)):  # the ABC check costs more; JSON gives dicts
-        raise _fail("payload must be a JSON object")
-    if d.get("schema") != TELEMETRY_SCHEMA:
-        raise _fail(f"unknown schema {d.get('schema')!r}")
-    for name, typ in _REQUIRED.items():
-        v = d.get(name)
-        if not isinstance(v, typ) or isinstance(v, bool):
-            raise _fail(f"field '{name}' is missing or has the wrong type")
-    start, end = d["window"].get("start"), d["window"].get("end")
-    if type(start) not in (int, float) or type(end) not in (int, float):
-        raise _fail("window needs numeric start and end")
-    _check_model(d["model"])
-    _int(d["requests"], "requests")
-    check_counts(list(d["errors"].values()), "errors")
-    seq = d.get("seq")
-    if require_seq or seq is not None:
-        _int(seq, "seq")
-    _int(d.get("sampled", 0), "sampled")
-    _int(d.get("dropped_windows", 0), "dropped_windows")
-    shadow = d.get("shadow", {}) or {}
-    if not isinstance(d.get("resources", {}) or {}, dict) or not isinstance(shadow, dict):
-        raise _fail("resources and shadow must be objects")
-    if shadow:
-        _int(shadow.get("compared", 0), "shadow compared")
-        _int(shadow.get("agreed", 0), "shadow agreed")
-    _check_prediction(d.get("prediction"))
-    _latency(d["latency_us"])
-    layout, _, flat, nan = _feature_counts(d.get("features", []))
-    return layout, flat, nan
-
-
 def from_wire(d: Mapping[str, Any]) -> WindowPayload:
     """See WindowPayload.from_wire. Lists are kept, not copied: parse once, then treat as read-only."""
-    check_wire(d)
+    (names, hashes, _), _, nan = check_wire(d)
     if not isinstance(d.get("fleet"), str):
-        raise _fail("field 'fleet' is missing or has the wrong type")
-    w, seq = d["window"], d.get("seq")
-    (names, hashes, _), counts, _, nan = _feature_counts(d.get("features", []))
+        raise ValueError("telemetry: field 'fleet' is missing or has the wrong type")
+    w, m, p = d["window"], d["model"], d.get("prediction")
     return WindowPayload(
         fleet=d["fleet"], device=d["device"], device_class=str(d.get("device_class") or ""),
-        model=_model(d["model"]), start=w["start"], end=w["end"], seconds=w.get("seconds", round(w["end"] - w["start"], 3)),
-        requests=d["requests"], sampled=_int(d.get("sampled", 0), "sampled"), errors=d["errors"],
-        latency_us=d["latency_us"], resources=d.get("resources", {}) or {},
-        features=list(map(FeatureCounts, names, hashes, counts, nan)), prediction=_prediction(d.get("prediction")),
-        dropped_windows=_int(d.get("dropped_windows", 0), "dropped_windows"), seq=seq, sent_at=d.get("sent_at"),
+        model=ModelRef(m["name"], m["version"], m["role"], str(m.get("manifest_sha256") or "")),
+        start=w["start"], end=w["end"], seconds=w.get("seconds", round(w["end"] - w["start"], 3)),
+        requests=d["requests"], sampled=d.get("sampled", 0), errors=d["errors"], latency_us=d["latency_us"],
+        resources=d.get("resources") or {},
+        features=list(map(FeatureCounts, names, hashes, [f["counts"] for f in d.get("features") or ()], nan)),
+        prediction=None if p is None else PredictionCounts(p["kind"], p["counts"], p.get("n_classes"),
+                                                           p.get("edges_hash"), p.get("nan", 0)),
+        dropped_windows=d.get("dropped_windows", 0), seq=d.get("seq"), sent_at=d.get("sent_at"),
         extra={k: v for k, v in d.items() if k not in _KNOWN})
 
 

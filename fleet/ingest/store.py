@@ -29,7 +29,15 @@ from fleet.ingest.device_cache import DeviceCache, DeviceInfo
 from fleet.ingest.records import store_events, store_states
 from fleet.ingest.rollout_view import RolloutView
 from fleet.ingest.trust import TrustPolicy, quarantine
-from fleet.ingest.verification import MAX_INT, check_telemetry, fast_verify, open_signed, trusted_payload
+from fleet.ingest.verification import (
+    MAX_INT,
+    check_telemetry,
+    decode_plain,
+    decode_telemetry,
+    fast_verify,
+    open_signed,
+    trusted_payload,
+)
 from fleet.ingest.window_insert import WindowInserter
 from fleet.models import Device, TelemetryWindow, now
 from fleet.settings import FleetSettings
@@ -194,17 +202,21 @@ class Processor:
         kind, device = route
         info = infos[device]
         check = self.trust.must_verify(kind)
-        payload = None
+        opened = None
         if info.keyring is not None and not info.broken and not (info.quarantined and kind != "state"):
-            payload = open_signed(raw, info.keyring, check)  # what agents send: parsed once, from the signed bytes
-        if payload is None:
+            # what agents send: parsed once, from the signed bytes (a window checked as it is decoded)
+            opened = open_signed(raw, info.keyring, check, decode_telemetry if kind == "telemetry" else decode_plain)
+        if opened is not None:
+            payload, view = opened
+        else:
             payload = self._verify_envelope(kind, device, raw, info, check)
             if payload is None:
                 return _Parsed(kind, device, None, info)  # the Last Will
+            view = check_telemetry(payload) if kind == "telemetry" else None
         if payload.get("device") != device:
             raise ProtocolError("device-mismatch", f"payload names {payload.get('device')!r}")
         if kind == "telemetry":
-            return _Parsed(kind, device, payload, info, check_telemetry(payload))
+            return _Parsed(kind, device, payload, info, view)
         seq = payload.get("seq")
         schema = STATE_SCHEMA if kind == "state" else EVENT_SCHEMA
         if payload.get("schema") != schema or not isinstance(seq, int) or isinstance(seq, bool) \

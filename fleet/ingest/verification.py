@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -13,21 +13,33 @@ from cryptography.exceptions import InvalidSignature
 from agent.canonical import canonical_json
 from agent.keys import Keyring
 from agent.protocol import ProtocolError, verify_signed
-from agent.window_payload import MAX_COUNT, check_wire
+from agent.window_schema import MAX_COUNT, WireCounts, check_wire, decode_wire
 from fleet.db import RawJSON
 from fleet.ingest import fastjson
-from fleet.ingest.aggregate import Hist
 
-MAX_INT = MAX_COUNT  # the largest count or seq accepted (the one check, agent.window_payload)
+MAX_INT = MAX_COUNT  # the largest count or seq accepted (the one check, agent.window_schema)
 
 
-def check_telemetry(p: Mapping[str, Any]) -> Hist:
-    """The one shape check (agent.window_payload.check_wire) with the seq ingest keys windows by;
-    returns the histograms flattened for fleet.ingest.aggregate.merge_many (the check walks them anyway)."""
+def check_telemetry(p: Mapping[str, Any]) -> WireCounts:
+    """The one shape check (agent.window_schema) with the seq ingest keys windows by, on a payload
+    decoded as part of a whole envelope; returns the histograms flattened for merge_many."""
     try:
-        return Hist(*check_wire(p, require_seq=True))
+        return check_wire(p, require_seq=True)
     except ValueError as exc:
         raise ProtocolError("malformed", str(exc)) from None
+
+
+def decode_telemetry(body: bytes) -> tuple[dict[str, Any], WireCounts]:
+    """A telemetry payload's signed bytes decoded and shape-checked in one pass (the same check)."""
+    try:
+        return decode_wire(body, require_seq=True)
+    except ValueError as exc:
+        raise ProtocolError("malformed", str(exc)) from None
+
+
+def decode_plain(body: bytes) -> tuple[dict[str, Any], None]:
+    """Any other signed payload: decoded only (the kind's checks follow in the caller)."""
+    return fastjson.decode(body), None
 
 
 _PREFIX, _MARK = b'{"payload":', b',"signature":'
@@ -67,12 +79,15 @@ def fast_verify(raw: bytes, doc: dict[str, Any], keyring: Keyring) -> dict[str, 
     return verify_signed(doc, keyring)
 
 
-def open_signed(raw: bytes, keyring: Keyring, verify: bool) -> dict[str, Any] | None:
+def open_signed(raw: bytes, keyring: Keyring, verify: bool,
+                decode: Callable[[bytes], tuple[dict[str, Any], Any]] = decode_plain) -> tuple[RawJSON, Any] | None:
     """The payload of a canonical envelope `{"payload":P,"signature":S}` (what agents send), decoded
-    from exactly the bytes P that the signature covers, kept as RawJSON; with `verify` the
+    by `decode` (plain JSON, or decode_telemetry: decoded and checked) from exactly the bytes P that
+    the signature covers, kept as RawJSON, with what `decode` returned beside it; with `verify` the
     signature over those bytes is checked, else only that it names one of the device's keys.
     When P and S both parse, the envelope holds just these two keys. None for anything else
-    (another layout, or bytes that do not verify): the general path decides and reports."""
+    (another layout, bytes that do not verify, a payload `decode` refuses): the general path
+    decides and reports."""
     if not (raw.startswith(_PREFIX) and raw.endswith(b"}")):
         return None
     i = raw.rfind(_MARK)
@@ -80,7 +95,7 @@ def open_signed(raw: bytes, keyring: Keyring, verify: bool) -> dict[str, Any] | 
         return None
     body = raw[len(_PREFIX):i]
     try:
-        payload, sig = fastjson.decode(body), fastjson.decode(raw[i + len(_MARK):-1])
+        (payload, view), sig = decode(body), fastjson.decode(raw[i + len(_MARK):-1])
     except ProtocolError:
         return None
     kid = sig.get("key_id")
@@ -88,14 +103,14 @@ def open_signed(raw: bytes, keyring: Keyring, verify: bool) -> dict[str, Any] | 
     if not verify:
         if key is None:
             raise ProtocolError("bad-signature", "unknown key id")
-        return RawJSON(payload, body.decode())
+        return RawJSON(payload, body.decode()), view
     if key is None or sig.get("alg") != "Ed25519":
         return None
     try:
         key.verify(base64.b64decode(str(sig.get("sig", "")), validate=True), body)
     except (InvalidSignature, ValueError):
         return None  # maybe signed over a different encoding: the general path decides
-    return RawJSON(payload, body.decode())
+    return RawJSON(payload, body.decode()), view
 
 
 def trusted_payload(raw: bytes, doc: dict[str, Any], keyring: Keyring) -> dict[str, Any]:

@@ -301,7 +301,7 @@ def test_buffered_client_receives_every_message_intact_and_acks_it(broker, mqtt5
 
 def test_open_signed_parses_the_signed_bytes_or_leaves_the_message_to_the_general_path(baseline) -> None:  # type: ignore[no-untyped-def]
     from agent.keys import Keyring
-    from fleet.ingest.verification import open_signed, verify_signed
+    from fleet.ingest.verification import decode_telemetry, open_signed, verify_signed
 
     dev, other = SimDevice("o"), SimDevice("other")
     ring = Keyring.from_public_keys([dev.key.public_key()])
@@ -309,8 +309,19 @@ def test_open_signed_parses_the_signed_bytes_or_leaves_the_message_to_the_genera
     p["device_class"] = 'x",' + '"signature":{"a":1}'  # the envelope's marker inside a string of the payload
     raw = dev.sign(p)
     for verify in (True, False):
-        got = open_signed(raw, ring, verify)
-        assert got == p and json.loads(got.raw) == p  # the stored text is the signed payload
+        got, view = open_signed(raw, ring, verify)
+        assert got == p and json.loads(got.raw) == p and view is None  # the stored text is the signed payload
+    # telemetry: decoded and shape-checked in one pass, the same check as on a decoded dict
+    p["seq"] = 7
+    raw = dev.sign(p)
+    for verify in (True, False):
+        got, view = open_signed(raw, ring, verify, decode_telemetry)
+        assert got == p and json.loads(got.raw) == p and view == check_telemetry(p)
+    p["requests"] = -1  # a bad shape: the general path decodes the envelope and reports it
+    assert open_signed(dev.sign(p), ring, True, decode_telemetry) is None
+    with pytest.raises(ProtocolError, match=r"\$.requests"):
+        check_telemetry(p)
+    p["requests"] = 200
     forged = other.sign(p)  # right layout, another device's key
     assert open_signed(forged, ring, True) is None  # general path: bad-signature (and quarantine)
     with pytest.raises(ProtocolError) as exc:
