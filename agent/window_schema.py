@@ -13,7 +13,7 @@ it (the stored text, which is what was signed, keeps them).
 """
 
 from itertools import chain
-from operator import itemgetter, methodcaller
+from operator import itemgetter
 from typing import Annotated, Any, Literal, NamedTuple, NotRequired, TypedDict
 
 import msgspec
@@ -140,8 +140,7 @@ def decode_wire(raw: bytes, *, require_seq: bool = False) -> tuple[dict[str, Any
     return d, _rules(d, require_seq)
 
 
-_NAME, _COUNTS, _HASH, _NAN = itemgetter("name"), itemgetter("counts"), methodcaller("get", "edges_hash"), \
-    methodcaller("get", "nan", 0)
+_NAME, _COUNTS = itemgetter("name"), itemgetter("counts")
 _BUCKET_KEYS = frozenset(map(str, range(LATENCY_BUCKETS)))
 
 
@@ -160,5 +159,6 @@ def _rules(d: dict[str, Any], require_seq: bool) -> WireCounts:
             raise _fail("latency bucket index out of range")
     feats = d.get("features") or ()
     counts = list(map(_COUNTS, feats))
-    return WireCounts((tuple(map(_NAME, feats)), tuple(map(_HASH, feats)), tuple(map(len, counts))),
-                      list(chain.from_iterable(counts)), list(map(_NAN, feats)))
+    # list comprehensions for the optional keys: half the cost of map(methodcaller(...)) here
+    return WireCounts((tuple(map(_NAME, feats)), tuple([f.get("edges_hash") for f in feats]), tuple(map(len, counts))),
+                      list(chain.from_iterable(counts)), [f.get("nan", 0) for f in feats])
