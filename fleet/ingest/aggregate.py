@@ -37,31 +37,18 @@ def merge_into(acc: dict[str, Any], p: Mapping[str, Any]) -> dict[str, Any]:
     return acc
 
 
-_COUNTED = (("n_windows", 1), ("devices", 1), ("requests", 0), ("sampled", 0), ("dropped_windows", 0),
-            ("edge_mismatch", 0))  # (field, what a telemetry payload counts as when it lacks it)
-
-
 def _merge_scalars(acc: dict[str, Any], ps: Sequence[Mapping[str, Any]]) -> None:
-    """Everything but the feature and prediction histograms, of telemetry or aggregate payloads.
-    A field at a time over the batch, so ingest's thousands of windows a second cost a few C-level
-    passes instead of a Python loop per payload and key; the same sums (floats folded in payload
-    order), maxima and key order as adding the payloads one by one."""
-    for k, default in _COUNTED:
-        acc[k] += sum(map(int, map(methodcaller("get", k, default), ps)))
-    _add_sparse(acc["errors"], [p.get("errors") or {} for p in ps])
-    lats = [p.get("latency_us") or {} for p in ps]
-    lat = acc["latency_us"]
-    _add_sparse(lat["buckets"], [q.get("buckets") or {} for q in lats])
-    lat["sum_us"] = reduce(add, map(float, map(methodcaller("get", "sum_us", 0.0), lats)), float(lat["sum_us"]))
-    if any("n_windows" in p for p in ps):
+    """Everything but the feature and prediction histograms, of telemetry or aggregate payloads:
+    the same sums (floats folded in payload order), maxima and key order as adding the payloads
+    one by one."""
+    aggregates = any("n_windows" in p for p in ps)
+    readings: dict[str, list[float]] = {}  # telemetry resources: numbers per key, keys in first-seen order
+    _fold(acc, ps, None if aggregates else readings)
+    if aggregates:
         for p in ps:  # aggregates carry resource sums, counts and maxima: payload by payload
             _merge_resources(acc, p)
     else:
-        _merge_telemetry_resources(acc, ps)
-    for sh in map(methodcaller("get", "shadow"), ps):
-        if isinstance(sh, Mapping):
-            acc["shadow"]["compared"] += int(sh.get("compared", 0))
-            acc["shadow"]["agreed"] += int(sh.get("agreed", 0))
+        _add_readings(acc, readings)
     for p in ps:
         if "confidence" in p or "outcomes" in p or "data_quality" in p:  # field loop (issue 14), data quality (15)
             from fleet.ingest.aggregate_quality import merge_quality
@@ -69,9 +56,55 @@ def _merge_scalars(acc: dict[str, Any], ps: Sequence[Mapping[str, Any]]) -> None
             merge_quality(acc, p)
 
 
+def _fold(acc: dict[str, Any], ps: Sequence[Mapping[str, Any]], readings: dict[str, list[float]] | None) -> None:
+    """Counts, errors, latency, shadow (and telemetry resource readings into `readings`) in one
+    pass, a payload at a time: its dicts are read while in the CPU cache, about a third cheaper for
+    ingest's windows than a C-level pass per field over the batch."""
+    n_windows = devices = requests = sampled = dropped = mismatch = 0
+    errors, lat, shadow = acc["errors"], acc["latency_us"], acc["shadow"]
+    buckets = lat["buckets"]
+    sum_us = float(lat["sum_us"])
+    for p in ps:
+        get = p.get  # a telemetry payload lacks n_windows and devices: it is one window of one device
+        n_windows += int(get("n_windows", 1))
+        devices += int(get("devices", 1))
+        requests += int(get("requests", 0))
+        sampled += int(get("sampled", 0))
+        dropped += int(get("dropped_windows", 0))
+        mismatch += int(get("edge_mismatch", 0))
+        _add_counts(errors, get("errors") or _NONE)
+        q = get("latency_us") or _NONE
+        _add_counts(buckets, q.get("buckets") or _NONE)
+        sum_us += float(q.get("sum_us", 0.0))
+        if readings is not None:
+            _collect_readings(readings, get("resources"))
+        sh = get("shadow")
+        if sh is not None and (type(sh) is dict or isinstance(sh, Mapping)):
+            shadow["compared"] += int(sh.get("compared", 0))
+            shadow["agreed"] += int(sh.get("agreed", 0))
+    acc["n_windows"] += n_windows
+    acc["devices"] += devices
+    acc["requests"] += requests
+    acc["sampled"] += sampled
+    acc["dropped_windows"] += dropped
+    acc["edge_mismatch"] += mismatch
+    lat["sum_us"] = sum_us
+
+
+def _add_counts(into: dict[str, int], counts: Mapping[str, Any]) -> None:
+    """Sparse {key: count} added into `into` (new keys appended in their order, exact ints)."""
+    for k, v in counts.items():
+        try:
+            into[k] += int(v)
+        except KeyError:
+            into[k] = int(v)
+
+
 def _merge_resources(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
     if "n_windows" not in p:
-        _merge_telemetry_resources(acc, [p])
+        readings: dict[str, list[float]] = {}
+        _collect_readings(readings, p.get("resources"))
+        _add_readings(acc, readings)
         return
     for k, v in (p.get("resources_sum") or {}).items():
         acc["resources_sum"][k] = acc["resources_sum"].get(k, 0.0) + float(v)
@@ -80,22 +113,25 @@ def _merge_resources(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
         acc["resources_max"][k] = max(acc["resources_max"].get(k, float("-inf")), float(v))
 
 
-def _merge_telemetry_resources(acc: dict[str, Any], ps: Sequence[Mapping[str, Any]]) -> None:
-    """Devices' resource readings (numbers only), a key at a time in first-seen order."""
-    res = [r for r in map(methodcaller("get", "resources"), ps) if isinstance(r, Mapping) and r]
-    for k in dict.fromkeys(chain.from_iterable(res)):
-        vs = [float(v) for v in map(methodcaller("get", k), res) if isinstance(v, _NUMBER) and not isinstance(v, bool)]
+def _collect_readings(into: dict[str, list[float]], res: Any) -> None:
+    """A device's resource readings (numbers only; bools and anything else are not readings)."""
+    if not res or not (type(res) is dict or isinstance(res, Mapping)):
+        return
+    for k, v in res.items():
+        vs = into.get(k)
+        if vs is None:
+            vs = into[k] = []
+        if type(v) is float or (isinstance(v, _NUMBER) and not isinstance(v, bool)):
+            vs.append(float(v))
+
+
+def _add_readings(acc: dict[str, Any], readings: dict[str, list[float]]) -> None:
+    """Devices' readings into the resource sums, counts and maxima, a key at a time in first-seen order."""
+    for k, vs in readings.items():
         if vs:
             acc["resources_sum"][k] = reduce(add, vs, acc["resources_sum"].get(k, 0.0))
             acc["resources_n"][k] = acc["resources_n"].get(k, 0) + len(vs)
             acc["resources_max"][k] = max(acc["resources_max"].get(k, float("-inf")), *vs)
-
-
-def _add_sparse(into: dict[str, int], dicts: list[Mapping[str, Any]]) -> None:
-    """Add sparse {key: count} maps into `into` (keys in first-seen order, exact ints)."""
-    get = into.get
-    for k, v in zip(chain.from_iterable(dicts), map(int, chain.from_iterable(map(_VALUES, dicts))), strict=True):
-        into[k] = get(k, 0) + v
 
 
 def _merge_histograms(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
@@ -127,7 +163,8 @@ def hist_of(p: Mapping[str, Any]) -> Hist:
 
 
 _COUNTS, _NAN = itemgetter("counts"), methodcaller("get", "nan", 0)
-_VALUES, _NUMBER = methodcaller("values"), (int, float)
+_NUMBER = (int, float)
+_NONE: Mapping[str, Any] = {}
 
 
 def merge_many(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] | None = None) -> dict[str, Any]:
@@ -191,7 +228,7 @@ def sum_histograms(payloads: Sequence[Mapping[str, Any]], hists: Sequence[Hist] 
 
 
 def _same_prediction(pred: Any, size: int, edges_hash: str | None) -> bool:
-    return isinstance(pred, Mapping) and len(pred["counts"]) == size and (
+    return (type(pred) is dict or isinstance(pred, Mapping)) and len(pred["counts"]) == size and (
         edges_hash is None or pred.get("edges_hash") == edges_hash)
 
 

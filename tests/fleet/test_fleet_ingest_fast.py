@@ -144,8 +144,8 @@ def test_merge_many_over_checked_histograms_equals_plain_merging(baseline) -> No
 
 
 def test_batch_scalar_merge_equals_one_payload_at_a_time(baseline) -> None:  # type: ignore[no-untyped-def]
-    """merge_many adds the scalars a field at a time over the batch: same sums (floats folded in
-    the same order), counts, maxima and key order as merging the payloads one by one."""
+    """merge_many adds the scalars of the whole batch in one pass: same sums (floats folded in the
+    same order), counts, maxima and key order as merging the payloads one by one."""
     rng = np.random.default_rng(7)
     ps = [SimDevice(f"s{i}").telemetry(rng, baseline, errors=i) for i in range(7)]
     ps[0]["resources"] = {"cpu_percent": 0.1, "rss_mb": 3, "temp_c": None, "ok": True, "note": "x"}
