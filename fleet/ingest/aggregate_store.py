@@ -4,9 +4,9 @@ Each key (model, version, role, class, cohort, slot, rollout wave) is inserted e
 Python (fleet.ingest.aggregate.merge_into) and written back. Keys are handled in sorted order,
 so two ingest processes merging overlapping keys lock them in the same order and never deadlock.
 
-PostgreSQL: three statements per batch whatever the number of keys (insert the missing keys from
-unnest arrays, lock and read them in one SELECT ... ORDER BY ... FOR UPDATE with the payloads as
-text for orjson, one UPDATE from arrays). SQLite (one writer at a time): SQLAlchemy Core, a
+PostgreSQL: three statements per batch whatever the number of keys (insert the missing keys, lock
+and read them in one SELECT ... ORDER BY ... FOR UPDATE with the payloads as text for orjson, one
+UPDATE), each with its rows as one JSON document. SQLite (one writer at a time): SQLAlchemy Core, a
 SELECT per key.
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from orjson import Fragment, dumps
+from orjson import loads as _loads
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection, Engine
 
@@ -22,28 +24,35 @@ from fleet.ingest import aggregate
 from fleet.ingest.records import insert_ignore
 from fleet.models import Aggregate
 
-try:
-    from orjson import loads as _loads
-except ImportError:  # pragma: no cover - the fleet extra installs orjson
-    from json import loads as _loads
-
 KEY = ("model_name", "model_version", "role", "device_class", "cohort", "window_start", "wave")
 Key = tuple[Any, ...]
 _AGG = Aggregate.__table__  # type: ignore[attr-defined]
-_KEY_ARRAYS = "%b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::text[]"
+# one JSON document (dumped by orjson) per statement instead of column arrays: psycopg dumps
+# array elements in Python, about 1.4 us each
 _PG_INSERT = (f"INSERT INTO aggregate ({', '.join(KEY)}, window_seconds, n_windows, requests, errors, payload, "
-              f"updated_at) SELECT k.*, 0, 0, 0, %s::json, %s FROM unnest({_KEY_ARRAYS}, %b::float8[]) AS k "
-              f"ON CONFLICT ({', '.join(KEY)}) DO NOTHING")
+              f"updated_at) SELECT {', '.join(KEY)}, window_seconds, 0, 0, 0, %s::json, %s "
+              f"FROM json_populate_recordset(NULL::aggregate, %s::json) ON CONFLICT ({', '.join(KEY)}) DO NOTHING")
 # ordinality = our sorted order; the row locks are taken in it (LockRows sits above the sort)
-_PG_SELECT = (f"SELECT a.id, a.payload::text FROM aggregate a JOIN unnest({_KEY_ARRAYS}) WITH ORDINALITY "
-              f"AS k({', '.join(KEY)}, i) USING ({', '.join(KEY)}) ORDER BY k.i FOR UPDATE OF a")
-_PG_UPDATE = ("UPDATE aggregate a SET payload = u.payload, n_windows = u.n, requests = u.r, errors = u.e, "
-              "updated_at = %s FROM unnest(%b::int8[], %b::json[], %b::int8[], %b::int8[], %b::int8[]) "
-              "AS u(id, payload, n, r, e) WHERE a.id = u.id")
+_PG_SELECT = (f"SELECT a.id, a.payload::text FROM aggregate a JOIN json_populate_recordset(NULL::aggregate, %s::json) "
+              f"WITH ORDINALITY AS k USING ({', '.join(KEY)}) ORDER BY k.ordinality FOR UPDATE OF a")
+_PG_UPDATE = ("UPDATE aggregate a SET payload = u.payload, n_windows = u.n_windows, requests = u.requests, "
+              "errors = u.errors, updated_at = %s FROM json_populate_recordset(NULL::aggregate, %s::json) AS u "
+              "WHERE a.id = u.id")
 _SELECT = select(_AGG.c.id, _AGG.c.payload).where(*[_AGG.c[c] == bindparam(f"k_{c}") for c in KEY]).with_for_update()
 _UPDATE = update(_AGG).where(_AGG.c.id == bindparam("agg_id")).values(
     payload=bindparam("payload"), n_windows=bindparam("n_windows"), requests=bindparam("requests"),
     errors=bindparam("errors"), updated_at=bindparam("updated_at"))
+
+
+def _dumps(obj: Any) -> str:
+    """orjson's text (a tenth of json.dumps' time) where it writes what json_dumps would mean:
+    orjson writes NaN and infinities as null (json_dumps refuses them) and refuses what json_dumps
+    takes (ints beyond 64 bits, non-string keys); those payloads go to json_dumps."""
+    try:
+        out = dumps(obj)
+    except TypeError:
+        return json_dumps(obj)
+    return json_dumps(obj) if b"null" in out else out.decode()
 
 
 def _errors(merged: dict[str, Any]) -> int:
@@ -67,20 +76,20 @@ class AggregateWriter:
 
     def _merge_pg(self, conn: Connection, keys: list[Key], partial: dict[Key, dict[str, Any]],
                   seconds: dict[Key, float], ts: float) -> None:
-        cols = [list(c) for c in zip(*keys, strict=True)]
+        doc = dumps([{**dict(zip(KEY, k, strict=True)), "window_seconds": seconds[k]} for k in keys]).decode()
         raw = conn.connection.driver_connection
         assert raw is not None
         with raw.cursor() as cur:
-            cur.execute(_PG_INSERT, [self._empty, ts, *cols, [seconds[k] for k in keys]])
-            cur.execute(_PG_SELECT, cols)
+            cur.execute(_PG_INSERT, [self._empty, ts, doc])
+            cur.execute(_PG_SELECT, [doc])
             rows = cur.fetchall()
             if len(rows) != len(keys):
                 raise RuntimeError(f"aggregate rows: {len(rows)} locked for {len(keys)} keys")
             merged = [aggregate.merge_into(_loads(text) if text else aggregate.empty(), partial[k])
                       for k, (_, text) in zip(keys, rows, strict=True)]
-            cur.execute(_PG_UPDATE, [ts, [r[0] for r in rows], [json_dumps(m) for m in merged],
-                                     [m["n_windows"] for m in merged], [m["requests"] for m in merged],
-                                     [_errors(m) for m in merged]])
+            cur.execute(_PG_UPDATE, [ts, dumps([
+                {"id": r[0], "payload": Fragment(_dumps(m)), "n_windows": m["n_windows"], "requests": m["requests"],
+                 "errors": _errors(m)} for r, m in zip(rows, merged, strict=True)]).decode()])
 
     def _merge_core(self, conn: Connection, keys: list[Key], partial: dict[Key, dict[str, Any]],
                     seconds: dict[Key, float], ts: float) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fleet.ingest import aggregate
 
 
@@ -40,3 +42,19 @@ def test_batch_merge_sums_counts_and_orders_keys_as_first_seen() -> None:
     assert (agg["n_windows"], agg["requests"], agg["latency_us"]["buckets"]) == (
         4, m["requests"], m["latency_us"]["buckets"])
     assert json.dumps(agg["resources_sum"]) == json.dumps({"temp_c": 39.0, "cpu": 12.5, "gpu": 0.5})
+
+
+def test_aggregate_text_is_orjson_only_where_it_means_what_json_dumps_means() -> None:
+    """The stored aggregate is written by orjson, except where orjson would write null for a
+    non-finite float (json_dumps refuses it: the batch fails instead of storing a null that breaks
+    every later merge of the key) or refuse an int beyond 64 bits (json_dumps writes it)."""
+    from fleet.db import json_dumps
+    from fleet.ingest.aggregate_store import _dumps
+
+    m = aggregate.merge_many([_window(resources={"cpu": 1.5}), _window(latency_us={"buckets": {"4": 1}})])
+    assert json.loads(_dumps(m)) == m and json.dumps(json.loads(_dumps(m))) == json.dumps(m)
+    huge = {**m, "requests": 2**70}
+    assert _dumps(huge) == json_dumps(huge)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            _dumps({**m, "latency_us": {**m["latency_us"], "sum_us": bad}})
