@@ -6,8 +6,8 @@
 - how many windows each device sent per (model, role, version), from when to when
   (DeviceVersionWindows): the reporting gate's per-device count and model health's devices.
 
-Tags are cached per device. The set of open rollouts is read with every batch (one query on a
-small table); when it changed, the cache is cleared and each device's tags are read again, in one
+Tags are cached per device. The set of open rollouts is read with every batch (a small table; on
+PostgreSQL in the statement that writes the runs); when it changed, the cache is cleared and each device's tags are read again, in one
 query per batch, the first time it reports. A rollout's targets are written in the transaction
 that creates it, so a device's tags change only when that set does.
 """
@@ -21,12 +21,17 @@ from orjson import dumps
 from sqlalchemy import select, text
 from sqlalchemy.engine import Connection, Engine
 
+from fleet.ingest.window_insert import COLUMNS, Row
 from fleet.rollouts.models import Rollout, RolloutTarget
 from fleet.rollouts.states import OPEN_ROLLOUTS
 
 CHUNK = 500
+_DEVICE, _MODEL, _ROLE, _VERSION, _CLASS, _START, _END = map(COLUMNS.index, (
+    "device_id", "model_name", "role", "model_version", "device_class", "window_start", "window_end"))
 _NONE: Mapping[str, str] = {}
 _OPEN = select(Rollout.id).where(Rollout.status.in_([str(s) for s in OPEN_ROLLOUTS])).order_by(Rollout.id)
+_PG_OPEN = (f"SELECT id FROM {Rollout.__tablename__} WHERE status IN "
+            f"({', '.join(chr(39) + str(s) + chr(39) for s in OPEN_ROLLOUTS)}) ORDER BY id")
 _RUN_COLS = ("device_id", "model_name", "role", "model_version", "device_class", "first_start", "last_end",
              "windows")
 _UPSERT_SET = (
@@ -37,9 +42,10 @@ _UPSERT_SET = (
     "last_end = CASE WHEN excluded.last_end > device_version_windows.last_end "
     "THEN excluded.last_end ELSE device_version_windows.last_end END")
 # one JSON document (dumped by orjson) instead of eight arrays: psycopg dumps array elements in
-# Python, about 1.4 us each, which was most of this module's cost per window
-_PG_RUNS = (f"INSERT INTO device_version_windows ({', '.join(_RUN_COLS)}) SELECT {', '.join(_RUN_COLS)} "
-            "FROM json_populate_recordset(NULL::device_version_windows, %s::json) " + _UPSERT_SET)
+# Python, about 1.4 us each, which was most of this module's cost per window; the same statement
+# reads the open rollouts (one round trip for both)
+_PG_RUNS = (f"WITH runs AS (INSERT INTO device_version_windows ({', '.join(_RUN_COLS)}) SELECT {', '.join(_RUN_COLS)} "
+            "FROM json_populate_recordset(NULL::device_version_windows, %s::json) " + _UPSERT_SET + ") " + _PG_OPEN)
 _LITE_RUNS = text(f"INSERT INTO device_version_windows ({', '.join(_RUN_COLS)}) "
                   f"VALUES ({', '.join(':' + c for c in _RUN_COLS)}) " + _UPSERT_SET)
 
@@ -57,16 +63,16 @@ class RolloutView:
         self._open: tuple[int, ...] | None = None
         self._tags: dict[str, Mapping[str, str]] = {}  # device -> {model name: wave tag}
 
-    def record(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Count these stored window rows per device and version; returns each row's wave tag."""
+    def record(self, conn: Connection, rows: Sequence[Row]) -> list[str]:
+        """Count these stored window rows (fleet.ingest.window_insert tuples) per device and
+        version; returns each row's wave tag."""
         if not rows:
             return []
-        self._refresh(conn, {r["device_id"] for r in rows})
-        self._write_runs(conn, rows)
-        return [self._tags[r["device_id"]].get(r["model_name"], "") for r in rows]
+        self._refresh(conn, self._write_runs(conn, rows), {r[_DEVICE] for r in rows})
+        tags = self._tags
+        return [tags[r[_DEVICE]].get(r[_MODEL], "") for r in rows]
 
-    def _refresh(self, conn: Connection, devices: set[str]) -> None:
-        now_open = tuple(conn.execute(_OPEN).scalars())
+    def _refresh(self, conn: Connection, now_open: tuple[int, ...], devices: set[str]) -> None:
         if now_open != self._open:
             self._open, self._tags = now_open, {}
         missing = sorted(d for d in devices if d not in self._tags)
@@ -82,21 +88,22 @@ class RolloutView:
         for d in missing:
             self._tags[d] = found.get(d, _NONE)
 
-    def _write_runs(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+    def _write_runs(self, conn: Connection, rows: Iterable[Row]) -> tuple[int, ...]:
+        """Upsert the rows' device runs; returns the open rollouts (read in the same statement)."""
         runs: dict[tuple[str, str, str, int], list[Any]] = {}
         for r in rows:
-            key = (r["device_id"], r["model_name"], r["role"], r["model_version"])
-            start, end = float(r["window_start"]), float(r["window_end"])
+            key = (r[_DEVICE], r[_MODEL], r[_ROLE], r[_VERSION])
             run = runs.get(key)
             if run is None:
-                runs[key] = [*key, r["device_class"], start, end, 1]
+                runs[key] = [*key, r[_CLASS], r[_START], r[_END], 1]
             else:
-                run[5], run[6], run[7] = min(run[5], start), max(run[6], end), run[7] + 1
+                run[5], run[6], run[7] = min(run[5], r[_START]), max(run[6], r[_END]), run[7] + 1
         ordered = [dict(zip(_RUN_COLS, runs[k], strict=True)) for k in sorted(runs)]  # one lock order everywhere
         if self.postgres:
             raw = conn.connection.driver_connection
             assert raw is not None
             with raw.cursor() as cur:
                 cur.execute(_PG_RUNS, [dumps(ordered).decode()])
-            return
+                return tuple(r[0] for r in cur.fetchall())
         conn.execute(_LITE_RUNS, ordered)
+        return tuple(conn.execute(_OPEN).scalars())

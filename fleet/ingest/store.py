@@ -38,7 +38,7 @@ from fleet.ingest.verification import (
     open_signed,
     trusted_payload,
 )
-from fleet.ingest.window_insert import WindowInserter
+from fleet.ingest.window_insert import PAYLOAD, Row, WindowInserter
 from fleet.models import Device, TelemetryWindow, now
 from fleet.settings import FleetSettings
 
@@ -317,7 +317,7 @@ class Processor:
         ops_metrics.INGEST_DUPLICATES.labels("events").inc(dup_ev)
 
     def _store_telemetry(self, db: Session, tel: list[_Parsed], ts: float) -> tuple[int, int]:
-        rows: dict[tuple[str, int], dict[str, Any]] = {}
+        rows: dict[tuple[str, int], Row] = {}  # one tuple per window, in window_insert.COLUMNS order
         hists: dict[tuple[str, int], Hist | None] = {}
         for p in tel:
             pl, info = p.payload, p.info
@@ -325,51 +325,45 @@ class Processor:
             key = (p.device, pl["seq"])
             if key in rows:
                 continue
-            errors = sum(int(v) for v in pl["errors"].values())
             window, model = pl["window"], pl["model"]
-            rows[key] = {"device_id": p.device, "seq": pl["seq"], "window_start": float(window["start"]),
-                         "window_end": float(window["end"]), "model_name": model["name"],
-                         "model_version": model["version"], "role": model["role"],
-                         "device_class": str(pl.get("device_class") or (info.device_class if info else "")),
-                         "cohort": info.cohort if info else "all", "requests": pl["requests"], "errors": errors,
-                         "payload": pl, "received_at": ts}
+            rows[key] = (p.device, key[1], float(window["start"]), float(window["end"]), model["name"],
+                         model["version"], model["role"],
+                         str(pl.get("device_class") or (info.device_class if info else "")),
+                         info.cohort if info else "all", pl["requests"], sum(map(int, pl["errors"].values())), pl, ts)
             hists[key] = p.hist
         # a fixed row order: two processes inserting overlapping redeliveries never deadlock
-        inserted = self._insert_windows(db, [rows[k] for k in sorted(rows)])
+        order = sorted(rows)
+        inserted = self._insert_windows(db, [rows[k] for k in order])
         dups = len(tel) - len(inserted)
         if not inserted:
             return 0, dups
+        stored = [k for k in order if k in inserted]
+        waves = self._rollouts.record(db.connection(), [rows[k] for k in stored])  # wave tags, device runs
         groups: dict[tuple[Any, ...], list[tuple[str, int]]] = defaultdict(list)
         seconds: dict[tuple[Any, ...], float] = {}
-        stored = sorted(inserted)
-        waves = self._rollouts.record(db.connection(), [rows[k] for k in stored])  # wave tags, device runs
         for key, wave in zip(stored, waves, strict=True):
             r = rows[key]
-            secs, bucket = aggregate_bucket(r["window_start"], r["window_end"])
-            akey = (r["model_name"], r["model_version"], r["role"], r["device_class"], r["cohort"], bucket, wave)
+            secs, bucket = aggregate_bucket(r[2], r[3])
+            akey = (*r[4:9], bucket, wave)  # model name, version, role, device class, cohort (KEY order)
             groups[akey].append(key)
             seconds[akey] = secs
         cpu0, partial = time.thread_time(), {}
         for akey, keys in groups.items():
             hs = [hists[k] for k in keys]
-            partial[akey] = aggregate.merge_many([rows[k]["payload"] for k in keys],
-                                                 None if any(h is None for h in hs) else hs)  # type: ignore[arg-type]
+            partial[akey] = aggregate.merge_many([rows[k][PAYLOAD] for k in keys],
+                                                 None if None in hs else hs)  # type: ignore[arg-type]
         self._aggregates.merge(db.connection(), partial, seconds, ts)
         self._aggregate_cpu += time.thread_time() - cpu0
         return len(inserted), dups
 
-    def _insert_windows(self, db: Session, rows: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    def _insert_windows(self, db: Session, rows: list[Row]) -> set[tuple[str, int]]:
         """Insert, skipping (device, seq) already stored; returns the keys really inserted."""
         return self._windows.insert(db, rows)
 
     def _touch_devices(self, db: Session, parsed: list[_Parsed], ts: float) -> None:
         """last_seen for devices heard from (written at most every few seconds per device)."""
-        seen: dict[str, int] = {}
-        for p in parsed:
-            if p.payload is not None and p.kind != "state":
-                seen[p.device] = max(seen.get(p.device, 0), int(p.payload["seq"]))
         todo = []
-        for device_id in seen:
+        for device_id in dict.fromkeys([p.device for p in parsed if p.payload is not None and p.kind != "state"]):
             info = self.devices.get(device_id)
             if info is None or ts - info.seen_written >= 5.0:
                 todo.append(device_id)
@@ -378,9 +372,11 @@ class Processor:
         if not todo:
             return
         db.flush()  # one statement for the whole batch, after the states' changes
-        if self._windows.postgres:  # one array parameter: SQLAlchemy would compile an IN item per device
+        if self._windows.postgres:  # one parameter: SQLAlchemy would compile an IN item per device
+            from orjson import dumps  # a JSON list: psycopg dumps an array's elements in Python
+
             with db.connection().connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
-                cur.execute("UPDATE device SET last_seen = %s, online = true WHERE id = ANY(%s)", (ts, sorted(todo)))
+                cur.execute(_TOUCH, (ts, dumps(sorted(todo)).decode()))
             return
         db.connection().execute(update(_DEVICE).where(_DEVICE.c.id.in_(sorted(todo))).values(last_seen=ts, online=True))
 
@@ -391,6 +387,10 @@ class Processor:
             n = db.execute(delete(TelemetryWindow).where(TelemetryWindow.received_at < cutoff)).rowcount
             db.commit()
         return int(n or 0)
+
+
+_TOUCH = ("UPDATE device SET last_seen = %s, online = true "
+          "WHERE id = ANY(ARRAY(SELECT json_array_elements_text(%s::json)))")
 
 
 def aggregate_bucket(start: float, end: float) -> tuple[float, float]:

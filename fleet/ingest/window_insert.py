@@ -1,15 +1,18 @@
 """Insert telemetry windows in bulk, skipping (device, seq) pairs already stored.
 
-PostgreSQL: one INSERT ... SELECT FROM unnest(column arrays) ... ON CONFLICT DO NOTHING RETURNING,
-the arrays sent in binary. Each payload is parsed once by the server (to validate the json
-column) instead of twice as with one JSON document, goes in as the exact text the device signed,
-and, where the server has lz4, is compressed with it instead of pglz: together about a third of
-the server's CPU per row, and little client work.
+PostgreSQL: the rows go by binary COPY (formatted in C by psycopg) into a temporary staging
+table of this connection, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING moves
+them. Column arrays instead cost psycopg about 1.4 us per element in Python (13 per row); COPY
+costs the client under a microsecond per row and the server no more than unnest did. Each
+payload is parsed once by the server (json_recv validates it), goes in as the exact text the
+device signed, and, where the server has lz4, is compressed with it instead of pglz. The
+staging table never compresses (its rows live until the commit).
 SQLite: one multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING through SQLAlchemy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -18,16 +21,24 @@ from sqlmodel import Session
 from fleet.db import json_dumps
 from fleet.models import TelemetryWindow
 
-PG_COLS = (("device_id", "text"), ("seq", "bigint"), ("window_start", "float8"), ("window_end", "float8"),
-           ("model_name", "text"), ("model_version", "int"), ("role", "text"), ("device_class", "text"),
-           ("cohort", "text"), ("requests", "bigint"), ("errors", "bigint"), ("payload", "json"),
+# a row is a tuple in this order; the payload (a Mapping, RawJSON keeps its signed text) at PAYLOAD
+PG_COLS = (("device_id", "text"), ("seq", "int8"), ("window_start", "float8"), ("window_end", "float8"),
+           ("model_name", "text"), ("model_version", "int4"), ("role", "text"), ("device_class", "text"),
+           ("cohort", "text"), ("requests", "int8"), ("errors", "int8"), ("payload", "json"),
            ("received_at", "float8"))
-_NAMES = tuple(c for c, _ in PG_COLS)
-# rows in the order given (sorted by the caller: two processes inserting overlapping
-# redeliveries then lock in the same order and never deadlock)
-_INSERT = (f"INSERT INTO telemetrywindow ({', '.join(_NAMES)}) "
-           f"SELECT * FROM unnest({', '.join(f'%b::{t}[]' for _, t in PG_COLS)}) "
-           "ON CONFLICT ({}) DO NOTHING RETURNING device_id, seq")
+COLUMNS = tuple(c for c, _ in PG_COLS)
+PAYLOAD = COLUMNS.index("payload")
+Row = tuple[Any, ...]
+_STAGE = "pg_temp.telemetrywindow_stage"
+# created once per connection (a no-op after); ON COMMIT DELETE ROWS empties it with each batch
+_PREPARE = (f"CREATE TEMP TABLE IF NOT EXISTS telemetrywindow_stage ({', '.join(f'{c} {t}' for c, t in PG_COLS)}) "
+            "WITH (toast_tuple_target = 8160) ON COMMIT DELETE ROWS")
+_COPY = f"COPY {_STAGE} FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = [("text" if t == "json" else t) for _, t in PG_COLS]  # json's binary form is its text
+# rows in the order written, which the caller sorted: two processes inserting overlapping
+# redeliveries then lock in the same order and never deadlock
+_INSERT = (f"INSERT INTO telemetrywindow ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM {_STAGE} "
+           "ORDER BY ctid ON CONFLICT ({}) DO NOTHING RETURNING device_id, seq")
 # a partitioned table's unique key holds the partition column (fleet.ingest.partitions)
 _CONFLICT = {False: "device_id, seq", True: "device_id, seq, window_start"}
 
@@ -39,8 +50,8 @@ class WindowInserter:
         self._lz4: bool | None = None  # whether the server compresses with lz4 (PostgreSQL >= 14)
         self._sql: str | None = None    # _INSERT for this table, partitioned or not
 
-    def insert(self, db: Session, rows: list[dict[str, Any]]) -> set[tuple[str, int]]:
-        """Insert `rows` (TelemetryWindow columns) in the session's transaction; returns the
+    def insert(self, db: Session, rows: Sequence[Row]) -> set[tuple[str, int]]:
+        """Insert `rows` (tuples in COLUMNS order) in the session's transaction; returns the
         (device_id, seq) keys really inserted."""
         if not rows:
             return set()
@@ -50,9 +61,9 @@ class WindowInserter:
 
         stmt = insert(TelemetryWindow).on_conflict_do_nothing(index_elements=["device_id", "seq"]).returning(
             TelemetryWindow.device_id, TelemetryWindow.seq)
-        return {(r[0], r[1]) for r in db.execute(stmt, rows).all()}
+        return {(r[0], r[1]) for r in db.execute(stmt, [dict(zip(COLUMNS, r, strict=True)) for r in rows]).all()}
 
-    def _insert_pg(self, db: Session, rows: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    def _insert_pg(self, db: Session, rows: Sequence[Row]) -> set[tuple[str, int]]:
         conn = db.connection().connection.driver_connection
         assert conn is not None
         with conn.cursor() as cur:
@@ -64,9 +75,11 @@ class WindowInserter:
                 cur.execute("SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'")
                 found = cur.fetchone()
                 self._lz4 = bool(found and found[0])
-            if self._lz4:
-                cur.execute("SET LOCAL default_toast_compression = lz4")
-            columns = [[r[c] for r in rows] for c in _NAMES]
-            columns[_NAMES.index("payload")] = [json_dumps(p) for p in columns[_NAMES.index("payload")]]
-            cur.execute(self._sql, columns)
-            return {(r[0], r[1]) for r in cur.fetchall()}
+            cur.execute(_PREPARE + ("; SET LOCAL default_toast_compression = lz4" if self._lz4 else ""), prepare=False)
+            with cur.copy(_COPY) as copy:
+                copy.set_types(_COPY_TYPES)
+                write = copy.write_row
+                for r in rows:
+                    write((*r[:PAYLOAD], json_dumps(r[PAYLOAD]), *r[PAYLOAD + 1:]))
+            cur.execute(self._sql)
+            return set(cur.fetchall())
