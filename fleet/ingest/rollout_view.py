@@ -90,15 +90,17 @@ class RolloutView:
 
     def _write_runs(self, conn: Connection, rows: Iterable[Row]) -> tuple[int, ...]:
         """Upsert the rows' device runs; returns the open rollouts (read in the same statement)."""
-        runs: dict[tuple[str, str, str, int], list[Any]] = {}
+        runs: dict[tuple[str, str, str, int], dict[str, Any]] = {}  # the rows of _RUN_COLS, by key
         for r in rows:
             key = (r[_DEVICE], r[_MODEL], r[_ROLE], r[_VERSION])
             run = runs.get(key)
             if run is None:
-                runs[key] = [*key, r[_CLASS], r[_START], r[_END], 1]
+                runs[key] = {"device_id": key[0], "model_name": key[1], "role": key[2], "model_version": key[3],
+                             "device_class": r[_CLASS], "first_start": r[_START], "last_end": r[_END], "windows": 1}
             else:
-                run[5], run[6], run[7] = min(run[5], r[_START]), max(run[6], r[_END]), run[7] + 1
-        ordered = [dict(zip(_RUN_COLS, runs[k], strict=True)) for k in sorted(runs)]  # one lock order everywhere
+                run["first_start"], run["last_end"] = min(run["first_start"], r[_START]), max(run["last_end"], r[_END])
+                run["windows"] += 1
+        ordered = [runs[k] for k in sorted(runs)]  # one lock order everywhere
         if self.postgres:
             raw = conn.connection.driver_connection
             assert raw is not None
