@@ -59,7 +59,7 @@ class IngestSettings:
     verify: str = "all"            # "all" signatures, or "sample": telemetry sampled, state/events all (docs/security.md)
     sample_rate: float = 0.05      # share of telemetry windows verified when verify = "sample"
     # "paho": every packet through paho's parser; "batched": QoS 1 PUBLISHes cut out of each read and
-    # handed on as one batch, with a 50 ms pause after a trickle (about 8x less receive CPU, docs/deploy.md)
+    # handed on as one batch, with a 200 ms pause after a trickle (about 8x less receive CPU, docs/deploy.md)
     receive: str = "paho"
 
     def __post_init__(self) -> None:
