@@ -114,3 +114,29 @@ def test_copy_insert_on_a_plain_table_skips_stored_keys_and_leaves_no_staged_row
         assert [tuple(g) for g in got] == [(*w[:-2], json.dumps(w[-2], separators=(",", ":")), w[-1]) for w in want]
     finally:
         engine.dispose()
+
+
+def test_storing_resumes_on_a_new_connection_after_the_server_dropped_the_old_one(fleet, baseline) -> None:  # type: ignore[no-untyped-def]
+    """The staging table belongs to a connection: a database restart (here: the server ends the
+    pooled connection) leaves the next batch a new connection, which makes its own."""
+    if fleet.ctx.engine.dialect.name != "postgresql":
+        pytest.skip("a connection dropped by the PostgreSQL server")
+    import psycopg
+
+    dev = SimDevice("r1")
+    _enrol(fleet, dev, "eu")
+    rng = np.random.default_rng(12)
+    msgs = [(dev.topic("telemetry"), dev.sign(dev.telemetry(rng, baseline, window_start=1764100000.0 + 60 * k)))
+            for k in range(3)]
+    proc = Processor(fleet.settings, fleet.ctx.engine)
+    proc.process(msgs[:1])
+    url = fleet.ctx.engine.url.render_as_string(hide_password=False).replace("+psycopg", "")
+    with psycopg.connect(url, autocommit=True) as conn:
+        ended = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                             "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()
+    assert ended and ended[0] >= 1
+    proc.process(msgs)  # one redelivered, two new
+    snap = proc.stats.snapshot()
+    assert snap["stored"]["telemetry"] == 3 and snap["duplicates"]["telemetry"] == 1 and not snap["dropped"]
+    with Session(fleet.ctx.engine) as db:
+        assert [a.n_windows for a in db.exec(select(Aggregate))] == [1, 1, 1]  # one per minute slot
