@@ -72,9 +72,17 @@ def _fold(acc: dict[str, Any], ps: Sequence[Mapping[str, Any]], readings: dict[s
         sampled += int(get("sampled", 0))
         dropped += int(get("dropped_windows", 0))
         mismatch += int(get("edge_mismatch", 0))
-        _add_counts(errors, get("errors") or _NONE)
+        for k, v in (get("errors") or _NONE).items():  # sparse counts: new keys appended in their order
+            try:
+                errors[k] += int(v)
+            except KeyError:
+                errors[k] = int(v)
         q = get("latency_us") or _NONE
-        _add_counts(buckets, q.get("buckets") or _NONE)
+        for k, v in (q.get("buckets") or _NONE).items():
+            try:
+                buckets[k] += int(v)
+            except KeyError:
+                buckets[k] = int(v)
         sum_us += float(q.get("sum_us", 0.0))
         if readings is not None:
             _collect_readings(readings, get("resources"))
@@ -89,15 +97,6 @@ def _fold(acc: dict[str, Any], ps: Sequence[Mapping[str, Any]], readings: dict[s
     acc["dropped_windows"] += dropped
     acc["edge_mismatch"] += mismatch
     lat["sum_us"] = sum_us
-
-
-def _add_counts(into: dict[str, int], counts: Mapping[str, Any]) -> None:
-    """Sparse {key: count} added into `into` (new keys appended in their order, exact ints)."""
-    for k, v in counts.items():
-        try:
-            into[k] += int(v)
-        except KeyError:
-            into[k] = int(v)
 
 
 def _merge_resources(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
