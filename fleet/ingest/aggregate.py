@@ -58,8 +58,8 @@ def _merge_scalars(acc: dict[str, Any], ps: Sequence[Mapping[str, Any]]) -> None
 
 def _fold(acc: dict[str, Any], ps: Sequence[Mapping[str, Any]], readings: dict[str, list[float]] | None) -> None:
     """Counts, errors, latency, shadow (and telemetry resource readings into `readings`) in one
-    pass, a payload at a time: its dicts are read while in the CPU cache, about a third cheaper for
-    ingest's windows than a C-level pass per field over the batch."""
+    pass, a payload at a time: no per-field lists, iterators and method callers, about a fifth
+    cheaper for ingest's windows than a C-level pass per field over the batch."""
     n_windows = devices = requests = sampled = dropped = mismatch = 0
     errors, lat, shadow = acc["errors"], acc["latency_us"], acc["shadow"]
     buckets = lat["buckets"]
