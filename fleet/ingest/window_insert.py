@@ -2,8 +2,9 @@
 
 PostgreSQL: the rows go by binary COPY (formatted in C by psycopg) into a temporary staging
 table of this connection, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING moves
-them. Column arrays instead cost psycopg about 1.4 us per element in Python (13 per row); COPY
-costs the client under a microsecond per row and the server no more than unnest did. Each
+them. Column arrays instead cost psycopg about 1.4 us per element in Python (13 per row): per
+row of 330-row batches, client 11.5 -> 7.4 us and server 86 -> 66 us (binary numbers need no
+parsing); one JSON document of the scalars was 7.8 / 81 us. Each
 payload is parsed once by the server (json_recv validates it), goes in as the exact text the
 device signed, and, where the server has lz4, is compressed with it instead of pglz. The
 staging table never compresses (its rows live until the commit).
