@@ -1,7 +1,8 @@
 """The device-class catalogue: TOML files in `devices/`, validated when loaded.
 
 A device class says what a family of devices can run (CPU, memory, format, precision,
-runtime, execution providers, threads) and the limits a compiled model must fit.
+runtime, execution providers, threads, how INT8 is quantized for its kernels) and the limits a
+compiled model must fit.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class DeviceClass:
     detect_paths: tuple[str, ...] = ()
     priority: int = 0
     source: str = ""
+    # 7-bit INT8 weights for ONNX Runtime's U8S8 kernels: without VNNI (AVX2's vpmaddubsw) the int16
+    # pair sums saturate at full range; VNNI (vpdpbusd) accumulates in int32 and needs no reduction.
+    reduce_range: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,7 +57,8 @@ class DeviceClass:
             "cpu": {"arch": self.arch, "features": list(self.cpu_features)},
             "memory": {"ram_mb": self.memory_mb},
             "model": {"format": self.format, "precision": self.precision, "runtime": self.runtime,
-                      "execution_providers": list(self.execution_providers), "threads": self.threads},
+                      "execution_providers": list(self.execution_providers), "threads": self.threads,
+                      "reduce_range": self.reduce_range},
             "limits": {"max_model_bytes": self.max_model_bytes, "latency_budget_ms": self.latency_budget_ms,
                        "max_accuracy_drop": self.max_accuracy_drop,
                        "max_slice_gap_increase": self.max_slice_gap_increase},
@@ -73,6 +78,7 @@ _SCHEMA: dict[str, tuple[type | tuple[type, ...], bool, tuple[Any, ...] | None]]
     "model.runtime": (str, True, RUNTIMES),
     "model.execution_providers": (list, False, None),
     "model.threads": (int, True, None),
+    "model.reduce_range": (bool, False, None),
     "limits.max_model_bytes": (int, True, None),
     "limits.latency_budget_ms": ((int, float), True, None),
     "limits.max_accuracy_drop": ((int, float), False, None),
@@ -109,8 +115,9 @@ def parse_device_class(data: dict[str, Any], source: str) -> DeviceClass:
             if required:
                 raise CatalogueError(f"{source}: missing required field '{path}'")
             continue
-        if not isinstance(value, typ) or isinstance(value, bool):
-            raise CatalogueError(f"{source}: field '{path}' must be {getattr(typ, '__name__', typ)}, got {value!r}")
+        if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
+            name = "true or false" if typ is bool else getattr(typ, "__name__", typ)
+            raise CatalogueError(f"{source}: field '{path}' must be {name}, got {value!r}")
         if allowed is not None and value not in allowed:
             raise CatalogueError(f"{source}: field '{path}' is {value!r}, expected one of {', '.join(allowed)}")
         if isinstance(value, (int, float)) and value < 0:
@@ -126,7 +133,8 @@ def parse_device_class(data: dict[str, Any], source: str) -> DeviceClass:
         cpu_features=tuple(str(f) for f in data["cpu"]["features"]), memory_mb=data["memory"]["ram_mb"],
         format=data["model"]["format"], precision=data["model"]["precision"], runtime=data["model"]["runtime"],
         execution_providers=tuple(data["model"].get("execution_providers", ())),
-        threads=data["model"]["threads"], max_model_bytes=limits["max_model_bytes"],
+        threads=data["model"]["threads"], reduce_range=bool(data["model"].get("reduce_range", False)),
+        max_model_bytes=limits["max_model_bytes"],
         latency_budget_ms=float(limits["latency_budget_ms"]),
         max_accuracy_drop=float(limits.get("max_accuracy_drop", 0.01)),
         max_slice_gap_increase=float(limits.get("max_slice_gap_increase", 0.02)),

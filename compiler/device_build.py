@@ -89,7 +89,8 @@ def _evaluator(cfg: CompileConfig, dc: DeviceClass, prep: Prepared, budgets: Bud
                signing_key: Any) -> tuple[PassContext, Evaluator]:
     # NNCF accuracy control keeps the OpenVINO INT8 model within the drop budget (classification).
     use_ac = cfg.accuracy_control is not False and cfg.task == "classification"
-    ctx = replace(prep.ctx, accuracy_control_drop=budgets.max_accuracy_drop if use_ac else None)
+    ctx = replace(prep.ctx, accuracy_control_drop=budgets.max_accuracy_drop if use_ac else None,
+                  reduce_range=dc.reduce_range)
     from compiler.target import fp32_runner, match_host
 
     evaluate = Evaluator(cfg.task, prep.reference, budgets, match_host(dc),

@@ -121,6 +121,7 @@ class PassContext:
     float_nodes: tuple[str, ...] = ()  # layers the accuracy fallback returned to float
     scheme: str | None = None  # a quantization scheme the accuracy fallback chose over the architecture's
     tflite_src: Path | None = None  # --tflite: the source model (compiler.tflite_source builds from it)
+    reduce_range: bool = False  # the device class's 7-bit INT8 weights (ONNX Runtime passes read it)
     # Pass outputs of this build by PassConfig.key: a pass that already ran with the same config on
     # the same inputs (another device class, the sensitivity probe) is copied, not run again.
     # dataclasses.replace keeps the same dict, so every variant of the context shares it.

@@ -1,8 +1,11 @@
 """ONNX precision passes with onnxruntime: static QDQ INT8 (calibrated), dynamic INT8, FP16.
 
 Static INT8 uses per-channel QInt8 weights and QUInt8 activations in QDQ form (the fast U8S8
-path on x86 VNNI). Dynamic INT8 suits transformer-like graphs (MatMul heavy, no stable
-activation range) but can hurt small models: the gates decide, not this module.
+path on x86 VNNI). `reduce_range` (the device class's `model.reduce_range`) quantizes weights to
+7 bits: on AVX2 without VNNI, U8S8 kernels add u8*s8 pairs into int16 (vpmaddubsw) and saturate
+at full range (onnxruntime's advice for non-VNNI CPUs; Optimum's avx2 preset does the same).
+Dynamic INT8 suits transformer-like graphs (MatMul heavy, no stable activation range) but can
+hurt small models: the gates decide, not this module.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class StaticInt8(OnnxQuantConfig):
     weight_type: str = "qint8"
     calibration_samples: int = 128
     percentile: float = 99.999
+    reduce_range: bool = False  # 7-bit weights: the device class's kernels saturate at full range
     op_types: tuple[str, ...] | None = None  # None: every operator ORT quantizes
     nodes_to_exclude: tuple[str, ...] = ()  # kept in float (architecture scheme, accuracy fallback)
     extra_options: dict[str, Any] = field(default_factory=dict)
@@ -66,6 +70,7 @@ class DynamicInt8(OnnxQuantConfig):
     MODE: ClassVar[str] = "dynamic"
     per_channel: bool = True
     weight_type: str = "qint8"
+    reduce_range: bool = False  # 7-bit weights, as for StaticInt8
     nodes_to_exclude: tuple[str, ...] = ()
 
     def apply(self, src: Path, dst: Path, calib: Dataset | None) -> Path:
@@ -148,7 +153,8 @@ def quantize_static_int8(src: Path, dst: Path, calib: Dataset, cfg: StaticInt8) 
         pre = _prepare(src, work)
         out = work / "q.onnx"
         quantize_static(str(pre), str(out), _reader(calib.take(cfg.calibration_samples)),
-                        quant_format=getattr(QuantFormat, cfg.quant_format), per_channel=cfg.per_channel, reduce_range=False,
+                        quant_format=getattr(QuantFormat, cfg.quant_format), per_channel=cfg.per_channel,
+                        reduce_range=cfg.reduce_range,
                         activation_type=_qtype(cfg.activation_type), weight_type=_qtype(cfg.weight_type),
                         calibrate_method=method, extra_options=extra,
                         op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
@@ -164,7 +170,8 @@ def quantize_dynamic_int8(src: Path, dst: Path, cfg: DynamicInt8) -> Path:
         work = Path(tmpdir)
         pre = _prepare(src, work)
         out = work / "q.onnx"
-        quantize_dynamic(str(pre), str(out), per_channel=cfg.per_channel, weight_type=_qtype(cfg.weight_type),
+        quantize_dynamic(str(pre), str(out), per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                         weight_type=_qtype(cfg.weight_type),
                          nodes_to_exclude=list(cfg.nodes_to_exclude) or None)
         return _resave(out, dst)
 

@@ -28,10 +28,11 @@ class OnnxFormat(Format):
         scheme = onnx_scheme(arch, ctx.scheme)
         exclude = tuple(dict.fromkeys((arch.float_nodes if scheme.exclude_float_nodes else ()) + ctx.float_nodes))
         if precision == "dynamic-int8":
-            return Step(DynamicInt8(per_channel=scheme.per_channel, nodes_to_exclude=exclude), {}, (model,))
+            return Step(DynamicInt8(per_channel=scheme.per_channel, reduce_range=ctx.reduce_range,
+                                    nodes_to_exclude=exclude), {}, (model,))
         cfg = StaticInt8(calibrate_method=ctx.calibrate_method, calibration_samples=ctx.calibration_used(),
-                         per_channel=scheme.per_channel, op_types=scheme.op_types, nodes_to_exclude=exclude,
-                         extra_options=scheme.extra_options)
+                         per_channel=scheme.per_channel, reduce_range=ctx.reduce_range, op_types=scheme.op_types,
+                         nodes_to_exclude=exclude, extra_options=scheme.extra_options)
         why = {"architecture": arch.to_dict(), "scheme": scheme.to_dict(), "fallback_float_nodes": list(ctx.float_nodes),
                **kept_in_float(arch, scheme.exclude_float_nodes)}
         return Step(cfg, why, (model, ctx.calib.sha256()))

@@ -176,6 +176,9 @@ def test_regression_task(digits, keys, tmp_path) -> None:
     assert res.metrics["metric_name"] == "r2" and res.metrics["reference_metric"] > 0.5
     vb = verify_bundle(res.bundle_path, Keyring.from_files([keys[1]]))
     assert vb.manifest["drift_baseline"]["prediction"]["kind"] == "value"
+    # The class's 7-bit weights (AVX2 U8S8 saturates at full range: p99 error 0.35 without) are in the lineage.
+    quantize = [p for p in vb.manifest["provenance"]["lineage"] if p["pass"] == "quantize"]
+    assert quantize and all(p["config"]["reduce_range"] is True for p in quantize)
 
 
 @pytest.mark.parametrize("device_class", ALL_CLASSES)

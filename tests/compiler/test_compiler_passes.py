@@ -109,7 +109,9 @@ def test_each_onnx_precision_pass_records_only_its_own_settings() -> None:
     static = StaticInt8(calibration_samples=64, nodes_to_exclude=("n1",)).lineage()
     assert static["tool"] == "onnxruntime.quantization" and static["mode"] == "static"
     assert static["calibration_samples"] == 64 and static["nodes_to_exclude"] == ["n1"] and static["per_channel"]
-    assert set(DynamicInt8().lineage()) == {"tool", "mode", "per_channel", "weight_type", "nodes_to_exclude"}
+    assert set(DynamicInt8().lineage()) == {"tool", "mode", "per_channel", "weight_type", "reduce_range",
+                                            "nodes_to_exclude"}
+    assert static["reduce_range"] is False and StaticInt8(reduce_range=True).key("m") != StaticInt8().key("m")
     assert Fp16().lineage() == {"tool": "onnxruntime.quantization", "mode": "fp16", "keep_io_types": True}
     assert OpenVINOConfig(max_drop=0.01).key("m") != OpenVINOConfig(max_drop=0.02).key("m")
 
@@ -196,7 +198,8 @@ def _bundle_files(path: Path) -> tuple[bytes, list[dict[str, Any]]]:
 @pytest.mark.slow
 def test_a_pass_with_the_same_key_runs_once_per_build(build, mlp, digits, monkeypatch) -> None:
     """Two classes that want the same ONNX INT8 pass share its output (the key says it is the same
-    pass on the same inputs); the bundles carry the same model and the same lineage record."""
+    pass on the same inputs); the bundles carry the same model and the same lineage record. (Not
+    x86-64-generic: its 7-bit weights, reduce_range, make its pass another one.)"""
     from compiler_zoo import calib_set, eval_set
 
     import compiler.quantize_onnx as qo
@@ -210,9 +213,34 @@ def test_a_pass_with_the_same_key_runs_once_per_build(build, mlp, digits, monkey
 
     monkeypatch.setattr(qo, "quantize_static_int8", counted)
     a, b = build(torch=mlp, calib=calib_set(digits), eval=eval_set(digits), format="onnx", precision="int8",
-                 device_classes=["x86-64-generic", "x86-avx512-vnni"])
+                 device_classes=["x86-avx512-vnni", "nvidia-jetson"], max_accuracy_drop=0.01)
     assert a.passed and b.passed and len(calls) == 1
     (model_a, lineage_a), (model_b, lineage_b) = _bundle_files(a.bundle_path), _bundle_files(b.bundle_path)
     quantize = [next(p for p in lin if p["pass"] == "quantize") for lin in (lineage_a, lineage_b)]
     assert model_a == model_b and quantize[0] == quantize[1]
     assert [p["pass"] for p in lineage_b] == ["export", "quantize", "evaluate"]  # one evaluate: its own
+
+
+def test_reduce_range_is_a_device_class_setting_the_onnx_int8_passes_take(tmp_path: Path) -> None:
+    """AVX2 without VNNI saturates full-range U8S8 (digits regression p99 error 0.35 vs 0.04 with
+    7-bit weights): x86-64-generic asks for 7-bit weights, VNNI does not, other classes default off."""
+    from agent.device_classes import CatalogueError, get_device_class, parse_device_class
+    from compiler.data import load_dataset
+    from compiler.passes import PassContext
+
+    generic, vnni = get_device_class("x86-64-generic"), get_device_class("x86-avx512-vnni")
+    assert generic.reduce_range and not vnni.reduce_range and not get_device_class("nvidia-jetson").reduce_range
+    assert generic.to_dict()["model"]["reduce_range"] is True
+    doc = generic.to_dict()
+    doc["model"]["reduce_range"] = "yes"
+    with pytest.raises(CatalogueError, match=r"field 'model.reduce_range' must be true or false, got 'yes'"):
+        parse_device_class(doc, "x.toml")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx")
+    data = load_dataset({"x": np.zeros((4, 3), np.float32)})
+    ctx = PassContext(model, None, None, {}, data, data, False, reduce_range=generic.reduce_range)
+    onnx = get_format("onnx")
+    for precision in ("int8", "dynamic-int8"):
+        step = onnx.step(precision, ctx)
+        assert step is not None and step.config.lineage()["reduce_range"] is True
+        assert step.key != onnx.step(precision, dataclasses.replace(ctx, reduce_range=False)).key  # type: ignore[union-attr]
