@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from agent.window_payload import Layout, layout_of
+from agent.window_payload import Layout, WireCounts, layout_of
 
 RESOURCE_KEYS = ("cpu_percent", "rss_mb", "mem_percent", "temp_c")
 
@@ -148,12 +148,7 @@ def _merge_histograms(acc: dict[str, Any], p: Mapping[str, Any]) -> None:
     acc["features"], acc["prediction"] = hs.features, hs.prediction
 
 
-class Hist(NamedTuple):
-    """A telemetry payload's histograms, flattened once (by the ingest checks) for merge_many."""
-
-    layout: tuple[tuple[Any, ...], tuple[Any, ...], tuple[int, ...]]  # feature names, edge hashes, sizes
-    counts: list[int]  # every feature's counts, one after the other
-    nan: list[int]
+Hist = WireCounts  # a payload's histograms flattened once (by the one shape check) for merge_many
 
 
 def hist_of(p: Mapping[str, Any]) -> Hist:

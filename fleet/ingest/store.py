@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, update
@@ -28,6 +28,7 @@ from fleet.ingest.aggregate_store import AggregateWriter
 from fleet.ingest.device_cache import DeviceCache, DeviceInfo
 from fleet.ingest.records import store_events, store_states
 from fleet.ingest.rollout_view import RolloutView
+from fleet.ingest.stats import IngestStats, Tally
 from fleet.ingest.trust import TrustPolicy, quarantine
 from fleet.ingest.verification import (
     MAX_INT,
@@ -44,26 +45,6 @@ from fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
 KINDS = ("telemetry", "state", "events")
-
-
-@dataclass
-class IngestStats:
-    received: Counter[str] = field(default_factory=Counter)
-    stored: Counter[str] = field(default_factory=Counter)
-    duplicates: Counter[str] = field(default_factory=Counter)
-    dropped: Counter[str] = field(default_factory=Counter)
-    batches: int = 0
-    # CPU seconds by stage (thread CPU time, taken per batch): parse = decode, verify and shape
-    # checks (verify threads included); aggregate = merging and the aggregate rows; store = the rest
-    # of storing (client side). What a process spent beyond these is receiving (MQTT thread).
-    cpu_s: Counter[str] = field(default_factory=Counter)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def snapshot(self) -> dict[str, Any]:
-        with self.lock:
-            return {"received": dict(self.received), "stored": dict(self.stored),
-                    "duplicates": dict(self.duplicates), "dropped": dict(self.dropped), "batches": self.batches,
-                    "cpu_s": dict(self.cpu_s)}
 
 
 @dataclass(slots=True)
@@ -94,18 +75,6 @@ def _verify_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-class _Tally:
-    """Counts of one batch, added to the stats and metrics once (a lock and a metric per
-    message would cost more than parsing it)."""
-
-    __slots__ = ("received", "dropped", "cpu_s")
-
-    def __init__(self) -> None:
-        self.received: Counter[str] = Counter()
-        self.dropped: Counter[str] = Counter()
-        self.cpu_s = 0.0
-
-
 class Processor:
     """Verification and batched storage; no MQTT here (tests and benchmarks call it directly)."""
 
@@ -130,7 +99,7 @@ class Processor:
             self.stats.dropped[reason] += 1
         ops_metrics.INGEST_DROPPED.labels(reason).inc()
 
-    def _record(self, tally: _Tally) -> None:
+    def _record(self, tally: Tally) -> None:
         with self.stats.lock:
             self.stats.received.update(tally.received)
             self.stats.dropped.update(tally.dropped)
@@ -149,7 +118,7 @@ class Processor:
         topics name are looked up together first; then each message is decoded, verified and
         checked in one go, while its parsed objects are still in the CPU cache."""
         cpu0 = time.thread_time()
-        tally = _Tally()
+        tally = Tally()
         routes = [self._guard(tally, topic, self._route, tally, topic) for topic, _ in messages]
         infos = self.devices.lookup(r[1] for r in routes if r is not None)
         items = [(r, topic, raw) for r, (topic, raw) in zip(routes, messages, strict=True)]
@@ -169,13 +138,13 @@ class Processor:
         return out
 
     def _verify_chunk(self, items: list[tuple[Any, str, bytes]], infos: dict[str, DeviceInfo]
-                      ) -> tuple[list[_Parsed | None], _Tally]:
-        cpu0, tally = time.thread_time(), _Tally()
+                      ) -> tuple[list[_Parsed | None], Tally]:
+        cpu0, tally = time.thread_time(), Tally()
         out = [None if r is None else self._guard(tally, topic, self._verify, r, raw, infos) for r, topic, raw in items]
         tally.cpu_s = time.thread_time() - cpu0
         return out, tally
 
-    def _guard(self, tally: _Tally, topic: str, fn: Any, *args: Any) -> Any:
+    def _guard(self, tally: Tally, topic: str, fn: Any, *args: Any) -> Any:
         """fn(*args), or None with the drop counted: a message must never take ingest down."""
         try:
             return fn(*args)
@@ -188,7 +157,7 @@ class Processor:
             tally.dropped["malformed"] += 1
         return None
 
-    def _route(self, tally: _Tally, topic: str) -> tuple[str, str]:
+    def _route(self, tally: Tally, topic: str) -> tuple[str, str]:
         """(kind, device) of a message on one of our topics."""
         fleet, device, kind = parse_topic(topic)
         if kind not in KINDS:
