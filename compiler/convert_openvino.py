@@ -33,6 +33,9 @@ class OpenVINOConfig(PassConfig):
     fast_bias_correction: bool = True
     scheme: Any = None  # compiler.schemes.OpenVINOScheme; None: NNCF defaults (or TRANSFORMER if set above)
     ignored_nodes: tuple[str, ...] = ()  # returned to float by the accuracy fallback
+    # The device class's 7-bit weights (model.reduce_range): NNCF's overflow fix on every layer, not
+    # only the first (its default). OpenVINO's AVX2 INT8 kernels saturate like ORT's without VNNI.
+    reduce_range: bool = False
 
 
 def _calib_items(ds: Dataset) -> list[dict[str, np.ndarray]]:
@@ -65,6 +68,9 @@ def convert_openvino(src_onnx: Path, dst_xml: Path, cfg: OpenVINOConfig, calib: 
             kwargs.update(cfg.scheme.nncf_kwargs())
         elif cfg.transformer:
             kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+        if cfg.reduce_range:
+            advanced = kwargs.setdefault("advanced_parameters", nncf.AdvancedQuantizationParameters())
+            advanced.overflow_fix = nncf.OverflowFix.ENABLE
         if cfg.ignored_nodes:
             # validate=False: a node the ONNX frontend fused away is simply not there to ignore.
             kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(cfg.ignored_nodes), validate=False)

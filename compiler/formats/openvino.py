@@ -26,7 +26,7 @@ class OpenVINOFormat(Format):
         ignored = tuple(dict.fromkeys((arch.float_nodes if scheme.ignore_float_nodes else ()) + ctx.float_nodes))
         cfg = OpenVINOConfig(precision=precision, calibration_samples=ctx.calibration_used(),
                              transformer=scheme.model_type == "transformer", scheme=scheme, ignored_nodes=ignored,
-                             max_drop=ctx.accuracy_control_drop)
+                             max_drop=ctx.accuracy_control_drop, reduce_range=ctx.reduce_range)
         why = {"architecture": arch.to_dict(), "fallback_float_nodes": list(ctx.float_nodes),
                **kept_in_float(arch, scheme.ignore_float_nodes)}
         # Accuracy control also reads the validation set.

@@ -239,8 +239,8 @@ def test_reduce_range_is_a_device_class_setting_the_onnx_int8_passes_take(tmp_pa
     model.write_bytes(b"onnx")
     data = load_dataset({"x": np.zeros((4, 3), np.float32)})
     ctx = PassContext(model, None, None, {}, data, data, False, reduce_range=generic.reduce_range)
-    onnx = get_format("onnx")
-    for precision in ("int8", "dynamic-int8"):
-        step = onnx.step(precision, ctx)
+    for fmt, precision in (("onnx", "int8"), ("onnx", "dynamic-int8"), ("openvino", "int8")):
+        step = get_format(fmt).step(precision, ctx)
         assert step is not None and step.config.lineage()["reduce_range"] is True
-        assert step.key != onnx.step(precision, dataclasses.replace(ctx, reduce_range=False)).key  # type: ignore[union-attr]
+        other = get_format(fmt).step(precision, dataclasses.replace(ctx, reduce_range=False))
+        assert other is not None and step.key != other.key, (fmt, precision)
