@@ -46,8 +46,8 @@ class DeviceClass:
     detect_paths: tuple[str, ...] = ()
     priority: int = 0
     source: str = ""
-    # 7-bit INT8 weights for ONNX Runtime's U8S8 kernels: without VNNI (AVX2's vpmaddubsw) the int16
-    # pair sums saturate at full range; VNNI (vpdpbusd) accumulates in int32 and needs no reduction.
+    # 7-bit INT8 weights (ORT's reduce_range, NNCF's overflow fix on every layer): without VNNI (AVX2's
+    # vpmaddubsw) u8*s8 pair sums saturate int16 at full range; VNNI (vpdpbusd) accumulates in int32.
     reduce_range: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
