@@ -97,6 +97,7 @@ class _Wire(TypedDict):
     prediction_records: NotRequired[Any]
     outcomes: NotRequired[Any]
 
+
 _DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(_Wire)
 
 
@@ -136,7 +137,7 @@ def decode_wire(raw: bytes, *, require_seq: bool = False) -> tuple[dict[str, Any
         raise _fail(str(exc)) from None
     except msgspec.DecodeError:
         d = decode(raw)  # agent.protocol.decode: its size limit and errors
-        check_wire(d, require_seq=require_seq)
+        return d, check_wire(d, require_seq=require_seq)
     return d, _rules(d, require_seq)
 
 
