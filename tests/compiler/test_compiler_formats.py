@@ -14,7 +14,7 @@ import pytest
 from compiler_zoo import calib_set, eval_set
 
 from agent.bundle import verify_bundle
-from agent.device_classes import get_device_class
+from agent.device_classes import cpu_flags, get_device_class
 from agent.keys import Keyring
 from compiler.config import CompileConfig
 from compiler.evaluate import quality
@@ -141,6 +141,13 @@ def test_cnn(cnn_builds, device_class, cnn, digits, keys, tmp_path) -> None:
 @pytest.mark.parametrize("device_class", ["x86-64-generic", "x86-avx512-vnni", "arm64-cortex-a"])
 def test_transformer_embedding(encoder_builds, device_class, encoder, digits, keys, tmp_path) -> None:
     result = next(r for r in encoder_builds if r.device_class == device_class)
+    if device_class == "x86-avx512-vnni" and "avx512_vnni" not in cpu_flags():
+        # OpenVINO's INT8 kernels without VNNI saturate: on this host the encoder's worst cosine reads
+        # below the budget (-0.71 at batch 64, 0.73 below it), so the build refuses honestly, naming
+        # the worst-case gates and that speed was not measured on target; on a VNNI host it passes.
+        assert not result.passed and {"min-cosine", "min-p1-cosine"} & set(result.failed_gates), result.to_dict()
+        assert "lacks CPU features" in result.latency["note"] and result.bundle_path is None
+        return
     m = _check(result, keys, digits, "transformer", tmp_path,
                _torch_reference(encoder, zoo_x(digits, "transformer")), task="embedding")
     assert m["metrics"]["metric_name"] == "cosine" and m["metrics"]["metric"] > 0.99
