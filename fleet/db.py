@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -84,11 +84,32 @@ def init_db(engine: Engine, *, migrate: bool = True) -> None:
         import fleet.rollouts.models  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
         pass
-    if migrate:
-        from fleet.migrate import upgrade
+    with _schema_lock(engine):
+        if migrate:
+            from fleet.migrate import upgrade
 
-        upgrade(engine)
-    SQLModel.metadata.create_all(engine, checkfirst=True)
+            upgrade(engine)
+        SQLModel.metadata.create_all(engine, checkfirst=True)
+
+
+SCHEMA_LOCK_KEY = 0x65646765666C74  # "edgeflt": one advisory lock for every fleet process's schema changes
+
+
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[None]:
+    """On PostgreSQL, one process at a time brings the schema up: API workers, ingest and evaluator
+    processes started together on a new database would otherwise create the same tables and types
+    at once, and all but one crash (UniqueViolation on pg_type). A session advisory lock on its own
+    connection; the others wait, then find the schema current."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK_KEY})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK_KEY})
 
 
 @contextmanager
