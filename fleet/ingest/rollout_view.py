@@ -21,13 +21,11 @@ from orjson import dumps
 from sqlalchemy import select, text
 from sqlalchemy.engine import Connection, Engine
 
-from fleet.ingest.window_insert import COLUMNS, Row
+from fleet.ingest.window_insert import CLASS, DEVICE, END, MODEL, ROLE, START, VERSION, Row
 from fleet.rollouts.models import Rollout, RolloutTarget
 from fleet.rollouts.states import OPEN_ROLLOUTS
 
 CHUNK = 500
-_DEVICE, _MODEL, _ROLE, _VERSION, _CLASS, _START, _END = map(COLUMNS.index, (
-    "device_id", "model_name", "role", "model_version", "device_class", "window_start", "window_end"))
 _NONE: Mapping[str, str] = {}
 _OPEN = select(Rollout.id).where(Rollout.status.in_([str(s) for s in OPEN_ROLLOUTS])).order_by(Rollout.id)
 _PG_OPEN = (f"SELECT id FROM {Rollout.__tablename__} WHERE status IN "
@@ -68,9 +66,9 @@ class RolloutView:
         version; returns each row's wave tag."""
         if not rows:
             return []
-        self._refresh(conn, self._write_runs(conn, rows), {r[_DEVICE] for r in rows})
+        self._refresh(conn, self._write_runs(conn, rows), {r[DEVICE] for r in rows})
         tags = self._tags
-        return [tags[r[_DEVICE]].get(r[_MODEL], "") for r in rows]
+        return [tags[r[DEVICE]].get(r[MODEL], "") for r in rows]
 
     def _refresh(self, conn: Connection, now_open: tuple[int, ...], devices: set[str]) -> None:
         if now_open != self._open:
@@ -92,13 +90,13 @@ class RolloutView:
         """Upsert the rows' device runs; returns the open rollouts (read in the same statement)."""
         runs: dict[tuple[str, str, str, int], dict[str, Any]] = {}  # the rows of _RUN_COLS, by key
         for r in rows:
-            key = (r[_DEVICE], r[_MODEL], r[_ROLE], r[_VERSION])
+            key = (r[DEVICE], r[MODEL], r[ROLE], r[VERSION])
             run = runs.get(key)
             if run is None:
                 runs[key] = {"device_id": key[0], "model_name": key[1], "role": key[2], "model_version": key[3],
-                             "device_class": r[_CLASS], "first_start": r[_START], "last_end": r[_END], "windows": 1}
+                             "device_class": r[CLASS], "first_start": r[START], "last_end": r[END], "windows": 1}
             else:
-                run["first_start"], run["last_end"] = min(run["first_start"], r[_START]), max(run["last_end"], r[_END])
+                run["first_start"], run["last_end"] = min(run["first_start"], r[START]), max(run["last_end"], r[END])
                 run["windows"] += 1
         ordered = [runs[k] for k in sorted(runs)]  # one lock order everywhere
         if self.postgres:

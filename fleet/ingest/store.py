@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from orjson import dumps
 from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -39,7 +40,7 @@ from fleet.ingest.verification import (
     open_signed,
     trusted_payload,
 )
-from fleet.ingest.window_insert import PAYLOAD, Row, WindowInserter
+from fleet.ingest.window_insert import AGGREGATE_KEY, END, PAYLOAD, START, Row, WindowInserter
 from fleet.models import Device, TelemetryWindow, now
 from fleet.settings import FleetSettings
 
@@ -312,8 +313,8 @@ class Processor:
         seconds: dict[tuple[Any, ...], float] = {}
         for key, wave in zip(stored, waves, strict=True):
             r = rows[key]
-            secs, bucket = aggregate_bucket(r[2], r[3])
-            akey = (*r[4:9], bucket, wave)  # model name, version, role, device class, cohort (KEY order)
+            secs, bucket = aggregate_bucket(r[START], r[END])
+            akey = (*r[AGGREGATE_KEY], bucket, wave)
             groups[akey].append(key)
             seconds[akey] = secs
         cpu0, partial = time.thread_time(), {}
@@ -341,9 +342,7 @@ class Processor:
         if not todo:
             return
         db.flush()  # one statement for the whole batch, after the states' changes
-        if self._windows.postgres:  # one parameter: SQLAlchemy would compile an IN item per device
-            from orjson import dumps  # a JSON list: psycopg dumps an array's elements in Python
-
+        if self._windows.postgres:  # one JSON list (SQLAlchemy: an IN item per device; psycopg: arrays in Python)
             with db.connection().connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
                 cur.execute(_TOUCH, (ts, dumps(sorted(todo)).decode()))
             return

@@ -29,6 +29,10 @@ PG_COLS = (("device_id", "text"), ("seq", "int8"), ("window_start", "float8"), (
            ("received_at", "float8"))
 COLUMNS = tuple(c for c, _ in PG_COLS)
 PAYLOAD = COLUMNS.index("payload")
+# where readers of a row find its fields (the store's aggregate key, the rollout view's runs)
+DEVICE, MODEL, ROLE, VERSION, CLASS, START, END = map(COLUMNS.index, (
+    "device_id", "model_name", "role", "model_version", "device_class", "window_start", "window_end"))
+AGGREGATE_KEY = slice(MODEL, COLUMNS.index("cohort") + 1)  # name, version, role, class, cohort (aggregate KEY order)
 Row = tuple[Any, ...]
 _STAGE = "pg_temp.telemetrywindow_stage"
 # created once per connection (a no-op after); ON COMMIT DELETE ROWS empties it with each batch
