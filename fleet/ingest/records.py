@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from fleet import audit
 from fleet.models import Device, DeviceEvent
@@ -41,7 +41,9 @@ def store_events(db: Session, engine: Engine, events: list[Any], ts: float) -> t
     return len(inserted), len(events) - len(inserted)
 
 def store_states(db: Session, states: list[Any], ts: float) -> None:
-    """The newest signed state per device (by seq); an install change is audited."""
+    """The newest signed state per device (by seq); an install change is audited. The batch's
+    devices are read and locked together: every agent sends its state when it reconnects, so a
+    broker restart brings one from each device at once (and every ingest process stores each)."""
     latest: dict[str, Any] = {}
     for p in states:
         cur = latest.get(p.device)
@@ -51,8 +53,9 @@ def store_states(db: Session, states: list[Any], ts: float) -> None:
             continue
         if cur is None or cur.payload is None or p.payload["seq"] > cur.payload["seq"]:
             latest[p.device] = p
+    loaded = _lock_devices(db, sorted(latest))
     for device_id, p in sorted(latest.items()):
-        d = db.get(Device, device_id, with_for_update=True)
+        d = loaded.get(device_id)
         if d is None:
             continue
         if p.payload is None:
@@ -83,3 +86,16 @@ def store_states(db: Session, states: list[Any], ts: float) -> None:
                  "installed_manifest_sha256": d.installed_manifest_sha256}
         if after != before:
             audit.record(db, f"device:{device_id}", "device.installed", f"device:{device_id}", before, after)
+
+
+LOCK_CHUNK = 500  # devices per SELECT ... FOR UPDATE (bound parameters stay well under the limits)
+
+
+def _lock_devices(db: Session, ids: list[str]) -> dict[str, Device]:
+    """The devices with these ids (sorted: concurrent ingest processes lock rows in one order and
+    never deadlock), loaded and locked for update in one statement per LOCK_CHUNK."""
+    out: dict[str, Device] = {}
+    for i in range(0, len(ids), LOCK_CHUNK):
+        q = select(Device).where(Device.id.in_(ids[i:i + LOCK_CHUNK])).order_by(Device.id).with_for_update()  # type: ignore[attr-defined]
+        out.update((d.id, d) for d in db.exec(q))
+    return out
