@@ -27,6 +27,15 @@ class FleetContext:
     bootstrap_token_hashes: dict[str, str] = field(default_factory=dict)
     ingest: Any = None  # fleet.ingest.service.IngestService when running in-process
     extras: dict[str, Any] = field(default_factory=dict)
+    read_engine: Engine | None = None  # fleet.db.read_engine: the replica, or the primary read-only
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A read-only session for the dashboard reads (device lists, telemetry, drift, alerts):
+        on the read replica when `database_read_url` names one, which may lag the primary by a
+        moment; never for a read that must see the caller's own write, nor for auth or rollouts."""
+        with Session(self.read_engine or self.engine) as s:
+            yield s
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -79,7 +88,7 @@ def create_app(settings: FleetSettings | None = None, *, engine: Engine | None =
                init: bool = True) -> Flask:
     """Build the fleet app. `init` migrates the database to head first."""
     from agent.private_files import private_dir
-    from fleet.db import init_db, make_engine
+    from fleet.db import init_db, make_engine, read_engine
     from fleet.errors import register_error_handlers
     from fleet.registry.auth import hash_token
 
@@ -96,7 +105,8 @@ def create_app(settings: FleetSettings | None = None, *, engine: Engine | None =
     app.config.update(SECRET_KEY=settings.secret_key, MAX_CONTENT_LENGTH=JSON_MAX_BYTES,
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", JSON_SORT_KEYS=False)
     app.extensions["edgefleet"] = FleetContext(
-        settings, engine, {hash_token(t): role for t, role in settings.api_tokens.items()})
+        settings, engine, {hash_token(t): role for t, role in settings.api_tokens.items()},
+        read_engine=read_engine(engine, settings.database_read_url))
     register_error_handlers(app)
     for spec in BLUEPRINTS:
         app.register_blueprint(_load(spec))

@@ -62,6 +62,14 @@ def make_engine(url: str | None = None, *, data_dir: Path | str | None = None, e
                          max_overflow=20)
 
 
+def read_engine(primary: Engine, replica_url: str | None = None) -> Engine:
+    """The engine of dashboard reads (FleetContext.read_session): the read replica when one is
+    configured, else the primary's pool; on PostgreSQL its transactions are READ ONLY either way,
+    so a read path that writes fails in every test on PostgreSQL, not first on a replica."""
+    engine = make_engine(replica_url) if replica_url else primary
+    return engine.execution_options(postgresql_readonly=True) if is_postgres(engine) else engine
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     # WAL lets the console read while ingest writes; NORMAL sync is safe with WAL.
     cur = dbapi_conn.cursor()

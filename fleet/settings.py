@@ -118,6 +118,7 @@ class AnalyticsSettings:
 class FleetSettings:
     data_dir: Path = Path(".edgefleet/fleet")
     database_url: str | None = None       # None: SQLite file data_dir/fleet.db
+    database_read_url: str | None = None  # a PostgreSQL read replica for dashboard reads; None: database_url
     mqtt_url: str | None = None           # mqtt://host:port; None: 127.0.0.1:1883 if reachable else embedded
     mqtt_ca_file: str = ""                # CA bundle for an mqtts:// mqtt_url (system store when empty)
     device_mqtt_url: str | None = None    # what devices are told at enrolment (e.g. mqtts://broker:8883); None: mqtt_url
@@ -152,6 +153,10 @@ class FleetSettings:
             self.storage_key_file = absolute(self.storage_key_file)
         self.trusted_build_keys = [absolute(p) for p in self.trusted_build_keys]
         self.database_url = normalize_database_url(self.database_url)
+        self.database_read_url = normalize_database_url(self.database_read_url)
+        if self.database_read_url and not (self.database_url or "").startswith("postgresql"):
+            raise SettingsError("fleet setting 'database_read_url' (a read replica) needs database_url to be "
+                                "PostgreSQL too")
         if not self.secret_key:
             self.secret_key = secrets.token_hex(32)
 
@@ -297,7 +302,7 @@ def load_settings(path: Path | str | None = None, env: dict[str, str] | None = N
     if path:
         data = read_toml(path, SettingsError, "fleet settings")
         s = _apply(s, data.get("fleet", data))
-    mapping = {"DATABASE_URL": "database_url", "MQTT_URL": "mqtt_url", "EDGEFLEET_FLEET_DATA": "data_dir",
+    mapping = {"DATABASE_URL": "database_url", "DATABASE_READ_URL": "database_read_url", "MQTT_URL": "mqtt_url", "EDGEFLEET_FLEET_DATA": "data_dir",
                "EDGEFLEET_FLEET_ID": "fleet_id", "EDGEFLEET_SIGNING_KEY": "signing_key_path",
                "EDGEFLEET_PUBLIC_URL": "public_url", "EDGEFLEET_SECRET_KEY": "secret_key",
                "EDGEFLEET_DEVICE_MQTT_URL": "device_mqtt_url", "EDGEFLEET_MQTT_CA_FILE": "mqtt_ca_file",

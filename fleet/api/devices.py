@@ -67,7 +67,7 @@ def index():  # type: ignore[no-untyped-def]
     attr.<key>=<value> (e.g. attr.region=eu; several attr filters must all hold)."""
     a = query()
     limit, offset = a.limit, a.offset
-    with fleet_context().session() as db:
+    with fleet_context().read_session() as db:
         rows, total = list_devices(db, a.model_dump(exclude_none=True), limit, offset)
         return jsonify(page([enrolment.device_view(d) for d in rows], total, limit, offset))
 
@@ -131,7 +131,7 @@ def _change_device(device_id: str, change: Any) -> Any:
 def events(device_id: str):  # type: ignore[no-untyped-def]
     """The device's events (installs, rollbacks, errors), newest first."""
     limit, offset = query().limit, query().offset
-    with fleet_context().session() as db:
+    with fleet_context().read_session() as db:
         _get(db, device_id)
         base = select(DeviceEvent).where(DeviceEvent.device_id == device_id)
         total = db.exec(select(func.count()).select_from(base.subquery())).one()
@@ -148,7 +148,7 @@ def telemetry(device_id: str):  # type: ignore[no-untyped-def]
     """The device's telemetry windows, newest first; `model` filters, `payload=true` adds the raw window."""
     a = query()
     limit, offset = a.limit, a.offset
-    with fleet_context().session() as db:
+    with fleet_context().read_session() as db:
         _get(db, device_id)
         base = select(TelemetryWindow).where(TelemetryWindow.device_id == device_id)
         if a.model:

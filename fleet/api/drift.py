@@ -27,7 +27,7 @@ def report(name: str, version: int):  # type: ignore[no-untyped-def]
     Filter by cohort, device_class, role and a time range (since/until, unix time) or one window."""
     a = query()
     ctx = fleet_context()
-    with ctx.session() as db:
+    with ctx.read_session() as db:
         try:
             rep = alerts.fleet_drift(db, ctx.settings, name, version, reference=a.reference, role=a.role,
                                      cohort=a.cohort, device_class=a.device_class, since=a.since, until=a.until,

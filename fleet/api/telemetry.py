@@ -52,7 +52,7 @@ bp = Blueprint("api_telemetry", __name__, url_prefix="/api")
 @require_role("viewer")
 @api(responses={200: r.Overview})
 def overview():  # type: ignore[no-untyped-def]
-    with fleet_context().session() as db:
+    with fleet_context().read_session() as db:
         return jsonify(overview_data(db))
 
 
@@ -73,7 +73,7 @@ def aggregates():  # type: ignore[no-untyped-def]
         q = q.where(Aggregate.model_version == a.version)
     if a.since is not None:
         q = q.where(Aggregate.window_start >= a.since)
-    with fleet_context().session() as db:
+    with fleet_context().read_session() as db:
         total = db.exec(select(func.count()).select_from(q.subquery())).one()
         rows = db.exec(q.order_by(Aggregate.window_start.desc(), Aggregate.id).offset(offset).limit(limit))
         items = [{"model": g.model_name, "version": g.model_version, "role": g.role, "device_class": g.device_class,

@@ -56,7 +56,7 @@ def _ctx() -> dict:
 @bp.get("/")
 @require_role("viewer", html=True)
 def overview():  # type: ignore[no-untyped-def]
-    with fleet_context().session() as db:
+    with fleet_context().read_session() as db:
         data = overview_data(db)
         recent_alerts = list(db.exec(select(DriftAlert).order_by(DriftAlert.id.desc()).limit(5)))
         recent_audit = list(db.exec(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(8)))
@@ -70,7 +70,7 @@ def overview():  # type: ignore[no-untyped-def]
 @require_role("viewer", html=True)
 def devices():  # type: ignore[no-untyped-def]
     offset = offset_arg()
-    with fleet_context().session() as db:
+    with fleet_context().read_session() as db:
         rows, total = list_devices(db, request.args, PAGE, offset)
         classes = sorted({c for c in db.exec(select(Device.device_class).distinct()) if c})
         return render_template("console/devices.html", devices=rows, total=total, offset=offset, page=PAGE,
@@ -136,7 +136,7 @@ def drift(name: str, version: int):  # type: ignore[no-untyped-def]
     ctx = fleet_context()
     ref = request.args.get("reference", "baseline")
     cohort = request.args.get("cohort") or None
-    with ctx.session() as db:
+    with ctx.read_session() as db:
         cohorts = sorted({c for c in db.exec(select(Aggregate.cohort).where(
             Aggregate.model_name == name, Aggregate.model_version == version).distinct())})
         # a rolled-out version is judged with its rollout's gate settings (?settings=fleet: the fleet's)

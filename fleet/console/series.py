@@ -169,7 +169,7 @@ def series_json():  # type: ignore[no-untyped-def]
     ctx = fleet_context()
     f = _filter()
     since, until, _ = _time_range(request.args)
-    with ctx.session() as db:
+    with ctx.read_session() as db:
         if f["device"] and not f["model"]:
             d = db.get(Device, f["device"])
             f["model"] = d.installed_name if d is not None else None
@@ -181,7 +181,7 @@ def series_json():  # type: ignore[no-untyped-def]
 def series_page():  # type: ignore[no-untyped-def]
     f = _filter()
     since, until, rng = _time_range(request.args)
-    with fleet_context().session() as db:
+    with fleet_context().read_session() as db:
         models = sorted({(n, v) for n, v in db.exec(select(ModelVersion.name, ModelVersion.version).distinct())})
         classes = sorted({c for c in db.exec(select(Aggregate.device_class).distinct()) if c})
         cohorts = sorted({c for c in db.exec(select(Aggregate.cohort).distinct()) if c})
