@@ -18,7 +18,9 @@ device-day of raw telemetry (partitions + indexes + TOAST) and of aggregates, an
 the device-list API at this fleet size. Canary stop time (benchmarks/scale_canary.py): during the
 load a bad version is rolled out to the whole fleet; its 1% canary runs as live simulated agents,
 and the table gives the windows from its first bad window to every canary device rolled back and
-the devices outside the canary that got any command.
+the devices outside the canary that got any command. Reconnection storm (benchmarks/scale_storm.py):
+after the load every replayed device publishes its signed state at once, as after a broker restart;
+the time until all are stored and the ingest processes' CPU for them.
 Prints a table and writes benchmarks/out/scale_bench.json.
 """
 
@@ -58,7 +60,7 @@ def _settings(url: str, fleet_id: str, verify: str, rate: float, batch_wait_s: f
 
 
 def _ingest_child(url: str, fleet_id: str, verify: str, rate: float, wait_s: float, i: int, ready: Any, stop: Any,
-                  out: Any) -> None:
+                  out: Any, end: Any) -> None:
     from fleet.db import make_engine
     from fleet.ingest.service import IngestService
 
@@ -69,11 +71,12 @@ def _ingest_child(url: str, fleet_id: str, verify: str, rate: float, wait_s: flo
     stop.wait()
     svc.drain(30)
     cpu, threads = time.process_time() - cpu0, thread_cpu()
-    svc.stop()
     snap = svc.stats.snapshot()
     by_thread = {k: [round(u - threads0.get(k, (0.0, 0.0))[0], 3), round(s - threads0.get(k, (0.0, 0.0))[1], 3)]
                  for k, (u, s) in threads.items()}
     out.put({**snap, "cpu_s": cpu, "stages": snap["cpu_s"], "threads": by_thread})
+    end.wait(600)  # still subscribed for the reconnection storm (benchmarks/scale_storm.py)
+    svc.stop()
 
 
 def thread_cpu() -> dict[str, tuple[float, float]]:
@@ -223,6 +226,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-wait", type=float, default=BATCH_WAIT_S, help="ingest.batch_wait_s of the ingest processes")
     ap.add_argument("--no-stages", dest="stages", action="store_false", help="skip the per-stage and API timing")
     ap.add_argument("--no-canary", dest="canary", action="store_false", help="skip the bad-version canary rollout")
+    ap.add_argument("--no-storm", dest="storm", action="store_false", help="skip the reconnection storm of states")
     ap.add_argument("--out", default=str(OUT / "scale_bench.json"))
     return ap.parse_args(argv)
 
@@ -251,6 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.fleet_bench import _cpu_by_command as cpu_by_command
     from benchmarks.fleet_bench import _enrol_devices as enrol_devices
     from benchmarks.scale_canary import Canary
+    from benchmarks.scale_storm import reconnect_storm
     from fleet.devsim import SimDevice, make_baseline
 
     fleet_id = f"scale{int(time.time()) % 10**6}"
@@ -264,10 +269,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per_device = max(1, int(args.duration // args.window))
     canary = Canary(url, fleet_id, devs, args.window) if args.canary else None
     ctx = mp.get_context("spawn")
-    stop, out = ctx.Event(), ctx.Queue()
+    stop, out, end = ctx.Event(), ctx.Queue(), ctx.Event()
     readies = [ctx.Event() for _ in range(args.ingest)]
     procs = [ctx.Process(target=_ingest_child, args=(url, fleet_id, args.verify, args.sample_rate, args.batch_wait, i,
-                                                     readies[i], stop, out)) for i in range(args.ingest)]
+                                                     readies[i], stop, out, end)) for i in range(args.ingest)]
     m: dict[str, Any] = {"per_device": per_device}
     try:
         for p in procs:
@@ -289,8 +294,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu_after = cpu_by_command()
         stop.set()
         children = [out.get(timeout=60) for _ in procs]
+        if args.storm:
+            m["storm"] = reconnect_storm(url, fleet_id, [d for d in devs if d.device_id not in live],
+                                         [p.pid for p in procs])
     finally:
         stop.set()
+        end.set()
         if canary is not None:
             canary.stop()
         for p in procs:
@@ -382,6 +391,7 @@ def _report(args: argparse.Namespace, m: dict[str, Any], children: list[dict[str
                                 "threads_user_sys_s": ch.get("threads", {})}
                                for ch in children],
         "api_p99_ms": api,  # ms, or "HTTP <status>" for a page that did not answer
+        "reconnect_storm": m.get("storm"),
     }
 
 
@@ -397,6 +407,8 @@ def canary_rows(c: dict[str, Any] | None) -> list[tuple[str, str, str]]:
 
 
 def print_table(r: dict[str, Any]) -> None:
+    from benchmarks.scale_storm import storm_rows
+
     rows = [
         ("devices", f"{r['devices']}", f"{TARGETS['devices']}"),
         ("windows offered / stored", f"{r['offered']} / {r['stored']}", "all"),
@@ -412,6 +424,7 @@ def print_table(r: dict[str, Any]) -> None:
         ("PostgreSQL backend CPU per stored window (timed alone)", f"{r['store_db_us']} us", ""),
         ("PostgreSQL CPU during load (host)", f"{r['postgres_cpu_s_host']} s", ""),
         *canary_rows(r.get("canary")),
+        *storm_rows(r.get("reconnect_storm")),
         ("raw telemetry bytes / window", f"{r['raw_bytes_per_window']}", ""),
         (f"raw telemetry bytes / device-day (1 per {r['window_s']:.0f} s)", f"{r['raw_bytes_per_device_day']}", ""),
         ("aggregate table bytes (whole run)", f"{r['aggregate_bytes_total']}", ""),
