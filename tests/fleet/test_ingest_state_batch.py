@@ -11,17 +11,9 @@ from fleet.devsim import SimDevice
 from fleet.ingest import records
 from fleet.ingest.store import Processor
 from fleet.models import AuditEntry, Device
-from fleet.registry.enrolment import create_enrolment_token, enrol
+from tests.fleet.test_ingest_trust import _enrol
 
 INSTALLED = {"name": "digits", "version": 3, "manifest_sha256": "a" * 64, "bundle_sha256": "b" * 64}
-
-
-def _enrol(fleet, dev: SimDevice) -> None:  # type: ignore[no-untyped-def]
-    dev.fleet = fleet.settings.fleet_id
-    with fleet.ctx.session() as db:
-        tok, _ = create_enrolment_token(db, "test")
-    with fleet.ctx.session() as db:
-        enrol(db, fleet.settings, tok, dev.public_key_b64, device_id=dev.device_id, device_class=dev.device_class)
 
 
 def test_a_batch_of_states_reads_its_devices_in_chunks_and_keeps_the_newest(fleet, monkeypatch) -> None:  # type: ignore[no-untyped-def]
