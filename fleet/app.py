@@ -31,7 +31,7 @@ class FleetContext:
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
-        """A read-only session for the dashboard reads (device lists, telemetry, drift, alerts):
+        """A read-only session for the dashboard reads (device lists, telemetry, overview, drift):
         on the read replica when `database_read_url` names one, which may lag the primary by a
         moment; never for a read that must see the caller's own write, nor for auth or rollouts."""
         with Session(self.read_engine or self.engine) as s:
