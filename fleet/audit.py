@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import insert
 from sqlmodel import Session
 
-from fleet.models import AuditEntry
+from fleet.models import AuditEntry, now
 
 log = logging.getLogger(__name__)
 _SECRET_KEYS = {"token", "password", "secret", "mqtt_password", "password_hash", "token_hash", "mqtt_password_hash"}
@@ -28,3 +30,20 @@ def record(session: Session, actor: str, action: str, target: str, before: Any, 
     session.add(entry)
     log.info("audit", extra={"actor": actor, "action": action, "target": target})
     return entry
+
+
+Entry = tuple[str, str, str, Any, Any]  # actor, action, target, before, after
+
+
+def record_many(session: Session, entries: Sequence[Entry]) -> None:
+    """Audit entries in one INSERT, in this order, in `session`'s transaction (ingest: a batch's
+    device events and install changes, which as ORM objects cost more than the rest of storing them)."""
+    if not entries:
+        return
+    at = now()
+    session.flush()  # entries added one by one before these keep their place in the log
+    session.execute(insert(AuditEntry), [  # type: ignore[arg-type]
+        {"at": at, "actor": actor, "action": action, "target": target, "before": scrub(before), "after": scrub(after)}
+        for actor, action, target, before, after in entries])
+    for actor, action, target, _, _ in entries:
+        log.info("audit", extra={"actor": actor, "action": action, "target": target})

@@ -33,11 +33,9 @@ def store_events(db: Session, engine: Engine, events: list[Any], ts: float) -> t
     stmt = insert_ignore(engine, DeviceEvent).on_conflict_do_nothing(
         index_elements=["device_id", "seq"]).returning(DeviceEvent.device_id, DeviceEvent.seq)
     inserted = {(r[0], r[1]) for r in db.execute(stmt, list(rows.values())).all()}
-    for key in sorted(inserted):
-        r = rows[key]
-        audit.record(db, f"device:{r['device_id']}", f"event.{r['kind']}", f"device:{r['device_id']}", None,
-                     {"seq": r["seq"], "command_id": r["command_id"], "reason": r["reason"],
-                      "details": r["details"]})
+    audit.record_many(db, [(f"device:{r['device_id']}", f"event.{r['kind']}", f"device:{r['device_id']}", None,
+                            {"seq": r["seq"], "command_id": r["command_id"], "reason": r["reason"],
+                             "details": r["details"]}) for r in map(rows.__getitem__, sorted(inserted))])
     return len(inserted), len(events) - len(inserted)
 
 def store_states(db: Session, states: list[Any], ts: float) -> None:
@@ -54,6 +52,7 @@ def store_states(db: Session, states: list[Any], ts: float) -> None:
         if cur is None or cur.payload is None or p.payload["seq"] > cur.payload["seq"]:
             latest[p.device] = p
     loaded = _lock_devices(db, sorted(latest))
+    installs: list[audit.Entry] = []
     for device_id, p in sorted(latest.items()):
         d = loaded.get(device_id)
         if d is None:
@@ -85,7 +84,8 @@ def store_states(db: Session, states: list[Any], ts: float) -> None:
         after = {"installed_name": d.installed_name, "installed_version": d.installed_version,
                  "installed_manifest_sha256": d.installed_manifest_sha256}
         if after != before:
-            audit.record(db, f"device:{device_id}", "device.installed", f"device:{device_id}", before, after)
+            installs.append((f"device:{device_id}", "device.installed", f"device:{device_id}", before, after))
+    audit.record_many(db, installs)
 
 
 LOCK_CHUNK = 500  # devices per SELECT ... FOR UPDATE (bound parameters stay well under the limits)

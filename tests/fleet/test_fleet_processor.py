@@ -134,7 +134,9 @@ def test_events_are_stored_once_and_audited(fleet) -> None:  # type: ignore[no-u
         rows = db.exec(select(DeviceEvent)).all()
         assert [(r.kind, r.command_id, r.reason) for r in rows] == [("install-failed", "c1", "hash-mismatch")]
         audits = db.exec(select(AuditEntry).where(AuditEntry.action == "event.install-failed")).all()
-        assert len(audits) == 1 and audits[0].actor == "device:e1"
+        assert len(audits) == 1 and audits[0].actor == "device:e1" and audits[0].target == "device:e1"
+        assert audits[0].after == {"seq": ev["seq"], "command_id": "c1", "reason": "hash-mismatch", "details": {}}
+        assert audits[0].before is None and audits[0].at > 0
 
 
 def test_cohort_labels() -> None:
