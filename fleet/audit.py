@@ -24,15 +24,21 @@ def scrub(value: Any) -> Any:
     return value
 
 
+Entry = tuple[str, str, str, Any, Any]  # actor, action, target, before, after
+
+
+def _fields(entry: Entry) -> dict[str, Any]:
+    """An entry's columns, secrets scrubbed, and its log line."""
+    actor, action, target, before, after = entry
+    log.info("audit", extra={"actor": actor, "action": action, "target": target})
+    return {"actor": actor, "action": action, "target": target, "before": scrub(before), "after": scrub(after)}
+
+
 def record(session: Session, actor: str, action: str, target: str, before: Any, after: Any) -> AuditEntry:
     """Add an audit entry to `session` (committed with the change it describes)."""
-    entry = AuditEntry(actor=actor, action=action, target=target, before=scrub(before), after=scrub(after))
+    entry = AuditEntry(**_fields((actor, action, target, before, after)))
     session.add(entry)
-    log.info("audit", extra={"actor": actor, "action": action, "target": target})
     return entry
-
-
-Entry = tuple[str, str, str, Any, Any]  # actor, action, target, before, after
 
 
 def record_many(session: Session, entries: Sequence[Entry]) -> None:
@@ -42,8 +48,4 @@ def record_many(session: Session, entries: Sequence[Entry]) -> None:
         return
     at = now()
     session.flush()  # entries added one by one before these keep their place in the log
-    session.execute(insert(AuditEntry), [  # type: ignore[arg-type]
-        {"at": at, "actor": actor, "action": action, "target": target, "before": scrub(before), "after": scrub(after)}
-        for actor, action, target, before, after in entries])
-    for actor, action, target, _, _ in entries:
-        log.info("audit", extra={"actor": actor, "action": action, "target": target})
+    session.execute(insert(AuditEntry), [{"at": at, **_fields(e)} for e in entries])  # type: ignore[arg-type]

@@ -109,7 +109,7 @@ def _schema_lock(engine: Engine) -> Iterator[None]:
     processes started together on a new database would otherwise create the same tables and types
     at once, and all but one crash (UniqueViolation on pg_type). A session advisory lock on its own
     connection; the others wait, then find the schema current."""
-    if engine.dialect.name != "postgresql":
+    if not is_postgres(engine):
         yield
         return
     with engine.connect() as conn:

@@ -34,7 +34,6 @@ def _free_port() -> int:
 class Pair:
     primary_url: str
     replica_url: str
-    run: object  # (argv) -> CompletedProcess, as the server's user
 
     def sql(self, url: str, statement: str) -> object:
         import psycopg
@@ -78,7 +77,7 @@ def primary_and_replica() -> Iterator[Pair]:
         run("pg_ctl", "-D", str(replica), "-l", str(base / "replica.log"), "-w", "start")
         started.append(replica)
         pair = Pair(f"postgresql+psycopg://postgres@127.0.0.1:{p1}/postgres",
-                    f"postgresql+psycopg://postgres@127.0.0.1:{p2}/postgres", run)
+                    f"postgresql+psycopg://postgres@127.0.0.1:{p2}/postgres")
         assert pair.sql(pair.replica_url, "SELECT pg_is_in_recovery()") == (True,)
         yield pair
     finally:
